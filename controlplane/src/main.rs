@@ -1,1 +1,30 @@
-fn main() {}
+//! `luthien-controlplane`: the policy engine, on its own.
+
+use clap::Parser;
+use luthien_controlplane::ControlPlaneConfig;
+use luthien_telemetry::LogArgs;
+use tokio_util::sync::CancellationToken;
+
+/// Luthien control plane: runs the policy chain on every call the data
+/// planes stream to it.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(flatten)]
+    config: ControlPlaneConfig,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    luthien_telemetry::init(&cli.log);
+    // An invalid policy file stops the process before it listens.
+    let chain = cli.config.load_chain()?;
+    let listener = tokio::net::TcpListener::bind(cli.config.grpc_listen).await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(luthien_telemetry::cancel_on_signal(shutdown.clone()));
+    luthien_controlplane::serve(cli.config, chain, listener, shutdown).await?;
+    Ok(())
+}

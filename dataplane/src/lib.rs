@@ -1,1 +1,140 @@
-//! stub
+//! Luthien's data plane: a lean HTTP proxy that speaks the providers' own
+//! APIs (OpenAI chat completions, Anthropic messages), forwards each call
+//! natively to the same API upstream, and streams every call to the control
+//! plane over one bidirectional gRPC stream.
+//!
+//! It holds no policy logic and no database client: what a call becomes is
+//! the control plane's decision; the data plane only moves bytes, enforces
+//! limits and deadlines, and applies the fail mode when the control plane
+//! is not there.
+
+pub mod api;
+pub mod config;
+mod control;
+mod proxy;
+mod stream;
+mod upstream;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{DataPlaneConfig, FailMode};
+pub use proxy::{CALL_ID_HEADER, OVERHEAD_HEADER};
+
+use api::{Api, ApiError};
+use control::{ControlClient, Timeouts};
+use upstream::Upstream;
+
+/// How long shutdown waits for streams in flight before giving up.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Shared by every request handler.
+pub struct AppState {
+    config: DataPlaneConfig,
+    control: ControlClient,
+    upstream: Upstream,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid --control-plane URL: {0}")]
+    ControlPlaneUrl(#[from] tonic::transport::Error),
+    #[error("upstream client: {0}")]
+    Upstream(#[from] upstream::UpstreamSetupError),
+    #[error("{0}")]
+    Config(String),
+    #[error("serving HTTP: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Builds the HTTP application.
+pub fn app(config: DataPlaneConfig) -> Result<(Router, Arc<AppState>), StartError> {
+    let control = ControlClient::new(
+        &config.control_plane,
+        config.cp_connect_timeout,
+        Timeouts {
+            message: config.cp_message_timeout,
+            inactivity: config.cp_inactivity_timeout,
+        },
+    )?;
+    let upstream = Upstream::new(&config)?;
+    upstream.validate().map_err(StartError::Config)?;
+    let state = Arc::new(AppState {
+        config,
+        control,
+        upstream,
+    });
+    let router = Router::new()
+        .route("/v1/chat/completions", post(proxy::openai))
+        .route("/v1/messages", post(proxy::anthropic))
+        .route("/health", get(health))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(Arc::clone(&state));
+    Ok((router, state))
+}
+
+/// Serves the data plane on `listener` until `shutdown` is cancelled, then
+/// lets streams in flight finish (bounded by a grace period).
+pub async fn serve(
+    config: DataPlaneConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
+    let (router, state) = app(config)?;
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        control_plane = %state.config.control_plane,
+        fail_mode = ?state.config.fail_mode,
+        client_auth = state.config.client_api_key.is_some(),
+        "data plane listening"
+    );
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await?;
+    let tasks = state.control.tasks();
+    tasks.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait()).await.is_err() {
+        tracing::warn!(
+            remaining = tasks.len(),
+            "shutdown grace period over; abandoning streams"
+        );
+    }
+    Ok(())
+}
+
+async fn health() -> &'static str {
+    "ok"
+}
+
+async fn not_found(request: Request) -> Response {
+    let api = Api::guess(request.uri().path(), request.headers());
+    ApiError::new(
+        api,
+        StatusCode::NOT_FOUND,
+        format!(
+            "no route for {} {}; Luthien serves POST /v1/chat/completions and POST /v1/messages",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+    .into_response()
+}
+
+async fn method_not_allowed(request: Request) -> Response {
+    let api = Api::guess(request.uri().path(), request.headers());
+    ApiError::new(
+        api,
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{} is not allowed on {}; use POST", request.method(), request.uri().path()),
+    )
+    .into_response()
+}

@@ -1,1 +1,28 @@
-fn main() {}
+//! `luthien-dataplane`: the provider-compatible proxy, on its own.
+
+use clap::Parser;
+use luthien_dataplane::DataPlaneConfig;
+use luthien_telemetry::LogArgs;
+use tokio_util::sync::CancellationToken;
+
+/// Luthien data plane: proxies OpenAI and Anthropic API calls through the
+/// Luthien control plane's policies.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(flatten)]
+    config: DataPlaneConfig,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    luthien_telemetry::init(&cli.log);
+    let listener = tokio::net::TcpListener::bind(cli.config.listen).await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(luthien_telemetry::cancel_on_signal(shutdown.clone()));
+    luthien_dataplane::serve(cli.config, listener, shutdown).await?;
+    Ok(())
+}

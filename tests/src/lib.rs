@@ -1,1 +1,12 @@
-//! stub
+//! The end-to-end harness: real Luthien stacks (control plane + data plane,
+//! in-process, on port 0) in front of the mock provider, an HTTP client that
+//! keeps every byte, and a scripted control plane for failure tests.
+
+pub mod client;
+pub mod fake_control_plane;
+pub mod stack;
+pub mod wire;
+
+pub use client::{Client, TestResponse};
+pub use luthien_mock_upstream::MockUpstream;
+pub use stack::{Stack, StackOptions};

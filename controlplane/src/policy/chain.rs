@@ -1,0 +1,385 @@
+//! An ordered list of policies, run as layers of middleware.
+//!
+//! Requests go through the policies in file order; responses and stream events come back in
+//! reverse order, so the first policy in the file sees the request first and the response last.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::noop::Noop;
+use super::{CallInfo, CallPolicy, Policy, PolicyError, RequestVerdict, SseEvent};
+
+/// The configured policies, shared by all calls.
+#[derive(Clone)]
+pub struct Chain {
+    policies: Vec<Arc<dyn Policy>>,
+}
+
+impl Chain {
+    /// A chain running `policies` in this order (an empty chain passes everything through).
+    pub fn new(policies: Vec<Arc<dyn Policy>>) -> Self {
+        Self { policies }
+    }
+
+    /// True when no policy can change anything, so calls can run in observe mode.
+    pub fn read_only(&self) -> bool {
+        self.policies.iter().all(|policy| policy.read_only())
+    }
+
+    /// The policies' names, in order.
+    pub fn policy_names(&self) -> Vec<&str> {
+        self.policies.iter().map(|policy| policy.name()).collect()
+    }
+
+    pub fn policies(&self) -> &[Arc<dyn Policy>] {
+        &self.policies
+    }
+
+    /// Creates every policy's state for one call.
+    pub fn start_call(&self, call: &CallInfo) -> CallChain {
+        CallChain {
+            calls: self
+                .policies
+                .iter()
+                .map(|policy| policy.start_call(call))
+                .collect(),
+            stage_input: Vec::new(),
+            stage_output: Vec::new(),
+        }
+    }
+}
+
+/// The single `noop` policy.
+impl Default for Chain {
+    fn default() -> Self {
+        Self::new(vec![Arc::new(Noop::default())])
+    }
+}
+
+impl fmt::Debug for Chain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(
+                self.policies
+                    .iter()
+                    .map(|policy| format!("{} ({})", policy.name(), policy.kind())),
+            )
+            .finish()
+    }
+}
+
+/// The chain's state for one call.
+pub struct CallChain {
+    /// One per policy, in file order.
+    calls: Vec<Box<dyn CallPolicy>>,
+    /// Events between two policies; kept across events so the steady state allocates nothing.
+    stage_input: Vec<SseEvent>,
+    stage_output: Vec<SseEvent>,
+}
+
+impl CallChain {
+    /// Runs the request through the policies in order; the first `Respond` ends the call and
+    /// the policies after it never see the request.
+    pub async fn on_request(&mut self, request: &mut Value) -> Result<RequestVerdict, PolicyError> {
+        for call in &mut self.calls {
+            if let RequestVerdict::Respond(response) = call.on_request(request).await? {
+                return Ok(RequestVerdict::Respond(response));
+            }
+        }
+        Ok(RequestVerdict::Continue)
+    }
+
+    /// Runs a complete response through the policies in reverse order.
+    pub async fn on_response(&mut self, response: &mut Value) -> Result<(), PolicyError> {
+        for call in self.calls.iter_mut().rev() {
+            call.on_response(response).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs one upstream event through the policies in reverse order, each one's output events
+    /// feeding the one before it; returns what goes to the client (0..N events).
+    pub async fn on_event(&mut self, event: SseEvent) -> Result<Vec<SseEvent>, PolicyError> {
+        let mut out = Vec::new();
+        self.on_event_into(event, &mut out).await?;
+        Ok(out)
+    }
+
+    /// [`CallChain::on_event`], appending to a buffer the caller reuses across events.
+    pub async fn on_event_into(
+        &mut self,
+        event: SseEvent,
+        out: &mut Vec<SseEvent>,
+    ) -> Result<(), PolicyError> {
+        let mut input = std::mem::take(&mut self.stage_input);
+        input.push(event);
+        let result = self.run_stages(0, &mut input, out).await;
+        input.clear(); // only an error leaves events behind
+        self.stage_input = input;
+        result
+    }
+
+    /// The upstream stream ended: every policy flushes what it holds. What the policy at
+    /// response-order position k flushes still passes through the `on_event` of the policies
+    /// after it in response order (before it in the file), before they flush in turn.
+    pub async fn on_stream_end(&mut self) -> Result<Vec<SseEvent>, PolicyError> {
+        let mut out = Vec::new();
+        let mut flushed = Vec::new();
+        for stage in 0..self.calls.len() {
+            let call = self.stage(stage);
+            call.on_stream_end(&mut flushed).await?;
+            self.run_stages(stage + 1, &mut flushed, &mut out).await?;
+        }
+        Ok(out)
+    }
+
+    /// The policy at `stage` in response order (the last policy of the file is stage 0).
+    fn stage(&mut self, stage: usize) -> &mut dyn CallPolicy {
+        let position = self.calls.len() - 1 - stage;
+        self.calls[position].as_mut()
+    }
+
+    /// Runs `events` through the stages `first..` in response order, appending the result to
+    /// `out`; leaves `events` empty.
+    async fn run_stages(
+        &mut self,
+        first: usize,
+        events: &mut Vec<SseEvent>,
+        out: &mut Vec<SseEvent>,
+    ) -> Result<(), PolicyError> {
+        let stages = self.calls.len();
+        let mut output = std::mem::take(&mut self.stage_output);
+        for stage in first..stages {
+            let call = self.stage(stage);
+            let last = stage + 1 == stages;
+            let target = if last { &mut *out } else { &mut output };
+            for event in events.drain(..) {
+                call.on_event(event, target).await?;
+            }
+            if !last {
+                std::mem::swap(events, &mut output);
+            }
+        }
+        if first >= stages {
+            out.append(events);
+        }
+        self.stage_output = output;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use async_trait::async_trait;
+    use bytes::Bytes;
+    use serde_json::json;
+
+    use super::*;
+    use crate::api::{self, Api};
+    use crate::policy::ImmediateResponse;
+
+    /// Appends its name to `trail` in requests, responses and events, so the order in which
+    /// policies ran can be read off the result. `hold` keeps every event until the stream ends;
+    /// `block` answers every request itself.
+    struct Tagger {
+        name: &'static str,
+        hold: bool,
+        block: bool,
+    }
+
+    impl Tagger {
+        fn new(name: &'static str) -> Self {
+            Self {
+                name,
+                hold: false,
+                block: false,
+            }
+        }
+    }
+
+    impl Policy for Tagger {
+        fn kind(&self) -> &'static str {
+            "tagger"
+        }
+        fn name(&self) -> &str {
+            self.name
+        }
+        fn read_only(&self) -> bool {
+            false
+        }
+        fn start_call(&self, _: &CallInfo) -> Box<dyn CallPolicy> {
+            Box::new(TaggerCall {
+                name: self.name,
+                hold: self.hold,
+                block: self.block,
+                held: Vec::new(),
+            })
+        }
+    }
+
+    struct TaggerCall {
+        name: &'static str,
+        hold: bool,
+        block: bool,
+        held: Vec<SseEvent>,
+    }
+
+    fn tag(value: &mut Value, name: &str) {
+        if let Some(trail) = value["trail"].as_array_mut() {
+            trail.push(json!(name));
+        }
+    }
+
+    #[async_trait]
+    impl CallPolicy for TaggerCall {
+        async fn on_request(&mut self, request: &mut Value) -> Result<RequestVerdict, PolicyError> {
+            tag(request, self.name);
+            if self.block {
+                return Ok(RequestVerdict::Respond(api::error_response(
+                    Api::OpenAiChat,
+                    403,
+                    self.name,
+                )));
+            }
+            Ok(RequestVerdict::Continue)
+        }
+
+        async fn on_response(&mut self, response: &mut Value) -> Result<(), PolicyError> {
+            tag(response, self.name);
+            Ok(())
+        }
+
+        async fn on_event(
+            &mut self,
+            mut event: SseEvent,
+            out: &mut Vec<SseEvent>,
+        ) -> Result<(), PolicyError> {
+            if let Some(value) = event.json_mut() {
+                tag(value, self.name);
+            }
+            if self.hold {
+                self.held.push(event)
+            } else {
+                out.push(event)
+            }
+            Ok(())
+        }
+
+        async fn on_stream_end(&mut self, out: &mut Vec<SseEvent>) -> Result<(), PolicyError> {
+            out.append(&mut self.held);
+            Ok(())
+        }
+    }
+
+    fn chain(policies: Vec<Tagger>) -> CallChain {
+        let policies = policies
+            .into_iter()
+            .map(|policy| Arc::new(policy) as Arc<dyn Policy>)
+            .collect();
+        Chain::new(policies).start_call(&CallInfo {
+            call_id: "c1".to_owned(),
+            api: Api::OpenAiChat,
+            model: "m".to_owned(),
+            stream: true,
+        })
+    }
+
+    fn event(number: u64) -> SseEvent {
+        SseEvent::from_json(None, json!({"n": number, "trail": []}))
+    }
+
+    fn trails(events: &[SseEvent]) -> Vec<Value> {
+        events
+            .iter()
+            .map(|event| event.json().unwrap()["trail"].clone())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn requests_run_in_order_and_responses_in_reverse() {
+        let mut call = chain(vec![Tagger::new("a"), Tagger::new("b"), Tagger::new("c")]);
+        let mut request = json!({"trail": []});
+        assert!(matches!(
+            call.on_request(&mut request).await.unwrap(),
+            RequestVerdict::Continue
+        ));
+        assert_eq!(request["trail"], json!(["a", "b", "c"]));
+        let mut response = json!({"trail": []});
+        call.on_response(&mut response).await.unwrap();
+        assert_eq!(response["trail"], json!(["c", "b", "a"]));
+    }
+
+    #[tokio::test]
+    async fn the_first_respond_stops_the_request() {
+        let blocker = Tagger {
+            block: true,
+            ..Tagger::new("b")
+        };
+        let mut call = chain(vec![Tagger::new("a"), blocker, Tagger::new("c")]);
+        let mut request = json!({"trail": []});
+        let verdict = call.on_request(&mut request).await.unwrap();
+        let RequestVerdict::Respond(ImmediateResponse { status, reason, .. }) = verdict else {
+            panic!("expected Respond");
+        };
+        assert_eq!((status, reason.as_str()), (403, "b"));
+        assert_eq!(request["trail"], json!(["a", "b"]));
+    }
+
+    #[tokio::test]
+    async fn events_run_in_reverse_order() {
+        let mut call = chain(vec![Tagger::new("a"), Tagger::new("b")]);
+        let mut out = Vec::new();
+        call.on_event_into(event(1), &mut out).await.unwrap();
+        call.on_event_into(event(2), &mut out).await.unwrap();
+        assert_eq!(trails(&out), [json!(["b", "a"]), json!(["b", "a"])]);
+        assert!(call.on_stream_end().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn flushed_events_pass_through_the_policies_after_the_flusher() {
+        let holder = Tagger {
+            hold: true,
+            ..Tagger::new("b")
+        };
+        let mut call = chain(vec![Tagger::new("a"), holder, Tagger::new("c")]);
+        assert!(call.on_event(event(1)).await.unwrap().is_empty());
+        assert!(call.on_event(event(2)).await.unwrap().is_empty());
+        let flushed = call.on_stream_end().await.unwrap();
+        // c tagged them on the way in, b held them, a tags them after b flushed.
+        assert_eq!(
+            trails(&flushed),
+            [json!(["c", "b", "a"]), json!(["c", "b", "a"])]
+        );
+        assert_eq!(flushed[1].json().unwrap()["n"], 2);
+    }
+
+    #[tokio::test]
+    async fn an_empty_chain_passes_events_through() {
+        let mut call = chain(Vec::new());
+        let raw = SseEvent::from_wire(Bytes::from_static(b"data: [DONE]\n\n"));
+        let out = call.on_event(raw).await.unwrap();
+        assert_eq!(out.len(), 1);
+        assert!(out[0].is_done());
+        assert!(Chain::new(Vec::new()).read_only());
+    }
+
+    #[test]
+    fn the_default_chain_is_a_read_only_noop() {
+        let chain = Chain::default();
+        assert!(chain.read_only());
+        assert_eq!(chain.policy_names(), ["noop"]);
+        assert!(!Chain::new(vec![Arc::new(Tagger::new("a"))]).read_only());
+    }
+
+    #[test]
+    fn call_chain_futures_are_send() {
+        fn assert_send<T: Send>(_: &T) {}
+        let mut call = chain(vec![Tagger::new("a")]);
+        let mut value = json!({});
+        assert_send(&call.on_request(&mut value));
+        assert_send(&call.on_event(event(1)));
+        assert_send(&call.on_stream_end());
+    }
+}

@@ -1,0 +1,130 @@
+//! Policies: the code that inspects and rewrites calls.
+//!
+//! A [`Policy`] is configured once (from the YAML file) and shared by every
+//! call; for each call it creates a [`CallPolicy`] that owns the call's state
+//! (e.g. the sliding buffer of `string_replace`). A [`Chain`] runs an ordered
+//! list of policies: requests flow through it in order, responses and stream
+//! events in reverse order, like layers of middleware.
+
+pub mod all_caps;
+pub mod chain;
+pub mod noop;
+pub mod string_replace;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+pub use crate::api::Api;
+pub use crate::sse::SseEvent;
+pub use chain::{CallChain, Chain};
+
+/// What the control plane knows about a call when it starts.
+#[derive(Clone, Debug)]
+pub struct CallInfo {
+    pub call_id: String,
+    pub api: Api,
+    pub model: String,
+    pub stream: bool,
+}
+
+/// A policy's answer to a request.
+#[derive(Debug)]
+pub enum RequestVerdict {
+    /// Forward the (possibly rewritten) request upstream.
+    Continue,
+    /// Answer the client directly; upstream is never called.
+    Respond(ImmediateResponse),
+}
+
+/// A complete response produced by a policy, already in the client's API
+/// format (SSE when the call is streamed, JSON otherwise).
+#[derive(Clone, Debug)]
+pub struct ImmediateResponse {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Bytes,
+    /// Why the call was answered without upstream (logged and recorded).
+    pub reason: String,
+}
+
+/// A policy failed on a call. In the request phase the call is rejected; in
+/// the response phase the original passes through and the error is logged.
+#[derive(Debug, thiserror::Error)]
+#[error("policy `{policy}` failed: {message}")]
+pub struct PolicyError {
+    pub policy: String,
+    pub message: String,
+}
+
+impl PolicyError {
+    pub fn new(policy: &str, message: impl Into<String>) -> Self {
+        Self {
+            policy: policy.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A configured policy, shared by all calls.
+pub trait Policy: Send + Sync + 'static {
+    /// The `type` of the policy in the YAML file, e.g. `all_caps`.
+    fn kind(&self) -> &'static str;
+    /// The policy's `name` in the YAML file, or its kind.
+    fn name(&self) -> &str;
+    /// True when the policy never changes a request, response or event.
+    /// A chain of read-only policies runs its calls in observe mode.
+    fn read_only(&self) -> bool;
+    /// Creates the per-call state.
+    fn start_call(&self, call: &CallInfo) -> Box<dyn CallPolicy>;
+}
+
+/// One policy's state for one call. Every hook has a pass-through default.
+#[async_trait]
+pub trait CallPolicy: Send {
+    /// The request body (parsed JSON in the call's API format). Mutate it in
+    /// place to rewrite the request.
+    async fn on_request(&mut self, _request: &mut Value) -> Result<RequestVerdict, PolicyError> {
+        Ok(RequestVerdict::Continue)
+    }
+
+    /// A complete non-streamed 2xx response body. Mutate it in place.
+    async fn on_response(&mut self, _response: &mut Value) -> Result<(), PolicyError> {
+        Ok(())
+    }
+
+    /// One SSE event of a streamed response. Push 0..N events to `out`:
+    /// nothing holds or drops it, several inject events.
+    async fn on_event(
+        &mut self,
+        event: SseEvent,
+        out: &mut Vec<SseEvent>,
+    ) -> Result<(), PolicyError> {
+        out.push(event);
+        Ok(())
+    }
+
+    /// The upstream stream ended; flush anything held into `out`.
+    async fn on_stream_end(&mut self, _out: &mut Vec<SseEvent>) -> Result<(), PolicyError> {
+        Ok(())
+    }
+}
+
+/// A policy type the YAML file can name; each one is registered in [`crate::config`].
+pub trait FromConfig: Policy + Sized {
+    /// The `type` that selects the policy in the file; [`Policy::kind`] returns it too.
+    const KIND: &'static str;
+    /// The policy's `config` mapping; an absent `config` deserialises from an empty mapping.
+    /// Mark it `#[serde(deny_unknown_fields)]` so a misspelt key is an error, not a silent no-op.
+    type Config: DeserializeOwned;
+    /// Builds the policy named `name`. An `Err` starts with the offending key's path within
+    /// `config`, e.g. `replacements[1].from: must not be empty`.
+    fn from_config(name: String, config: Self::Config) -> Result<Self, String>;
+}
+
+/// The `config` of a policy that takes none: any key in it is an error.
+#[derive(Clone, Copy, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoConfig {}

@@ -1,0 +1,416 @@
+//! The `ControlPlane` gRPC service: one task per call runs the call's
+//! messages through the policy chain and answers the data plane.
+//!
+//! The driver follows the protocol's state machine (see
+//! `proto/luthien/v1/control_plane.proto`): a `CallStart` first, then
+//! response messages, then `CallEnd`. It answers only what transform mode
+//! asks for, sends keepalives while a policy is slow, and always logs how
+//! the call ended — also when the data plane vanished without saying.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use luthien_proto::v1::control_plane_message::Message as ToData;
+use luthien_proto::v1::control_plane_server::ControlPlane;
+use luthien_proto::v1::data_plane_message::Message as FromData;
+use luthien_proto::v1::request_decision::Action;
+use luthien_proto::v1::{
+    ApiKind, CallEnd, CallOutcome, CallStart, ChunkReply, ContinueRequest, ControlPlaneMessage,
+    DataPlaneMessage, Header, Keepalive, RequestDecision, ResponseDecision, ResponseMode,
+};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::task::TaskTracker;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::api::{self, Api};
+use crate::policy::{CallChain, CallInfo, Chain, ImmediateResponse, RequestVerdict, SseEvent};
+use crate::sse::SseDecoder;
+
+/// Replies a call may queue towards its data plane. The data plane waits for
+/// each reply before sending more, so a handful is plenty.
+const REPLY_QUEUE: usize = 8;
+
+/// Per-call settings of the service.
+#[derive(Clone, Copy, Debug)]
+pub struct CallSettings {
+    /// How often a keepalive goes out while a policy works on a decision.
+    pub keepalive_interval: Duration,
+    /// How long a new stream may stay silent before its `CallStart`.
+    pub start_timeout: Duration,
+}
+
+/// The service; cheap to clone, shares the chain and the task tracker.
+#[derive(Clone)]
+pub struct ControlPlaneService {
+    chain: Arc<Chain>,
+    settings: CallSettings,
+    calls: TaskTracker,
+}
+
+impl ControlPlaneService {
+    pub fn new(chain: Chain, settings: CallSettings) -> Self {
+        Self {
+            chain: Arc::new(chain),
+            settings,
+            calls: TaskTracker::new(),
+        }
+    }
+
+    /// Calls in progress; shutdown waits for them.
+    pub fn calls(&self) -> &TaskTracker {
+        &self.calls
+    }
+}
+
+#[tonic::async_trait]
+impl ControlPlane for ControlPlaneService {
+    type ProcessCallStream = ReceiverStream<Result<ControlPlaneMessage, Status>>;
+
+    async fn process_call(
+        &self,
+        request: Request<Streaming<DataPlaneMessage>>,
+    ) -> Result<Response<Self::ProcessCallStream>, Status> {
+        let (replies, reply_stream) = mpsc::channel(REPLY_QUEUE);
+        let driver = CallDriver {
+            chain: Arc::clone(&self.chain),
+            settings: self.settings,
+            inbound: request.into_inner(),
+            replies,
+        };
+        self.calls.spawn(driver.run());
+        Ok(Response::new(ReceiverStream::new(reply_stream)))
+    }
+}
+
+struct CallDriver {
+    chain: Arc<Chain>,
+    settings: CallSettings,
+    inbound: Streaming<DataPlaneMessage>,
+    replies: mpsc::Sender<Result<ControlPlaneMessage, Status>>,
+}
+
+/// A call's state once its request was decided.
+struct ActiveCall {
+    info: CallInfo,
+    chain: CallChain,
+    mode: ResponseMode,
+    decoder: SseDecoder,
+    /// Set when a policy failed on a stream event: the rest of the stream
+    /// passes through unmodified (the response-phase failure rule).
+    chain_failed: bool,
+}
+
+impl CallDriver {
+    async fn run(mut self) {
+        let start = match tokio::time::timeout(self.settings.start_timeout, self.inbound.message()).await
+        {
+            Ok(Ok(Some(DataPlaneMessage {
+                message: Some(FromData::CallStart(start)),
+            }))) => start,
+            Ok(Ok(Some(_))) => {
+                self.fail(Status::invalid_argument("the first message of a call must be CallStart"))
+                    .await;
+                return;
+            }
+            Ok(Ok(None)) | Ok(Err(_)) => return,
+            Err(_) => {
+                self.fail(Status::deadline_exceeded("no CallStart received")).await;
+                return;
+            }
+        };
+        let api = match start.api() {
+            ApiKind::OpenaiChat => Api::OpenAiChat,
+            ApiKind::AnthropicMessages => Api::AnthropicMessages,
+            ApiKind::Unspecified => {
+                self.fail(Status::invalid_argument("CallStart.api is required")).await;
+                return;
+            }
+        };
+        let info = CallInfo {
+            call_id: start.call_id.clone(),
+            api,
+            model: start.model.clone(),
+            stream: start.stream,
+        };
+        let mut call = ActiveCall {
+            chain: self.chain.start_call(&info),
+            info,
+            mode: ResponseMode::Observe,
+            decoder: SseDecoder::default(),
+            chain_failed: false,
+        };
+        let decision = self.decide_request(&mut call, start).await;
+        if !self.reply(ToData::RequestDecision(decision)).await {
+            return;
+        }
+        self.serve_response(&mut call).await;
+    }
+
+    /// Request phase. A read-only chain answers at once, unchanged, in
+    /// observe mode: no parsing, no copy.
+    async fn decide_request(&self, call: &mut ActiveCall, start: CallStart) -> RequestDecision {
+        if self.chain.read_only() {
+            call.mode = ResponseMode::Observe;
+            return continue_unchanged(ResponseMode::Observe);
+        }
+        call.mode = ResponseMode::Transform;
+        let mut body: Value = match serde_json::from_slice(&start.body) {
+            Ok(body) => body,
+            Err(error) => {
+                let message = format!("request body is not valid JSON: {error}");
+                return immediate(api::error_response(call.info.api, 400, &message));
+            }
+        };
+        let original = body.clone();
+        let verdict = with_keepalive(
+            call.chain.on_request(&mut body),
+            &self.replies,
+            self.settings.keepalive_interval,
+        )
+        .await;
+        match verdict {
+            Ok(RequestVerdict::Continue) if body == original => continue_unchanged(call.mode),
+            Ok(RequestVerdict::Continue) => match serde_json::to_vec(&body) {
+                Ok(rewritten) => RequestDecision {
+                    action: Some(Action::ContinueRequest(ContinueRequest {
+                        body: Some(Bytes::from(rewritten)),
+                    })),
+                    response_mode: call.mode.into(),
+                },
+                Err(error) => {
+                    let message = format!("rewritten request could not be encoded: {error}");
+                    immediate(api::error_response(call.info.api, 500, &message))
+                }
+            },
+            Ok(RequestVerdict::Respond(response)) => {
+                tracing::info!(call_id = %call.info.call_id, reason = %response.reason, "call answered by policy");
+                immediate(response)
+            }
+            Err(error) => {
+                tracing::warn!(call_id = %call.info.call_id, %error, "request policy failed; call rejected");
+                let message = format!("request rejected: {error}");
+                immediate(api::error_response(call.info.api, 500, &message))
+            }
+        }
+    }
+
+    /// Response phase: answers the data plane's response messages until
+    /// `CallEnd` or until the data plane goes away.
+    async fn serve_response(&mut self, call: &mut ActiveCall) {
+        let transform = call.mode == ResponseMode::Transform;
+        loop {
+            let message = match self.inbound.message().await {
+                Ok(Some(DataPlaneMessage { message: Some(message) })) => message,
+                Ok(Some(DataPlaneMessage { message: None })) => continue,
+                Ok(None) => {
+                    tracing::warn!(call_id = %call.info.call_id, "data plane closed the call without CallEnd");
+                    return;
+                }
+                Err(status) => {
+                    tracing::warn!(call_id = %call.info.call_id, %status, "data plane went away mid-call");
+                    return;
+                }
+            };
+            match message {
+                FromData::ResponseBody(response) if transform => {
+                    let body = self.transform_response(call, &response.body).await;
+                    if !self.reply(ToData::ResponseDecision(ResponseDecision { body })).await {
+                        return;
+                    }
+                }
+                FromData::StreamChunk(chunk) if transform => {
+                    let chunks = self.transform_chunk(call, chunk.data).await;
+                    let reply = ChunkReply {
+                        seq: chunk.seq,
+                        chunks,
+                        ..ChunkReply::default()
+                    };
+                    if !self.reply(ToData::ChunkReply(reply)).await {
+                        return;
+                    }
+                }
+                FromData::StreamEnd(end) if transform => {
+                    let chunks = self.finish_stream(call).await;
+                    let reply = ChunkReply {
+                        seq: end.chunks,
+                        chunks,
+                        end_stream: true,
+                        ..ChunkReply::default()
+                    };
+                    if !self.reply(ToData::ChunkReply(reply)).await {
+                        return;
+                    }
+                }
+                // Observe mode: the client already has these bytes.
+                FromData::ResponseBody(_) | FromData::StreamChunk(_) | FromData::StreamEnd(_) => {}
+                FromData::CallEnd(end) => {
+                    log_call_end(&call.info, &end);
+                    return;
+                }
+                FromData::CallStart(_) => {
+                    self.fail(Status::invalid_argument("CallStart sent twice on one call")).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Runs a complete response through the chain; `None` means unchanged.
+    /// A failing policy lets the original through (and is logged).
+    async fn transform_response(&self, call: &mut ActiveCall, body: &Bytes) -> Option<Bytes> {
+        let Ok(mut response) = serde_json::from_slice::<Value>(body) else {
+            tracing::warn!(call_id = %call.info.call_id, "upstream response is not JSON; passed through");
+            return None;
+        };
+        let original = response.clone();
+        let outcome = with_keepalive(
+            call.chain.on_response(&mut response),
+            &self.replies,
+            self.settings.keepalive_interval,
+        )
+        .await;
+        if let Err(error) = outcome {
+            tracing::warn!(call_id = %call.info.call_id, %error, "response policy failed; original response passed through");
+            return None;
+        }
+        if response == original {
+            return None;
+        }
+        serde_json::to_vec(&response).ok().map(Bytes::from)
+    }
+
+    /// Reassembles SSE events from one upstream frame and runs each through
+    /// the chain; returns what the client gets now.
+    async fn transform_chunk(&self, call: &mut ActiveCall, frame: Bytes) -> Vec<Bytes> {
+        let mut events = Vec::new();
+        call.decoder.push(frame, &mut events);
+        self.run_events(call, events).await
+    }
+
+    async fn finish_stream(&self, call: &mut ActiveCall) -> Vec<Bytes> {
+        let events: Vec<SseEvent> = call.decoder.finish().into_iter().collect();
+        let mut chunks = self.run_events(call, events).await;
+        if call.chain_failed {
+            return chunks;
+        }
+        let flushed = with_keepalive(
+            call.chain.on_stream_end(),
+            &self.replies,
+            self.settings.keepalive_interval,
+        )
+        .await;
+        match flushed {
+            Ok(events) => chunks.extend(events.iter().map(SseEvent::to_bytes)),
+            Err(error) => {
+                tracing::warn!(call_id = %call.info.call_id, %error, "policy failed at stream end; held text is lost");
+            }
+        }
+        chunks
+    }
+
+    async fn run_events(&self, call: &mut ActiveCall, events: Vec<SseEvent>) -> Vec<Bytes> {
+        let mut chunks = Vec::with_capacity(events.len());
+        for event in events {
+            if call.chain_failed {
+                chunks.push(event.to_bytes());
+                continue;
+            }
+            let original = event.to_bytes();
+            let outcome = with_keepalive(
+                call.chain.on_event(event),
+                &self.replies,
+                self.settings.keepalive_interval,
+            )
+            .await;
+            match outcome {
+                Ok(out) => chunks.extend(out.iter().map(SseEvent::to_bytes)),
+                Err(error) => {
+                    tracing::warn!(call_id = %call.info.call_id, %error, "stream policy failed; rest of the stream passes unmodified");
+                    call.chain_failed = true;
+                    chunks.push(original);
+                }
+            }
+        }
+        chunks
+    }
+
+    /// Sends a message; false when the data plane is gone.
+    async fn reply(&self, message: ToData) -> bool {
+        let message = ControlPlaneMessage {
+            message: Some(message),
+        };
+        self.replies.send(Ok(message)).await.is_ok()
+    }
+
+    async fn fail(&self, status: Status) {
+        tracing::warn!(%status, "call stream rejected");
+        let _ = self.replies.send(Err(status)).await;
+    }
+}
+
+/// Awaits `work`, sending a keepalive every `interval` it takes, so the data
+/// plane's inactivity deadline does not expire under a slow policy.
+async fn with_keepalive<F: Future>(
+    work: F,
+    replies: &mpsc::Sender<Result<ControlPlaneMessage, Status>>,
+    interval: Duration,
+) -> F::Output {
+    tokio::pin!(work);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    loop {
+        tokio::select! {
+            output = &mut work => return output,
+            _ = ticks.tick() => {
+                let keepalive = ControlPlaneMessage { message: Some(ToData::Keepalive(Keepalive {})) };
+                // A full queue means the data plane is not reading; the
+                // keepalive would not help it, so it is not awaited.
+                let _ = replies.try_send(Ok(keepalive));
+            }
+        }
+    }
+}
+
+fn continue_unchanged(mode: ResponseMode) -> RequestDecision {
+    RequestDecision {
+        action: Some(Action::ContinueRequest(ContinueRequest { body: None })),
+        response_mode: mode.into(),
+    }
+}
+
+fn immediate(response: ImmediateResponse) -> RequestDecision {
+    RequestDecision {
+        action: Some(Action::ImmediateResponse(
+            luthien_proto::v1::ImmediateResponse {
+                status: u32::from(response.status),
+                headers: vec![Header {
+                    name: "content-type".into(),
+                    value: response.content_type.into(),
+                }],
+                body: response.body,
+                reason: response.reason,
+            },
+        )),
+        response_mode: ResponseMode::Unspecified.into(),
+    }
+}
+
+fn log_call_end(info: &CallInfo, end: &CallEnd) {
+    let outcome = end.outcome();
+    let duration_ms = end.duration_micros as f64 / 1000.0;
+    let overhead_ms = end.overhead_micros as f64 / 1000.0;
+    match outcome {
+        CallOutcome::Completed | CallOutcome::Blocked => tracing::info!(
+            call_id = %info.call_id, model = %info.model, stream = info.stream,
+            outcome = outcome.as_str_name(), duration_ms, overhead_ms, "call ended"
+        ),
+        _ => tracing::warn!(
+            call_id = %info.call_id, model = %info.model, stream = info.stream,
+            outcome = outcome.as_str_name(), detail = %end.detail, upstream_status = end.upstream_status,
+            duration_ms, "call ended"
+        ),
+    }
+}

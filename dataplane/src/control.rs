@@ -1,0 +1,242 @@
+//! The data plane's side of the per-call control-plane stream.
+//!
+//! [`ControlClient`] holds one lazily connected HTTP/2 channel shared by all
+//! calls; [`CallSession`] is one call's bidirectional stream. Every wait for
+//! the control plane is bounded twice: by the per-message timeout (total) and
+//! by the inactivity timeout, which each keepalive restarts.
+
+use std::time::Duration;
+
+use luthien_proto::v1::control_plane_client::ControlPlaneClient;
+use luthien_proto::v1::control_plane_message::Message as FromControl;
+use luthien_proto::v1::data_plane_message::Message as ToControl;
+use luthien_proto::v1::{
+    CallEnd, CallStart, ChunkReply, ControlPlaneMessage, DataPlaneMessage, RequestDecision,
+    ResponseDecision,
+};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, timeout_at};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::task::TaskTracker;
+use tonic::Streaming;
+use tonic::transport::{Channel, Endpoint};
+
+/// Messages a call may queue towards the control plane before the data plane
+/// waits; this is the backpressure bound of observe mode.
+const OUTBOUND_QUEUE: usize = 16;
+
+/// Largest gRPC message either side accepts (bodies travel whole).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Why the control plane could not be used for a call.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("control plane unavailable: {0}")]
+    Unavailable(String),
+    #[error("control plane did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("control plane closed the call stream")]
+    Closed,
+    #[error("control plane protocol violation: {0}")]
+    Protocol(String),
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    pub message: Duration,
+    pub inactivity: Duration,
+}
+
+/// Shared handle to the control plane.
+#[derive(Clone)]
+pub struct ControlClient {
+    client: ControlPlaneClient<Channel>,
+    timeouts: Timeouts,
+    tasks: TaskTracker,
+}
+
+impl ControlClient {
+    /// Prepares a channel; the connection is made on first use, so a data
+    /// plane starts even while its control plane is down.
+    pub fn new(
+        url: &str,
+        connect_timeout: Duration,
+        timeouts: Timeouts,
+    ) -> Result<Self, tonic::transport::Error> {
+        let channel = Endpoint::from_shared(url.to_owned())?
+            .connect_timeout(connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .initial_stream_window_size(1024 * 1024)
+            .initial_connection_window_size(16 * 1024 * 1024)
+            .connect_lazy();
+        let client = ControlPlaneClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        Ok(Self {
+            client,
+            timeouts,
+            tasks: TaskTracker::new(),
+        })
+    }
+
+    /// Background call endings still running; shutdown waits for them.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.tasks
+    }
+
+    /// Opens the call's stream with its first message.
+    pub async fn open(&self, start: CallStart) -> Result<CallSession, ControlError> {
+        let (outbound, queue) = mpsc::channel(OUTBOUND_QUEUE);
+        let first = DataPlaneMessage {
+            message: Some(ToControl::CallStart(start)),
+        };
+        outbound
+            .try_send(first)
+            .map_err(|_| ControlError::Protocol("fresh queue refused the first message".into()))?;
+        let deadline = Instant::now() + self.timeouts.message.min(self.timeouts.inactivity);
+        let mut client = self.client.clone();
+        let response = timeout_at(deadline, client.process_call(ReceiverStream::new(queue)))
+            .await
+            .map_err(|_| ControlError::Timeout(self.timeouts.inactivity))?
+            .map_err(|status| ControlError::Unavailable(status.message().to_owned()))?;
+        Ok(CallSession {
+            outbound,
+            inbound: response.into_inner(),
+            timeouts: self.timeouts,
+            tasks: self.tasks.clone(),
+            ended: false,
+        })
+    }
+}
+
+/// One call's stream. Dropping it before [`CallSession::end`] tells the
+/// control plane the client went away.
+pub struct CallSession {
+    outbound: mpsc::Sender<DataPlaneMessage>,
+    inbound: Streaming<ControlPlaneMessage>,
+    timeouts: Timeouts,
+    tasks: TaskTracker,
+    ended: bool,
+}
+
+impl CallSession {
+    /// Queues a message, waiting (bounded) while the control plane is behind.
+    pub async fn send(&self, message: ToControl) -> Result<(), ControlError> {
+        let message = DataPlaneMessage {
+            message: Some(message),
+        };
+        match tokio::time::timeout(self.timeouts.message, self.outbound.send(message)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(ControlError::Closed),
+            Err(_) => Err(ControlError::Timeout(self.timeouts.message)),
+        }
+    }
+
+    /// Waits for the next decision, skipping keepalives.
+    async fn receive(&mut self) -> Result<FromControl, ControlError> {
+        let message_deadline = Instant::now() + self.timeouts.message;
+        loop {
+            let silence_deadline = Instant::now() + self.timeouts.inactivity;
+            let deadline = silence_deadline.min(message_deadline);
+            let waited = if deadline == message_deadline {
+                self.timeouts.message
+            } else {
+                self.timeouts.inactivity
+            };
+            let next = timeout_at(deadline, self.inbound.message())
+                .await
+                .map_err(|_| ControlError::Timeout(waited))?;
+            match next {
+                Ok(Some(ControlPlaneMessage {
+                    message: Some(FromControl::Keepalive(_)),
+                })) => continue,
+                Ok(Some(ControlPlaneMessage {
+                    message: Some(message),
+                })) => return Ok(message),
+                Ok(Some(ControlPlaneMessage { message: None })) => {
+                    return Err(ControlError::Protocol("empty message".into()));
+                }
+                Ok(None) => return Err(ControlError::Closed),
+                Err(status) => return Err(ControlError::Unavailable(status.message().to_owned())),
+            }
+        }
+    }
+
+    pub async fn request_decision(&mut self) -> Result<RequestDecision, ControlError> {
+        match self.receive().await? {
+            FromControl::RequestDecision(decision) => Ok(decision),
+            other => Err(unexpected("RequestDecision", &other)),
+        }
+    }
+
+    pub async fn response_decision(&mut self) -> Result<ResponseDecision, ControlError> {
+        match self.receive().await? {
+            FromControl::ResponseDecision(decision) => Ok(decision),
+            other => Err(unexpected("ResponseDecision", &other)),
+        }
+    }
+
+    pub async fn chunk_reply(&mut self, seq: u64) -> Result<ChunkReply, ControlError> {
+        match self.receive().await? {
+            FromControl::ChunkReply(reply) if reply.seq == seq => Ok(reply),
+            FromControl::ChunkReply(reply) => Err(ControlError::Protocol(format!(
+                "ChunkReply for seq {} while waiting for {seq}",
+                reply.seq
+            ))),
+            other => Err(unexpected("ChunkReply", &other)),
+        }
+    }
+
+    /// Sends the call's last message in the background, half-closes the
+    /// stream and lets the control plane finish its side. The client never
+    /// waits for this.
+    pub fn end(mut self, end: CallEnd) {
+        self.ended = true;
+        let tasks = self.tasks.clone();
+        tasks.spawn(async move {
+            // Best effort: a control plane that is gone cannot learn anything more.
+            if self.send(ToControl::CallEnd(end)).await.is_err() {
+                return;
+            }
+            let (outbound, _) = mpsc::channel(1);
+            drop(std::mem::replace(&mut self.outbound, outbound));
+            // Keep the response stream open until the control plane closes
+            // it; dropping it early would reset the HTTP/2 stream and could
+            // discard the CallEnd still in flight.
+            let linger = self.timeouts.message;
+            let _ = tokio::time::timeout(linger, async {
+                while let Ok(Some(_)) = self.inbound.message().await {}
+            })
+            .await;
+        });
+    }
+}
+
+impl Drop for CallSession {
+    fn drop(&mut self) {
+        if !self.ended {
+            // The handler was dropped mid-call: hyper does that when the
+            // client disconnects. Never block in drop; if the queue is full
+            // the control plane still sees the stream end without a CallEnd.
+            let _ = self.outbound.try_send(DataPlaneMessage {
+                message: Some(ToControl::CallEnd(CallEnd {
+                    outcome: luthien_proto::v1::CallOutcome::ClientDisconnected.into(),
+                    detail: "client disconnected".into(),
+                    ..CallEnd::default()
+                })),
+            });
+        }
+    }
+}
+
+fn unexpected(wanted: &str, got: &FromControl) -> ControlError {
+    let got = match got {
+        FromControl::RequestDecision(_) => "RequestDecision",
+        FromControl::ResponseDecision(_) => "ResponseDecision",
+        FromControl::ChunkReply(_) => "ChunkReply",
+        FromControl::Keepalive(_) => "Keepalive",
+    };
+    ControlError::Protocol(format!("expected {wanted}, got {got}"))
+}

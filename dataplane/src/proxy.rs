@@ -1,0 +1,542 @@
+//! One proxied call, from the client's request to the response headers.
+//!
+//! The order of work is fixed: authenticate, read and check the body, ask the
+//! control plane for a request decision, call upstream, then either answer a
+//! non-streamed response or hand the stream to [`crate::stream`]. Every error
+//! leaves here as a response in the client's own API format.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use luthien_proto::v1::data_plane_message::Message as ToControl;
+use luthien_proto::v1::request_decision::Action;
+use luthien_proto::v1::{
+    CallEnd, CallOutcome, CallStart, Header, ResponseBody, ResponseMode, TraceContext,
+};
+use serde::Deserialize;
+use tokio_stream::wrappers::ReceiverStream;
+use uuid::Uuid;
+
+use crate::api::{Api, ApiError};
+use crate::config::FailMode;
+use crate::control::{CallSession, ControlError};
+use crate::stream::{StreamMode, StreamPump};
+use crate::upstream::{self, SendError};
+use crate::AppState;
+
+/// Response header carrying the call id, generated at the boundary.
+pub const CALL_ID_HEADER: HeaderName = HeaderName::from_static("x-luthien-call-id");
+/// Response header carrying the time spent in Luthien (not upstream), in ms.
+pub const OVERHEAD_HEADER: HeaderName = HeaderName::from_static("x-luthien-overhead-ms");
+
+/// Upstream error bodies are passed to the control plane up to this size.
+const MAX_RECORDED_ERROR_BODY: usize = 64 * 1024;
+
+/// Client streams buffer at most this many chunks before the pump waits.
+const CLIENT_QUEUE: usize = 8;
+
+pub async fn openai(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    proxy(state, Api::OpenAiChat, request).await
+}
+
+pub async fn anthropic(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    proxy(state, Api::AnthropicMessages, request).await
+}
+
+async fn proxy(state: Arc<AppState>, api: Api, request: Request) -> Response {
+    let call = Call {
+        id: Uuid::now_v7(),
+        api,
+        received: Instant::now(),
+        upstream_wait: Duration::ZERO,
+        state,
+    };
+    let call_id = call.id;
+    let mut response = call.run(request).await;
+    if let Ok(value) = HeaderValue::from_str(&call_id.to_string()) {
+        response.headers_mut().insert(CALL_ID_HEADER, value);
+    }
+    response
+}
+
+/// The fields of a request body the data plane needs; everything else is
+/// skipped by the parser while it still validates the whole document.
+#[derive(Deserialize)]
+struct RequestProbe {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    stream: Option<bool>,
+}
+
+struct Call {
+    id: Uuid,
+    api: Api,
+    received: Instant,
+    /// Time spent waiting for upstream, excluded from the overhead.
+    upstream_wait: Duration,
+    state: Arc<AppState>,
+}
+
+impl Call {
+    fn error(&self, status: StatusCode, message: impl Into<String>) -> Response {
+        ApiError::new(self.api, status, message).into_response()
+    }
+
+    fn overhead(&self) -> Duration {
+        self.received.elapsed().saturating_sub(self.upstream_wait)
+    }
+
+    fn call_end(&self, outcome: CallOutcome, detail: impl Into<String>) -> CallEnd {
+        let elapsed = self.received.elapsed();
+        CallEnd {
+            outcome: outcome.into(),
+            detail: detail.into(),
+            duration_micros: micros(elapsed),
+            time_to_first_byte_micros: micros(elapsed),
+            overhead_micros: micros(self.overhead()),
+            ..CallEnd::default()
+        }
+    }
+
+    async fn run(mut self, request: Request) -> Response {
+        let config = &self.state.config;
+        let (parts, body) = request.into_parts();
+
+        let stripped_credential = match self.authenticate(&parts.headers) {
+            Ok(header) => header,
+            Err(response) => return response,
+        };
+
+        let declared_length = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<usize>().ok());
+        if declared_length.is_some_and(|length| length > config.max_body_bytes) {
+            return self.too_large();
+        }
+        let body = match Limited::new(body, config.max_body_bytes).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(error) if error.is::<http_body_util::LengthLimitError>() => return self.too_large(),
+            Err(error) => {
+                return self.error(
+                    StatusCode::BAD_REQUEST,
+                    format!("could not read the request body: {error}"),
+                );
+            }
+        };
+        let probe: RequestProbe = match serde_json::from_slice(&body) {
+            Ok(probe) => probe,
+            Err(error) => {
+                return self.error(
+                    StatusCode::BAD_REQUEST,
+                    format!("request body is not valid JSON for this API: {error}"),
+                );
+            }
+        };
+        let stream = probe.stream.unwrap_or(false);
+
+        let start = CallStart {
+            call_id: self.id.to_string(),
+            api: self.api.kind().into(),
+            path: parts.uri.path().to_owned(),
+            model: probe.model.unwrap_or_default(),
+            stream,
+            headers: forwardable_metadata(&parts.headers),
+            trace: Some(trace_context(&parts.headers)),
+            body: body.clone(),
+            received_at_unix_micros: unix_micros(),
+        };
+
+        // Request phase: the control plane may rewrite, block, and picks the
+        // response mode.
+        let (mut session, upstream_body, mode) = match self.open_session(start).await {
+            Ok(Some((session, decision))) => match (decision.response_mode(), decision.action) {
+                (_, Some(Action::ImmediateResponse(immediate))) => {
+                    let response = immediate_response(immediate.status, immediate.headers, immediate.body);
+                    session.end(self.call_end(CallOutcome::Blocked, immediate.reason));
+                    return self.with_overhead(response);
+                }
+                (response_mode, Some(Action::ContinueRequest(continued))) => {
+                    let mode = match response_mode {
+                        ResponseMode::Observe => StreamMode::Observe,
+                        ResponseMode::Transform | ResponseMode::Unspecified => StreamMode::Transform,
+                    };
+                    (Some(session), continued.body.unwrap_or(body), mode)
+                }
+                (_, None) => {
+                    let error = ControlError::Protocol("RequestDecision without an action".into());
+                    match self.control_failed(error) {
+                        Ok(()) => (None, body, StreamMode::PassThrough),
+                        Err(response) => return response,
+                    }
+                }
+            },
+            Ok(None) => (None, body, StreamMode::PassThrough),
+            Err(response) => return response,
+        };
+
+        // Upstream.
+        let upstream_started = Instant::now();
+        let sent = tokio::time::timeout(
+            config.upstream_timeout,
+            self.state.upstream.send(
+                self.api,
+                parts.uri.query(),
+                &parts.headers,
+                stripped_credential.as_ref(),
+                upstream_body,
+            ),
+        )
+        .await;
+        self.upstream_wait += upstream_started.elapsed();
+        let upstream_response = match sent {
+            Ok(Ok(response)) => response,
+            Ok(Err(SendError::InvalidQuery)) => {
+                return self.reject(session, StatusCode::BAD_REQUEST, "the query string is not valid");
+            }
+            Ok(Err(SendError::Failed(error))) => {
+                tracing::warn!(call_id = %self.id, %error, "upstream unreachable");
+                let response = self.error(StatusCode::BAD_GATEWAY, "upstream provider unreachable");
+                if let Some(session) = session.take() {
+                    session.end(self.call_end(CallOutcome::UpstreamUnreachable, error.to_string()));
+                }
+                return response;
+            }
+            Err(_) => {
+                let response = self.error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream provider did not answer in time",
+                );
+                if let Some(session) = session.take() {
+                    session.end(self.call_end(CallOutcome::UpstreamTimeout, "no response headers"));
+                }
+                return response;
+            }
+        };
+        let (upstream_parts, upstream_body) = upstream_response.into_parts();
+        let status = upstream_parts.status;
+        let mut headers = HeaderMap::with_capacity(upstream_parts.headers.len());
+        upstream::copy_forwardable(&upstream_parts.headers, &mut headers);
+
+        if stream && status.is_success() {
+            let (client, client_body) = tokio::sync::mpsc::channel(CLIENT_QUEUE);
+            let mut response = Response::new(Body::from_stream(ReceiverStream::new(client_body)));
+            *response.status_mut() = status;
+            *response.headers_mut() = headers;
+            let response = self.with_overhead(response);
+            let pump = StreamPump {
+                api: self.api,
+                session,
+                mode,
+                fail_mode: config.fail_mode,
+                upstream: upstream_body,
+                upstream_timeout: config.upstream_timeout,
+                client,
+                received: self.received,
+                upstream_wait: self.upstream_wait,
+            };
+            self.state.control.tasks().spawn(pump.run());
+            return response;
+        }
+
+        // Non-streamed (or an upstream error, which is never streamed).
+        let read_started = Instant::now();
+        let read = tokio::time::timeout(
+            config.upstream_timeout,
+            Limited::new(upstream_body, config.max_response_bytes).collect(),
+        )
+        .await;
+        self.upstream_wait += read_started.elapsed();
+        let body = match read {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(error)) => {
+                let too_large = error.is::<http_body_util::LengthLimitError>();
+                let (outcome, message) = if too_large {
+                    (CallOutcome::UpstreamUnreachable, "upstream response exceeds --max-response-bytes")
+                } else {
+                    (CallOutcome::UpstreamUnreachable, "upstream connection failed mid-response")
+                };
+                if let Some(session) = session.take() {
+                    session.end(self.call_end(outcome, message));
+                }
+                return self.error(StatusCode::BAD_GATEWAY, message);
+            }
+            Err(_) => {
+                if let Some(session) = session.take() {
+                    session.end(self.call_end(CallOutcome::UpstreamTimeout, "response body too slow"));
+                }
+                return self.error(StatusCode::GATEWAY_TIMEOUT, "upstream provider did not answer in time");
+            }
+        };
+
+        if !status.is_success() {
+            if let Some(session) = session.take() {
+                let mut end = self.call_end(CallOutcome::UpstreamError, format!("upstream answered {status}"));
+                end.upstream_status = u32::from(status.as_u16());
+                end.upstream_error_body = body.slice(..body.len().min(MAX_RECORDED_ERROR_BODY));
+                session.end(end);
+            }
+            return self.respond(status, headers, body);
+        }
+
+        // Response phase.
+        let body = match (session.as_mut(), mode) {
+            (Some(active), StreamMode::Transform) => {
+                let cp_started = Instant::now();
+                let decided = match active
+                    .send(ToControl::ResponseBody(response_message(status, &headers, body.clone())))
+                    .await
+                {
+                    Ok(()) => active.response_decision().await,
+                    Err(error) => Err(error),
+                };
+                tracing::trace!(call_id = %self.id, waited = ?cp_started.elapsed(), "response decision");
+                match decided {
+                    Ok(decision) => decision.body.unwrap_or(body),
+                    Err(error) => {
+                        self.end_failed_session(session.take(), &error);
+                        if let Err(response) = self.control_failed(error) {
+                            return response;
+                        }
+                        body
+                    }
+                }
+            }
+            (Some(active), _) => {
+                let sent = active
+                    .send(ToControl::ResponseBody(response_message(status, &headers, body.clone())))
+                    .await;
+                if let Err(error) = sent {
+                    self.end_failed_session(session.take(), &error);
+                    if let Err(response) = self.control_failed(error) {
+                        return response;
+                    }
+                }
+                body
+            }
+            (None, _) => body,
+        };
+        if let Some(session) = session {
+            let mut end = self.call_end(CallOutcome::Completed, "");
+            end.upstream_status = u32::from(status.as_u16());
+            session.end(end);
+        }
+        self.respond(status, headers, body)
+    }
+
+    /// Checks the client's key when `LUTHIEN_API_KEY` is set. Returns the
+    /// header that carried it, which must not travel upstream.
+    fn authenticate(&self, headers: &HeaderMap) -> Result<Option<HeaderName>, Response> {
+        let Some(expected) = self.state.config.client_api_key.as_deref() else {
+            return Ok(None);
+        };
+        let bearer = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "));
+        if bearer.is_some_and(|key| constant_time_eq(key.as_bytes(), expected.as_bytes())) {
+            return Ok(Some(header::AUTHORIZATION));
+        }
+        let api_key = headers.get("x-api-key").map(HeaderValue::as_bytes);
+        if api_key.is_some_and(|key| constant_time_eq(key, expected.as_bytes())) {
+            return Ok(Some(HeaderName::from_static("x-api-key")));
+        }
+        Err(self.error(
+            StatusCode::UNAUTHORIZED,
+            "missing or invalid API key: send the Luthien key as `Authorization: Bearer <key>` or `x-api-key`",
+        ))
+    }
+
+    fn too_large(&self) -> Response {
+        self.error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "request body exceeds the limit of {} bytes",
+                self.state.config.max_body_bytes
+            ),
+        )
+    }
+
+    /// Opens the control-plane stream and waits for the request decision.
+    /// `Ok(None)` means fail-open: proceed without the control plane.
+    async fn open_session(
+        &self,
+        start: CallStart,
+    ) -> Result<Option<(CallSession, luthien_proto::v1::RequestDecision)>, Response> {
+        let opened = match self.state.control.open(start).await {
+            Ok(mut session) => match session.request_decision().await {
+                Ok(decision) => return Ok(Some((session, decision))),
+                Err(error) => {
+                    self.end_failed_session(Some(session), &error);
+                    error
+                }
+            },
+            Err(error) => error,
+        };
+        self.control_failed(opened).map(|()| None)
+    }
+
+    /// Applies the fail mode to a control-plane failure that happened before
+    /// any response byte was sent. `Ok` means carry on without it.
+    fn control_failed(&self, error: ControlError) -> Result<(), Response> {
+        match self.state.config.fail_mode {
+            FailMode::Open => {
+                tracing::warn!(call_id = %self.id, %error, "control plane failed; fail-open: call proceeds unmodified");
+                Ok(())
+            }
+            FailMode::Closed => {
+                tracing::warn!(call_id = %self.id, %error, "control plane failed; fail-closed: call refused");
+                Err(self.error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("policy control plane unavailable: {error}"),
+                ))
+            }
+        }
+    }
+
+    /// Tells a failing control plane, best effort, why the call stops using it.
+    fn end_failed_session(&self, session: Option<CallSession>, error: &ControlError) {
+        if let Some(session) = session {
+            session.end(self.call_end(CallOutcome::ControlPlaneTimeout, error.to_string()));
+        }
+    }
+
+    fn reject(&self, session: Option<CallSession>, status: StatusCode, message: &str) -> Response {
+        if let Some(session) = session {
+            session.end(self.call_end(CallOutcome::Rejected, message));
+        }
+        self.error(status, message)
+    }
+
+    fn respond(&self, status: StatusCode, headers: HeaderMap, body: Bytes) -> Response {
+        let mut response = Response::new(Body::from(body));
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
+        self.with_overhead(response)
+    }
+
+    fn with_overhead(&self, mut response: Response) -> Response {
+        let millis = self.overhead().as_secs_f64() * 1000.0;
+        if let Ok(value) = HeaderValue::from_str(&format!("{millis:.3}")) {
+            response.headers_mut().insert(OVERHEAD_HEADER, value);
+        }
+        response
+    }
+}
+
+fn response_message(status: StatusCode, headers: &HeaderMap, body: Bytes) -> ResponseBody {
+    ResponseBody {
+        status: u32::from(status.as_u16()),
+        headers: metadata(headers),
+        body,
+    }
+}
+
+fn immediate_response(status: u32, headers: Vec<Header>, body: Bytes) -> Response {
+    let status = u16::try_from(status)
+        .ok()
+        .and_then(|status| StatusCode::from_u16(status).ok())
+        .unwrap_or(StatusCode::OK);
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    for Header { name, value } in headers {
+        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+            response.headers_mut().append(name, value);
+        }
+    }
+    response
+}
+
+/// Request headers the control plane may see: end-to-end, no credentials.
+fn forwardable_metadata(headers: &HeaderMap) -> Vec<Header> {
+    let mut forwardable = HeaderMap::new();
+    upstream::copy_forwardable(headers, &mut forwardable);
+    metadata(&forwardable)
+}
+
+fn metadata(headers: &HeaderMap) -> Vec<Header> {
+    headers
+        .iter()
+        .filter(|(name, _)| !upstream::is_credential(name))
+        .filter_map(|(name, value)| {
+            Some(Header {
+                name: name.as_str().to_owned(),
+                value: value.to_str().ok()?.to_owned(),
+            })
+        })
+        .collect()
+}
+
+fn trace_context(headers: &HeaderMap) -> TraceContext {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    TraceContext {
+        traceparent: text("traceparent"),
+        tracestate: text("tracestate"),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
+pub(crate) fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn unix_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_eq_compares_bytes() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+    }
+
+    #[test]
+    fn metadata_never_carries_credentials() {
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", HeaderValue::from_static("Bearer sk-x"));
+        headers.insert("x-api-key", HeaderValue::from_static("sk-ant"));
+        headers.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
+        headers.insert("connection", HeaderValue::from_static("close"));
+        let names: Vec<String> = forwardable_metadata(&headers).into_iter().map(|h| h.name).collect();
+        assert_eq!(names, vec!["anthropic-version".to_owned()]);
+    }
+
+    #[test]
+    fn probe_reads_model_and_stream_and_rejects_bad_json() {
+        let probe: RequestProbe =
+            serde_json::from_slice(br#"{"model":"gpt","stream":true,"messages":[{"x":[1,2]}]}"#).unwrap();
+        assert_eq!(probe.model.as_deref(), Some("gpt"));
+        assert_eq!(probe.stream, Some(true));
+        assert!(serde_json::from_slice::<RequestProbe>(br#"{"model":"gpt",}"#).is_err());
+        assert!(serde_json::from_slice::<RequestProbe>(br#"{"model":"gpt"} trailing"#).is_err());
+        assert!(serde_json::from_slice::<RequestProbe>(br#"[1,2]"#).is_err());
+    }
+}

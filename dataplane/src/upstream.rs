@@ -1,0 +1,209 @@
+//! Calls to the provider: one pooled HTTP client (HTTP/1.1 and HTTP/2, TLS
+//! by rustls) and the rules for which headers cross the proxy.
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, header};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::api::Api;
+use crate::config::DataPlaneConfig;
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), plus
+/// the ones the proxy recomputes.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "host",
+    "content-length",
+];
+
+/// The pooled client and the upstream endpoints.
+#[derive(Clone)]
+pub struct Upstream {
+    client: Client<Connector, Full<Bytes>>,
+    openai_url: String,
+    anthropic_url: String,
+    openai_key: Option<HeaderValue>,
+    anthropic_key: Option<HeaderValue>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamSetupError {
+    #[error("no TLS root certificates: {0}")]
+    Tls(std::io::Error),
+    #[error("{0} is not a valid header value")]
+    BadKey(&'static str),
+}
+
+/// Why an upstream request could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("the query string is not valid in a URL")]
+    InvalidQuery,
+    #[error("upstream request failed: {0}")]
+    Failed(hyper_util::client::legacy::Error),
+}
+
+impl Upstream {
+    pub fn new(config: &DataPlaneConfig) -> Result<Self, UpstreamSetupError> {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_native_roots()
+            .map_err(UpstreamSetupError::Tls)?
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(std::time::Duration::from_secs(90))
+            .build(connector);
+        let bearer = |key: &Option<String>, what| {
+            key.as_deref()
+                .map(|key| {
+                    HeaderValue::from_str(&format!("Bearer {key}"))
+                        .map_err(|_| UpstreamSetupError::BadKey(what))
+                })
+                .transpose()
+        };
+        let plain = |key: &Option<String>, what| {
+            key.as_deref()
+                .map(|key| HeaderValue::from_str(key).map_err(|_| UpstreamSetupError::BadKey(what)))
+                .transpose()
+        };
+        Ok(Self {
+            client,
+            openai_url: format!(
+                "{}/chat/completions",
+                config.openai_base_url.trim_end_matches('/')
+            ),
+            anthropic_url: format!(
+                "{}/v1/messages",
+                config.anthropic_base_url.trim_end_matches('/')
+            ),
+            openai_key: bearer(&config.openai_api_key, "OPENAI_API_KEY")?,
+            anthropic_key: plain(&config.anthropic_api_key, "ANTHROPIC_API_KEY")?,
+        })
+    }
+
+    /// Sends the request upstream; resolves when the response headers arrive.
+    pub async fn send(
+        &self,
+        api: Api,
+        query: Option<&str>,
+        client_headers: &HeaderMap,
+        stripped_credential: Option<&HeaderName>,
+        body: Bytes,
+    ) -> Result<hyper::Response<Incoming>, SendError> {
+        let base = match api {
+            Api::OpenAiChat => &self.openai_url,
+            Api::AnthropicMessages => &self.anthropic_url,
+        };
+        let uri = match query {
+            Some(query) => format!("{base}?{query}"),
+            None => base.clone(),
+        };
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = Method::POST;
+        // The base URL was validated at start-up; only the client's query
+        // string can make this fail.
+        *request.uri_mut() = uri.parse::<Uri>().map_err(|_| SendError::InvalidQuery)?;
+        let headers = request.headers_mut();
+        copy_forwardable(client_headers, headers);
+        if let Some(name) = stripped_credential {
+            headers.remove(name);
+        }
+        match api {
+            Api::OpenAiChat => {
+                if let Some(key) = &self.openai_key {
+                    headers.remove("x-api-key");
+                    headers.insert(header::AUTHORIZATION, key.clone());
+                }
+            }
+            Api::AnthropicMessages => {
+                if let Some(key) = &self.anthropic_key {
+                    headers.remove(header::AUTHORIZATION);
+                    headers.insert("x-api-key", key.clone());
+                }
+            }
+        }
+        // Policies read the response: it must not arrive compressed.
+        headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        self.client.request(request).await.map_err(SendError::Failed)
+    }
+
+    /// Checks the configured URLs once at start-up.
+    pub fn validate(&self) -> Result<(), String> {
+        for url in [&self.openai_url, &self.anthropic_url] {
+            let uri: Uri = url
+                .parse()
+                .map_err(|e| format!("invalid upstream URL `{url}`: {e}"))?;
+            if uri.host().is_none() {
+                return Err(format!("upstream URL `{url}` has no host"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Copies every end-to-end header (including unknown ones such as
+/// `anthropic-beta`), dropping hop-by-hop ones.
+pub fn copy_forwardable(from: &HeaderMap, to: &mut HeaderMap) {
+    for (name, value) in from {
+        if !HOP_BY_HOP.contains(&name.as_str()) {
+            to.append(name.clone(), value.clone());
+        }
+    }
+}
+
+/// True for headers that carry credentials; they never reach the control
+/// plane or a log.
+pub fn is_credential(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    matches!(
+        name,
+        "authorization" | "proxy-authorization" | "x-api-key" | "api-key" | "cookie" | "set-cookie"
+    ) || name.contains("token")
+        || name.contains("secret")
+        || name.ends_with("-key")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_recognised() {
+        for name in ["authorization", "x-api-key", "cookie", "x-goog-api-key", "x-auth-token"] {
+            assert!(is_credential(&HeaderName::from_static(name)), "{name}");
+        }
+        for name in ["anthropic-version", "anthropic-beta", "user-agent", "content-type"] {
+            assert!(!is_credential(&HeaderName::from_static(name)), "{name}");
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_not_copied() {
+        let mut from = HeaderMap::new();
+        from.insert("connection", HeaderValue::from_static("keep-alive"));
+        from.insert("host", HeaderValue::from_static("luthien"));
+        from.insert("anthropic-beta", HeaderValue::from_static("tools-2024"));
+        let mut to = HeaderMap::new();
+        copy_forwardable(&from, &mut to);
+        assert_eq!(to.len(), 1);
+        assert_eq!(to["anthropic-beta"], "tools-2024");
+    }
+}

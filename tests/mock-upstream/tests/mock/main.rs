@@ -1,0 +1,10 @@
+//! End-to-end tests of the mock provider over real sockets, with a plain hyper client.
+
+// Clippy allows these inside `#[test]` functions only; the helpers that check and rebuild
+// streams are test code too, where a failed expectation is meant to fail the test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod anthropic;
+mod control;
+mod openai;
+mod support;

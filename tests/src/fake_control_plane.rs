@@ -1,0 +1,138 @@
+//! A scripted control plane that misbehaves on purpose: goes silent, stalls
+//! with keepalives, or dies mid-stream. Used to test the data plane's
+//! deadlines and fail modes against the real protocol.
+
+use std::time::Duration;
+
+use luthien_proto::v1::control_plane_message::Message as ToData;
+use luthien_proto::v1::control_plane_server::{ControlPlane, ControlPlaneServer};
+use luthien_proto::v1::data_plane_message::Message as FromData;
+use luthien_proto::v1::request_decision::Action;
+use luthien_proto::v1::{
+    ChunkReply, ContinueRequest, ControlPlaneMessage, DataPlaneMessage, Keepalive,
+    RequestDecision, ResponseMode,
+};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+/// What the fake does with each call.
+#[derive(Clone, Copy, Debug)]
+pub enum Script {
+    /// Reads the CallStart and never answers.
+    Silent,
+    /// Sends a keepalive every `every` for `for_`, then continues the call
+    /// unchanged in observe mode.
+    KeepaliveThenContinue { every: Duration, for_: Duration },
+    /// Continues in transform mode, echoes `chunks` stream chunks unchanged,
+    /// then fails the call stream.
+    DieAfterChunks { chunks: u64 },
+}
+
+#[derive(Clone)]
+struct Fake {
+    script: Script,
+}
+
+type Replies = mpsc::Sender<Result<ControlPlaneMessage, Status>>;
+
+#[tonic::async_trait]
+impl ControlPlane for Fake {
+    type ProcessCallStream = ReceiverStream<Result<ControlPlaneMessage, Status>>;
+
+    async fn process_call(
+        &self,
+        request: Request<Streaming<DataPlaneMessage>>,
+    ) -> Result<Response<Self::ProcessCallStream>, Status> {
+        let (replies, stream) = mpsc::channel(8);
+        tokio::spawn(run(self.script, request.into_inner(), replies));
+        Ok(Response::new(ReceiverStream::new(stream)))
+    }
+}
+
+async fn run(script: Script, mut inbound: Streaming<DataPlaneMessage>, replies: Replies) {
+    // The CallStart.
+    let Ok(Some(_)) = inbound.message().await else {
+        return;
+    };
+    match script {
+        Script::Silent => {
+            // Hold the stream open without a word until the data plane leaves.
+            while let Ok(Some(_)) = inbound.message().await {}
+        }
+        Script::KeepaliveThenContinue { every, for_ } => {
+            let until = tokio::time::Instant::now() + for_;
+            while tokio::time::Instant::now() < until {
+                send(&replies, ToData::Keepalive(Keepalive {})).await;
+                tokio::time::sleep(every).await;
+            }
+            send(&replies, continue_call(ResponseMode::Observe)).await;
+            while let Ok(Some(_)) = inbound.message().await {}
+        }
+        Script::DieAfterChunks { chunks } => {
+            send(&replies, continue_call(ResponseMode::Transform)).await;
+            let mut echoed = 0;
+            while let Ok(Some(message)) = inbound.message().await {
+                let Some(FromData::StreamChunk(chunk)) = message.message else {
+                    continue;
+                };
+                if echoed == chunks {
+                    let _ = replies.send(Err(Status::internal("scripted failure"))).await;
+                    return;
+                }
+                let reply = ChunkReply {
+                    seq: chunk.seq,
+                    chunks: vec![chunk.data],
+                    ..ChunkReply::default()
+                };
+                send(&replies, ToData::ChunkReply(reply)).await;
+                echoed += 1;
+            }
+        }
+    }
+}
+
+fn continue_call(mode: ResponseMode) -> ToData {
+    ToData::RequestDecision(RequestDecision {
+        action: Some(Action::ContinueRequest(ContinueRequest { body: None })),
+        response_mode: mode.into(),
+    })
+}
+
+async fn send(replies: &Replies, message: ToData) {
+    let _ = replies
+        .send(Ok(ControlPlaneMessage {
+            message: Some(message),
+        }))
+        .await;
+}
+
+/// A running fake; stops when dropped.
+pub struct FakeControlPlane {
+    pub url: String,
+    shutdown: CancellationToken,
+}
+
+impl FakeControlPlane {
+    pub async fn start(script: Script) -> FakeControlPlane {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind fake control plane");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let shutdown = CancellationToken::new();
+        let server = tonic::transport::Server::builder()
+            .add_service(ControlPlaneServer::new(Fake { script }))
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(listener),
+                shutdown.clone().cancelled_owned(),
+            );
+        tokio::spawn(server);
+        FakeControlPlane { url, shutdown }
+    }
+}
+
+impl Drop for FakeControlPlane {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}

@@ -1,0 +1,170 @@
+//! A real Luthien stack on port 0: the mock provider, a control plane and a
+//! data plane, each serving on its own socket inside the test process.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use luthien_controlplane::ControlPlaneConfig;
+use luthien_controlplane::policy::Chain;
+use luthien_dataplane::{DataPlaneConfig, FailMode};
+use luthien_mock_upstream::MockUpstream;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Where the data plane finds its control plane.
+pub enum ControlPlane {
+    /// A real control plane running this chain.
+    Chain(Chain),
+    /// A real control plane configured by this YAML policy file content.
+    Yaml(String),
+    /// An address where nothing listens.
+    Down,
+    /// Some other server (e.g. a scripted fake) at this URL.
+    External(String),
+}
+
+pub struct StackOptions {
+    pub control_plane: ControlPlane,
+    pub fail_mode: FailMode,
+    pub client_api_key: Option<String>,
+    pub openai_api_key: Option<String>,
+    pub anthropic_api_key: Option<String>,
+    pub max_body_bytes: usize,
+    pub upstream_timeout: Duration,
+    pub cp_message_timeout: Duration,
+    pub cp_inactivity_timeout: Duration,
+    /// Point the data plane at this upstream instead of the mock.
+    pub upstream_override: Option<String>,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self {
+            control_plane: ControlPlane::Yaml("policies: [{type: noop}]".into()),
+            fail_mode: FailMode::Closed,
+            client_api_key: None,
+            openai_api_key: None,
+            anthropic_api_key: None,
+            max_body_bytes: 10 * 1024 * 1024,
+            upstream_timeout: Duration::from_secs(30),
+            cp_message_timeout: Duration::from_secs(10),
+            cp_inactivity_timeout: Duration::from_secs(5),
+            upstream_override: None,
+        }
+    }
+}
+
+impl StackOptions {
+    pub fn yaml(yaml: &str) -> Self {
+        Self {
+            control_plane: ControlPlane::Yaml(yaml.to_owned()),
+            ..Self::default()
+        }
+    }
+}
+
+/// A running stack; everything stops when it is dropped.
+pub struct Stack {
+    pub mock: Arc<MockUpstream>,
+    /// `http://127.0.0.1:PORT` of the data plane.
+    pub proxy: String,
+    /// `http://127.0.0.1:PORT` of the control plane, when one runs.
+    pub control_plane: Option<String>,
+    shutdown: CancellationToken,
+}
+
+impl Stack {
+    pub async fn start(options: StackOptions) -> Stack {
+        let mock = Arc::new(MockUpstream::start().await.expect("mock upstream starts"));
+        Self::start_with_mock(options, mock).await
+    }
+
+    /// Starts a stack in front of an existing mock (several stacks can share one).
+    pub async fn start_with_mock(options: StackOptions, mock: Arc<MockUpstream>) -> Stack {
+        let shutdown = CancellationToken::new();
+        let control_plane_url = match options.control_plane {
+            ControlPlane::Chain(chain) => Some(start_control_plane(chain, &shutdown).await),
+            ControlPlane::Yaml(yaml) => {
+                let chain = luthien_controlplane::config::parse_chain(&yaml, "test policy")
+                    .expect("test policy YAML is valid");
+                Some(start_control_plane(chain, &shutdown).await)
+            }
+            ControlPlane::External(url) => Some(url),
+            ControlPlane::Down => None,
+        };
+        let data_plane_target = match &control_plane_url {
+            Some(url) => url.clone(),
+            None => format!("http://{}", unused_address().await),
+        };
+        let (openai_base_url, anthropic_base_url) = match &options.upstream_override {
+            Some(url) => (format!("{url}/v1"), url.clone()),
+            None => (mock.openai_base_url(), mock.anthropic_base_url()),
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind data plane");
+        let proxy = format!("http://{}", listener.local_addr().expect("data plane address"));
+        let config = DataPlaneConfig {
+            listen: listener.local_addr().expect("data plane address"),
+            control_plane: data_plane_target,
+            openai_base_url,
+            anthropic_base_url,
+            openai_api_key: options.openai_api_key,
+            anthropic_api_key: options.anthropic_api_key,
+            client_api_key: options.client_api_key,
+            fail_mode: options.fail_mode,
+            max_body_bytes: options.max_body_bytes,
+            max_response_bytes: 32 * 1024 * 1024,
+            upstream_timeout: options.upstream_timeout,
+            cp_message_timeout: options.cp_message_timeout,
+            cp_inactivity_timeout: options.cp_inactivity_timeout,
+            cp_connect_timeout: Duration::from_millis(500),
+        };
+        tokio::spawn(luthien_dataplane::serve(config, listener, shutdown.clone()));
+        Stack {
+            mock,
+            proxy,
+            control_plane: control_plane_url,
+            shutdown,
+        }
+    }
+
+    pub fn openai_url(&self) -> String {
+        format!("{}/v1/chat/completions", self.proxy)
+    }
+
+    pub fn anthropic_url(&self) -> String {
+        format!("{}/v1/messages", self.proxy)
+    }
+
+    /// The same endpoints on the mock itself, for A/B comparisons.
+    pub fn direct_openai_url(&self) -> String {
+        format!("{}/chat/completions", self.mock.openai_base_url())
+    }
+
+    pub fn direct_anthropic_url(&self) -> String {
+        format!("{}/v1/messages", self.mock.anthropic_base_url())
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn start_control_plane(chain: Chain, shutdown: &CancellationToken) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind control plane");
+    let address = listener.local_addr().expect("control plane address");
+    let config = ControlPlaneConfig {
+        grpc_listen: address,
+        policy_config: None,
+        keepalive_interval: Duration::from_millis(200),
+    };
+    tokio::spawn(luthien_controlplane::serve(config, chain, listener, shutdown.clone()));
+    format!("http://{address}")
+}
+
+/// An address on which nothing listens (bound, then released).
+pub async fn unused_address() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    listener.local_addr().expect("address")
+}

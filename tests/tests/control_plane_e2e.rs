@@ -1,0 +1,326 @@
+//! The protocol under stress: policy blocks, failing policies, client
+//! disconnects, a control plane that is down, silent, slow or dies
+//! mid-stream, under both fail modes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use luthien_controlplane::policy::{
+    CallInfo, CallPolicy, Chain, ImmediateResponse, Policy, PolicyError, RequestVerdict,
+};
+use luthien_dataplane::FailMode;
+use luthien_tests::fake_control_plane::{FakeControlPlane, Script};
+use luthien_tests::stack::ControlPlane;
+use luthien_tests::wire::{events, openai_stream_text};
+use luthien_tests::{Client, Stack, StackOptions};
+use serde_json::Value;
+
+const OPENAI: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
+const OPENAI_STREAM: &str =
+    r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+const ANTHROPIC: &str =
+    r#"{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"hi"}]}"#;
+const TEXT: &str = "Hello from the mock upstream. The quick brown fox jumps over the lazy dog.";
+
+/// Answers every request itself, in the client's format, like a block rule.
+struct Refuse;
+
+struct RefuseCall;
+
+impl Policy for Refuse {
+    fn kind(&self) -> &'static str {
+        "refuse"
+    }
+    fn name(&self) -> &str {
+        "refuse"
+    }
+    fn read_only(&self) -> bool {
+        false
+    }
+    fn start_call(&self, _call: &CallInfo) -> Box<dyn CallPolicy> {
+        Box::new(RefuseCall)
+    }
+}
+
+#[async_trait]
+impl CallPolicy for RefuseCall {
+    async fn on_request(&mut self, request: &mut Value) -> Result<RequestVerdict, PolicyError> {
+        let model = request["model"].as_str().unwrap_or_default().to_owned();
+        let body = serde_json::json!({
+            "id": "chatcmpl-refused", "object": "chat.completion", "created": 0, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "I can't help with that."}, "finish_reason": "stop"}],
+        });
+        Ok(RequestVerdict::Respond(ImmediateResponse {
+            status: 200,
+            content_type: "application/json",
+            body: Bytes::from(body.to_string()),
+            reason: "refused by test policy".into(),
+        }))
+    }
+}
+
+/// Fails in the request phase or the response phase.
+struct Broken {
+    in_request: bool,
+}
+
+struct BrokenCall {
+    in_request: bool,
+}
+
+impl Policy for Broken {
+    fn kind(&self) -> &'static str {
+        "broken"
+    }
+    fn name(&self) -> &str {
+        "broken"
+    }
+    fn read_only(&self) -> bool {
+        false
+    }
+    fn start_call(&self, _call: &CallInfo) -> Box<dyn CallPolicy> {
+        Box::new(BrokenCall {
+            in_request: self.in_request,
+        })
+    }
+}
+
+#[async_trait]
+impl CallPolicy for BrokenCall {
+    async fn on_request(&mut self, _request: &mut Value) -> Result<RequestVerdict, PolicyError> {
+        if self.in_request {
+            return Err(PolicyError {
+                policy: "broken".into(),
+                message: "request check crashed".into(),
+            });
+        }
+        Ok(RequestVerdict::Continue)
+    }
+
+    async fn on_response(&mut self, _response: &mut Value) -> Result<(), PolicyError> {
+        Err(PolicyError {
+            policy: "broken".into(),
+            message: "response check crashed".into(),
+        })
+    }
+
+    async fn on_event(
+        &mut self,
+        _event: luthien_controlplane::policy::SseEvent,
+        _out: &mut Vec<luthien_controlplane::policy::SseEvent>,
+    ) -> Result<(), PolicyError> {
+        Err(PolicyError {
+            policy: "broken".into(),
+            message: "stream check crashed".into(),
+        })
+    }
+}
+
+fn chain(policy: impl Policy) -> ControlPlane {
+    ControlPlane::Chain(Chain::new(vec![Arc::new(policy) as Arc<dyn Policy>]))
+}
+
+#[tokio::test]
+async fn a_policy_block_answers_immediately_without_calling_upstream() {
+    let stack = Stack::start(StackOptions {
+        control_plane: chain(Refuse),
+        ..StackOptions::default()
+    })
+    .await;
+    let response = Client::new().post(&stack.openai_url(), &[], OPENAI).await;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.json()["choices"][0]["message"]["content"], "I can't help with that.");
+    assert_eq!(response.header("content-type"), Some("application/json"));
+    assert!(response.header("x-luthien-call-id").is_some());
+    assert!(stack.mock.requests().is_empty(), "upstream never called");
+}
+
+#[tokio::test]
+async fn a_failing_request_policy_rejects_the_call_clearly() {
+    let stack = Stack::start(StackOptions {
+        control_plane: chain(Broken { in_request: true }),
+        ..StackOptions::default()
+    })
+    .await;
+    let client = Client::new();
+    let response = client.post(&stack.openai_url(), &[], OPENAI).await;
+    assert_eq!(response.status, 500);
+    let message = response.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("request check crashed"), "{message}");
+    let response = client.post(&stack.anthropic_url(), &[], ANTHROPIC).await;
+    assert_eq!(response.status, 500);
+    assert_eq!(response.json()["type"], "error");
+    assert!(stack.mock.requests().is_empty());
+}
+
+#[tokio::test]
+async fn a_failing_response_policy_lets_the_original_through() {
+    let stack = Stack::start(StackOptions {
+        control_plane: chain(Broken { in_request: false }),
+        ..StackOptions::default()
+    })
+    .await;
+    let client = Client::new();
+    let direct = client.post(&stack.direct_openai_url(), &[], OPENAI).await;
+    let proxied = client.post(&stack.openai_url(), &[], OPENAI).await;
+    assert_eq!(proxied.status, 200);
+    assert_eq!(proxied.body, direct.body);
+    let direct = client.post(&stack.direct_openai_url(), &[], OPENAI_STREAM).await;
+    let proxied = client.post(&stack.openai_url(), &[], OPENAI_STREAM).await;
+    assert_eq!(proxied.status, 200);
+    assert_eq!(proxied.body, direct.body, "stream passes through unmodified");
+}
+
+#[tokio::test]
+async fn client_disconnect_cancels_the_upstream_stream() {
+    for policy in ["noop", "all_caps"] {
+        let stack = Stack::start(StackOptions::yaml(&format!("policies: [{{type: {policy}}}]"))).await;
+        let client = Client::new();
+        let response = client
+            .send(
+                "POST",
+                &stack.openai_url(),
+                &[
+                    ("content-type", "application/json"),
+                    ("x-mock-chunks", "200"),
+                    ("x-mock-delay-ms", "20"),
+                ],
+                OPENAI_STREAM,
+            )
+            .await;
+        assert_eq!(response.status(), 200);
+        let mut body = response.into_body();
+        let first = body.frame().await.unwrap().unwrap();
+        assert!(first.into_data().unwrap().starts_with(b"data: "));
+        drop(body);
+        assert!(
+            stack.mock.wait_abandoned(1, Duration::from_secs(5)).await,
+            "upstream stream cancelled after the client left ({policy})"
+        );
+        assert_eq!(stack.mock.completed_streams(), 0);
+    }
+}
+
+#[tokio::test]
+async fn control_plane_down_fail_closed_is_a_503_in_the_client_format() {
+    let stack = Stack::start(StackOptions {
+        control_plane: ControlPlane::Down,
+        fail_mode: FailMode::Closed,
+        ..StackOptions::default()
+    })
+    .await;
+    let client = Client::new();
+    let response = client.post(&stack.openai_url(), &[], OPENAI).await;
+    assert_eq!(response.status, 503);
+    assert!(response.json()["error"]["message"].as_str().unwrap().contains("control plane"));
+    let response = client.post(&stack.anthropic_url(), &[], ANTHROPIC).await;
+    assert_eq!(response.status, 503);
+    assert_eq!(response.json()["error"]["type"], "overloaded_error");
+    assert!(stack.mock.requests().is_empty(), "nothing unpoliced reached upstream");
+}
+
+#[tokio::test]
+async fn control_plane_down_fail_open_proceeds_unmodified() {
+    let stack = Stack::start(StackOptions {
+        control_plane: ControlPlane::Down,
+        fail_mode: FailMode::Open,
+        ..StackOptions::default()
+    })
+    .await;
+    let client = Client::new();
+    for body in [OPENAI, OPENAI_STREAM] {
+        let direct = client.post(&stack.direct_openai_url(), &[], body).await;
+        let proxied = client.post(&stack.openai_url(), &[], body).await;
+        assert_eq!(proxied.status, 200);
+        assert_eq!(proxied.body, direct.body);
+    }
+}
+
+#[tokio::test]
+async fn a_silent_control_plane_hits_the_inactivity_deadline() {
+    let fake = FakeControlPlane::start(Script::Silent).await;
+    for (fail_mode, expected) in [(FailMode::Closed, 503), (FailMode::Open, 200)] {
+        let stack = Stack::start(StackOptions {
+            control_plane: ControlPlane::External(fake.url.clone()),
+            fail_mode,
+            cp_inactivity_timeout: Duration::from_millis(300),
+            ..StackOptions::default()
+        })
+        .await;
+        let started = std::time::Instant::now();
+        let response = Client::new().post(&stack.openai_url(), &[], OPENAI).await;
+        assert_eq!(response.status, expected, "{fail_mode:?}: {}", response.text());
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        if expected == 503 {
+            assert!(response.text().contains("did not answer"), "{}", response.text());
+        }
+    }
+}
+
+#[tokio::test]
+async fn keepalives_extend_the_inactivity_deadline() {
+    let fake = FakeControlPlane::start(Script::KeepaliveThenContinue {
+        every: Duration::from_millis(100),
+        for_: Duration::from_millis(1200),
+    })
+    .await;
+    let stack = Stack::start(StackOptions {
+        control_plane: ControlPlane::External(fake.url.clone()),
+        cp_inactivity_timeout: Duration::from_millis(400),
+        cp_message_timeout: Duration::from_secs(10),
+        ..StackOptions::default()
+    })
+    .await;
+    let response = Client::new().post(&stack.openai_url(), &[], OPENAI).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+
+    // The per-message deadline still caps the wait.
+    let capped = Stack::start(StackOptions {
+        control_plane: ControlPlane::External(fake.url.clone()),
+        cp_inactivity_timeout: Duration::from_millis(400),
+        cp_message_timeout: Duration::from_millis(600),
+        ..StackOptions::default()
+    })
+    .await;
+    let response = Client::new().post(&capped.openai_url(), &[], OPENAI).await;
+    assert_eq!(response.status, 503, "{}", response.text());
+}
+
+#[tokio::test]
+async fn control_plane_dying_mid_stream_follows_the_fail_mode() {
+    let fake = FakeControlPlane::start(Script::DieAfterChunks { chunks: 3 }).await;
+    let headers = [("x-mock-chunk-size", "4")];
+
+    // Closed: the stream ends with an in-band error event the SDK can parse.
+    let closed = Stack::start(StackOptions {
+        control_plane: ControlPlane::External(fake.url.clone()),
+        fail_mode: FailMode::Closed,
+        ..StackOptions::default()
+    })
+    .await;
+    let response = Client::new().post(&closed.openai_url(), &headers, OPENAI_STREAM).await;
+    assert_eq!(response.status, 200);
+    let events = events(&response.body);
+    let last = events.last().unwrap().json();
+    assert!(
+        last["error"]["message"].as_str().unwrap().contains("control plane"),
+        "in-band error: {last}"
+    );
+    assert!(!response.text().contains("[DONE]"));
+
+    // Open: the rest of the stream arrives untouched.
+    let open = Stack::start(StackOptions {
+        control_plane: ControlPlane::External(fake.url.clone()),
+        fail_mode: FailMode::Open,
+        ..StackOptions::default()
+    })
+    .await;
+    let direct = Client::new().post(&open.direct_openai_url(), &headers, OPENAI_STREAM).await;
+    let response = Client::new().post(&open.openai_url(), &headers, OPENAI_STREAM).await;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body, direct.body);
+    assert_eq!(openai_stream_text(&response.body), TEXT);
+}
