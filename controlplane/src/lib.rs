@@ -7,11 +7,15 @@
 //! policies), which read provider shapes through [`api`] and streams through
 //! [`sse`]. [`config`] turns the YAML policy file into a chain.
 
+pub mod activity;
 pub mod api;
 pub mod config;
+pub mod events;
 pub mod policy;
+pub mod reconstruct;
 pub mod server;
 pub mod service;
 pub mod sse;
+pub mod store;
 
 pub use server::{ControlPlaneConfig, serve};

@@ -25,7 +25,11 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug, clap::Args)]
 pub struct ControlPlaneConfig {
     /// Address the gRPC services (ControlPlane, health, reflection) listen on.
-    #[arg(long = "grpc-listen", env = "LUTHIEN_GRPC_LISTEN", default_value = "127.0.0.1:50051")]
+    #[arg(
+        long = "grpc-listen",
+        env = "LUTHIEN_GRPC_LISTEN",
+        default_value = "127.0.0.1:50051"
+    )]
     pub grpc_listen: SocketAddr,
 
     /// YAML file with the policy chain; without it every call runs `noop`.
@@ -105,8 +109,14 @@ pub async fn serve(
         .await?;
 
     calls.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, calls.wait()).await.is_err() {
-        tracing::warn!(remaining = calls.len(), "shutdown grace period over; abandoning calls");
+    if tokio::time::timeout(SHUTDOWN_GRACE, calls.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            remaining = calls.len(),
+            "shutdown grace period over; abandoning calls"
+        );
     }
     Ok(())
 }

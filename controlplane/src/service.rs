@@ -99,6 +99,8 @@ struct ActiveCall {
     chain: CallChain,
     mode: ResponseMode,
     decoder: SseDecoder,
+    /// Events the chain emitted for the current upstream event; reused.
+    emitted: Vec<SseEvent>,
     /// Set when a policy failed on a stream event: the rest of the stream
     /// passes through unmodified (the response-phase failure rule).
     chain_failed: bool,
@@ -106,27 +108,31 @@ struct ActiveCall {
 
 impl CallDriver {
     async fn run(mut self) {
-        let start = match tokio::time::timeout(self.settings.start_timeout, self.inbound.message()).await
-        {
-            Ok(Ok(Some(DataPlaneMessage {
-                message: Some(FromData::CallStart(start)),
-            }))) => start,
-            Ok(Ok(Some(_))) => {
-                self.fail(Status::invalid_argument("the first message of a call must be CallStart"))
+        let start =
+            match tokio::time::timeout(self.settings.start_timeout, self.inbound.message()).await {
+                Ok(Ok(Some(DataPlaneMessage {
+                    message: Some(FromData::CallStart(start)),
+                }))) => start,
+                Ok(Ok(Some(_))) => {
+                    self.fail(Status::invalid_argument(
+                        "the first message of a call must be CallStart",
+                    ))
                     .await;
-                return;
-            }
-            Ok(Ok(None)) | Ok(Err(_)) => return,
-            Err(_) => {
-                self.fail(Status::deadline_exceeded("no CallStart received")).await;
-                return;
-            }
-        };
+                    return;
+                }
+                Ok(Ok(None)) | Ok(Err(_)) => return,
+                Err(_) => {
+                    self.fail(Status::deadline_exceeded("no CallStart received"))
+                        .await;
+                    return;
+                }
+            };
         let api = match start.api() {
             ApiKind::OpenaiChat => Api::OpenAiChat,
             ApiKind::AnthropicMessages => Api::AnthropicMessages,
             ApiKind::Unspecified => {
-                self.fail(Status::invalid_argument("CallStart.api is required")).await;
+                self.fail(Status::invalid_argument("CallStart.api is required"))
+                    .await;
                 return;
             }
         };
@@ -141,6 +147,7 @@ impl CallDriver {
             info,
             mode: ResponseMode::Observe,
             decoder: SseDecoder::default(),
+            emitted: Vec::new(),
             chain_failed: false,
         };
         let decision = self.decide_request(&mut call, start).await;
@@ -204,7 +211,9 @@ impl CallDriver {
         let transform = call.mode == ResponseMode::Transform;
         loop {
             let message = match self.inbound.message().await {
-                Ok(Some(DataPlaneMessage { message: Some(message) })) => message,
+                Ok(Some(DataPlaneMessage {
+                    message: Some(message),
+                })) => message,
                 Ok(Some(DataPlaneMessage { message: None })) => continue,
                 Ok(None) => {
                     tracing::warn!(call_id = %call.info.call_id, "data plane closed the call without CallEnd");
@@ -218,7 +227,10 @@ impl CallDriver {
             match message {
                 FromData::ResponseBody(response) if transform => {
                     let body = self.transform_response(call, &response.body).await;
-                    if !self.reply(ToData::ResponseDecision(ResponseDecision { body })).await {
+                    if !self
+                        .reply(ToData::ResponseDecision(ResponseDecision { body }))
+                        .await
+                    {
                         return;
                     }
                 }
@@ -252,7 +264,8 @@ impl CallDriver {
                     return;
                 }
                 FromData::CallStart(_) => {
-                    self.fail(Status::invalid_argument("CallStart sent twice on one call")).await;
+                    self.fail(Status::invalid_argument("CallStart sent twice on one call"))
+                        .await;
                     return;
                 }
             }
@@ -321,13 +334,13 @@ impl CallDriver {
             }
             let original = event.to_bytes();
             let outcome = with_keepalive(
-                call.chain.on_event(event),
+                call.chain.on_event_into(event, &mut call.emitted),
                 &self.replies,
                 self.settings.keepalive_interval,
             )
             .await;
             match outcome {
-                Ok(out) => chunks.extend(out.iter().map(SseEvent::to_bytes)),
+                Ok(()) => chunks.extend(call.emitted.drain(..).map(|event| event.to_bytes())),
                 Err(error) => {
                     tracing::warn!(call_id = %call.info.call_id, %error, "stream policy failed; rest of the stream passes unmodified");
                     call.chain_failed = true;

@@ -157,7 +157,11 @@ mod tests {
 
     #[test]
     fn stream_error_events_are_complete_sse_events() {
-        let error = ApiError::new(Api::AnthropicMessages, StatusCode::SERVICE_UNAVAILABLE, "gone");
+        let error = ApiError::new(
+            Api::AnthropicMessages,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "gone",
+        );
         let event = error.stream_event();
         assert!(event.starts_with(b"event: error\ndata: {"));
         assert!(event.ends_with(b"}\n\n"));

@@ -18,7 +18,11 @@ pub enum FailMode {
 #[derive(Clone, Debug, clap::Args)]
 pub struct DataPlaneConfig {
     /// Address the provider-compatible HTTP API listens on.
-    #[arg(long = "listen", env = "LUTHIEN_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long = "listen",
+        env = "LUTHIEN_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
     pub listen: SocketAddr,
 
     /// Control plane gRPC endpoint.
@@ -46,11 +50,19 @@ pub struct DataPlaneConfig {
     pub anthropic_base_url: String,
 
     /// OpenAI key used upstream; when unset the client's own credentials are forwarded.
-    #[arg(long = "openai-api-key", env = "OPENAI_API_KEY", hide_env_values = true)]
+    #[arg(
+        long = "openai-api-key",
+        env = "OPENAI_API_KEY",
+        hide_env_values = true
+    )]
     pub openai_api_key: Option<String>,
 
     /// Anthropic key used upstream; when unset the client's own credentials are forwarded.
-    #[arg(long = "anthropic-api-key", env = "ANTHROPIC_API_KEY", hide_env_values = true)]
+    #[arg(
+        long = "anthropic-api-key",
+        env = "ANTHROPIC_API_KEY",
+        hide_env_values = true
+    )]
     pub anthropic_api_key: Option<String>,
 
     /// Key clients must present (`Authorization: Bearer` or `x-api-key`); unset means no client auth.

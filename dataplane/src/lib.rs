@@ -102,7 +102,10 @@ pub async fn serve(
         .await?;
     let tasks = state.control.tasks();
     tasks.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait()).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!(
             remaining = tasks.len(),
             "shutdown grace period over; abandoning streams"
@@ -134,7 +137,11 @@ async fn method_not_allowed(request: Request) -> Response {
     ApiError::new(
         api,
         StatusCode::METHOD_NOT_ALLOWED,
-        format!("{} is not allowed on {}; use POST", request.method(), request.uri().path()),
+        format!(
+            "{} is not allowed on {}; use POST",
+            request.method(),
+            request.uri().path()
+        ),
     )
     .into_response()
 }

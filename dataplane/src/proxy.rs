@@ -23,12 +23,12 @@ use serde::Deserialize;
 use tokio_stream::wrappers::ReceiverStream;
 use uuid::Uuid;
 
+use crate::AppState;
 use crate::api::{Api, ApiError};
 use crate::config::FailMode;
 use crate::control::{CallSession, ControlError};
 use crate::stream::{StreamMode, StreamPump};
 use crate::upstream::{self, SendError};
-use crate::AppState;
 
 /// Response header carrying the call id, generated at the boundary.
 pub const CALL_ID_HEADER: HeaderName = HeaderName::from_static("x-luthien-call-id");
@@ -111,7 +111,7 @@ impl Call {
 
         let stripped_credential = match self.authenticate(&parts.headers) {
             Ok(header) => header,
-            Err(response) => return response,
+            Err(error) => return error.into_response(),
         };
 
         let declared_length = parts
@@ -124,7 +124,9 @@ impl Call {
         }
         let body = match Limited::new(body, config.max_body_bytes).collect().await {
             Ok(collected) => collected.to_bytes(),
-            Err(error) if error.is::<http_body_util::LengthLimitError>() => return self.too_large(),
+            Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+                return self.too_large();
+            }
             Err(error) => {
                 return self.error(
                     StatusCode::BAD_REQUEST,
@@ -160,14 +162,17 @@ impl Call {
         let (mut session, upstream_body, mode) = match self.open_session(start).await {
             Ok(Some((session, decision))) => match (decision.response_mode(), decision.action) {
                 (_, Some(Action::ImmediateResponse(immediate))) => {
-                    let response = immediate_response(immediate.status, immediate.headers, immediate.body);
+                    let response =
+                        immediate_response(immediate.status, immediate.headers, immediate.body);
                     session.end(self.call_end(CallOutcome::Blocked, immediate.reason));
                     return self.with_overhead(response);
                 }
                 (response_mode, Some(Action::ContinueRequest(continued))) => {
                     let mode = match response_mode {
                         ResponseMode::Observe => StreamMode::Observe,
-                        ResponseMode::Transform | ResponseMode::Unspecified => StreamMode::Transform,
+                        ResponseMode::Transform | ResponseMode::Unspecified => {
+                            StreamMode::Transform
+                        }
                     };
                     (Some(session), continued.body.unwrap_or(body), mode)
                 }
@@ -175,12 +180,12 @@ impl Call {
                     let error = ControlError::Protocol("RequestDecision without an action".into());
                     match self.control_failed(error) {
                         Ok(()) => (None, body, StreamMode::PassThrough),
-                        Err(response) => return response,
+                        Err(error) => return error.into_response(),
                     }
                 }
             },
             Ok(None) => (None, body, StreamMode::PassThrough),
-            Err(response) => return response,
+            Err(error) => return error.into_response(),
         };
 
         // Upstream.
@@ -200,7 +205,11 @@ impl Call {
         let upstream_response = match sent {
             Ok(Ok(response)) => response,
             Ok(Err(SendError::InvalidQuery)) => {
-                return self.reject(session, StatusCode::BAD_REQUEST, "the query string is not valid");
+                return self.reject(
+                    session,
+                    StatusCode::BAD_REQUEST,
+                    "the query string is not valid",
+                );
             }
             Ok(Err(SendError::Failed(error))) => {
                 tracing::warn!(call_id = %self.id, %error, "upstream unreachable");
@@ -260,9 +269,15 @@ impl Call {
             Ok(Err(error)) => {
                 let too_large = error.is::<http_body_util::LengthLimitError>();
                 let (outcome, message) = if too_large {
-                    (CallOutcome::UpstreamUnreachable, "upstream response exceeds --max-response-bytes")
+                    (
+                        CallOutcome::UpstreamUnreachable,
+                        "upstream response exceeds --max-response-bytes",
+                    )
                 } else {
-                    (CallOutcome::UpstreamUnreachable, "upstream connection failed mid-response")
+                    (
+                        CallOutcome::UpstreamUnreachable,
+                        "upstream connection failed mid-response",
+                    )
                 };
                 if let Some(session) = session.take() {
                     session.end(self.call_end(outcome, message));
@@ -271,15 +286,22 @@ impl Call {
             }
             Err(_) => {
                 if let Some(session) = session.take() {
-                    session.end(self.call_end(CallOutcome::UpstreamTimeout, "response body too slow"));
+                    session
+                        .end(self.call_end(CallOutcome::UpstreamTimeout, "response body too slow"));
                 }
-                return self.error(StatusCode::GATEWAY_TIMEOUT, "upstream provider did not answer in time");
+                return self.error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream provider did not answer in time",
+                );
             }
         };
 
         if !status.is_success() {
             if let Some(session) = session.take() {
-                let mut end = self.call_end(CallOutcome::UpstreamError, format!("upstream answered {status}"));
+                let mut end = self.call_end(
+                    CallOutcome::UpstreamError,
+                    format!("upstream answered {status}"),
+                );
                 end.upstream_status = u32::from(status.as_u16());
                 end.upstream_error_body = body.slice(..body.len().min(MAX_RECORDED_ERROR_BODY));
                 session.end(end);
@@ -292,7 +314,11 @@ impl Call {
             (Some(active), StreamMode::Transform) => {
                 let cp_started = Instant::now();
                 let decided = match active
-                    .send(ToControl::ResponseBody(response_message(status, &headers, body.clone())))
+                    .send(ToControl::ResponseBody(response_message(
+                        status,
+                        &headers,
+                        body.clone(),
+                    )))
                     .await
                 {
                     Ok(()) => active.response_decision().await,
@@ -303,8 +329,8 @@ impl Call {
                     Ok(decision) => decision.body.unwrap_or(body),
                     Err(error) => {
                         self.end_failed_session(session.take(), &error);
-                        if let Err(response) = self.control_failed(error) {
-                            return response;
+                        if let Err(refusal) = self.control_failed(error) {
+                            return refusal.into_response();
                         }
                         body
                     }
@@ -312,12 +338,16 @@ impl Call {
             }
             (Some(active), _) => {
                 let sent = active
-                    .send(ToControl::ResponseBody(response_message(status, &headers, body.clone())))
+                    .send(ToControl::ResponseBody(response_message(
+                        status,
+                        &headers,
+                        body.clone(),
+                    )))
                     .await;
                 if let Err(error) = sent {
                     self.end_failed_session(session.take(), &error);
-                    if let Err(response) = self.control_failed(error) {
-                        return response;
+                    if let Err(refusal) = self.control_failed(error) {
+                        return refusal.into_response();
                     }
                 }
                 body
@@ -334,7 +364,7 @@ impl Call {
 
     /// Checks the client's key when `LUTHIEN_API_KEY` is set. Returns the
     /// header that carried it, which must not travel upstream.
-    fn authenticate(&self, headers: &HeaderMap) -> Result<Option<HeaderName>, Response> {
+    fn authenticate(&self, headers: &HeaderMap) -> Result<Option<HeaderName>, ApiError> {
         let Some(expected) = self.state.config.client_api_key.as_deref() else {
             return Ok(None);
         };
@@ -349,7 +379,8 @@ impl Call {
         if api_key.is_some_and(|key| constant_time_eq(key, expected.as_bytes())) {
             return Ok(Some(HeaderName::from_static("x-api-key")));
         }
-        Err(self.error(
+        Err(ApiError::new(
+            self.api,
             StatusCode::UNAUTHORIZED,
             "missing or invalid API key: send the Luthien key as `Authorization: Bearer <key>` or `x-api-key`",
         ))
@@ -370,7 +401,7 @@ impl Call {
     async fn open_session(
         &self,
         start: CallStart,
-    ) -> Result<Option<(CallSession, luthien_proto::v1::RequestDecision)>, Response> {
+    ) -> Result<Option<(CallSession, luthien_proto::v1::RequestDecision)>, ApiError> {
         let opened = match self.state.control.open(start).await {
             Ok(mut session) => match session.request_decision().await {
                 Ok(decision) => return Ok(Some((session, decision))),
@@ -386,7 +417,7 @@ impl Call {
 
     /// Applies the fail mode to a control-plane failure that happened before
     /// any response byte was sent. `Ok` means carry on without it.
-    fn control_failed(&self, error: ControlError) -> Result<(), Response> {
+    fn control_failed(&self, error: ControlError) -> Result<(), ApiError> {
         match self.state.config.fail_mode {
             FailMode::Open => {
                 tracing::warn!(call_id = %self.id, %error, "control plane failed; fail-open: call proceeds unmodified");
@@ -394,7 +425,8 @@ impl Call {
             }
             FailMode::Closed => {
                 tracing::warn!(call_id = %self.id, %error, "control plane failed; fail-closed: call refused");
-                Err(self.error(
+                Err(ApiError::new(
+                    self.api,
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("policy control plane unavailable: {error}"),
                 ))
@@ -525,14 +557,18 @@ mod tests {
         headers.insert("x-api-key", HeaderValue::from_static("sk-ant"));
         headers.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
         headers.insert("connection", HeaderValue::from_static("close"));
-        let names: Vec<String> = forwardable_metadata(&headers).into_iter().map(|h| h.name).collect();
+        let names: Vec<String> = forwardable_metadata(&headers)
+            .into_iter()
+            .map(|h| h.name)
+            .collect();
         assert_eq!(names, vec!["anthropic-version".to_owned()]);
     }
 
     #[test]
     fn probe_reads_model_and_stream_and_rejects_bad_json() {
         let probe: RequestProbe =
-            serde_json::from_slice(br#"{"model":"gpt","stream":true,"messages":[{"x":[1,2]}]}"#).unwrap();
+            serde_json::from_slice(br#"{"model":"gpt","stream":true,"messages":[{"x":[1,2]}]}"#)
+                .unwrap();
         assert_eq!(probe.model.as_deref(), Some("gpt"));
         assert_eq!(probe.stream, Some(true));
         assert!(serde_json::from_slice::<RequestProbe>(br#"{"model":"gpt",}"#).is_err());

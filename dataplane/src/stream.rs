@@ -58,23 +58,25 @@ impl StreamPump {
         let outcome = self.pump(&mut timing).await;
         let (outcome, detail) = match outcome {
             Ok(Finish::Completed) => (CallOutcome::Completed, String::new()),
-            Ok(Finish::EndedByControlPlane) => {
-                (CallOutcome::Completed, "control plane ended the stream".to_owned())
-            }
+            Ok(Finish::EndedByControlPlane) => (
+                CallOutcome::Completed,
+                "control plane ended the stream".to_owned(),
+            ),
             Ok(Finish::Upstream(outcome, detail)) => {
                 let error = ApiError::new(self.api, StatusCode::BAD_GATEWAY, detail.clone());
                 // The client already has a 200: tell it in-band.
                 let _ = self.write_event(error.stream_event(), &mut timing).await;
                 (outcome, detail)
             }
-            Err(Stop::ClientGone) => {
-                (CallOutcome::ClientDisconnected, "client disconnected".to_owned())
-            }
+            Err(Stop::ClientGone) => (
+                CallOutcome::ClientDisconnected,
+                "client disconnected".to_owned(),
+            ),
             Err(Stop::ControlFailed(error)) => {
                 tracing::warn!(%error, "control plane failed mid-stream; fail-closed: ending the stream");
                 let message = format!("policy control plane unavailable: {error}");
-                let error_event =
-                    ApiError::new(self.api, StatusCode::SERVICE_UNAVAILABLE, message).stream_event();
+                let error_event = ApiError::new(self.api, StatusCode::SERVICE_UNAVAILABLE, message)
+                    .stream_event();
                 let _ = self.write_event(error_event, &mut timing).await;
                 (CallOutcome::ControlPlaneTimeout, error.to_string())
             }
@@ -170,7 +172,12 @@ impl StreamPump {
 
     /// Sends one frame through the control plane. Returns true when the
     /// control plane ended the stream.
-    async fn transform(&mut self, seq: u64, data: Bytes, timing: &mut Timing) -> Result<bool, Stop> {
+    async fn transform(
+        &mut self,
+        seq: u64,
+        data: Bytes,
+        timing: &mut Timing,
+    ) -> Result<bool, Stop> {
         let Some(session) = self.session.as_mut() else {
             self.write(data, timing).await?;
             return Ok(false);
@@ -237,7 +244,9 @@ impl StreamPump {
             return Ok(());
         }
         timing.at_event_boundary = data.ends_with(b"\n\n");
-        timing.first_byte.get_or_insert_with(|| self.received.elapsed());
+        timing
+            .first_byte
+            .get_or_insert_with(|| self.received.elapsed());
         let started = Instant::now();
         let sent = self.client.send(Ok(data)).await;
         timing.client_wait += started.elapsed();

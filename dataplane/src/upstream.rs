@@ -140,9 +140,18 @@ impl Upstream {
             }
         }
         // Policies read the response: it must not arrive compressed.
-        headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        self.client.request(request).await.map_err(SendError::Failed)
+        headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        self.client
+            .request(request)
+            .await
+            .map_err(SendError::Failed)
     }
 
     /// Checks the configured URLs once at start-up.
@@ -187,10 +196,21 @@ mod tests {
 
     #[test]
     fn credentials_are_recognised() {
-        for name in ["authorization", "x-api-key", "cookie", "x-goog-api-key", "x-auth-token"] {
+        for name in [
+            "authorization",
+            "x-api-key",
+            "cookie",
+            "x-goog-api-key",
+            "x-auth-token",
+        ] {
             assert!(is_credential(&HeaderName::from_static(name)), "{name}");
         }
-        for name in ["anthropic-version", "anthropic-beta", "user-agent", "content-type"] {
+        for name in [
+            "anthropic-version",
+            "anthropic-beta",
+            "user-agent",
+            "content-type",
+        ] {
             assert!(!is_credential(&HeaderName::from_static(name)), "{name}");
         }
     }

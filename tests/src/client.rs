@@ -78,7 +78,12 @@ impl Client {
     }
 
     /// POSTs JSON and reads the whole response.
-    pub async fn post(&self, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> TestResponse {
+    pub async fn post(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> TestResponse {
         let mut all = vec![("content-type", "application/json")];
         all.extend_from_slice(headers);
         let response = self.send("POST", url, &all, body).await;

@@ -9,8 +9,8 @@ use luthien_proto::v1::control_plane_server::{ControlPlane, ControlPlaneServer};
 use luthien_proto::v1::data_plane_message::Message as FromData;
 use luthien_proto::v1::request_decision::Action;
 use luthien_proto::v1::{
-    ChunkReply, ContinueRequest, ControlPlaneMessage, DataPlaneMessage, Keepalive,
-    RequestDecision, ResponseMode,
+    ChunkReply, ContinueRequest, ControlPlaneMessage, DataPlaneMessage, Keepalive, RequestDecision,
+    ResponseMode,
 };
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -79,7 +79,9 @@ async fn run(script: Script, mut inbound: Streaming<DataPlaneMessage>, replies: 
                     continue;
                 };
                 if echoed == chunks {
-                    let _ = replies.send(Err(Status::internal("scripted failure"))).await;
+                    let _ = replies
+                        .send(Err(Status::internal("scripted failure")))
+                        .await;
                     return;
                 }
                 let reply = ChunkReply {
@@ -117,7 +119,9 @@ pub struct FakeControlPlane {
 
 impl FakeControlPlane {
     pub async fn start(script: Script) -> FakeControlPlane {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind fake control plane");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind fake control plane");
         let url = format!("http://{}", listener.local_addr().expect("address"));
         let shutdown = CancellationToken::new();
         let server = tonic::transport::Server::builder()

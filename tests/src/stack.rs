@@ -100,8 +100,13 @@ impl Stack {
             Some(url) => (format!("{url}/v1"), url.clone()),
             None => (mock.openai_base_url(), mock.anthropic_base_url()),
         };
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind data plane");
-        let proxy = format!("http://{}", listener.local_addr().expect("data plane address"));
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind data plane");
+        let proxy = format!(
+            "http://{}",
+            listener.local_addr().expect("data plane address")
+        );
         let config = DataPlaneConfig {
             listen: listener.local_addr().expect("data plane address"),
             control_plane: data_plane_target,
@@ -152,14 +157,21 @@ impl Drop for Stack {
 }
 
 async fn start_control_plane(chain: Chain, shutdown: &CancellationToken) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind control plane");
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind control plane");
     let address = listener.local_addr().expect("control plane address");
     let config = ControlPlaneConfig {
         grpc_listen: address,
         policy_config: None,
         keepalive_interval: Duration::from_millis(200),
     };
-    tokio::spawn(luthien_controlplane::serve(config, chain, listener, shutdown.clone()));
+    tokio::spawn(luthien_controlplane::serve(
+        config,
+        chain,
+        listener,
+        shutdown.clone(),
+    ));
     format!("http://{address}")
 }
 

@@ -63,7 +63,9 @@ pub fn anthropic_stream_text(body: &[u8]) -> String {
     events(body)
         .iter()
         .map(Event::json)
-        .filter(|json| json["type"] == "content_block_delta" && json["delta"]["type"] == "text_delta")
+        .filter(|json| {
+            json["type"] == "content_block_delta" && json["delta"]["type"] == "text_delta"
+        })
         .filter_map(|json| json["delta"]["text"].as_str().map(str::to_owned))
         .collect()
 }

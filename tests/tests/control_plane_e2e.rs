@@ -132,7 +132,10 @@ async fn a_policy_block_answers_immediately_without_calling_upstream() {
     .await;
     let response = Client::new().post(&stack.openai_url(), &[], OPENAI).await;
     assert_eq!(response.status, 200);
-    assert_eq!(response.json()["choices"][0]["message"]["content"], "I can't help with that.");
+    assert_eq!(
+        response.json()["choices"][0]["message"]["content"],
+        "I can't help with that."
+    );
     assert_eq!(response.header("content-type"), Some("application/json"));
     assert!(response.header("x-luthien-call-id").is_some());
     assert!(stack.mock.requests().is_empty(), "upstream never called");
@@ -148,7 +151,10 @@ async fn a_failing_request_policy_rejects_the_call_clearly() {
     let client = Client::new();
     let response = client.post(&stack.openai_url(), &[], OPENAI).await;
     assert_eq!(response.status, 500);
-    let message = response.json()["error"]["message"].as_str().unwrap().to_owned();
+    let message = response.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert!(message.contains("request check crashed"), "{message}");
     let response = client.post(&stack.anthropic_url(), &[], ANTHROPIC).await;
     assert_eq!(response.status, 500);
@@ -168,16 +174,24 @@ async fn a_failing_response_policy_lets_the_original_through() {
     let proxied = client.post(&stack.openai_url(), &[], OPENAI).await;
     assert_eq!(proxied.status, 200);
     assert_eq!(proxied.body, direct.body);
-    let direct = client.post(&stack.direct_openai_url(), &[], OPENAI_STREAM).await;
+    let direct = client
+        .post(&stack.direct_openai_url(), &[], OPENAI_STREAM)
+        .await;
     let proxied = client.post(&stack.openai_url(), &[], OPENAI_STREAM).await;
     assert_eq!(proxied.status, 200);
-    assert_eq!(proxied.body, direct.body, "stream passes through unmodified");
+    assert_eq!(
+        proxied.body, direct.body,
+        "stream passes through unmodified"
+    );
 }
 
 #[tokio::test]
 async fn client_disconnect_cancels_the_upstream_stream() {
     for policy in ["noop", "all_caps"] {
-        let stack = Stack::start(StackOptions::yaml(&format!("policies: [{{type: {policy}}}]"))).await;
+        let stack = Stack::start(StackOptions::yaml(&format!(
+            "policies: [{{type: {policy}}}]"
+        )))
+        .await;
         let client = Client::new();
         let response = client
             .send(
@@ -215,11 +229,19 @@ async fn control_plane_down_fail_closed_is_a_503_in_the_client_format() {
     let client = Client::new();
     let response = client.post(&stack.openai_url(), &[], OPENAI).await;
     assert_eq!(response.status, 503);
-    assert!(response.json()["error"]["message"].as_str().unwrap().contains("control plane"));
+    assert!(
+        response.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("control plane")
+    );
     let response = client.post(&stack.anthropic_url(), &[], ANTHROPIC).await;
     assert_eq!(response.status, 503);
     assert_eq!(response.json()["error"]["type"], "overloaded_error");
-    assert!(stack.mock.requests().is_empty(), "nothing unpoliced reached upstream");
+    assert!(
+        stack.mock.requests().is_empty(),
+        "nothing unpoliced reached upstream"
+    );
 }
 
 #[tokio::test]
@@ -252,10 +274,19 @@ async fn a_silent_control_plane_hits_the_inactivity_deadline() {
         .await;
         let started = std::time::Instant::now();
         let response = Client::new().post(&stack.openai_url(), &[], OPENAI).await;
-        assert_eq!(response.status, expected, "{fail_mode:?}: {}", response.text());
+        assert_eq!(
+            response.status,
+            expected,
+            "{fail_mode:?}: {}",
+            response.text()
+        );
         assert!(started.elapsed() >= Duration::from_millis(300));
         if expected == 503 {
-            assert!(response.text().contains("did not answer"), "{}", response.text());
+            assert!(
+                response.text().contains("did not answer"),
+                "{}",
+                response.text()
+            );
         }
     }
 }
@@ -301,12 +332,17 @@ async fn control_plane_dying_mid_stream_follows_the_fail_mode() {
         ..StackOptions::default()
     })
     .await;
-    let response = Client::new().post(&closed.openai_url(), &headers, OPENAI_STREAM).await;
+    let response = Client::new()
+        .post(&closed.openai_url(), &headers, OPENAI_STREAM)
+        .await;
     assert_eq!(response.status, 200);
     let events = events(&response.body);
     let last = events.last().unwrap().json();
     assert!(
-        last["error"]["message"].as_str().unwrap().contains("control plane"),
+        last["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("control plane"),
         "in-band error: {last}"
     );
     assert!(!response.text().contains("[DONE]"));
@@ -318,8 +354,12 @@ async fn control_plane_dying_mid_stream_follows_the_fail_mode() {
         ..StackOptions::default()
     })
     .await;
-    let direct = Client::new().post(&open.direct_openai_url(), &headers, OPENAI_STREAM).await;
-    let response = Client::new().post(&open.openai_url(), &headers, OPENAI_STREAM).await;
+    let direct = Client::new()
+        .post(&open.direct_openai_url(), &headers, OPENAI_STREAM)
+        .await;
+    let response = Client::new()
+        .post(&open.openai_url(), &headers, OPENAI_STREAM)
+        .await;
     assert_eq!(response.status, 200);
     assert_eq!(response.body, direct.body);
     assert_eq!(openai_stream_text(&response.body), TEXT);

@@ -13,8 +13,13 @@ const ANTHROPIC: &str =
 fn assert_openai_error(response: &TestResponse, status: u16, needle: &str) {
     assert_eq!(response.status, status, "{}", response.text());
     let body = response.json();
-    let message = body["error"]["message"].as_str().expect("OpenAI error shape");
-    assert!(message.contains(needle), "{message:?} should mention {needle:?}");
+    let message = body["error"]["message"]
+        .as_str()
+        .expect("OpenAI error shape");
+    assert!(
+        message.contains(needle),
+        "{message:?} should mention {needle:?}"
+    );
     assert!(body["error"]["type"].is_string());
     assert_eq!(response.header("content-type"), Some("application/json"));
 }
@@ -23,20 +28,39 @@ fn assert_anthropic_error(response: &TestResponse, status: u16, needle: &str) {
     assert_eq!(response.status, status, "{}", response.text());
     let body = response.json();
     assert_eq!(body["type"], "error", "Anthropic error shape: {body}");
-    let message = body["error"]["message"].as_str().expect("Anthropic error shape");
-    assert!(message.contains(needle), "{message:?} should mention {needle:?}");
+    let message = body["error"]["message"]
+        .as_str()
+        .expect("Anthropic error shape");
+    assert!(
+        message.contains(needle),
+        "{message:?} should mention {needle:?}"
+    );
 }
 
 #[tokio::test]
 async fn malformed_json_is_a_400_in_each_api_format() {
     let stack = Stack::start(StackOptions::default()).await;
     let client = Client::new();
-    let response = client.post(&stack.openai_url(), &[], r#"{"model": "gpt", "messages": [}"#).await;
+    let response = client
+        .post(
+            &stack.openai_url(),
+            &[],
+            r#"{"model": "gpt", "messages": [}"#,
+        )
+        .await;
     assert_openai_error(&response, 400, "not valid JSON");
     assert!(response.header("x-luthien-call-id").is_some());
-    let response = client.post(&stack.anthropic_url(), &[], "not json at all").await;
+    let response = client
+        .post(&stack.anthropic_url(), &[], "not json at all")
+        .await;
     assert_anthropic_error(&response, 400, "not valid JSON");
-    let response = client.post(&stack.openai_url(), &[], r#"{"model":"gpt","stream":"yes"}"#).await;
+    let response = client
+        .post(
+            &stack.openai_url(),
+            &[],
+            r#"{"model":"gpt","stream":"yes"}"#,
+        )
+        .await;
     assert_openai_error(&response, 400, "not valid JSON");
     assert!(stack.mock.requests().is_empty(), "nothing reached upstream");
 }
@@ -52,7 +76,9 @@ async fn oversized_bodies_are_a_413() {
     let big = json!({"model": "gpt", "messages": [{"role": "user", "content": "x".repeat(4096)}]});
     let response = client.post(&stack.openai_url(), &[], big.to_string()).await;
     assert_openai_error(&response, 413, "1024 bytes");
-    let response = client.post(&stack.anthropic_url(), &[], big.to_string()).await;
+    let response = client
+        .post(&stack.anthropic_url(), &[], big.to_string())
+        .await;
     assert_anthropic_error(&response, 413, "1024 bytes");
 
     // Without a content-length (chunked), the limit still holds.
@@ -79,17 +105,26 @@ async fn oversized_bodies_are_a_413() {
 async fn unknown_paths_and_methods_answer_in_the_likely_api_format() {
     let stack = Stack::start(StackOptions::default()).await;
     let client = Client::new();
-    let response = client.post(&format!("{}/v1/embeddings", stack.proxy), &[], "{}").await;
+    let response = client
+        .post(&format!("{}/v1/embeddings", stack.proxy), &[], "{}")
+        .await;
     assert_openai_error(&response, 404, "/v1/embeddings");
     let response = luthien_tests::client::read(
         client
-            .send("GET", &stack.anthropic_url(), &[("anthropic-version", "2023-06-01")], "")
+            .send(
+                "GET",
+                &stack.anthropic_url(),
+                &[("anthropic-version", "2023-06-01")],
+                "",
+            )
             .await,
     )
     .await;
     assert_anthropic_error(&response, 405, "use POST");
     let health = luthien_tests::client::read(
-        client.send("GET", &format!("{}/health", stack.proxy), &[], "").await,
+        client
+            .send("GET", &format!("{}/health", stack.proxy), &[], "")
+            .await,
     )
     .await;
     assert_eq!(health.status, 200);
@@ -101,20 +136,39 @@ async fn upstream_errors_pass_through_with_their_status_and_body() {
     let client = Client::new();
     for (status, openai) in [("429", true), ("500", true), ("400", false), ("529", false)] {
         let (url, direct, body, extra) = if openai {
-            (stack.openai_url(), stack.direct_openai_url(), OPENAI, ("x-unused", "1"))
+            (
+                stack.openai_url(),
+                stack.direct_openai_url(),
+                OPENAI,
+                ("x-unused", "1"),
+            )
         } else {
-            (stack.anthropic_url(), stack.direct_anthropic_url(), ANTHROPIC, ("anthropic-version", "2023-06-01"))
+            (
+                stack.anthropic_url(),
+                stack.direct_anthropic_url(),
+                ANTHROPIC,
+                ("anthropic-version", "2023-06-01"),
+            )
         };
         let headers = [("x-mock-status", status), extra];
         let expected = client.post(&direct, &headers, body).await;
         let proxied = client.post(&url, &headers, body).await;
         assert_eq!(proxied.status.as_str(), status);
-        assert_eq!(proxied.body, expected.body, "error body passed through untouched");
+        assert_eq!(
+            proxied.body, expected.body,
+            "error body passed through untouched"
+        );
         assert!(proxied.header("x-luthien-call-id").is_some());
     }
     // Streaming requests get the same treatment: the error is JSON, not SSE.
     let stream_body = r#"{"model":"gpt","stream":true,"messages":[]}"#;
-    let proxied = client.post(&stack.openai_url(), &[("x-mock-status", "503")], stream_body).await;
+    let proxied = client
+        .post(
+            &stack.openai_url(),
+            &[("x-mock-status", "503")],
+            stream_body,
+        )
+        .await;
     assert_eq!(proxied.status, 503);
     assert!(proxied.json()["error"]["message"].is_string());
 }
@@ -128,8 +182,16 @@ async fn unreachable_upstream_is_a_502() {
     })
     .await;
     let client = Client::new();
-    assert_openai_error(&client.post(&stack.openai_url(), &[], OPENAI).await, 502, "unreachable");
-    assert_anthropic_error(&client.post(&stack.anthropic_url(), &[], ANTHROPIC).await, 502, "unreachable");
+    assert_openai_error(
+        &client.post(&stack.openai_url(), &[], OPENAI).await,
+        502,
+        "unreachable",
+    );
+    assert_anthropic_error(
+        &client.post(&stack.anthropic_url(), &[], ANTHROPIC).await,
+        502,
+        "unreachable",
+    );
 }
 
 #[tokio::test]
@@ -141,8 +203,16 @@ async fn slow_upstream_is_a_504() {
     .await;
     let client = Client::new();
     let hang = [("x-mock-scenario", "hang")];
-    assert_openai_error(&client.post(&stack.openai_url(), &hang, OPENAI).await, 504, "in time");
-    assert_anthropic_error(&client.post(&stack.anthropic_url(), &hang, ANTHROPIC).await, 504, "in time");
+    assert_openai_error(
+        &client.post(&stack.openai_url(), &hang, OPENAI).await,
+        504,
+        "in time",
+    );
+    assert_anthropic_error(
+        &client.post(&stack.anthropic_url(), &hang, ANTHROPIC).await,
+        504,
+        "in time",
+    );
 }
 
 #[tokio::test]
@@ -164,11 +234,19 @@ async fn client_key_is_required_when_configured_and_never_forwarded() {
     assert!(stack.mock.requests().is_empty());
 
     let response = client
-        .post(&stack.openai_url(), &[("authorization", "Bearer luthien-secret")], OPENAI)
+        .post(
+            &stack.openai_url(),
+            &[("authorization", "Bearer luthien-secret")],
+            OPENAI,
+        )
         .await;
     assert_eq!(response.status, 200, "{}", response.text());
     let response = client
-        .post(&stack.anthropic_url(), &[("x-api-key", "luthien-secret")], ANTHROPIC)
+        .post(
+            &stack.anthropic_url(),
+            &[("x-api-key", "luthien-secret")],
+            ANTHROPIC,
+        )
         .await;
     assert_eq!(response.status, 200, "{}", response.text());
     let requests = stack.mock.requests();

@@ -2,8 +2,8 @@
 //! a real data plane and control plane in front of the mock provider.
 
 use luthien_tests::wire::{
-    anthropic_stream_text, events, openai_stream_text, openai_stream_tool_arguments,
-    anthropic_stream_tool_inputs,
+    anthropic_stream_text, anthropic_stream_tool_inputs, events, openai_stream_text,
+    openai_stream_tool_arguments,
 };
 use luthien_tests::{Client, Stack, StackOptions};
 use serde_json::{Value, json};
@@ -49,9 +49,19 @@ async fn both(
 ) -> (luthien_tests::TestResponse, luthien_tests::TestResponse) {
     let client = Client::new();
     let (direct_url, proxy_url, body, base_headers) = if openai {
-        (stack.direct_openai_url(), stack.openai_url(), openai_body(stream), OPENAI_HEADERS)
+        (
+            stack.direct_openai_url(),
+            stack.openai_url(),
+            openai_body(stream),
+            OPENAI_HEADERS,
+        )
     } else {
-        (stack.direct_anthropic_url(), stack.anthropic_url(), anthropic_body(stream), ANTHROPIC_HEADERS)
+        (
+            stack.direct_anthropic_url(),
+            stack.anthropic_url(),
+            anthropic_body(stream),
+            ANTHROPIC_HEADERS,
+        )
     };
     let mut headers = base_headers.to_vec();
     headers.extend_from_slice(extra);
@@ -60,7 +70,7 @@ async fn both(
     assert_eq!(direct.status, 200, "direct: {}", direct.text());
     assert_eq!(proxied.status, 200, "proxied: {}", proxied.text());
     assert!(
-        proxied.header("x-luthien-call-id").is_some_and(|id| uuid_like(id)),
+        proxied.header("x-luthien-call-id").is_some_and(uuid_like),
         "call id header on {:?}",
         proxied.headers
     );
@@ -78,7 +88,10 @@ fn response_text(openai: bool, stream: bool, body: &[u8]) -> String {
         (false, true) => anthropic_stream_text(body),
         (true, false) => {
             let json: Value = serde_json::from_slice(body).unwrap();
-            json["choices"][0]["message"]["content"].as_str().unwrap().to_owned()
+            json["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_owned()
         }
         (false, false) => {
             let json: Value = serde_json::from_slice(body).unwrap();
@@ -105,7 +118,10 @@ async fn noop_passes_every_byte_through_untouched() {
                     direct.body, proxied.body,
                     "openai={openai} stream={stream} scenario={scenario}"
                 );
-                assert_eq!(direct.header("content-type"), proxied.header("content-type"));
+                assert_eq!(
+                    direct.header("content-type"),
+                    proxied.header("content-type")
+                );
             }
         }
     }
@@ -118,14 +134,20 @@ async fn noop_passes_every_byte_through_untouched() {
         .nth(1)
         .unwrap();
     assert_eq!(proxied_openai.body, openai_body(false).as_bytes());
-    assert_eq!(proxied_openai.headers["authorization"], "Bearer sk-client-key");
+    assert_eq!(
+        proxied_openai.headers["authorization"],
+        "Bearer sk-client-key"
+    );
     let proxied_anthropic = requests
         .iter()
         .filter(|request| request.path.ends_with("/v1/messages"))
         .nth(1)
         .unwrap();
     assert_eq!(proxied_anthropic.headers["anthropic-version"], "2023-06-01");
-    assert_eq!(proxied_anthropic.headers["anthropic-beta"], "tools-2024-04-04");
+    assert_eq!(
+        proxied_anthropic.headers["anthropic-beta"],
+        "tools-2024-04-04"
+    );
     assert_eq!(proxied_anthropic.headers["x-api-key"], "sk-ant-client-key");
 }
 
@@ -134,7 +156,8 @@ async fn all_caps_upper_cases_text_in_both_apis_streamed_and_not() {
     let stack = Stack::start(StackOptions::yaml("policies: [{type: all_caps}]")).await;
     for openai in [true, false] {
         for stream in [false, true] {
-            let (direct, proxied) = both(&stack, openai, stream, &[("x-mock-chunk-size", "5")]).await;
+            let (direct, proxied) =
+                both(&stack, openai, stream, &[("x-mock-chunk-size", "5")]).await;
             assert_eq!(response_text(openai, stream, &direct.body), TEXT);
             assert_eq!(
                 response_text(openai, stream, &proxied.body),
@@ -152,7 +175,10 @@ async fn all_caps_upper_cases_text_in_both_apis_streamed_and_not() {
                 if openai {
                     assert_eq!(proxied_events.last().unwrap().data, "[DONE]");
                     let usage = &proxied_events[proxied_events.len() - 2].json();
-                    assert!(usage["usage"]["total_tokens"].as_u64().is_some(), "usage chunk kept");
+                    assert!(
+                        usage["usage"]["total_tokens"].as_u64().is_some(),
+                        "usage chunk kept"
+                    );
                 }
             }
         }
@@ -171,16 +197,31 @@ async fn all_caps_never_touches_tool_arguments_or_thinking() {
         serde_json::from_str::<Value>(argument).expect("tool arguments are whole JSON");
     }
     let (direct, proxied) = both(&stack, false, true, &[("x-mock-scenario", "tools")]).await;
-    assert_eq!(anthropic_stream_tool_inputs(&proxied.body), anthropic_stream_tool_inputs(&direct.body));
+    assert_eq!(
+        anthropic_stream_tool_inputs(&proxied.body),
+        anthropic_stream_tool_inputs(&direct.body)
+    );
 
     // Non-streamed tool calls.
-    let (direct, proxied) = both(&stack, true, false, &[("x-mock-scenario", "text_and_tools")]).await;
+    let (direct, proxied) = both(
+        &stack,
+        true,
+        false,
+        &[("x-mock-scenario", "text_and_tools")],
+    )
+    .await;
     let (direct, proxied) = (direct.json(), proxied.json());
     assert_eq!(
         direct["choices"][0]["message"]["tool_calls"],
         proxied["choices"][0]["message"]["tool_calls"]
     );
-    assert_eq!(proxied["choices"][0]["message"]["content"], direct["choices"][0]["message"]["content"].as_str().unwrap().to_uppercase());
+    assert_eq!(
+        proxied["choices"][0]["message"]["content"],
+        direct["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_uppercase()
+    );
 
     // Anthropic thinking and its signature stay as they were.
     let (direct, proxied) = both(&stack, false, false, &[("x-mock-scenario", "thinking")]).await;
@@ -189,7 +230,10 @@ async fn all_caps_never_touches_tool_arguments_or_thinking() {
     assert_eq!(direct["content"][0], proxied["content"][0]);
     assert_eq!(
         proxied["content"][1]["text"],
-        direct["content"][1]["text"].as_str().unwrap().to_uppercase()
+        direct["content"][1]["text"]
+            .as_str()
+            .unwrap()
+            .to_uppercase()
     );
 }
 
@@ -207,7 +251,9 @@ policies:
 "#,
     ))
     .await;
-    let expected = TEXT.replace("quick brown fox", "slow red panda").replace("lazy", "sleepy");
+    let expected = TEXT
+        .replace("quick brown fox", "slow red panda")
+        .replace("lazy", "sleepy");
     for openai in [true, false] {
         for stream in [false, true] {
             // Three characters per delta: every pattern spans several events.
@@ -234,15 +280,32 @@ policies:
     ))
     .await;
     let client = Client::new();
-    let response = client.post(&stack.openai_url(), OPENAI_HEADERS, openai_body(false)).await;
+    let response = client
+        .post(&stack.openai_url(), OPENAI_HEADERS, openai_body(false))
+        .await;
     assert_eq!(response.status, 200);
-    let response = client.post(&stack.anthropic_url(), ANTHROPIC_HEADERS, anthropic_body(false)).await;
+    let response = client
+        .post(
+            &stack.anthropic_url(),
+            ANTHROPIC_HEADERS,
+            anthropic_body(false),
+        )
+        .await;
     assert_eq!(response.status, 200);
     let requests = stack.mock.requests();
     assert_eq!(requests.len(), 2);
-    assert_eq!(requests[0].json()["messages"][0]["content"], "Say goodbye, please.");
-    assert_eq!(requests[0].json()["x_unknown_field"], json!({"kept": [1, 2.5, "three"]}));
-    assert_eq!(requests[1].json()["messages"][0]["content"], "Say goodbye, please.");
+    assert_eq!(
+        requests[0].json()["messages"][0]["content"],
+        "Say goodbye, please."
+    );
+    assert_eq!(
+        requests[0].json()["x_unknown_field"],
+        json!({"kept": [1, 2.5, "three"]})
+    );
+    assert_eq!(
+        requests[1].json()["messages"][0]["content"],
+        "Say goodbye, please."
+    );
     assert_eq!(requests[1].json()["system"], "Be brief.");
 }
 

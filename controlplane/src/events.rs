@@ -1,0 +1,179 @@
+//! The one event schema shared by everything that writes or reads call
+//! records: the store's writer and reader, the activity bus and the debug
+//! API. Writer and reader use these same types, so they cannot drift apart.
+//!
+//! Payloads are versioned: every stored event carries [`SCHEMA_VERSION`];
+//! a reader meeting a newer version than it knows reports it instead of
+//! misreading it.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Version of [`EventPayload`]'s JSON shape. Bump it on any change that an
+/// older reader would misread, and keep reading the older versions.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// How a call ended, as recorded (mirrors the protocol's `CallOutcome`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallStatus {
+    /// Started, not ended yet.
+    InProgress,
+    Completed,
+    Blocked,
+    ClientGone,
+    UpstreamError,
+    UpstreamUnreachable,
+    UpstreamTimeout,
+    ControlPlaneTimeout,
+    Rejected,
+    /// The data plane vanished without saying how the call ended.
+    Abandoned,
+}
+
+impl CallStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallStatus::InProgress => "in_progress",
+            CallStatus::Completed => "completed",
+            CallStatus::Blocked => "blocked",
+            CallStatus::ClientGone => "client_gone",
+            CallStatus::UpstreamError => "upstream_error",
+            CallStatus::UpstreamUnreachable => "upstream_unreachable",
+            CallStatus::UpstreamTimeout => "upstream_timeout",
+            CallStatus::ControlPlaneTimeout => "control_plane_timeout",
+            CallStatus::Rejected => "rejected",
+            CallStatus::Abandoned => "abandoned",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<CallStatus> {
+        serde_json::from_value(Value::String(text.to_owned())).ok()
+    }
+}
+
+/// Token usage of a call, when the provider reported it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenUsage {
+    pub input_tokens: Option<u64>,
+    pub output_tokens: Option<u64>,
+}
+
+/// What happened in a call. Stored as JSON with a `type` tag.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventPayload {
+    /// The request as the client sent it and as it went upstream (equal
+    /// when no policy changed it). Credentials are never included.
+    Request {
+        original: Value,
+        #[serde(rename = "final")]
+        final_: Value,
+        /// Non-credential request headers.
+        headers: Value,
+    },
+    /// The response as upstream sent it and as the client received it; for
+    /// streams both are reconstructed into the API's non-streamed shape.
+    Response {
+        original: Option<Value>,
+        #[serde(rename = "final")]
+        final_: Option<Value>,
+        status: CallStatus,
+        /// Upstream HTTP status, when there was one.
+        upstream_status: Option<u16>,
+        /// Why the call did not complete, when it did not.
+        detail: Option<String>,
+        /// SSE events received from upstream / sent to the client.
+        chunks_received: u64,
+        chunks_sent: u64,
+        time_to_first_chunk_ms: Option<f64>,
+        duration_ms: Option<f64>,
+        overhead_ms: Option<f64>,
+        usage: TokenUsage,
+    },
+    /// Something a policy wants on the record, e.g. "blocked tool call X".
+    Policy {
+        policy: String,
+        action: String,
+        summary: String,
+        #[serde(default)]
+        data: Value,
+    },
+}
+
+impl EventPayload {
+    /// The `type` tag, also the `event_type` column.
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            EventPayload::Request { .. } => "request",
+            EventPayload::Response { .. } => "response",
+            EventPayload::Policy { .. } => "policy",
+        }
+    }
+
+    /// One line for activity feeds and logs; never a payload.
+    pub fn summary(&self) -> String {
+        match self {
+            EventPayload::Request {
+                original, final_, ..
+            } => {
+                if original == final_ {
+                    "request".to_owned()
+                } else {
+                    "request (rewritten by policy)".to_owned()
+                }
+            }
+            EventPayload::Response {
+                status,
+                duration_ms,
+                original,
+                final_,
+                ..
+            } => {
+                let changed = if original != final_ {
+                    ", changed by policy"
+                } else {
+                    ""
+                };
+                match duration_ms {
+                    Some(ms) => format!("response {} in {ms:.0} ms{changed}", status.as_str()),
+                    None => format!("response {}{changed}", status.as_str()),
+                }
+            }
+            EventPayload::Policy {
+                policy, summary, ..
+            } => format!("{policy}: {summary}"),
+        }
+    }
+}
+
+/// One event of one call, as written and as read back.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CallEvent {
+    pub call_id: String,
+    /// 0, 1, 2, … within the call, in the order the control plane saw them.
+    pub sequence: u32,
+    /// Unix time in microseconds.
+    pub timestamp_micros: i64,
+    pub schema_version: u32,
+    pub payload: EventPayload,
+}
+
+/// The calls-table row: what a request log shows for one call.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CallSummary {
+    pub call_id: String,
+    pub created_at_micros: i64,
+    pub completed_at_micros: Option<i64>,
+    /// `openai` or `anthropic`.
+    pub api: String,
+    pub model: String,
+    pub stream: bool,
+    pub status: CallStatus,
+    pub duration_ms: Option<f64>,
+    pub time_to_first_chunk_ms: Option<f64>,
+    pub usage: TokenUsage,
+    pub session_id: Option<String>,
+    /// Whether any policy changed the request or the response.
+    pub policy_changed: bool,
+}

@@ -1,0 +1,1 @@
+//! Stream reconstruction (in progress).
