@@ -13,6 +13,7 @@ pub mod config;
 pub mod events;
 pub mod policy;
 pub mod reconstruct;
+pub mod recorder;
 pub mod server;
 pub mod service;
 pub mod sse;

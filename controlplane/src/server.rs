@@ -10,9 +10,12 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::activity::{ActivityBus, ActivityError};
 use crate::config::{self, ConfigError};
 use crate::policy::Chain;
+use crate::recorder::Recording;
 use crate::service::{CallSettings, ControlPlaneService};
+use crate::store::{Store, StoreError, StoreOptions, WriterHandle, WriterOptions, spawn_writer};
 
 /// Largest gRPC message accepted or sent; request and response bodies
 /// travel whole, so this must exceed the data plane's body limits.
@@ -39,12 +42,50 @@ pub struct ControlPlaneConfig {
     /// Interval between keepalives while a policy works on a decision.
     #[arg(long = "keepalive-interval", env = "LUTHIEN_KEEPALIVE_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub keepalive_interval: Duration,
+
+    /// Event store: `sqlite://FILE` (created if missing) or `postgres://…`.
+    #[arg(
+        long = "database-url",
+        env = "DATABASE_URL",
+        default_value = "sqlite://luthien.db"
+    )]
+    pub database_url: String,
+
+    /// Keep no call records (activity is still published).
+    #[arg(long = "no-store", env = "LUTHIEN_NO_STORE")]
+    pub no_store: bool,
+
+    /// Do not run the event-store migrations at start-up.
+    #[arg(long = "skip-migrations", env = "LUTHIEN_SKIP_MIGRATIONS")]
+    pub skip_migrations: bool,
+
+    /// Records the event queue holds before new ones are dropped (and counted).
+    #[arg(
+        long = "event-queue-capacity",
+        env = "LUTHIEN_EVENT_QUEUE_CAPACITY",
+        default_value_t = 10_000
+    )]
+    pub event_queue_capacity: usize,
+
+    /// Cap on each stored payload (request/response body) in bytes; larger
+    /// ones are replaced by a marked, truncated preview.
+    #[arg(long = "max-payload-bytes", env = "LUTHIEN_MAX_PAYLOAD_BYTES")]
+    pub max_payload_bytes: Option<usize>,
+
+    /// Redis for the live activity stream (channel `luthien:activity`);
+    /// without it activity stays in this process.
+    #[arg(long = "redis-url", env = "REDIS_URL")]
+    pub redis_url: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error("event store: {0}")]
+    Store(#[from] StoreError),
+    #[error("activity bus: {0}")]
+    Activity(#[from] ActivityError),
     #[error("reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server: {0}")]
@@ -77,12 +118,14 @@ pub async fn serve(
         observe_only = chain.read_only(),
         "control plane listening"
     );
+    let (recording, writer) = start_recording(&config, &shutdown).await?;
     let service = ControlPlaneService::new(
         chain,
         CallSettings {
             keepalive_interval: config.keepalive_interval,
             start_timeout: Duration::from_secs(10),
         },
+        recording,
     );
     let calls = service.calls().clone();
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -118,7 +161,47 @@ pub async fn serve(
             "shutdown grace period over; abandoning calls"
         );
     }
+    if let Some(writer) = writer {
+        let report = writer.shutdown(SHUTDOWN_GRACE).await;
+        tracing::info!(
+            written = report.stats.written,
+            dropped = report.stats.dropped,
+            lost = report.lost,
+            "event store drained"
+        );
+    }
     Ok(())
+}
+
+/// Opens the event store and its writer (unless disabled) and the activity
+/// bus. The writer drains after the calls, so their last records land.
+async fn start_recording(
+    config: &ControlPlaneConfig,
+    shutdown: &CancellationToken,
+) -> Result<(Recording, Option<WriterHandle>), ServeError> {
+    let activity = match &config.redis_url {
+        Some(url) => ActivityBus::redis(url, shutdown.child_token())?,
+        None => ActivityBus::in_process(),
+    };
+    if config.no_store {
+        tracing::info!("event store disabled; calls are not recorded");
+        return Ok((Recording::new(None, activity), None));
+    }
+    let options = StoreOptions {
+        migrate: !config.skip_migrations,
+        ..StoreOptions::default()
+    };
+    let store = Store::open(&config.database_url, options).await?;
+    tracing::info!(backend = store.backend(), "event store open");
+    let writer_options = WriterOptions {
+        queue_capacity: config.event_queue_capacity,
+        max_payload_bytes: config.max_payload_bytes,
+        ..WriterOptions::default()
+    };
+    // The writer gets its own token: it must outlive the calls and drain
+    // after them, under `WriterHandle::shutdown`'s deadline.
+    let (sink, writer) = spawn_writer(store, writer_options, CancellationToken::new());
+    Ok((Recording::new(Some(sink), activity), Some(writer)))
 }
 
 fn reflection() -> tonic_reflection::server::Builder<'static> {

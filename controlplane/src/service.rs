@@ -28,6 +28,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::{self, Api};
 use crate::policy::{CallChain, CallInfo, Chain, ImmediateResponse, RequestVerdict, SseEvent};
+use crate::recorder::{CallRecorder, Recording};
 use crate::sse::SseDecoder;
 
 /// Replies a call may queue towards its data plane. The data plane waits for
@@ -48,14 +49,16 @@ pub struct CallSettings {
 pub struct ControlPlaneService {
     chain: Arc<Chain>,
     settings: CallSettings,
+    recording: Arc<Recording>,
     calls: TaskTracker,
 }
 
 impl ControlPlaneService {
-    pub fn new(chain: Chain, settings: CallSettings) -> Self {
+    pub fn new(chain: Chain, settings: CallSettings, recording: Recording) -> Self {
         Self {
             chain: Arc::new(chain),
             settings,
+            recording: Arc::new(recording),
             calls: TaskTracker::new(),
         }
     }
@@ -77,6 +80,7 @@ impl ControlPlane for ControlPlaneService {
         let (replies, reply_stream) = mpsc::channel(REPLY_QUEUE);
         let driver = CallDriver {
             chain: Arc::clone(&self.chain),
+            recording: Arc::clone(&self.recording),
             settings: self.settings,
             inbound: request.into_inner(),
             replies,
@@ -88,6 +92,7 @@ impl ControlPlane for ControlPlaneService {
 
 struct CallDriver {
     chain: Arc<Chain>,
+    recording: Arc<Recording>,
     settings: CallSettings,
     inbound: Streaming<DataPlaneMessage>,
     replies: mpsc::Sender<Result<ControlPlaneMessage, Status>>,
@@ -97,6 +102,7 @@ struct CallDriver {
 struct ActiveCall {
     info: CallInfo,
     chain: CallChain,
+    recorder: CallRecorder,
     mode: ResponseMode,
     decoder: SseDecoder,
     /// Events the chain emitted for the current upstream event; reused.
@@ -144,22 +150,46 @@ impl CallDriver {
         };
         let mut call = ActiveCall {
             chain: self.chain.start_call(&info),
+            recorder: CallRecorder::new(
+                Arc::clone(&self.recording),
+                info.clone(),
+                start.received_at_unix_micros,
+            ),
             info,
             mode: ResponseMode::Observe,
             decoder: SseDecoder::default(),
             emitted: Vec::new(),
             chain_failed: false,
         };
-        let decision = self.decide_request(&mut call, start).await;
-        if !self.reply(ToData::RequestDecision(decision)).await {
-            return;
+        let decision = self.decide_request(&mut call, &start).await;
+        let (rewritten, immediate) = match &decision.action {
+            Some(Action::ContinueRequest(continued)) => (continued.body.clone(), None),
+            Some(Action::ImmediateResponse(response)) => (None, Some(response.body.clone())),
+            None => (None, None),
+        };
+        let answered = self.reply(ToData::RequestDecision(decision)).await;
+        // Recording happens once the answer is on its way.
+        call.recorder
+            .request(&start.body, rewritten.as_deref(), &start.headers);
+        if let Some(body) = immediate {
+            call.recorder.immediate_response(&body);
         }
-        self.serve_response(&mut call).await;
+        record_policy_events(&mut call);
+        let ended = if answered {
+            self.serve_response(&mut call).await
+        } else {
+            None
+        };
+        record_policy_events(&mut call);
+        match ended {
+            Some(end) => call.recorder.finish(&end),
+            None => call.recorder.abandon(),
+        }
     }
 
     /// Request phase. A read-only chain answers at once, unchanged, in
     /// observe mode: no parsing, no copy.
-    async fn decide_request(&self, call: &mut ActiveCall, start: CallStart) -> RequestDecision {
+    async fn decide_request(&self, call: &mut ActiveCall, start: &CallStart) -> RequestDecision {
         if self.chain.read_only() {
             call.mode = ResponseMode::Observe;
             return continue_unchanged(ResponseMode::Observe);
@@ -206,8 +236,8 @@ impl CallDriver {
     }
 
     /// Response phase: answers the data plane's response messages until
-    /// `CallEnd` or until the data plane goes away.
-    async fn serve_response(&mut self, call: &mut ActiveCall) {
+    /// `CallEnd` (returned) or until the data plane goes away (`None`).
+    async fn serve_response(&mut self, call: &mut ActiveCall) -> Option<CallEnd> {
         let transform = call.mode == ResponseMode::Transform;
         loop {
             let message = match self.inbound.message().await {
@@ -217,22 +247,20 @@ impl CallDriver {
                 Ok(Some(DataPlaneMessage { message: None })) => continue,
                 Ok(None) => {
                     tracing::warn!(call_id = %call.info.call_id, "data plane closed the call without CallEnd");
-                    return;
+                    return None;
                 }
                 Err(status) => {
                     tracing::warn!(call_id = %call.info.call_id, %status, "data plane went away mid-call");
-                    return;
+                    return None;
                 }
             };
-            match message {
+            let answered = match message {
                 FromData::ResponseBody(response) if transform => {
                     let body = self.transform_response(call, &response.body).await;
-                    if !self
-                        .reply(ToData::ResponseDecision(ResponseDecision { body }))
-                        .await
-                    {
-                        return;
-                    }
+                    let decision = ResponseDecision { body: body.clone() };
+                    let answered = self.reply(ToData::ResponseDecision(decision)).await;
+                    call.recorder.response(&response.body, body.as_deref());
+                    answered
                 }
                 FromData::StreamChunk(chunk) if transform => {
                     let chunks = self.transform_chunk(call, chunk.data).await;
@@ -241,9 +269,7 @@ impl CallDriver {
                         chunks,
                         ..ChunkReply::default()
                     };
-                    if !self.reply(ToData::ChunkReply(reply)).await {
-                        return;
-                    }
+                    self.reply(ToData::ChunkReply(reply)).await
                 }
                 FromData::StreamEnd(end) if transform => {
                     let chunks = self.finish_stream(call).await;
@@ -253,21 +279,36 @@ impl CallDriver {
                         end_stream: true,
                         ..ChunkReply::default()
                     };
-                    if !self.reply(ToData::ChunkReply(reply)).await {
-                        return;
-                    }
+                    self.reply(ToData::ChunkReply(reply)).await
                 }
-                // Observe mode: the client already has these bytes.
-                FromData::ResponseBody(_) | FromData::StreamChunk(_) | FromData::StreamEnd(_) => {}
+                // Observe mode: the client already has these bytes; they
+                // only feed the call's record.
+                FromData::ResponseBody(response) => {
+                    call.recorder.response(&response.body, None);
+                    true
+                }
+                FromData::StreamChunk(chunk) => {
+                    observe_chunk(call, chunk.data);
+                    true
+                }
+                FromData::StreamEnd(_) => {
+                    if let Some(event) = call.decoder.finish() {
+                        call.recorder.observed_event(&event);
+                    }
+                    true
+                }
                 FromData::CallEnd(end) => {
                     log_call_end(&call.info, &end);
-                    return;
+                    return Some(end);
                 }
                 FromData::CallStart(_) => {
                     self.fail(Status::invalid_argument("CallStart sent twice on one call"))
                         .await;
-                    return;
+                    return None;
                 }
+            };
+            if !answered {
+                return None;
             }
         }
     }
@@ -317,7 +358,12 @@ impl CallDriver {
         )
         .await;
         match flushed {
-            Ok(events) => chunks.extend(events.iter().map(SseEvent::to_bytes)),
+            Ok(events) => {
+                for event in &events {
+                    call.recorder.client_event(event);
+                }
+                chunks.extend(events.iter().map(SseEvent::to_bytes));
+            }
             Err(error) => {
                 tracing::warn!(call_id = %call.info.call_id, %error, "policy failed at stream end; held text is lost");
             }
@@ -328,7 +374,9 @@ impl CallDriver {
     async fn run_events(&self, call: &mut ActiveCall, events: Vec<SseEvent>) -> Vec<Bytes> {
         let mut chunks = Vec::with_capacity(events.len());
         for event in events {
+            call.recorder.upstream_event(&event);
             if call.chain_failed {
+                call.recorder.client_event(&event);
                 chunks.push(event.to_bytes());
                 continue;
             }
@@ -340,10 +388,17 @@ impl CallDriver {
             )
             .await;
             match outcome {
-                Ok(()) => chunks.extend(call.emitted.drain(..).map(|event| event.to_bytes())),
+                Ok(()) => {
+                    for event in call.emitted.drain(..) {
+                        call.recorder.client_event(&event);
+                        chunks.push(event.to_bytes());
+                    }
+                }
                 Err(error) => {
                     tracing::warn!(call_id = %call.info.call_id, %error, "stream policy failed; rest of the stream passes unmodified");
                     call.chain_failed = true;
+                    call.recorder
+                        .client_event(&SseEvent::from_wire(original.clone()));
                     chunks.push(original);
                 }
             }
@@ -362,6 +417,27 @@ impl CallDriver {
     async fn fail(&self, status: Status) {
         tracing::warn!(%status, "call stream rejected");
         let _ = self.replies.send(Err(status)).await;
+    }
+}
+
+/// Observe mode: the client already has these bytes; they are decoded only
+/// when the call's record needs them.
+fn observe_chunk(call: &mut ActiveCall, frame: Bytes) {
+    if !call.recorder.wants_stream_events() {
+        return;
+    }
+    let mut events = std::mem::take(&mut call.emitted);
+    call.decoder.push(frame, &mut events);
+    for event in events.drain(..) {
+        call.recorder.observed_event(&event);
+    }
+    call.emitted = events;
+}
+
+fn record_policy_events(call: &mut ActiveCall) {
+    for (policy, event) in call.chain.take_events() {
+        call.recorder
+            .policy_event(&policy, &event.action, &event.summary, event.data);
     }
 }
 

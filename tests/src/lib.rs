@@ -3,6 +3,7 @@
 //! keeps every byte, and a scripted control plane for failure tests.
 
 pub mod client;
+pub mod databases;
 pub mod fake_control_plane;
 pub mod stack;
 pub mod wire;

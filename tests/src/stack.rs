@@ -35,6 +35,12 @@ pub struct StackOptions {
     pub cp_inactivity_timeout: Duration,
     /// Point the data plane at this upstream instead of the mock.
     pub upstream_override: Option<String>,
+    /// Event store of the control plane; `None` records nothing.
+    pub database_url: Option<String>,
+    /// Redis for live activity; `None` keeps it in-process.
+    pub redis_url: Option<String>,
+    /// Cap on stored payloads.
+    pub max_payload_bytes: Option<usize>,
 }
 
 impl Default for StackOptions {
@@ -50,6 +56,9 @@ impl Default for StackOptions {
             cp_message_timeout: Duration::from_secs(10),
             cp_inactivity_timeout: Duration::from_secs(5),
             upstream_override: None,
+            database_url: None,
+            redis_url: None,
+            max_payload_bytes: None,
         }
     }
 }
@@ -82,12 +91,19 @@ impl Stack {
     /// Starts a stack in front of an existing mock (several stacks can share one).
     pub async fn start_with_mock(options: StackOptions, mock: Arc<MockUpstream>) -> Stack {
         let shutdown = CancellationToken::new();
+        let recording = Recording {
+            database_url: options.database_url.clone(),
+            redis_url: options.redis_url.clone(),
+            max_payload_bytes: options.max_payload_bytes,
+        };
         let control_plane_url = match options.control_plane {
-            ControlPlane::Chain(chain) => Some(start_control_plane(chain, &shutdown).await),
+            ControlPlane::Chain(chain) => {
+                Some(start_control_plane(chain, &recording, &shutdown).await)
+            }
             ControlPlane::Yaml(yaml) => {
                 let chain = luthien_controlplane::config::parse_chain(&yaml, "test policy")
                     .expect("test policy YAML is valid");
-                Some(start_control_plane(chain, &shutdown).await)
+                Some(start_control_plane(chain, &recording, &shutdown).await)
             }
             ControlPlane::External(url) => Some(url),
             ControlPlane::Down => None,
@@ -156,7 +172,18 @@ impl Drop for Stack {
     }
 }
 
-async fn start_control_plane(chain: Chain, shutdown: &CancellationToken) -> String {
+/// What a test control plane records, and where.
+struct Recording {
+    database_url: Option<String>,
+    redis_url: Option<String>,
+    max_payload_bytes: Option<usize>,
+}
+
+async fn start_control_plane(
+    chain: Chain,
+    recording: &Recording,
+    shutdown: &CancellationToken,
+) -> String {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind control plane");
@@ -165,14 +192,61 @@ async fn start_control_plane(chain: Chain, shutdown: &CancellationToken) -> Stri
         grpc_listen: address,
         policy_config: None,
         keepalive_interval: Duration::from_millis(200),
+        database_url: recording.database_url.clone().unwrap_or_default(),
+        no_store: recording.database_url.is_none(),
+        skip_migrations: false,
+        event_queue_capacity: 10_000,
+        max_payload_bytes: recording.max_payload_bytes,
+        redis_url: recording.redis_url.clone(),
     };
-    tokio::spawn(luthien_controlplane::serve(
+    let server = tokio::spawn(luthien_controlplane::serve(
         config,
         chain,
         listener,
         shutdown.clone(),
     ));
-    format!("http://{address}")
+    let url = format!("http://{address}");
+    wait_until_serving(&url, server).await;
+    url
+}
+
+/// Polls `grpc.health.v1` until the control plane answers SERVING (it opens
+/// and migrates its store before it serves).
+async fn wait_until_serving(
+    url: &str,
+    server: tokio::task::JoinHandle<Result<(), luthien_controlplane::server::ServeError>>,
+) {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if server.is_finished() {
+            match server.await {
+                Ok(Err(error)) => panic!("control plane failed to start: {error}"),
+                other => panic!("control plane stopped at start-up: {other:?}"),
+            }
+        }
+        let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+            .expect("control plane URL")
+            .connect()
+            .await;
+        if let Ok(channel) = channel {
+            let mut client = HealthClient::new(channel);
+            let request = HealthCheckRequest {
+                service: String::new(),
+            };
+            if let Ok(response) = client.check(request).await
+                && response.into_inner().status() == ServingStatus::Serving
+            {
+                return;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "control plane not serving after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// An address on which nothing listens (bound, then released).

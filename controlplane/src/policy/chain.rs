@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::noop::Noop;
-use super::{CallInfo, CallPolicy, Policy, PolicyError, RequestVerdict, SseEvent};
+use super::{CallInfo, CallPolicy, Policy, PolicyError, PolicyEvent, RequestVerdict, SseEvent};
 
 /// The configured policies, shared by all calls.
 #[derive(Clone)]
@@ -40,6 +40,11 @@ impl Chain {
     /// Creates every policy's state for one call.
     pub fn start_call(&self, call: &CallInfo) -> CallChain {
         CallChain {
+            names: self
+                .policies
+                .iter()
+                .map(|policy| policy.name().to_owned())
+                .collect(),
             calls: self
                 .policies
                 .iter()
@@ -72,6 +77,8 @@ impl fmt::Debug for Chain {
 
 /// The chain's state for one call.
 pub struct CallChain {
+    /// The policies' names, in file order (for their recorded events).
+    names: Vec<String>,
     /// One per policy, in file order.
     calls: Vec<Box<dyn CallPolicy>>,
     /// Events between two policies; kept across events so the steady state allocates nothing.
@@ -133,6 +140,20 @@ impl CallChain {
             self.run_stages(stage + 1, &mut flushed, &mut out).await?;
         }
         Ok(out)
+    }
+
+    /// Events the policies recorded since the last call, with the name of
+    /// the policy that recorded each.
+    pub fn take_events(&mut self) -> Vec<(String, PolicyEvent)> {
+        let mut taken = Vec::new();
+        for (name, call) in self.names.iter().zip(&mut self.calls) {
+            taken.extend(
+                call.take_events()
+                    .into_iter()
+                    .map(|event| (name.clone(), event)),
+            );
+        }
+        taken
     }
 
     /// The policy at `stage` in response order (the last policy of the file is stage 0).

@@ -68,6 +68,18 @@ impl PolicyError {
     }
 }
 
+/// Something a policy wants on the call's record, e.g. "blocked tool call
+/// X": stored with the call and shown next to its diff.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PolicyEvent {
+    /// A short machine-readable verb, e.g. `replaced`, `blocked`.
+    pub action: String,
+    /// One line for people.
+    pub summary: String,
+    /// Details (never secrets).
+    pub data: Value,
+}
+
 /// A configured policy, shared by all calls.
 pub trait Policy: Send + Sync + 'static {
     /// The `type` of the policy in the YAML file, e.g. `all_caps`.
@@ -109,6 +121,12 @@ pub trait CallPolicy: Send {
     /// The upstream stream ended; flush anything held into `out`.
     async fn on_stream_end(&mut self, _out: &mut Vec<SseEvent>) -> Result<(), PolicyError> {
         Ok(())
+    }
+
+    /// Hands over the events recorded since the last call; the control
+    /// plane asks after every phase.
+    fn take_events(&mut self) -> Vec<PolicyEvent> {
+        Vec::new()
     }
 }
 

@@ -30,7 +30,10 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use self::replacer::{Replacer, StreamBuffer};
-use super::{Api, CallInfo, CallPolicy, FromConfig, Policy, PolicyError, RequestVerdict, SseEvent};
+use super::{
+    Api, CallInfo, CallPolicy, FromConfig, Policy, PolicyError, PolicyEvent, RequestVerdict,
+    SseEvent,
+};
 use crate::api;
 
 /// The `config` of a `string_replace` policy.
@@ -116,6 +119,8 @@ impl Policy for StringReplace {
             held: BTreeMap::new(),
             envelope: None,
             rewrites: Vec::new(),
+            events: Vec::new(),
+            stream_replacements: 0,
         })
     }
 }
@@ -130,6 +135,10 @@ struct StringReplaceCall {
     envelope: Option<Value>,
     /// What the current event's text deltas become, in visiting order; reused across events.
     rewrites: Vec<TextRewrite>,
+    /// Policy events not yet handed to the control plane.
+    events: Vec<PolicyEvent>,
+    /// Matches replaced in content streams already flushed.
+    stream_replacements: usize,
 }
 
 struct TextRewrite {
@@ -143,16 +152,28 @@ struct TextRewrite {
 impl CallPolicy for StringReplaceCall {
     async fn on_request(&mut self, request: &mut Value) -> Result<RequestVerdict, PolicyError> {
         if self.apply_to.request() {
-            api::for_each_request_text(self.api, request, |text| self.replacer.replace_all(text));
+            let mut count = 0;
+            api::for_each_request_text(self.api, request, |text| {
+                count += self.replacer.replace_all(text);
+            });
+            self.record("request", count);
         }
         Ok(RequestVerdict::Continue)
     }
 
     async fn on_response(&mut self, response: &mut Value) -> Result<(), PolicyError> {
         if self.apply_to.response() {
-            api::for_each_response_text(self.api, response, |text| self.replacer.replace_all(text));
+            let mut count = 0;
+            api::for_each_response_text(self.api, response, |text| {
+                count += self.replacer.replace_all(text);
+            });
+            self.record("response", count);
         }
         Ok(())
+    }
+
+    fn take_events(&mut self) -> Vec<PolicyEvent> {
+        std::mem::take(&mut self.events)
     }
 
     async fn on_event(
@@ -166,6 +187,7 @@ impl CallPolicy for StringReplaceCall {
         }
         if api::is_stream_terminator(self.api, &event) {
             self.flush_all(out);
+            self.record_stream();
             out.push(event);
             return Ok(());
         }
@@ -187,11 +209,29 @@ impl CallPolicy for StringReplaceCall {
 
     async fn on_stream_end(&mut self, out: &mut Vec<SseEvent>) -> Result<(), PolicyError> {
         self.flush_all(out);
+        self.record_stream();
         Ok(())
     }
 }
 
 impl StringReplaceCall {
+    /// Puts the stream's replacements on the record, once.
+    fn record_stream(&mut self) {
+        let count = std::mem::take(&mut self.stream_replacements);
+        self.record("streamed response", count);
+    }
+
+    /// Puts the replacements of a whole request or response on the call's record.
+    fn record(&mut self, phase: &str, count: usize) {
+        if count > 0 {
+            self.events.push(PolicyEvent {
+                action: "replaced".to_owned(),
+                summary: format!("replaced {count} occurrence(s) in the {phase}"),
+                data: serde_json::json!({ "phase": phase, "count": count }),
+            });
+        }
+    }
+
     /// Feeds the event's text deltas to their streams' buffers, recording in `rewrites` what
     /// each becomes.
     fn run_text_deltas(&mut self, event: &Value) {
@@ -222,6 +262,7 @@ impl StringReplaceCall {
             replacer,
             held,
             rewrites,
+            stream_replacements,
             ..
         } = self;
         api::for_each_content_end(*api, event, |index| {
@@ -229,6 +270,7 @@ impl StringReplaceCall {
                 return;
             };
             let rest = buffer.finish(replacer);
+            *stream_replacements += buffer.replaced();
             if rest.is_empty() {
                 return;
             }
@@ -269,6 +311,7 @@ impl StringReplaceCall {
     fn flush_all(&mut self, out: &mut Vec<SseEvent>) {
         for (index, mut buffer) in std::mem::take(&mut self.held) {
             let rest = buffer.finish(&self.replacer);
+            self.stream_replacements += buffer.replaced();
             if !rest.is_empty() {
                 out.push(api::text_delta_event(
                     self.api,

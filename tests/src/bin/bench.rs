@@ -1,1 +1,449 @@
-fn main() {}
+//! `luthien-bench`: what Luthien adds to a call, measured A/B against calling the provider
+//! directly.
+//!
+//! ```text
+//! cargo build --release --workspace --bins
+//! cargo run --release -p luthien-tests --bin luthien-bench -- [--duration 10s] [--rate 500] \
+//!     [--stream-rate 100] [--concurrency 32] [--chunks 50] [--quick]
+//! ```
+//!
+//! ## Method
+//!
+//! The benchmark starts the release binaries next to itself as child processes on free
+//! 127.0.0.1 ports: the mock provider (`mock-upstream`, instant answers), then for each
+//! policy a control plane with that policy and a data plane in front of the mock. `noop`
+//! makes the data plane run calls in observe mode (chunks forwarded at once, a copy teed to
+//! the control plane); `all_caps` in transform mode (each chunk round-trips through the
+//! control plane).
+//!
+//! Every measurement is an A/B comparison with the same request sent to the mock directly
+//! ("direct") and through the data plane ("proxied"); the difference is what Luthien adds.
+//! The two sides alternate in short slices (see [`load::alternate`]) after a discarded
+//! warm-up, so drift affects both alike. All requests use pooled HTTP/1.1 keep-alive
+//! connections and must answer `200` (streams must also end properly); failures are counted
+//! and reported loudly.
+//!
+//! 1. **Non-streaming latency**: open loop at a constant arrival rate (default 500 req/s),
+//!    latency measured from each request's *scheduled* send time to its last body byte, so
+//!    that stalls cannot hide (see [`load`] for why). Also the median of the data plane's
+//!    own `x-luthien-overhead-ms` header.
+//! 2. **Streams**: open loop at a modest rate (default 100 streams/s) of streams of N
+//!    content chunks (default 50) with zero upstream delay: time to first body byte (TTFC)
+//!    and total stream time; added per chunk = (proxied total p50 − direct total p50) / N.
+//! 3. **Throughput**: closed loop with a fixed number of keep-alive connections (default
+//!    32), completed non-streaming requests per second.
+//! 4. **Memory**: the data plane's (and control plane's) `VmRSS` after start-up before any
+//!    call, and one second after the last load, plus the peak (`VmHWM`).
+//!
+//! Load generator, mock and Luthien share one machine, so on a small machine they compete
+//! for the same cores; the report states the machine. Progress goes to stderr, the Markdown
+//! report to stdout. The exit status is non-zero when any request failed.
+
+#[path = "../bench/load.rs"]
+mod load;
+#[path = "../bench/procs.rs"]
+mod procs;
+#[path = "../bench/report.rs"]
+mod report;
+#[path = "../bench/stats.rs"]
+mod stats;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+
+use crate::load::{
+    Ab, CallSample, HttpClient, Phases, RequestSpec, Samples, StreamSample, Throughput,
+};
+use crate::procs::{Binaries, Luthien, Process};
+use crate::report::{Machine, PolicyRun};
+use crate::stats::{Summary, added_ms, signed_ms};
+
+/// Measures the latency, streaming, throughput and memory cost of Luthien's data plane,
+/// A/B against calling the mock provider directly.
+#[derive(Debug, Parser)]
+#[command(name = "luthien-bench")]
+struct Args {
+    /// Measured time per side (direct, proxied) of each measurement.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+
+    /// Discarded warm-up per side before each measurement.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+
+    /// Longest slice before switching sides.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    slice: Duration,
+
+    /// Non-streaming requests per second (open loop).
+    #[arg(long, default_value_t = 500.0, value_parser = positive)]
+    rate: f64,
+
+    /// Streams started per second (open loop).
+    #[arg(long, default_value_t = 100.0, value_parser = positive)]
+    stream_rate: f64,
+
+    /// Keep-alive connections for the throughput measurement (closed loop).
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    concurrency: u16,
+
+    /// Content chunks per stream.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..))]
+    chunks: u16,
+
+    /// Policies to measure, in order.
+    #[arg(long, value_delimiter = ',', default_value = "noop,all_caps")]
+    policies: Vec<Policy>,
+
+    /// Smoke run: 2 s per side, 0.5 s warm-up, 1 s slices.
+    #[arg(long)]
+    quick: bool,
+}
+
+fn positive(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(value) if value > 0.0 && value.is_finite() => Ok(value),
+        _ => Err(format!("{text:?} is not a positive number")),
+    }
+}
+
+/// A policy chain of one policy, which decides the data plane's streaming mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Policy {
+    #[value(name = "noop")]
+    Noop,
+    #[value(name = "all_caps")]
+    AllCaps,
+}
+
+impl Policy {
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::Noop => "noop",
+            Policy::AllCaps => "all_caps",
+        }
+    }
+
+    /// How the data plane runs calls under this policy.
+    pub fn mode(self) -> &'static str {
+        match self {
+            Policy::Noop => "observe",
+            Policy::AllCaps => "transform",
+        }
+    }
+}
+
+/// The resolved settings of one run.
+#[derive(Debug)]
+pub struct Settings {
+    pub phases: Phases,
+    pub rate: f64,
+    pub stream_rate: f64,
+    pub concurrency: usize,
+    pub chunks: usize,
+    pub policies: Vec<Policy>,
+    /// The command line, for the report.
+    pub command: String,
+}
+
+impl Settings {
+    fn from_args(args: Args) -> Self {
+        let phases = if args.quick {
+            Phases {
+                warmup: Duration::from_millis(500),
+                length: Duration::from_secs(2),
+                slice: Duration::from_secs(1),
+            }
+        } else {
+            Phases {
+                warmup: args.warmup,
+                length: args.duration,
+                slice: args.slice,
+            }
+        };
+        Self {
+            phases,
+            rate: args.rate,
+            stream_rate: args.stream_rate,
+            concurrency: usize::from(args.concurrency),
+            chunks: usize::from(args.chunks),
+            policies: args.policies,
+            command: command_line(),
+        }
+    }
+}
+
+fn command_line() -> String {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut command = "cargo run --release -p luthien-tests --bin luthien-bench".to_owned();
+    if !args.is_empty() {
+        command.push_str(" -- ");
+        command.push_str(&args.join(" "));
+    }
+    command
+}
+
+const CHAT_BODY: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello in one sentence."}]}"#;
+const STREAM_BODY: &str = r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"Say hello in one sentence."}]}"#;
+
+/// The two requests of the benchmark, for each side.
+struct Requests {
+    chat: Ab<Arc<RequestSpec>>,
+    stream: Ab<Arc<RequestSpec>>,
+}
+
+impl Requests {
+    fn new(mock: SocketAddr, luthien: &str, chunks: usize) -> anyhow::Result<Self> {
+        let chat = |base: &str| -> anyhow::Result<Arc<RequestSpec>> {
+            let url = format!("{base}/v1/chat/completions");
+            Ok(Arc::new(RequestSpec::post_json(&url, CHAT_BODY)?))
+        };
+        let stream = |base: &str| -> anyhow::Result<Arc<RequestSpec>> {
+            let url = format!("{base}/v1/chat/completions");
+            let spec = RequestSpec::post_json(&url, STREAM_BODY)?
+                .with_header("x-mock-chunks", &chunks.to_string())?
+                .with_header("x-mock-delay-ms", "0")?;
+            Ok(Arc::new(spec))
+        };
+        let direct = format!("http://{mock}");
+        Ok(Self {
+            chat: Ab {
+                direct: chat(&direct)?,
+                proxied: chat(luthien)?,
+            },
+            stream: Ab {
+                direct: stream(&direct)?,
+                proxied: stream(luthien)?,
+            },
+        })
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let settings = Settings::from_args(Args::parse());
+    let outcome = tokio::select! {
+        outcome = run(&settings) => outcome,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    match outcome {
+        Ok(runs) => {
+            println!("{}", report::render(&settings, &Machine::probe(), &runs));
+            let errors: u64 = runs.iter().map(PolicyRun::errors).sum();
+            if errors > 0 {
+                eprintln!("\nWARNING: {errors} requests failed; the results are not valid.");
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("luthien-bench: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Starts the mock, then benchmarks each policy in turn; every process is stopped on return.
+async fn run(settings: &Settings) -> anyhow::Result<Vec<PolicyRun>> {
+    if cfg!(debug_assertions) {
+        eprintln!("WARNING: luthien-bench is a debug build; numbers mean little. Use --release.");
+    }
+    let binaries = Binaries::beside_current_exe()?;
+    let dir = procs::work_dir()?;
+    eprintln!(
+        "binaries: {}",
+        binaries
+            .dataplane
+            .parent()
+            .map_or_else(String::new, |dir| dir.display().to_string())
+    );
+    eprintln!("logs and policy files: {}", dir.display());
+
+    let client = load::http_client();
+    let mock_addr = procs::free_addr()?;
+    let mut mock = Process::spawn(
+        "mock-upstream",
+        &binaries.mock,
+        &[
+            "--listen".into(),
+            mock_addr.to_string(),
+            "--no-record".into(),
+        ],
+        &dir,
+    )?;
+    mock.wait_for_port(mock_addr).await?;
+
+    let mut runs = Vec::new();
+    for policy in &settings.policies {
+        let run = bench_policy(settings, &binaries, &dir, mock_addr, &client, *policy)
+            .await
+            .with_context(|| format!("benchmarking policy {}", policy.name()))?;
+        mock.ensure_running()?;
+        runs.push(run);
+    }
+    Ok(runs)
+}
+
+async fn bench_policy(
+    settings: &Settings,
+    binaries: &Binaries,
+    dir: &Path,
+    mock: SocketAddr,
+    client: &HttpClient,
+    policy: Policy,
+) -> anyhow::Result<PolicyRun> {
+    eprintln!("\n== {} ({} mode)", policy.name(), policy.mode());
+    let mut luthien = Luthien::start(binaries, dir, policy.name(), mock, client).await?;
+    let dataplane_idle = luthien.dataplane.memory()?;
+    let controlplane_idle = luthien.controlplane.memory()?;
+    let requests = Requests::new(mock, &luthien.base_url, settings.chunks)?;
+    smoke_check(client, &requests, settings.chunks).await?;
+
+    let latency = measure_latency(settings, client, &requests).await?;
+    let streams = measure_streams(settings, client, &requests).await?;
+    let throughput = measure_throughput(settings, client, &requests).await?;
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    luthien.dataplane.ensure_running()?;
+    luthien.controlplane.ensure_running()?;
+    let run = PolicyRun {
+        policy,
+        latency,
+        streams,
+        throughput,
+        dataplane_idle,
+        dataplane_after: luthien.dataplane.memory()?,
+        controlplane_idle,
+        controlplane_after: luthien.controlplane.memory()?,
+        dataplane_log: luthien.dataplane.log_problems(),
+        controlplane_log: luthien.controlplane.log_problems(),
+    };
+    eprintln!(
+        "   data plane RSS {:.1} MiB idle, {:.1} MiB after load; logs: {}",
+        run.dataplane_idle.rss_kib as f64 / 1024.0,
+        run.dataplane_after.rss_kib as f64 / 1024.0,
+        luthien.dataplane.log_path().display()
+    );
+    Ok(run)
+}
+
+/// One request of each kind on each side, so a broken stack fails fast and clearly.
+async fn smoke_check(
+    client: &HttpClient,
+    requests: &Requests,
+    chunks: usize,
+) -> anyhow::Result<()> {
+    for (side, spec) in [
+        ("direct", &requests.chat.direct),
+        ("proxied", &requests.chat.proxied),
+    ] {
+        let sample = load::call(client, spec, Instant::now())
+            .await
+            .map_err(|error| anyhow::anyhow!("{side} call to {} failed: {error}", spec.uri))?;
+        if side == "proxied" && sample.overhead_ms.is_none() {
+            bail!("the proxied answer has no x-luthien-overhead-ms header");
+        }
+    }
+    for (side, spec) in [
+        ("direct", &requests.stream.direct),
+        ("proxied", &requests.stream.proxied),
+    ] {
+        load::stream(client, spec, Instant::now(), chunks)
+            .await
+            .map_err(|error| anyhow::anyhow!("{side} stream from {} failed: {error}", spec.uri))?;
+    }
+    Ok(())
+}
+
+async fn measure_latency(
+    settings: &Settings,
+    client: &HttpClient,
+    requests: &Requests,
+) -> anyhow::Result<Ab<Samples<CallSample>>> {
+    eprintln!(
+        "   non-streaming latency, {} req/s open loop …",
+        settings.rate
+    );
+    let result = load::alternate(&settings.phases, |side, length| {
+        let client = client.clone();
+        let spec = Arc::clone(requests.chat.get(side));
+        load::open_loop(settings.rate, length, move |scheduled| {
+            let client = client.clone();
+            let spec = Arc::clone(&spec);
+            async move { load::call(&client, &spec, scheduled).await }
+        })
+    })
+    .await
+    .context("non-streaming latency")?;
+    let summary = |samples: &Samples<CallSample>| Summary::of(samples.ok.iter().map(|s| s.latency));
+    let (direct, proxied) = (summary(&result.direct), summary(&result.proxied));
+    eprintln!(
+        "   added p50 {} ms, p99 {} ms; errors {}",
+        signed_ms(added_ms(proxied.p50, direct.p50)),
+        signed_ms(added_ms(proxied.p99, direct.p99)),
+        result.direct.errors + result.proxied.errors
+    );
+    Ok(result)
+}
+
+async fn measure_streams(
+    settings: &Settings,
+    client: &HttpClient,
+    requests: &Requests,
+) -> anyhow::Result<Ab<Samples<StreamSample>>> {
+    eprintln!(
+        "   streams of {} chunks, {} streams/s open loop …",
+        settings.chunks, settings.stream_rate
+    );
+    let chunks = settings.chunks;
+    let result = load::alternate(&settings.phases, |side, length| {
+        let client = client.clone();
+        let spec = Arc::clone(requests.stream.get(side));
+        load::open_loop(settings.stream_rate, length, move |scheduled| {
+            let client = client.clone();
+            let spec = Arc::clone(&spec);
+            async move { load::stream(&client, &spec, scheduled, chunks).await }
+        })
+    })
+    .await
+    .context("streams")?;
+    let summary = |samples: &Samples<StreamSample>| Summary::of(samples.ok.iter().map(|s| s.total));
+    let (direct, proxied) = (summary(&result.direct), summary(&result.proxied));
+    eprintln!(
+        "   added total p50 {} ms ({:+.4} ms per chunk); errors {}",
+        signed_ms(added_ms(proxied.p50, direct.p50)),
+        added_ms(proxied.p50, direct.p50) / chunks as f64,
+        result.direct.errors + result.proxied.errors
+    );
+    Ok(result)
+}
+
+async fn measure_throughput(
+    settings: &Settings,
+    client: &HttpClient,
+    requests: &Requests,
+) -> anyhow::Result<Ab<Throughput>> {
+    eprintln!(
+        "   throughput, {} connections closed loop …",
+        settings.concurrency
+    );
+    let result = load::alternate(&settings.phases, |side, length| {
+        let spec = Arc::clone(requests.chat.get(side));
+        async move { load::closed_loop(client, &spec, settings.concurrency, length).await }
+    })
+    .await
+    .context("throughput")?;
+    eprintln!(
+        "   direct {:.0} req/s, proxied {:.0} req/s; errors {}",
+        result.direct.per_second(),
+        result.proxied.per_second(),
+        result.direct.errors + result.proxied.errors
+    );
+    Ok(result)
+}

@@ -59,21 +59,25 @@ impl Replacer {
         })
     }
 
-    /// Replaces every match in `text`; leaves it untouched (no allocation) when nothing matches.
-    pub(super) fn replace_all(&self, text: &mut String) {
+    /// Replaces every match in `text` and returns how many there were; leaves it untouched
+    /// (no allocation) when nothing matches.
+    pub(super) fn replace_all(&self, text: &mut String) -> usize {
         let mut matches = self.search.find_iter(text).peekable();
         if matches.peek().is_none() {
-            return;
+            return 0;
         }
         let mut replaced = String::with_capacity(text.len());
         let mut copied = 0;
+        let mut count = 0;
         for found in matches {
             replaced.push_str(&text[copied..found.start()]);
             replaced.push_str(self.to(found.as_str()));
             copied = found.end();
+            count += 1;
         }
         replaced.push_str(&text[copied..]);
         *text = replaced;
+        count
     }
 
     fn to<'a>(&'a self, from: &'a str) -> &'a str {
@@ -100,6 +104,8 @@ impl Replacer {
 #[derive(Debug, Default)]
 pub(super) struct StreamBuffer {
     held: String,
+    /// Matches replaced so far in this content stream.
+    replaced: usize,
 }
 
 impl StreamBuffer {
@@ -127,6 +133,7 @@ impl StreamBuffer {
                     certain.push_str(&self.held[consumed..found.start()]);
                     certain.push_str(replacer.to(found.as_str()));
                     consumed = found.end();
+                    self.replaced += 1;
                 }
                 _ => {
                     certain.push_str(&self.held[consumed..hold_point]);
@@ -141,8 +148,13 @@ impl StreamBuffer {
     /// shorter `from` may sit inside a tail that could have grown into a longer one).
     pub(super) fn finish(&mut self, replacer: &Replacer) -> String {
         let mut rest = std::mem::take(&mut self.held);
-        replacer.replace_all(&mut rest);
+        self.replaced += replacer.replace_all(&mut rest);
         rest
+    }
+
+    /// Matches replaced in this content stream so far.
+    pub(super) fn replaced(&self) -> usize {
+        self.replaced
     }
 }
 

@@ -1,0 +1,388 @@
+//! Turns what the control plane sees of a call into durable events and
+//! live activity, without ever making the call wait.
+//!
+//! A [`CallRecorder`] lives with its call: it keeps the original and final
+//! request, the original and final response (or two stream
+//! reconstructions), counts and timings, and hands finished records to the
+//! [`EventSink`] (bounded queue, batched writer) and the [`ActivityBus`].
+//! Both hand-offs are non-blocking; a full queue drops and counts. Secrets
+//! and oversized payloads are handled by the writer
+//! ([`crate::store::redact`]), so nothing reaches the store unsanitised.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use luthien_proto::v1::{CallEnd, CallOutcome, Header};
+use serde_json::{Map, Value};
+
+use crate::activity::{ActivityBus, ActivityMessage};
+use crate::api::Api;
+use crate::events::{CallEvent, CallStatus, CallSummary, EventPayload, SCHEMA_VERSION, TokenUsage};
+use crate::policy::CallInfo;
+use crate::reconstruct::Reconstructor;
+use crate::sse::SseEvent;
+use crate::store::{EventSink, Record};
+
+/// Where finished records go; shared by all calls.
+#[derive(Clone)]
+pub struct Recording {
+    sink: Option<EventSink>,
+    activity: ActivityBus,
+}
+
+impl Recording {
+    /// `sink` is `None` when persistence is off; activity is always published.
+    pub fn new(sink: Option<EventSink>, activity: ActivityBus) -> Self {
+        Self { sink, activity }
+    }
+
+    /// Recording that keeps nothing and publishes in-process only.
+    pub fn disabled() -> Self {
+        Self::new(None, ActivityBus::in_process())
+    }
+
+    pub fn activity(&self) -> &ActivityBus {
+        &self.activity
+    }
+}
+
+/// How a streamed response looked on each side of the policy chain.
+struct StreamRecord {
+    upstream: Reconstructor,
+    client: Reconstructor,
+    received: u64,
+    sent: u64,
+}
+
+pub struct CallRecorder {
+    recording: Arc<Recording>,
+    info: CallInfo,
+    created_at_micros: i64,
+    next_sequence: u32,
+    session_id: Option<String>,
+    policy_changed: bool,
+    stream: Option<StreamRecord>,
+    response: Option<(Value, Value)>,
+    /// A response a policy produced instead of calling upstream.
+    immediate: Option<Value>,
+    usage: TokenUsage,
+}
+
+impl CallRecorder {
+    pub fn new(recording: Arc<Recording>, info: CallInfo, received_at_micros: i64) -> Self {
+        // Reconstruction only feeds the store; without one it is skipped.
+        let stream = (info.stream && recording.sink.is_some()).then(|| StreamRecord {
+            upstream: Reconstructor::new(info.api),
+            client: Reconstructor::new(info.api),
+            received: 0,
+            sent: 0,
+        });
+        let created_at_micros = if received_at_micros > 0 {
+            received_at_micros
+        } else {
+            now_micros()
+        };
+        Self {
+            recording,
+            info,
+            created_at_micros,
+            next_sequence: 0,
+            session_id: None,
+            policy_changed: false,
+            stream,
+            response: None,
+            immediate: None,
+            usage: TokenUsage::default(),
+        }
+    }
+
+    /// Records the request as received and as forwarded (`None`: unchanged).
+    pub fn request(&mut self, original: &[u8], rewritten: Option<&[u8]>, headers: &[Header]) {
+        let original: Value = serde_json::from_slice(original).unwrap_or(Value::Null);
+        self.session_id = session_id(self.info.api, &original, headers);
+        let final_ = match rewritten {
+            Some(bytes) => {
+                self.policy_changed = true;
+                serde_json::from_slice(bytes).unwrap_or(Value::Null)
+            }
+            None => original.clone(),
+        };
+        let headers: Map<String, Value> = headers
+            .iter()
+            .map(|header| (header.name.clone(), Value::String(header.value.clone())))
+            .collect();
+        self.record(Record::Call(self.summary(CallStatus::InProgress)));
+        self.event(EventPayload::Request {
+            original,
+            final_,
+            headers: Value::Object(headers),
+        });
+    }
+
+    /// Records the response a policy answered with instead of upstream.
+    pub fn immediate_response(&mut self, body: &[u8]) {
+        let body = serde_json::from_slice(body)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()));
+        self.policy_changed = true;
+        self.immediate = Some(body);
+    }
+
+    /// Records a non-streamed response (`None`: unchanged).
+    pub fn response(&mut self, original: &[u8], rewritten: Option<&[u8]>) {
+        let original: Value = serde_json::from_slice(original).unwrap_or(Value::Null);
+        let final_ = match rewritten {
+            Some(bytes) => {
+                self.policy_changed = true;
+                serde_json::from_slice(bytes).unwrap_or(Value::Null)
+            }
+            None => original.clone(),
+        };
+        self.usage = usage_of(self.info.api, &final_);
+        self.response = Some((original, final_));
+    }
+
+    /// An SSE event as upstream sent it.
+    pub fn upstream_event(&mut self, event: &SseEvent) {
+        if let Some(stream) = self.stream.as_mut() {
+            stream.received += 1;
+            stream.upstream.push(event);
+        }
+    }
+
+    /// An SSE event as the client receives it.
+    pub fn client_event(&mut self, event: &SseEvent) {
+        if let Some(stream) = self.stream.as_mut() {
+            stream.sent += 1;
+            if event.is_modified() {
+                self.policy_changed = true;
+            }
+            stream.client.push(event);
+        }
+    }
+
+    /// Whether stream events are worth decoding for this call's record.
+    pub fn wants_stream_events(&self) -> bool {
+        self.stream.is_some()
+    }
+
+    /// Observe mode: the client received exactly what upstream sent.
+    pub fn observed_event(&mut self, event: &SseEvent) {
+        if self.stream.is_none() {
+            return;
+        }
+        self.upstream_event(event);
+        self.client_event(event);
+    }
+
+    /// Something a policy wants on the record.
+    pub fn policy_event(&mut self, policy: &str, action: &str, summary: &str, data: Value) {
+        self.event(EventPayload::Policy {
+            policy: policy.to_owned(),
+            action: action.to_owned(),
+            summary: summary.to_owned(),
+            data,
+        });
+    }
+
+    /// The call ended as the data plane reports.
+    pub fn finish(mut self, end: &CallEnd) {
+        self.finish_with(status_of(end.outcome()), Some(end));
+    }
+
+    /// The data plane vanished without a `CallEnd`.
+    pub fn abandon(mut self) {
+        self.finish_with(CallStatus::Abandoned, None);
+    }
+
+    fn finish_with(&mut self, status: CallStatus, end: Option<&CallEnd>) {
+        let recorded = (
+            self.stream.take(),
+            self.response.take(),
+            self.immediate.take(),
+        );
+        let (original, final_, received, sent) = match recorded {
+            (Some(stream), _, _) => {
+                if stream.sent != stream.received {
+                    self.policy_changed = true;
+                }
+                self.usage = stream.client.usage();
+                (
+                    stream.upstream.finish(),
+                    stream.client.finish(),
+                    stream.received,
+                    stream.sent,
+                )
+            }
+            (None, Some((original, final_)), _) => (Some(original), Some(final_), 1, 1),
+            (None, None, Some(immediate)) => (None, Some(immediate), 0, 1),
+            (None, None, None) => (None, None, 0, 0),
+        };
+        if original != final_ {
+            self.policy_changed = true;
+        }
+        let millis = |micros: u64| (micros > 0).then(|| micros as f64 / 1000.0);
+        let duration_ms = end.and_then(|end| millis(end.duration_micros));
+        let time_to_first_chunk_ms = end.and_then(|end| millis(end.time_to_first_byte_micros));
+        let detail = end
+            .map(|end| end.detail.clone())
+            .filter(|detail| !detail.is_empty());
+        let upstream_status = end
+            .and_then(|end| u16::try_from(end.upstream_status).ok())
+            .filter(|status| *status > 0);
+        self.event(EventPayload::Response {
+            original,
+            final_,
+            status,
+            upstream_status,
+            detail,
+            chunks_received: received,
+            chunks_sent: sent,
+            time_to_first_chunk_ms,
+            duration_ms,
+            overhead_ms: end.and_then(|end| millis(end.overhead_micros)),
+            usage: self.usage,
+        });
+        let mut summary = self.summary(status);
+        summary.duration_ms = duration_ms;
+        summary.time_to_first_chunk_ms = time_to_first_chunk_ms;
+        summary.completed_at_micros = Some(now_micros());
+        self.record(Record::Call(summary));
+    }
+
+    fn summary(&self, status: CallStatus) -> CallSummary {
+        CallSummary {
+            call_id: self.info.call_id.clone(),
+            created_at_micros: self.created_at_micros,
+            completed_at_micros: None,
+            api: api_name(self.info.api).to_owned(),
+            model: self.info.model.clone(),
+            stream: self.info.stream,
+            status,
+            duration_ms: None,
+            time_to_first_chunk_ms: None,
+            usage: self.usage,
+            session_id: self.session_id.clone(),
+            policy_changed: self.policy_changed,
+        }
+    }
+
+    fn event(&mut self, payload: EventPayload) {
+        let event = CallEvent {
+            call_id: self.info.call_id.clone(),
+            sequence: self.next_sequence,
+            timestamp_micros: now_micros(),
+            schema_version: SCHEMA_VERSION,
+            payload,
+        };
+        self.next_sequence += 1;
+        let message =
+            ActivityMessage::from_event(&event, &self.info.model, api_name(self.info.api));
+        self.recording.activity.publish(message);
+        self.record(Record::Event(event));
+    }
+
+    fn record(&self, record: Record) {
+        if let Some(sink) = &self.recording.sink {
+            sink.record(record);
+        }
+    }
+}
+
+pub fn api_name(api: Api) -> &'static str {
+    match api {
+        Api::OpenAiChat => "openai",
+        Api::AnthropicMessages => "anthropic",
+    }
+}
+
+pub fn status_of(outcome: CallOutcome) -> CallStatus {
+    match outcome {
+        CallOutcome::Completed => CallStatus::Completed,
+        CallOutcome::Blocked => CallStatus::Blocked,
+        CallOutcome::ClientDisconnected => CallStatus::ClientGone,
+        CallOutcome::UpstreamError => CallStatus::UpstreamError,
+        CallOutcome::UpstreamUnreachable => CallStatus::UpstreamUnreachable,
+        CallOutcome::UpstreamTimeout => CallStatus::UpstreamTimeout,
+        CallOutcome::ControlPlaneTimeout => CallStatus::ControlPlaneTimeout,
+        CallOutcome::Rejected => CallStatus::Rejected,
+        CallOutcome::Unspecified => CallStatus::Abandoned,
+    }
+}
+
+/// Token usage of a non-streamed response body.
+fn usage_of(api: Api, response: &Value) -> TokenUsage {
+    let usage = &response["usage"];
+    let (input, output) = match api {
+        Api::OpenAiChat => ("prompt_tokens", "completion_tokens"),
+        Api::AnthropicMessages => ("input_tokens", "output_tokens"),
+    };
+    TokenUsage {
+        input_tokens: usage[input].as_u64(),
+        output_tokens: usage[output].as_u64(),
+    }
+}
+
+/// The client's session, when it names one: the `x-session-id` header, or
+/// the `session_…` part of Anthropic's `metadata.user_id` (Claude Code).
+fn session_id(api: Api, request: &Value, headers: &[Header]) -> Option<String> {
+    if let Some(header) = headers
+        .iter()
+        .find(|header| header.name.eq_ignore_ascii_case("x-session-id"))
+    {
+        return Some(header.value.clone());
+    }
+    if api == Api::AnthropicMessages {
+        let user_id = request["metadata"]["user_id"].as_str()?;
+        let (_, session) = user_id.rsplit_once("session_")?;
+        return (!session.is_empty()).then(|| session.to_owned());
+    }
+    None
+}
+
+fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn session_ids_come_from_the_header_or_claude_code_metadata() {
+        let header = Header {
+            name: "X-Session-Id".into(),
+            value: "abc".into(),
+        };
+        assert_eq!(
+            session_id(Api::OpenAiChat, &json!({}), std::slice::from_ref(&header)).as_deref(),
+            Some("abc")
+        );
+        let claude_code = json!({"metadata": {"user_id": "user_1f2e_account__session_9d8c-77"}});
+        assert_eq!(
+            session_id(Api::AnthropicMessages, &claude_code, &[]).as_deref(),
+            Some("9d8c-77")
+        );
+        assert_eq!(session_id(Api::AnthropicMessages, &json!({}), &[]), None);
+    }
+
+    #[test]
+    fn usage_is_read_in_each_api_shape() {
+        let openai = json!({"usage": {"prompt_tokens": 3, "completion_tokens": 5}});
+        assert_eq!(
+            usage_of(Api::OpenAiChat, &openai),
+            TokenUsage {
+                input_tokens: Some(3),
+                output_tokens: Some(5)
+            }
+        );
+        let anthropic = json!({"usage": {"input_tokens": 7, "output_tokens": 11}});
+        assert_eq!(
+            usage_of(Api::AnthropicMessages, &anthropic).output_tokens,
+            Some(11)
+        );
+    }
+}

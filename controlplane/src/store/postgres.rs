@@ -1,0 +1,275 @@
+//! PostgreSQL backend: `timestamptz` columns, `jsonb` payloads, and batches
+//! written as one `INSERT … SELECT FROM UNNEST(arrays)` per table, so a
+//! batch costs two statements whatever its size.
+//!
+//! Timestamps cross the wire as unix microseconds (`int8`) and are converted
+//! in SQL (`'epoch' + n * 1 µs`, `EXTRACT(EPOCH …)`), exactly and without a
+//! date-time crate.
+
+use std::str::FromStr;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Postgres, QueryBuilder};
+
+use super::query::{self, Cursor, Dialect, EventRow, SummaryRow};
+use super::{CallFilter, CallPage, Record, StoreError, StoreOptions, encode_payload};
+use crate::events::{CallEvent, CallSummary, SCHEMA_VERSION};
+
+/// `created_at` and friends read back as unix microseconds.
+const SUMMARY_COLUMNS: &str = "call_id, \
+    (EXTRACT(EPOCH FROM created_at) * 1000000)::int8 AS created_at, \
+    (EXTRACT(EPOCH FROM completed_at) * 1000000)::int8 AS completed_at, \
+    api, model, stream, status, duration_ms, time_to_first_chunk_ms, \
+    input_tokens, output_tokens, session_id, policy_changed, \
+    schema_version::int8 AS schema_version";
+
+const DIALECT: Dialect = Dialect {
+    time_open: "(TIMESTAMPTZ 'epoch' + ",
+    time_close: " * INTERVAL '1 microsecond')",
+    position_fn: "strpos",
+};
+
+pub(super) async fn open(url: &str, options: &StoreOptions) -> Result<PgPool, StoreError> {
+    let connect = PgConnectOptions::from_str(url)?.application_name("luthien-controlplane");
+    let pool = PgPoolOptions::new()
+        .max_connections(options.max_connections)
+        .acquire_timeout(options.acquire_timeout)
+        .connect_with(connect)
+        .await?;
+    if options.migrate {
+        sqlx::migrate!("../migrations/postgres").run(&pool).await?;
+    }
+    Ok(pool)
+}
+
+pub(super) async fn write_batch(pool: &PgPool, batch: &[Record]) -> Result<(), StoreError> {
+    let calls = super::latest_calls(batch);
+    let events: Vec<&CallEvent> = batch
+        .iter()
+        .filter_map(|record| match record {
+            Record::Event(event) => Some(event),
+            Record::Call(_) => None,
+        })
+        .collect();
+    let mut tx = pool.begin().await?;
+    if !calls.is_empty() {
+        upsert_calls(&calls).execute(&mut *tx).await?;
+    }
+    if !events.is_empty() {
+        insert_events(&events)?.execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+type PgQuery = sqlx::query::Query<'static, Postgres, sqlx::postgres::PgArguments>;
+
+/// One upsert for all the batch's call rows (at most one per call: a
+/// statement may not update the same row twice). `created_at` keeps the
+/// earliest value so a call does not move in the list when it completes;
+/// every other column takes the later record.
+fn upsert_calls(calls: &[(&CallSummary, i64)]) -> PgQuery {
+    let mut ids = Vec::with_capacity(calls.len());
+    let mut created = Vec::with_capacity(calls.len());
+    let mut completed = Vec::with_capacity(calls.len());
+    let mut apis = Vec::with_capacity(calls.len());
+    let mut models = Vec::with_capacity(calls.len());
+    let mut streams = Vec::with_capacity(calls.len());
+    let mut statuses = Vec::with_capacity(calls.len());
+    let mut durations = Vec::with_capacity(calls.len());
+    let mut first_chunks = Vec::with_capacity(calls.len());
+    let mut inputs = Vec::with_capacity(calls.len());
+    let mut outputs = Vec::with_capacity(calls.len());
+    let mut sessions = Vec::with_capacity(calls.len());
+    let mut changed = Vec::with_capacity(calls.len());
+    for (call, earliest) in calls {
+        ids.push(call.call_id.clone());
+        created.push(*earliest);
+        completed.push(call.completed_at_micros);
+        apis.push(call.api.clone());
+        models.push(call.model.clone());
+        streams.push(call.stream);
+        statuses.push(call.status.as_str().to_owned());
+        durations.push(call.duration_ms);
+        first_chunks.push(call.time_to_first_chunk_ms);
+        inputs.push(query::tokens(call.usage.input_tokens));
+        outputs.push(query::tokens(call.usage.output_tokens));
+        sessions.push(call.session_id.clone());
+        changed.push(call.policy_changed);
+    }
+    sqlx::query(
+        "INSERT INTO calls (call_id, created_at, completed_at, api, model, stream, status, \
+             duration_ms, time_to_first_chunk_ms, input_tokens, output_tokens, session_id, \
+             policy_changed, schema_version) \
+         SELECT c.call_id, \
+             TIMESTAMPTZ 'epoch' + c.created * INTERVAL '1 microsecond', \
+             TIMESTAMPTZ 'epoch' + c.completed * INTERVAL '1 microsecond', \
+             c.api, c.model, c.stream, c.status, c.duration_ms, c.ttfc, c.input_tokens, \
+             c.output_tokens, c.session_id, c.policy_changed, $14 \
+         FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::text[], $5::text[], $6::bool[], \
+             $7::text[], $8::float8[], $9::float8[], $10::int8[], $11::int8[], $12::text[], \
+             $13::bool[]) \
+           AS c(call_id, created, completed, api, model, stream, status, duration_ms, ttfc, \
+             input_tokens, output_tokens, session_id, policy_changed) \
+         ON CONFLICT (call_id) DO UPDATE SET \
+             created_at = LEAST(calls.created_at, EXCLUDED.created_at), \
+             completed_at = EXCLUDED.completed_at, api = EXCLUDED.api, \
+             model = EXCLUDED.model, stream = EXCLUDED.stream, status = EXCLUDED.status, \
+             duration_ms = EXCLUDED.duration_ms, \
+             time_to_first_chunk_ms = EXCLUDED.time_to_first_chunk_ms, \
+             input_tokens = EXCLUDED.input_tokens, output_tokens = EXCLUDED.output_tokens, \
+             session_id = EXCLUDED.session_id, policy_changed = EXCLUDED.policy_changed, \
+             schema_version = EXCLUDED.schema_version",
+    )
+    .bind(ids)
+    .bind(created)
+    .bind(completed)
+    .bind(apis)
+    .bind(models)
+    .bind(streams)
+    .bind(statuses)
+    .bind(durations)
+    .bind(first_chunks)
+    .bind(inputs)
+    .bind(outputs)
+    .bind(sessions)
+    .bind(changed)
+    .bind(SCHEMA_VERSION as i32)
+}
+
+/// One insert for all the batch's events; `DO NOTHING` on an existing
+/// (call_id, sequence) makes a retried batch harmless.
+fn insert_events(events: &[&CallEvent]) -> Result<PgQuery, StoreError> {
+    let mut ids = Vec::with_capacity(events.len());
+    let mut sequences = Vec::with_capacity(events.len());
+    let mut types = Vec::with_capacity(events.len());
+    let mut payloads = Vec::with_capacity(events.len());
+    let mut created = Vec::with_capacity(events.len());
+    let mut versions = Vec::with_capacity(events.len());
+    for event in events {
+        ids.push(event.call_id.clone());
+        sequences.push(i64::from(event.sequence));
+        types.push(event.payload.event_type().to_owned());
+        payloads.push(strip_nul(encode_payload(event)?));
+        created.push(event.timestamp_micros);
+        versions.push(i64::from(event.schema_version));
+    }
+    // Payloads travel as text and are parsed by `::jsonb` into objects
+    // (never stored as a JSON string: the table's CHECK refuses that).
+    Ok(sqlx::query(
+        "INSERT INTO conversation_events \
+             (call_id, sequence, event_type, payload, created_at, schema_version) \
+         SELECT e.call_id, e.sequence, e.event_type, e.payload::jsonb, \
+             TIMESTAMPTZ 'epoch' + e.created * INTERVAL '1 microsecond', e.schema_version::int4 \
+         FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::int8[], $6::int8[]) \
+           AS e(call_id, sequence, event_type, payload, created, schema_version) \
+         ON CONFLICT (call_id, sequence) DO NOTHING",
+    )
+    .bind(ids)
+    .bind(sequences)
+    .bind(types)
+    .bind(payloads)
+    .bind(created)
+    .bind(versions))
+}
+
+/// `jsonb` refuses the escape `\u0000` (its text type cannot hold NUL),
+/// which would make the whole event unstorable; NUL has no meaning in LLM
+/// traffic, so it is stored as U+FFFD instead. The common case (no NUL)
+/// costs one substring search.
+fn strip_nul(json: String) -> String {
+    if !json.contains("\\u0000") {
+        return json;
+    }
+    // Replace only real escapes: `\\u0000` is an escaped backslash followed
+    // by the text "u0000", which must stay.
+    let mut out = String::with_capacity(json.len());
+    let mut chars = json.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.peek() {
+            Some('\\') => {
+                out.push_str("\\\\");
+                chars.next();
+            }
+            Some('u') => {
+                let rest: String = chars.clone().take(5).collect();
+                if rest == "u0000" {
+                    out.push_str("\\ufffd");
+                    for _ in 0..5 {
+                        chars.next();
+                    }
+                } else {
+                    out.push('\\');
+                }
+            }
+            _ => out.push('\\'),
+        }
+    }
+    out
+}
+
+pub(super) async fn get_call(
+    pool: &PgPool,
+    call_id: &str,
+) -> Result<Option<(CallSummary, Vec<CallEvent>)>, StoreError> {
+    let sql = format!("SELECT {SUMMARY_COLUMNS} FROM calls WHERE call_id = $1");
+    let Some(row) = sqlx::query_as::<_, SummaryRow>(sqlx::AssertSqlSafe(sql))
+        .bind(call_id)
+        .fetch_optional(pool)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let summary = row.into_summary()?;
+    let events = sqlx::query_as::<_, EventRow>(
+        "SELECT call_id, sequence, payload::text AS payload, \
+             (EXTRACT(EPOCH FROM created_at) * 1000000)::int8 AS created_at, \
+             schema_version::int8 AS schema_version \
+         FROM conversation_events WHERE call_id = $1 ORDER BY sequence",
+    )
+    .bind(call_id)
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(EventRow::into_event)
+    .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some((summary, events)))
+}
+
+pub(super) async fn list_calls(pool: &PgPool, filter: &CallFilter) -> Result<CallPage, StoreError> {
+    let after = filter.cursor.as_deref().map(Cursor::decode).transpose()?;
+    let limit = filter.effective_limit();
+    let mut qb = QueryBuilder::<Postgres>::new(format!("SELECT {SUMMARY_COLUMNS} FROM calls"));
+    query::push_conditions(&mut qb, filter, after.as_ref(), &DIALECT);
+    qb.push(" ORDER BY created_at DESC, call_id DESC LIMIT ")
+        .push_bind(i64::from(limit) + 1);
+    let rows = qb.build_query_as::<SummaryRow>().fetch_all(pool).await?;
+    query::into_page(rows, limit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_nul;
+
+    #[test]
+    fn nul_escapes_are_replaced_and_nothing_else() {
+        assert_eq!(
+            strip_nul(r#"{"a":"x\u0000y"}"#.into()),
+            r#"{"a":"x\ufffdy"}"#
+        );
+        assert_eq!(
+            strip_nul(r#"{"a":"x\\u0000y"}"#.into()),
+            r#"{"a":"x\\u0000y"}"#
+        );
+        assert_eq!(
+            strip_nul(r#"{"a":"\\\u0000\u00e9"}"#.into()),
+            r#"{"a":"\\\ufffd\u00e9"}"#
+        );
+        let plain = r#"{"a":"b"}"#.to_owned();
+        assert_eq!(strip_nul(plain.clone()), plain);
+    }
+}

@@ -1,0 +1,307 @@
+//! The processes under test: the mock provider and, per policy, a control plane and a data
+//! plane, each a child process of the release binaries next to this one, on a free
+//! 127.0.0.1 port, logging at `warn` into a file of the work directory. A [`Process`] kills
+//! its child when dropped, so an error anywhere still cleans up.
+
+use std::fs::{self, File};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+
+use crate::load::HttpClient;
+
+/// Longest a process may take to accept connections after it was started.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The three binaries, from the target directory this benchmark was built into.
+#[derive(Debug)]
+pub struct Binaries {
+    pub mock: PathBuf,
+    pub controlplane: PathBuf,
+    pub dataplane: PathBuf,
+}
+
+impl Binaries {
+    pub fn beside_current_exe() -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("cannot find the path of this executable")?;
+        let dir = exe
+            .parent()
+            .with_context(|| format!("{} has no parent directory", exe.display()))?;
+        let find = |name: &str| -> anyhow::Result<PathBuf> {
+            let path = dir.join(name);
+            if path.is_file() {
+                Ok(path)
+            } else {
+                bail!(
+                    "{} not found; build the binaries first: cargo build --release --workspace --bins",
+                    path.display()
+                )
+            }
+        };
+        Ok(Self {
+            mock: find("mock-upstream")?,
+            controlplane: find("luthien-controlplane")?,
+            dataplane: find("luthien-dataplane")?,
+        })
+    }
+}
+
+/// Where policy files and process logs go; kept after the run for inspection.
+pub fn work_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("luthien-bench-{}", std::process::id()));
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// A free port on 127.0.0.1 (bound, then released for the child to take).
+pub fn free_addr() -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
+    listener.local_addr().context("cannot read a bound address")
+}
+
+/// Resident memory of a process, from `/proc/<pid>/status`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Memory {
+    /// `VmRSS`: resident now.
+    pub rss_kib: u64,
+    /// `VmHWM`: the highest resident size so far.
+    pub peak_kib: u64,
+}
+
+/// A running child process, killed (and reaped) on drop.
+#[derive(Debug)]
+pub struct Process {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Process {
+    /// Starts `program` with `RUST_LOG=warn` and without any inherited Luthien or provider
+    /// settings, so the environment of the shell cannot change what is measured.
+    pub fn spawn(name: &str, program: &Path, args: &[String], dir: &Path) -> anyhow::Result<Self> {
+        let log = dir.join(format!("{name}.log"));
+        let stdout =
+            File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+        let stderr = stdout.try_clone().context("cannot share a log file")?;
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr);
+        for (key, _) in std::env::vars_os() {
+            let key_text = key.to_string_lossy();
+            if ["LUTHIEN_", "MOCK_UPSTREAM_", "OPENAI_", "ANTHROPIC_"]
+                .iter()
+                .any(|prefix| key_text.starts_with(prefix))
+            {
+                command.env_remove(&key);
+            }
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("cannot start {}", program.display()))?;
+        Ok(Self {
+            name: name.to_owned(),
+            child,
+            log,
+        })
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// Fails, with the end of the process's log, when it has exited.
+    pub fn ensure_running(&mut self) -> anyhow::Result<()> {
+        match self.child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => bail!(
+                "{} exited ({status}); end of {}:\n{}",
+                self.name,
+                self.log.display(),
+                log_tail(&self.log)
+            ),
+            Err(error) => Err(error).with_context(|| format!("cannot check on {}", self.name)),
+        }
+    }
+
+    pub fn memory(&self) -> anyhow::Result<Memory> {
+        let path = format!("/proc/{}/status", self.child.id());
+        let status = fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+        let field = |key: &str| {
+            status_kib(&status, key).with_context(|| format!("no {key} line in {path}"))
+        };
+        Ok(Memory {
+            rss_kib: field("VmRSS:")?,
+            peak_kib: field("VmHWM:")?,
+        })
+    }
+
+    /// Log lines at `WARN` or `ERROR` so far (the processes log at `warn`, so that is
+    /// every line that mentions a level), with the first few of them.
+    pub fn log_problems(&self) -> LogProblems {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|line| line.contains("WARN") || line.contains("ERROR"))
+            .collect();
+        LogProblems {
+            count: lines.len(),
+            first: lines
+                .iter()
+                .take(3)
+                .map(|line| (*line).to_owned())
+                .collect(),
+        }
+    }
+
+    /// Waits until the process accepts TCP connections on `addr`.
+    pub async fn wait_for_port(&mut self, addr: SocketAddr) -> anyhow::Result<()> {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            self.ensure_running()?;
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{} does not accept connections on {addr}", self.name);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until `GET url` answers `200`.
+    pub async fn wait_for_health(&mut self, client: &HttpClient, url: &str) -> anyhow::Result<()> {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            self.ensure_running()?;
+            let request = Request::get(url)
+                .body(Full::new(Bytes::new()))
+                .with_context(|| format!("invalid URL {url}"))?;
+            if let Ok(response) = client.request(request).await
+                && response.status() == StatusCode::OK
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{} does not answer 200 on {url}", self.name);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        // Already exited is fine; nothing else can be done about a failed kill here.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Warning and error lines a process logged.
+#[derive(Debug, Clone, Default)]
+pub struct LogProblems {
+    pub count: usize,
+    pub first: Vec<String>,
+}
+
+fn status_kib(status: &str, key: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(key))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// A control plane and a data plane running one policy chain, in front of the mock.
+#[derive(Debug)]
+pub struct Luthien {
+    // Field order is drop order: the data plane stops before its control plane.
+    pub dataplane: Process,
+    pub controlplane: Process,
+    /// `http://ADDR` of the data plane.
+    pub base_url: String,
+}
+
+impl Luthien {
+    /// Writes the policy file, starts both planes and waits until the data plane is healthy.
+    pub async fn start(
+        binaries: &Binaries,
+        dir: &Path,
+        policy: &str,
+        mock: SocketAddr,
+        client: &HttpClient,
+    ) -> anyhow::Result<Self> {
+        let policy_file = dir.join(format!("policy-{policy}.yaml"));
+        fs::write(&policy_file, format!("policies:\n  - type: {policy}\n"))
+            .with_context(|| format!("cannot write {}", policy_file.display()))?;
+
+        let grpc = free_addr()?;
+        let mut controlplane = Process::spawn(
+            &format!("controlplane-{policy}"),
+            &binaries.controlplane,
+            &[
+                "--grpc-listen".into(),
+                grpc.to_string(),
+                "--policy-config".into(),
+                policy_file.display().to_string(),
+            ],
+            dir,
+        )?;
+        controlplane.wait_for_port(grpc).await?;
+
+        let listen = free_addr()?;
+        let mut dataplane = Process::spawn(
+            &format!("dataplane-{policy}"),
+            &binaries.dataplane,
+            &[
+                "--listen".into(),
+                listen.to_string(),
+                "--control-plane".into(),
+                format!("http://{grpc}"),
+                "--openai-base-url".into(),
+                format!("http://{mock}/v1"),
+                "--anthropic-base-url".into(),
+                format!("http://{mock}"),
+            ],
+            dir,
+        )?;
+        let base_url = format!("http://{listen}");
+        dataplane
+            .wait_for_health(client, &format!("{base_url}/health"))
+            .await?;
+        Ok(Self {
+            dataplane,
+            controlplane,
+            base_url,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_proc_status_fields() {
+        let status = "Name:\tx\nVmHWM:\t   10240 kB\nVmRSS:\t    8404 kB\n";
+        assert_eq!(status_kib(status, "VmRSS:"), Some(8404));
+        assert_eq!(status_kib(status, "VmHWM:"), Some(10240));
+        assert_eq!(status_kib(status, "VmSwap:"), None);
+    }
+}

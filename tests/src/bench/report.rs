@@ -1,0 +1,627 @@
+//! The Markdown report: machine facts, the command, a summary (policies × metrics) with the
+//! spec's targets, and the detailed tables behind it.
+
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::load::{Ab, CallSample, Samples, Side, StreamSample, Throughput};
+use crate::procs::{LogProblems, Memory};
+use crate::stats::{self, Summary, added_ms, ms, signed_ms};
+use crate::{Policy, Settings};
+
+/// Everything measured for one policy.
+#[derive(Debug)]
+pub struct PolicyRun {
+    pub policy: Policy,
+    pub latency: Ab<Samples<CallSample>>,
+    pub streams: Ab<Samples<StreamSample>>,
+    pub throughput: Ab<Throughput>,
+    pub dataplane_idle: Memory,
+    pub dataplane_after: Memory,
+    pub controlplane_idle: Memory,
+    pub controlplane_after: Memory,
+    pub dataplane_log: LogProblems,
+    pub controlplane_log: LogProblems,
+}
+
+impl PolicyRun {
+    /// Failed requests over every measurement of this policy (warm-ups excluded).
+    pub fn errors(&self) -> u64 {
+        let sides = [Side::Direct, Side::Proxied];
+        sides
+            .iter()
+            .map(|side| {
+                self.latency.get(*side).errors as u64
+                    + self.streams.get(*side).errors as u64
+                    + self.throughput.get(*side).errors
+            })
+            .sum()
+    }
+
+    fn first_error(&self) -> Option<String> {
+        let sides = [Side::Direct, Side::Proxied];
+        sides.iter().find_map(|side| {
+            let label = |what: &str, error: &Option<String>| {
+                error
+                    .as_ref()
+                    .map(|error| format!("{what}, {side:?}: {error}"))
+            };
+            label("non-streaming", &self.latency.get(*side).first_error)
+                .or_else(|| label("streams", &self.streams.get(*side).first_error))
+                .or_else(|| label("throughput", &self.throughput.get(*side).first_error))
+        })
+    }
+}
+
+/// The numbers derived from one [`PolicyRun`].
+struct Figures {
+    latency: Ab<Summary>,
+    latency_lag: Ab<Summary>,
+    overhead_header_p50: Option<f64>,
+    first_byte: Ab<Summary>,
+    stream_total: Ab<Summary>,
+    stream_lag: Ab<Summary>,
+    per_chunk_ms: f64,
+}
+
+impl Figures {
+    fn of(run: &PolicyRun, chunks: usize) -> Self {
+        let latency = map_ab(&run.latency, |samples| {
+            Summary::of(samples.ok.iter().map(|sample| sample.latency))
+        });
+        let stream_total = map_ab(&run.streams, |samples| {
+            Summary::of(samples.ok.iter().map(|sample| sample.total))
+        });
+        let overheads = run.latency.proxied.ok.iter().filter_map(|s| s.overhead_ms);
+        Self {
+            latency,
+            latency_lag: map_ab(&run.latency, |samples| {
+                Summary::of(samples.sender_lag.iter().copied())
+            }),
+            overhead_header_p50: stats::median(overheads.collect()),
+            first_byte: map_ab(&run.streams, |samples| {
+                Summary::of(samples.ok.iter().map(|sample| sample.first_byte))
+            }),
+            stream_lag: map_ab(&run.streams, |samples| {
+                Summary::of(samples.sender_lag.iter().copied())
+            }),
+            per_chunk_ms: added_ms(stream_total.proxied.p50, stream_total.direct.p50)
+                / chunks.max(1) as f64,
+            stream_total,
+        }
+    }
+
+    fn added_p50(&self) -> f64 {
+        added_ms(self.latency.proxied.p50, self.latency.direct.p50)
+    }
+
+    fn added_p99(&self) -> f64 {
+        added_ms(self.latency.proxied.p99, self.latency.direct.p99)
+    }
+}
+
+fn map_ab<T, U>(ab: &Ab<T>, f: impl Fn(&T) -> U) -> Ab<U> {
+    Ab {
+        direct: f(&ab.direct),
+        proxied: f(&ab.proxied),
+    }
+}
+
+/// Facts about the machine that ran everything (load generator, mock and Luthien alike).
+#[derive(Debug)]
+pub struct Machine {
+    cpus: usize,
+    cpu_model: String,
+    kernel: String,
+    memory: String,
+    date: String,
+}
+
+impl Machine {
+    pub fn probe() -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let field = |text: &str, key: &str| {
+            text.lines()
+                .find(|line| line.starts_with(key))
+                .and_then(|line| line.split_once(':'))
+                .map(|(_, value)| value.trim().to_owned())
+                .unwrap_or_else(|| "unknown".to_owned())
+        };
+        Self {
+            cpus: std::thread::available_parallelism().map_or(0, usize::from),
+            cpu_model: field(&cpuinfo, "model name"),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|text| text.trim().to_owned())
+                .unwrap_or_else(|_| "unknown".to_owned()),
+            memory: field(&meminfo, "MemTotal"),
+            date: utc_now(),
+        }
+    }
+}
+
+/// The whole report, in Markdown.
+pub fn render(settings: &Settings, machine: &Machine, runs: &[PolicyRun]) -> String {
+    let figures: Vec<Figures> = runs
+        .iter()
+        .map(|run| Figures::of(run, settings.chunks))
+        .collect();
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = write_all(&mut out, settings, machine, runs, &figures);
+    out
+}
+
+fn write_all(
+    out: &mut String,
+    settings: &Settings,
+    machine: &Machine,
+    runs: &[PolicyRun],
+    figures: &[Figures],
+) -> std::fmt::Result {
+    write_errors(out, runs)?;
+    write_setup(out, settings, machine)?;
+    write_summary(out, settings, runs, figures)?;
+    write_targets(out, settings, runs, figures)?;
+    write_latency(out, settings, runs, figures)?;
+    write_streams(out, settings, runs, figures)?;
+    write_throughput(out, settings, runs)?;
+    write_memory(out, runs)?;
+    write_logs(out, runs)
+}
+
+fn write_errors(out: &mut String, runs: &[PolicyRun]) -> std::fmt::Result {
+    let total: u64 = runs.iter().map(PolicyRun::errors).sum();
+    if total == 0 {
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "> **WARNING: {total} REQUESTS FAILED during the measurements. The numbers below are not a valid result.**"
+    )?;
+    for run in runs {
+        if let Some(error) = run.first_error() {
+            writeln!(
+                out,
+                "> {}: {} errors; first: {}",
+                run.policy.name(),
+                run.errors(),
+                error.replace('\n', " ")
+            )?;
+        }
+    }
+    writeln!(out)
+}
+
+fn write_setup(out: &mut String, settings: &Settings, machine: &Machine) -> std::fmt::Result {
+    writeln!(out, "Command: `{}`", settings.command)?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "Machine: {} CPUs (`nproc`), {}, {} RAM, Linux {}; {}. Load generator, mock provider, \
+         control plane and data plane all share this machine.",
+        machine.cpus, machine.cpu_model, machine.memory, machine.kernel, machine.date
+    )?;
+    if cfg!(debug_assertions) {
+        writeln!(
+            out,
+            "\n> **This benchmark binary is a debug build; run it with `--release`.**"
+        )?;
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "Settings: {} measured per side and measurement, in alternating slices of ≤ {} \
+         (direct/proxied, then proxied/direct, …) after {} of discarded warm-up per side; \
+         non-streaming at {} req/s open loop; streams of {} chunks at {} streams/s open loop; \
+         throughput with {} keep-alive connections, closed loop.",
+        human(settings.phases.length),
+        human(settings.phases.slice),
+        human(settings.phases.warmup),
+        settings.rate,
+        settings.chunks,
+        settings.stream_rate,
+        settings.concurrency
+    )?;
+    writeln!(out)
+}
+
+fn write_summary(
+    out: &mut String,
+    settings: &Settings,
+    runs: &[PolicyRun],
+    figures: &[Figures],
+) -> std::fmt::Result {
+    writeln!(out, "### Summary (added = proxied − direct)")?;
+    writeln!(out)?;
+    header(out, "metric", runs)?;
+    let rows: [(String, Box<dyn Fn(&PolicyRun, &Figures) -> String>); 11] = [
+        (
+            format!("non-streaming added p50 @ {} req/s (ms)", settings.rate),
+            Box::new(|_, f| signed_ms(f.added_p50())),
+        ),
+        (
+            format!("non-streaming added p99 @ {} req/s (ms)", settings.rate),
+            Box::new(|_, f| signed_ms(f.added_p99())),
+        ),
+        (
+            "`x-luthien-overhead-ms` median (ms)".to_owned(),
+            Box::new(|_, f| {
+                f.overhead_header_p50
+                    .map_or_else(|| "absent".to_owned(), |value| format!("{value:.3}"))
+            }),
+        ),
+        (
+            format!("stream added TTFC p50, {} chunks (ms)", settings.chunks),
+            Box::new(|_, f| signed_ms(added_ms(f.first_byte.proxied.p50, f.first_byte.direct.p50))),
+        ),
+        (
+            "stream added TTFC p99 (ms)".to_owned(),
+            Box::new(|_, f| signed_ms(added_ms(f.first_byte.proxied.p99, f.first_byte.direct.p99))),
+        ),
+        (
+            "stream added per chunk, p50 (ms)".to_owned(),
+            Box::new(|_, f| format!("{:+.4}", f.per_chunk_ms)),
+        ),
+        (
+            format!("throughput direct, {} conns (req/s)", settings.concurrency),
+            Box::new(|run, _| format!("{:.0}", run.throughput.direct.per_second())),
+        ),
+        (
+            format!("throughput proxied, {} conns (req/s)", settings.concurrency),
+            Box::new(|run, _| {
+                let direct = run.throughput.direct.per_second();
+                let proxied = run.throughput.proxied.per_second();
+                let share = if direct > 0.0 {
+                    100.0 * proxied / direct
+                } else {
+                    0.0
+                };
+                format!("{proxied:.0} ({share:.0} % of direct)")
+            }),
+        ),
+        (
+            "data plane RSS idle / after load (MiB)".to_owned(),
+            Box::new(|run, _| {
+                format!(
+                    "{} / {}",
+                    mib(run.dataplane_idle.rss_kib),
+                    mib(run.dataplane_after.rss_kib)
+                )
+            }),
+        ),
+        (
+            "data plane peak RSS (MiB)".to_owned(),
+            Box::new(|run, _| mib(run.dataplane_after.peak_kib)),
+        ),
+        (
+            "failed requests".to_owned(),
+            Box::new(|run, _| {
+                let errors = run.errors();
+                if errors == 0 {
+                    "0".to_owned()
+                } else {
+                    format!("**{errors}**")
+                }
+            }),
+        ),
+    ];
+    for (label, cell) in &rows {
+        write!(out, "| {label} |")?;
+        for (run, figure) in runs.iter().zip(figures) {
+            write!(out, " {} |", cell(run, figure))?;
+        }
+        writeln!(out)?;
+    }
+    writeln!(out)
+}
+
+fn write_targets(
+    out: &mut String,
+    settings: &Settings,
+    runs: &[PolicyRun],
+    figures: &[Figures],
+) -> std::fmt::Result {
+    writeln!(out, "### Targets")?;
+    writeln!(out)?;
+    header(out, "target", runs)?;
+    let at_rate = if (settings.rate - 500.0).abs() < f64::EPSILON {
+        String::new()
+    } else {
+        format!(" (measured at {} req/s, not 500)", settings.rate)
+    };
+    let row = |out: &mut String,
+               label: &str,
+               value: &dyn Fn(&PolicyRun, &Figures) -> Option<(f64, f64, &'static str)>|
+     -> std::fmt::Result {
+        write!(out, "| {label} |")?;
+        for (run, figure) in runs.iter().zip(figures) {
+            match value(run, figure) {
+                Some((value, limit, unit)) => write!(out, " {} |", verdict(value, limit, unit))?,
+                None => write!(out, " n/a |")?,
+            }
+        }
+        writeln!(out)
+    };
+    row(
+        out,
+        &format!("non-streaming added p50 ≤ 0.5 ms at 500 req/s{at_rate}"),
+        &|_, f| Some((f.added_p50(), 0.5, "ms")),
+    )?;
+    row(
+        out,
+        &format!("non-streaming added p99 ≤ 2 ms at 500 req/s{at_rate}"),
+        &|_, f| Some((f.added_p99(), 2.0, "ms")),
+    )?;
+    row(
+        out,
+        "observe-mode streams add ≤ 0.1 ms per chunk",
+        &|run, f| (run.policy.mode() == "observe").then_some((f.per_chunk_ms, 0.1, "ms")),
+    )?;
+    row(out, "data plane RSS ≤ 30 MiB idle", &|run, _| {
+        Some((run.dataplane_idle.rss_kib as f64 / 1024.0, 30.0, "MiB"))
+    })?;
+    writeln!(out)
+}
+
+fn verdict(value: f64, limit: f64, unit: &str) -> String {
+    if value <= limit {
+        format!("met ({value:.3} {unit})")
+    } else {
+        format!(
+            "**not met** ({value:.3} {unit}, {:.3} {unit} over)",
+            value - limit
+        )
+    }
+}
+
+fn write_latency(
+    out: &mut String,
+    settings: &Settings,
+    runs: &[PolicyRun],
+    figures: &[Figures],
+) -> std::fmt::Result {
+    writeln!(
+        out,
+        "### Non-streaming latency @ {} req/s, open loop (ms, from the scheduled send time)",
+        settings.rate
+    )?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "| policy | target | requests | errors | p50 | p90 | p99 | max | sender lag p99 |"
+    )?;
+    writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|")?;
+    for (run, figure) in runs.iter().zip(figures) {
+        for side in [Side::Direct, Side::Proxied] {
+            let summary = figure.latency.get(side);
+            writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                run.policy.name(),
+                side_name(side),
+                summary.count,
+                run.latency.get(side).errors,
+                cell(summary, summary.p50),
+                cell(summary, summary.p90),
+                cell(summary, summary.p99),
+                cell(summary, summary.max),
+                ms(figure.latency_lag.get(side).p99),
+            )?;
+        }
+    }
+    writeln!(out)
+}
+
+fn write_streams(
+    out: &mut String,
+    settings: &Settings,
+    runs: &[PolicyRun],
+    figures: &[Figures],
+) -> std::fmt::Result {
+    writeln!(
+        out,
+        "### Streams of {} chunks, zero upstream delay, {} streams/s open loop (ms, from the scheduled send time)",
+        settings.chunks, settings.stream_rate
+    )?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "| policy | target | streams | errors | TTFC p50 | TTFC p99 | total p50 | total p99 | total max | sender lag p99 |"
+    )?;
+    writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+    for (run, figure) in runs.iter().zip(figures) {
+        for side in [Side::Direct, Side::Proxied] {
+            let first = figure.first_byte.get(side);
+            let total = figure.stream_total.get(side);
+            writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                run.policy.name(),
+                side_name(side),
+                total.count,
+                run.streams.get(side).errors,
+                cell(first, first.p50),
+                cell(first, first.p99),
+                cell(total, total.p50),
+                cell(total, total.p99),
+                cell(total, total.max),
+                ms(figure.stream_lag.get(side).p99),
+            )?;
+        }
+    }
+    writeln!(out)
+}
+
+fn write_throughput(out: &mut String, settings: &Settings, runs: &[PolicyRun]) -> std::fmt::Result {
+    writeln!(
+        out,
+        "### Throughput, {} keep-alive connections, closed loop",
+        settings.concurrency
+    )?;
+    writeln!(out)?;
+    writeln!(out, "| policy | target | req/s | completed | errors |")?;
+    writeln!(out, "|---|---|---:|---:|---:|")?;
+    for run in runs {
+        for side in [Side::Direct, Side::Proxied] {
+            let throughput = run.throughput.get(side);
+            writeln!(
+                out,
+                "| {} | {} | {:.0} | {} | {} |",
+                run.policy.name(),
+                side_name(side),
+                throughput.per_second(),
+                throughput.completed,
+                throughput.errors
+            )?;
+        }
+    }
+    writeln!(out)
+}
+
+fn write_memory(out: &mut String, runs: &[PolicyRun]) -> std::fmt::Result {
+    writeln!(
+        out,
+        "### Memory (MiB; idle = after start-up before any call, after = 1 s after the last load)"
+    )?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "| policy | data plane RSS idle | after | peak | control plane RSS idle | after | peak |"
+    )?;
+    writeln!(out, "|---|---:|---:|---:|---:|---:|---:|")?;
+    for run in runs {
+        writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            run.policy.name(),
+            mib(run.dataplane_idle.rss_kib),
+            mib(run.dataplane_after.rss_kib),
+            mib(run.dataplane_after.peak_kib),
+            mib(run.controlplane_idle.rss_kib),
+            mib(run.controlplane_after.rss_kib),
+            mib(run.controlplane_after.peak_kib),
+        )?;
+    }
+    writeln!(out)
+}
+
+fn write_logs(out: &mut String, runs: &[PolicyRun]) -> std::fmt::Result {
+    let logged: usize = runs
+        .iter()
+        .map(|run| run.dataplane_log.count + run.controlplane_log.count)
+        .sum();
+    if logged == 0 {
+        return writeln!(
+            out,
+            "No warnings or errors in the data plane and control plane logs."
+        );
+    }
+    writeln!(out, "Warnings and errors logged (RUST_LOG=warn):")?;
+    writeln!(out)?;
+    for run in runs {
+        for (process, problems) in [
+            ("data plane", &run.dataplane_log),
+            ("control plane", &run.controlplane_log),
+        ] {
+            if problems.count > 0 {
+                writeln!(
+                    out,
+                    "- {} {}: {} lines, first: `{}`",
+                    run.policy.name(),
+                    process,
+                    problems.count,
+                    problems.first.first().map_or("", String::as_str)
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn header(out: &mut String, first: &str, runs: &[PolicyRun]) -> std::fmt::Result {
+    write!(out, "| {first} |")?;
+    for run in runs {
+        write!(out, " {} ({}) |", run.policy.name(), run.policy.mode())?;
+    }
+    writeln!(out)?;
+    write!(out, "|---|")?;
+    for _ in runs {
+        write!(out, "---:|")?;
+    }
+    writeln!(out)
+}
+
+fn cell(summary: &Summary, micros: u64) -> String {
+    if summary.is_empty() {
+        "n/a".to_owned()
+    } else {
+        ms(micros)
+    }
+}
+
+fn side_name(side: Side) -> &'static str {
+    match side {
+        Side::Direct => "direct",
+        Side::Proxied => "proxied",
+    }
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1}", kib as f64 / 1024.0)
+}
+
+fn human(duration: Duration) -> String {
+    humantime::format_duration(duration).to_string()
+}
+
+/// The current time as `YYYY-MM-DD HH:MM UTC`, without a date library.
+fn utc_now() -> String {
+    let seconds = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs());
+    let (year, month, day) = civil_from_days(seconds.div_euclid(86_400) as i64);
+    let of_day = seconds % 86_400;
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+        of_day / 3600,
+        of_day % 3600 / 60
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
+    let month = if shifted_month < 10 {
+        shifted_month + 3
+    } else {
+        shifted_month - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
+        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+    }
+
+    #[test]
+    fn verdicts() {
+        assert_eq!(verdict(0.2, 0.5, "ms"), "met (0.200 ms)");
+        assert!(verdict(0.7, 0.5, "ms").starts_with("**not met**"));
+    }
+}
