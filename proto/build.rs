@@ -3,7 +3,7 @@
 use prost::Message;
 use std::path::PathBuf;
 
-const PROTOS: &[&str] = &["luthien/v1/control_plane.proto"];
+const PROTOS: &[&str] = &["luthien/v1/control_plane.proto", "luthien/v1/debug.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in PROTOS {

@@ -10,6 +10,8 @@
 pub mod activity;
 pub mod api;
 pub mod config;
+pub mod debug;
+pub mod diff;
 pub mod events;
 pub mod policy;
 pub mod reconstruct;

@@ -1,17 +1,21 @@
-//! Serving the control plane: its settings, the gRPC server with health and
-//! reflection, and graceful shutdown.
+//! Serving the control plane: its settings, the gRPC server (ControlPlane,
+//! Debug, health, reflection), the debug HTTP server, and graceful shutdown.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use luthien_proto::v1::control_plane_server::ControlPlaneServer;
+use luthien_proto::v1::debug_server::DebugServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::activity::{ActivityBus, ActivityError};
 use crate::config::{self, ConfigError};
+use crate::debug::auth::AdminKey;
+use crate::debug::grpc::{self, DebugGrpc};
+use crate::debug::{self, DebugService};
 use crate::policy::Chain;
 use crate::recorder::Recording;
 use crate::service::{CallSettings, ControlPlaneService};
@@ -76,6 +80,25 @@ pub struct ControlPlaneConfig {
     /// without it activity stays in this process.
     #[arg(long = "redis-url", env = "REDIS_URL")]
     pub redis_url: Option<String>,
+
+    /// Address of the debug HTTP API and web UI (`/debug/...`). Without an
+    /// admin key it is forced onto loopback.
+    #[arg(
+        long = "http-listen",
+        env = "LUTHIEN_HTTP_LISTEN",
+        default_value = "127.0.0.1:8081"
+    )]
+    pub http_listen: SocketAddr,
+
+    /// Key the debug API requires (`authorization: Bearer <key>`); without
+    /// one, debug endpoints are served on loopback only.
+    #[arg(long = "admin-key", env = "LUTHIEN_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+
+    /// Link from a call to its trace, e.g. a Grafana Explore URL; `{call_id}`
+    /// is replaced by the call id.
+    #[arg(long = "trace-url-template", env = "LUTHIEN_TRACE_URL_TEMPLATE")]
+    pub trace_url_template: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,21 +127,30 @@ impl ControlPlaneConfig {
     }
 }
 
-/// Serves the control plane on `listener` with `chain` until `shutdown` is
-/// cancelled, then waits (bounded) for calls in flight.
+/// Serves the control plane's gRPC services on `grpc` and, when given, the
+/// debug HTTP API and UI on `http`, until `shutdown` is cancelled; then waits
+/// (bounded) for calls in flight and drains the event store.
 pub async fn serve(
     config: ControlPlaneConfig,
     chain: Chain,
-    listener: TcpListener,
+    grpc: TcpListener,
+    http: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
+    let grpc_address = grpc.local_addr()?;
     tracing::info!(
-        grpc_listen = %listener.local_addr()?,
+        grpc_listen = %grpc_address,
         policies = ?chain.policy_names(),
         observe_only = chain.read_only(),
         "control plane listening"
     );
-    let (recording, writer) = start_recording(&config, &shutdown).await?;
+    let (recording, store, writer) = start_recording(&config, &shutdown).await?;
+    let admin_key = AdminKey::new(config.admin_key.clone());
+    let debug = DebugService::new(
+        store,
+        recording.activity().clone(),
+        config.trace_url_template.clone(),
+    );
     let service = ControlPlaneService::new(
         chain,
         CallSettings {
@@ -138,6 +170,38 @@ pub async fn serve(
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
 
+    // Debug data is never open by accident: without an admin key the Debug
+    // RPCs are only served when the gRPC port is on loopback.
+    let debug_grpc = if admin_key.is_set() || grpc_address.ip().is_loopback() {
+        if !admin_key.is_set() {
+            tracing::info!("no admin key: the Debug API is served on loopback only");
+        }
+        Some(DebugServer::with_interceptor(
+            DebugGrpc::new(debug.clone()),
+            grpc::interceptor(admin_key.clone()),
+        ))
+    } else {
+        tracing::warn!(
+            grpc_listen = %grpc_address,
+            "no admin key and a non-loopback gRPC address: the Debug gRPC service is off; set LUTHIEN_ADMIN_KEY to serve it"
+        );
+        None
+    };
+
+    let http_task = match http {
+        Some(listener) => {
+            tracing::info!(http_listen = %listener.local_addr()?, admin_key = admin_key.is_set(), "debug HTTP API and UI listening");
+            let app = debug::http::router(debug, admin_key);
+            let shutdown = shutdown.clone();
+            Some(tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown.cancelled_owned())
+                    .await
+            }))
+        }
+        None => None,
+    };
+
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .initial_stream_window_size(1024 * 1024)
@@ -148,7 +212,8 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(control_plane)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .add_optional_service(debug_grpc)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), shutdown.cancelled_owned())
         .await?;
 
     calls.close();
@@ -170,7 +235,30 @@ pub async fn serve(
             "event store drained"
         );
     }
+    if let Some(task) = http_task
+        && let Ok(Err(error)) = task.await
+    {
+        tracing::warn!(%error, "debug HTTP server stopped with an error");
+    }
     Ok(())
+}
+
+/// Binds the debug HTTP address, forcing it onto loopback when there is no
+/// admin key (and saying so).
+pub async fn bind_debug_http(config: &ControlPlaneConfig) -> std::io::Result<TcpListener> {
+    let mut address = config.http_listen;
+    let has_key = config
+        .admin_key
+        .as_deref()
+        .is_some_and(|key| !key.is_empty());
+    if !has_key && !address.ip().is_loopback() {
+        tracing::warn!(
+            requested = %address,
+            "no admin key: the debug HTTP API listens on loopback only; set LUTHIEN_ADMIN_KEY to expose it"
+        );
+        address.set_ip(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+    }
+    TcpListener::bind(address).await
 }
 
 /// Opens the event store and its writer (unless disabled) and the activity
@@ -178,14 +266,14 @@ pub async fn serve(
 async fn start_recording(
     config: &ControlPlaneConfig,
     shutdown: &CancellationToken,
-) -> Result<(Recording, Option<WriterHandle>), ServeError> {
+) -> Result<(Recording, Option<Store>, Option<WriterHandle>), ServeError> {
     let activity = match &config.redis_url {
         Some(url) => ActivityBus::redis(url, shutdown.child_token())?,
         None => ActivityBus::in_process(),
     };
     if config.no_store {
         tracing::info!("event store disabled; calls are not recorded");
-        return Ok((Recording::new(None, activity), None));
+        return Ok((Recording::new(None, activity), None, None));
     }
     let options = StoreOptions {
         migrate: !config.skip_migrations,
@@ -200,8 +288,12 @@ async fn start_recording(
     };
     // The writer gets its own token: it must outlive the calls and drain
     // after them, under `WriterHandle::shutdown`'s deadline.
-    let (sink, writer) = spawn_writer(store, writer_options, CancellationToken::new());
-    Ok((Recording::new(Some(sink), activity), Some(writer)))
+    let (sink, writer) = spawn_writer(store.clone(), writer_options, CancellationToken::new());
+    Ok((
+        Recording::new(Some(sink), activity),
+        Some(store),
+        Some(writer),
+    ))
 }
 
 fn reflection() -> tonic_reflection::server::Builder<'static> {

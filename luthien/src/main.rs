@@ -40,8 +40,9 @@ async fn main() -> anyhow::Result<()> {
     luthien_telemetry::init(&log);
     let chain = control_plane.load_chain()?;
     let grpc_listener = tokio::net::TcpListener::bind(control_plane.grpc_listen).await?;
+    let http_listener = luthien_controlplane::server::bind_debug_http(&control_plane).await?;
     data_plane.control_plane = format!("http://{}", grpc_listener.local_addr()?);
-    let http_listener = tokio::net::TcpListener::bind(data_plane.listen).await?;
+    let proxy_listener = tokio::net::TcpListener::bind(data_plane.listen).await?;
 
     let shutdown = CancellationToken::new();
     tokio::spawn(luthien_telemetry::cancel_on_signal(shutdown.clone()));
@@ -49,11 +50,12 @@ async fn main() -> anyhow::Result<()> {
         control_plane,
         chain,
         grpc_listener,
+        Some(http_listener),
         shutdown.clone(),
     ));
     // The data plane drains first; the control plane keeps serving the
     // streams it still has until they end.
-    let data = luthien_dataplane::serve(data_plane, http_listener, shutdown.clone()).await;
+    let data = luthien_dataplane::serve(data_plane, proxy_listener, shutdown.clone()).await;
     shutdown.cancel();
     let control = control.await?;
     data?;

@@ -41,6 +41,8 @@ pub struct StackOptions {
     pub redis_url: Option<String>,
     /// Cap on stored payloads.
     pub max_payload_bytes: Option<usize>,
+    /// Admin key guarding the debug API.
+    pub admin_key: Option<String>,
 }
 
 impl Default for StackOptions {
@@ -59,6 +61,7 @@ impl Default for StackOptions {
             database_url: None,
             redis_url: None,
             max_payload_bytes: None,
+            admin_key: None,
         }
     }
 }
@@ -77,8 +80,10 @@ pub struct Stack {
     pub mock: Arc<MockUpstream>,
     /// `http://127.0.0.1:PORT` of the data plane.
     pub proxy: String,
-    /// `http://127.0.0.1:PORT` of the control plane, when one runs.
+    /// `http://127.0.0.1:PORT` of the control plane's gRPC, when one runs.
     pub control_plane: Option<String>,
+    /// `http://127.0.0.1:PORT` of the control plane's debug HTTP API and UI.
+    pub debug_http: Option<String>,
     shutdown: CancellationToken,
 }
 
@@ -95,18 +100,21 @@ impl Stack {
             database_url: options.database_url.clone(),
             redis_url: options.redis_url.clone(),
             max_payload_bytes: options.max_payload_bytes,
+            admin_key: options.admin_key.clone(),
         };
-        let control_plane_url = match options.control_plane {
+        let (control_plane_url, debug_http) = match options.control_plane {
             ControlPlane::Chain(chain) => {
-                Some(start_control_plane(chain, &recording, &shutdown).await)
+                let (grpc, http) = start_control_plane(chain, &recording, &shutdown).await;
+                (Some(grpc), Some(http))
             }
             ControlPlane::Yaml(yaml) => {
                 let chain = luthien_controlplane::config::parse_chain(&yaml, "test policy")
                     .expect("test policy YAML is valid");
-                Some(start_control_plane(chain, &recording, &shutdown).await)
+                let (grpc, http) = start_control_plane(chain, &recording, &shutdown).await;
+                (Some(grpc), Some(http))
             }
-            ControlPlane::External(url) => Some(url),
-            ControlPlane::Down => None,
+            ControlPlane::External(url) => (Some(url), None),
+            ControlPlane::Down => (None, None),
         };
         let data_plane_target = match &control_plane_url {
             Some(url) => url.clone(),
@@ -144,6 +152,7 @@ impl Stack {
             mock,
             proxy,
             control_plane: control_plane_url,
+            debug_http,
             shutdown,
         }
     }
@@ -177,17 +186,23 @@ struct Recording {
     database_url: Option<String>,
     redis_url: Option<String>,
     max_payload_bytes: Option<usize>,
+    admin_key: Option<String>,
 }
 
+/// Starts a control plane; returns its gRPC and debug HTTP base URLs.
 async fn start_control_plane(
     chain: Chain,
     recording: &Recording,
     shutdown: &CancellationToken,
-) -> String {
+) -> (String, String) {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind control plane");
     let address = listener.local_addr().expect("control plane address");
+    let http = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind debug HTTP");
+    let http_address = http.local_addr().expect("debug HTTP address");
     let config = ControlPlaneConfig {
         grpc_listen: address,
         policy_config: None,
@@ -198,16 +213,20 @@ async fn start_control_plane(
         event_queue_capacity: 10_000,
         max_payload_bytes: recording.max_payload_bytes,
         redis_url: recording.redis_url.clone(),
+        http_listen: http_address,
+        admin_key: recording.admin_key.clone(),
+        trace_url_template: Some("http://traces.example/{call_id}".to_owned()),
     };
     let server = tokio::spawn(luthien_controlplane::serve(
         config,
         chain,
         listener,
+        Some(http),
         shutdown.clone(),
     ));
     let url = format!("http://{address}");
     wait_until_serving(&url, server).await;
-    url
+    (url, format!("http://{http_address}"))
 }
 
 /// Polls `grpc.health.v1` until the control plane answers SERVING (it opens

@@ -220,3 +220,17 @@ pub(super) async fn list_calls(
     let rows = qb.build_query_as::<SummaryRow>().fetch_all(pool).await?;
     query::into_page(rows, limit)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::chunks;
+
+    #[test]
+    fn rows_split_into_few_statement_sizes() {
+        let rows: Vec<u32> = (0..75).collect();
+        let sizes: Vec<usize> = chunks(&rows).map(<[u32]>::len).collect();
+        assert_eq!(sizes, [64, 8, 1, 1, 1]);
+        assert_eq!(chunks(&rows).flatten().count(), 75);
+        assert_eq!(chunks::<u32>(&[]).count(), 0);
+    }
+}

@@ -83,8 +83,9 @@ pub struct Process {
 }
 
 impl Process {
-    /// Starts `program` with `RUST_LOG=warn` and without any inherited Luthien or provider
-    /// settings, so the environment of the shell cannot change what is measured.
+    /// Starts `program` in `dir` with `RUST_LOG=warn` and without any inherited Luthien or
+    /// provider settings, so the environment of the shell cannot change what is measured
+    /// (and relative default paths, like the control plane's SQLite file, land in `dir`).
     pub fn spawn(name: &str, program: &Path, args: &[String], dir: &Path) -> anyhow::Result<Self> {
         let log = dir.join(format!("{name}.log"));
         let stdout =
@@ -93,15 +94,23 @@ impl Process {
         let mut command = Command::new(program);
         command
             .args(args)
+            .current_dir(dir)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr);
         for (key, _) in std::env::vars_os() {
             let key_text = key.to_string_lossy();
-            if ["LUTHIEN_", "MOCK_UPSTREAM_", "OPENAI_", "ANTHROPIC_"]
-                .iter()
-                .any(|prefix| key_text.starts_with(prefix))
+            if [
+                "LUTHIEN_",
+                "MOCK_UPSTREAM_",
+                "OPENAI_",
+                "ANTHROPIC_",
+                "DATABASE_URL",
+                "REDIS_URL",
+            ]
+            .iter()
+            .any(|prefix| key_text.starts_with(prefix))
             {
                 command.env_remove(&key);
             }
@@ -144,6 +153,15 @@ impl Process {
             rss_kib: field("VmRSS:")?,
             peak_kib: field("VmHWM:")?,
         })
+    }
+
+    /// CPU time (user + system) the process has used so far, from `/proc/<pid>/stat`.
+    pub fn cpu_time(&self) -> anyhow::Result<Duration> {
+        let path = format!("/proc/{}/stat", self.child.id());
+        let stat = fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+        cpu_ticks(&stat)
+            .map(|ticks| Duration::from_millis(ticks * 1000 / CLOCK_TICKS_PER_SECOND))
+            .with_context(|| format!("cannot parse {path}"))
     }
 
     /// Log lines at `WARN` or `ERROR` so far (the processes log at `warn`, so that is
@@ -215,6 +233,20 @@ pub struct LogProblems {
     pub first: Vec<String>,
 }
 
+/// `USER_HZ`, the unit of the times in `/proc/<pid>/stat`: 100 on every Linux
+/// architecture Luthien targets (reading it needs `sysconf`, i.e. libc).
+const CLOCK_TICKS_PER_SECOND: u64 = 100;
+
+/// `utime + stime` from a `/proc/<pid>/stat` line. The command name (field 2) may hold
+/// spaces and parentheses, so fields are counted from the last `)`.
+fn cpu_ticks(stat: &str) -> Option<u64> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some(user + system)
+}
+
 fn status_kib(status: &str, key: &str) -> Option<u64> {
     status
         .lines()
@@ -238,47 +270,100 @@ pub struct Luthien {
     pub base_url: String,
 }
 
+/// Arguments appended to each plane's command line (for experiments, e.g. `--no-store`).
+#[derive(Debug, Clone, Default)]
+pub struct ExtraArgs {
+    pub controlplane: Vec<String>,
+    pub dataplane: Vec<String>,
+}
+
+fn remove_if_present(path: &Path) -> anyhow::Result<()> {
+    match fs::remove_file(path) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+            Err(error).with_context(|| format!("cannot remove {}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// CPU time used so far by each plane.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuTime {
+    pub dataplane: Duration,
+    pub controlplane: Duration,
+}
+
+impl CpuTime {
+    pub fn since(self, earlier: CpuTime) -> CpuTime {
+        CpuTime {
+            dataplane: self.dataplane.saturating_sub(earlier.dataplane),
+            controlplane: self.controlplane.saturating_sub(earlier.controlplane),
+        }
+    }
+}
+
 impl Luthien {
-    /// Writes the policy file, starts both planes and waits until the data plane is healthy.
+    pub fn cpu_time(&self) -> anyhow::Result<CpuTime> {
+        Ok(CpuTime {
+            dataplane: self.dataplane.cpu_time()?,
+            controlplane: self.controlplane.cpu_time()?,
+        })
+    }
+
+    /// Writes the policy file, starts both planes (each with its default settings but for
+    /// addresses and files, plus `extra` arguments) and waits until the data plane is
+    /// healthy. The control plane records calls in its default SQLite store, a fresh file
+    /// in `dir`.
     pub async fn start(
         binaries: &Binaries,
         dir: &Path,
         policy: &str,
         mock: SocketAddr,
         client: &HttpClient,
+        extra: &ExtraArgs,
     ) -> anyhow::Result<Self> {
         let policy_file = dir.join(format!("policy-{policy}.yaml"));
         fs::write(&policy_file, format!("policies:\n  - type: {policy}\n"))
             .with_context(|| format!("cannot write {}", policy_file.display()))?;
 
+        let database = dir.join(format!("events-{policy}.db"));
+        remove_if_present(&database)?;
         let grpc = free_addr()?;
+        let mut args = vec![
+            "--grpc-listen".into(),
+            grpc.to_string(),
+            "--http-listen".into(),
+            free_addr()?.to_string(),
+            "--policy-config".into(),
+            policy_file.display().to_string(),
+            "--database-url".into(),
+            format!("sqlite://{}", database.display()),
+        ];
+        args.extend(extra.controlplane.iter().cloned());
         let mut controlplane = Process::spawn(
             &format!("controlplane-{policy}"),
             &binaries.controlplane,
-            &[
-                "--grpc-listen".into(),
-                grpc.to_string(),
-                "--policy-config".into(),
-                policy_file.display().to_string(),
-            ],
+            &args,
             dir,
         )?;
         controlplane.wait_for_port(grpc).await?;
 
         let listen = free_addr()?;
+        let mut args = vec![
+            "--listen".into(),
+            listen.to_string(),
+            "--control-plane".into(),
+            format!("http://{grpc}"),
+            "--openai-base-url".into(),
+            format!("http://{mock}/v1"),
+            "--anthropic-base-url".into(),
+            format!("http://{mock}"),
+        ];
+        args.extend(extra.dataplane.iter().cloned());
         let mut dataplane = Process::spawn(
             &format!("dataplane-{policy}"),
             &binaries.dataplane,
-            &[
-                "--listen".into(),
-                listen.to_string(),
-                "--control-plane".into(),
-                format!("http://{grpc}"),
-                "--openai-base-url".into(),
-                format!("http://{mock}/v1"),
-                "--anthropic-base-url".into(),
-                format!("http://{mock}"),
-            ],
+            &args,
             dir,
         )?;
         let base_url = format!("http://{listen}");
@@ -303,5 +388,11 @@ mod tests {
         assert_eq!(status_kib(status, "VmRSS:"), Some(8404));
         assert_eq!(status_kib(status, "VmHWM:"), Some(10240));
         assert_eq!(status_kib(status, "VmSwap:"), None);
+    }
+
+    #[test]
+    fn reads_cpu_ticks() {
+        let stat = "4242 (luthien (dp)) S 1 4242 4242 0 -1 4194560 900 0 0 0 250 50 0 0 20 0 6 0";
+        assert_eq!(cpu_ticks(stat), Some(300));
     }
 }

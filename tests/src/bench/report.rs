@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::load::{Ab, CallSample, Samples, Side, StreamSample, Throughput};
-use crate::procs::{LogProblems, Memory};
+use crate::procs::{CpuTime, LogProblems, Memory};
 use crate::stats::{self, Summary, added_ms, ms, signed_ms};
 use crate::{Policy, Settings};
 
@@ -16,12 +16,22 @@ pub struct PolicyRun {
     pub latency: Ab<Samples<CallSample>>,
     pub streams: Ab<Samples<StreamSample>>,
     pub throughput: Ab<Throughput>,
+    pub cpu: CpuByMeasurement,
     pub dataplane_idle: Memory,
     pub dataplane_after: Memory,
     pub controlplane_idle: Memory,
     pub controlplane_after: Memory,
     pub dataplane_log: LogProblems,
     pub controlplane_log: LogProblems,
+}
+
+/// CPU time the planes used during each measurement (warm-up included). They are idle
+/// while the direct side runs, so this is the cost of the proxied side.
+#[derive(Debug, Default)]
+pub struct CpuByMeasurement {
+    pub latency: CpuTime,
+    pub streams: CpuTime,
+    pub throughput: CpuTime,
 }
 
 impl PolicyRun {
@@ -52,6 +62,11 @@ impl PolicyRun {
         })
     }
 }
+
+/// Renders one summary cell of a policy.
+type Cell = dyn Fn(&PolicyRun, &Figures) -> String;
+/// A target's measured value, its limit and unit, or `None` where it does not apply.
+type Measure = dyn Fn(&PolicyRun, &Figures) -> Option<(f64, f64, &'static str)>;
 
 /// The numbers derived from one [`PolicyRun`].
 struct Figures {
@@ -115,6 +130,8 @@ pub struct Machine {
     kernel: String,
     memory: String,
     date: String,
+    /// `/proc/loadavg` before the run: other work on the machine skews every number.
+    load_average: String,
 }
 
 impl Machine {
@@ -134,8 +151,16 @@ impl Machine {
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
                 .map(|text| text.trim().to_owned())
                 .unwrap_or_else(|_| "unknown".to_owned()),
-            memory: field(&meminfo, "MemTotal"),
+            memory: gib(&field(&meminfo, "MemTotal")),
             date: utc_now(),
+            load_average: std::fs::read_to_string("/proc/loadavg")
+                .map(|text| {
+                    text.split_whitespace()
+                        .take(3)
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_else(|_| "unknown".to_owned()),
         }
     }
 }
@@ -166,6 +191,7 @@ fn write_all(
     write_latency(out, settings, runs, figures)?;
     write_streams(out, settings, runs, figures)?;
     write_throughput(out, settings, runs)?;
+    write_cpu(out, settings, runs)?;
     write_memory(out, runs)?;
     write_logs(out, runs)
 }
@@ -198,9 +224,14 @@ fn write_setup(out: &mut String, settings: &Settings, machine: &Machine) -> std:
     writeln!(out)?;
     writeln!(
         out,
-        "Machine: {} CPUs (`nproc`), {}, {} RAM, Linux {}; {}. Load generator, mock provider, \
-         control plane and data plane all share this machine.",
-        machine.cpus, machine.cpu_model, machine.memory, machine.kernel, machine.date
+        "Machine: {} CPUs (`nproc`), {}, {} RAM, Linux {}; {}; load average before the run \
+         {}. Load generator, mock provider, control plane and data plane all share this machine.",
+        machine.cpus,
+        machine.cpu_model,
+        machine.memory,
+        machine.kernel,
+        machine.date,
+        machine.load_average
     )?;
     if cfg!(debug_assertions) {
         writeln!(
@@ -235,7 +266,7 @@ fn write_summary(
     writeln!(out, "### Summary (added = proxied − direct)")?;
     writeln!(out)?;
     header(out, "metric", runs)?;
-    let rows: [(String, Box<dyn Fn(&PolicyRun, &Figures) -> String>); 11] = [
+    let rows: [(String, Box<Cell>); 11] = [
         (
             format!("non-streaming added p50 @ {} req/s (ms)", settings.rate),
             Box::new(|_, f| signed_ms(f.added_p50())),
@@ -330,10 +361,7 @@ fn write_targets(
     } else {
         format!(" (measured at {} req/s, not 500)", settings.rate)
     };
-    let row = |out: &mut String,
-               label: &str,
-               value: &dyn Fn(&PolicyRun, &Figures) -> Option<(f64, f64, &'static str)>|
-     -> std::fmt::Result {
+    let row = |out: &mut String, label: &str, value: &Measure| -> std::fmt::Result {
         write!(out, "| {label} |")?;
         for (run, figure) in runs.iter().zip(figures) {
             match value(run, figure) {
@@ -479,6 +507,59 @@ fn write_throughput(out: &mut String, settings: &Settings, runs: &[PolicyRun]) -
     writeln!(out)
 }
 
+fn write_cpu(out: &mut String, settings: &Settings, runs: &[PolicyRun]) -> std::fmt::Result {
+    writeln!(
+        out,
+        "### CPU used by Luthien while proxying (cores busy on average; µs of CPU per proxied request, stream or chunk)"
+    )?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "| policy | measurement | data plane cores | control plane cores | data plane CPU | control plane CPU |"
+    )?;
+    writeln!(out, "|---|---|---:|---:|---:|---:|")?;
+    // The proxied side runs for its warm-up plus its measured time.
+    let busy = (settings.phases.warmup + settings.phases.length).as_secs_f64();
+    for run in runs {
+        let chunks = settings.chunks as f64;
+        let measurements = [
+            ("non-streaming", run.cpu.latency, settings.rate, "req"),
+            (
+                "streams",
+                run.cpu.streams,
+                settings.stream_rate * chunks,
+                "chunk",
+            ),
+            (
+                "throughput",
+                run.cpu.throughput,
+                run.throughput.proxied.per_second(),
+                "req",
+            ),
+        ];
+        for (name, cpu, per_second, unit) in measurements {
+            let cores = |used: Duration| used.as_secs_f64() / busy;
+            let per_unit = |used: Duration| {
+                if per_second > 0.0 {
+                    format!("{:.0} µs/{unit}", cores(used) / per_second * 1e6)
+                } else {
+                    "n/a".to_owned()
+                }
+            };
+            writeln!(
+                out,
+                "| {} | {name} | {:.2} | {:.2} | {} | {} |",
+                run.policy.name(),
+                cores(cpu.dataplane),
+                cores(cpu.controlplane),
+                per_unit(cpu.dataplane),
+                per_unit(cpu.controlplane),
+            )?;
+        }
+    }
+    writeln!(out)
+}
+
 fn write_memory(out: &mut String, runs: &[PolicyRun]) -> std::fmt::Result {
     writeln!(
         out,
@@ -565,6 +646,18 @@ fn side_name(side: Side) -> &'static str {
         Side::Direct => "direct",
         Side::Proxied => "proxied",
     }
+}
+
+/// `/proc/meminfo`'s `24684092 kB` as `23.5 GiB`.
+fn gib(meminfo_value: &str) -> String {
+    meminfo_value
+        .trim_end_matches("kB")
+        .trim()
+        .parse::<u64>()
+        .map_or_else(
+            |_| meminfo_value.to_owned(),
+            |kib| format!("{:.1} GiB", kib as f64 / 1024.0 / 1024.0),
+        )
 }
 
 fn mib(kib: u64) -> String {

@@ -60,8 +60,8 @@ use clap::Parser;
 use crate::load::{
     Ab, CallSample, HttpClient, Phases, RequestSpec, Samples, StreamSample, Throughput,
 };
-use crate::procs::{Binaries, Luthien, Process};
-use crate::report::{Machine, PolicyRun};
+use crate::procs::{Binaries, ExtraArgs, Luthien, Process};
+use crate::report::{CpuByMeasurement, Machine, PolicyRun};
 use crate::stats::{Summary, added_ms, signed_ms};
 
 /// Measures the latency, streaming, throughput and memory cost of Luthien's data plane,
@@ -100,6 +100,15 @@ struct Args {
     /// Policies to measure, in order.
     #[arg(long, value_delimiter = ',', default_value = "noop,all_caps")]
     policies: Vec<Policy>,
+
+    /// Extra argument for every control plane (repeat for several), e.g.
+    /// `--controlplane-arg=--no-store`.
+    #[arg(long = "controlplane-arg", allow_hyphen_values = true)]
+    controlplane_args: Vec<String>,
+
+    /// Extra argument for every data plane (repeat for several).
+    #[arg(long = "dataplane-arg", allow_hyphen_values = true)]
+    dataplane_args: Vec<String>,
 
     /// Smoke run: 2 s per side, 0.5 s warm-up, 1 s slices.
     #[arg(long)]
@@ -148,6 +157,7 @@ pub struct Settings {
     pub concurrency: usize,
     pub chunks: usize,
     pub policies: Vec<Policy>,
+    pub extra: ExtraArgs,
     /// The command line, for the report.
     pub command: String,
 }
@@ -174,6 +184,10 @@ impl Settings {
             concurrency: usize::from(args.concurrency),
             chunks: usize::from(args.chunks),
             policies: args.policies,
+            extra: ExtraArgs {
+                controlplane: args.controlplane_args,
+                dataplane: args.dataplane_args,
+            },
             command: command_line(),
         }
     }
@@ -228,13 +242,14 @@ impl Requests {
 #[tokio::main]
 async fn main() -> ExitCode {
     let settings = Settings::from_args(Args::parse());
+    let machine = Machine::probe();
     let outcome = tokio::select! {
         outcome = run(&settings) => outcome,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
     match outcome {
         Ok(runs) => {
-            println!("{}", report::render(&settings, &Machine::probe(), &runs));
+            println!("{}", report::render(&settings, &machine, &runs));
             let errors: u64 = runs.iter().map(PolicyRun::errors).sum();
             if errors > 0 {
                 eprintln!("\nWARNING: {errors} requests failed; the results are not valid.");
@@ -299,15 +314,23 @@ async fn bench_policy(
     policy: Policy,
 ) -> anyhow::Result<PolicyRun> {
     eprintln!("\n== {} ({} mode)", policy.name(), policy.mode());
-    let mut luthien = Luthien::start(binaries, dir, policy.name(), mock, client).await?;
+    let mut luthien =
+        Luthien::start(binaries, dir, policy.name(), mock, client, &settings.extra).await?;
     let dataplane_idle = luthien.dataplane.memory()?;
     let controlplane_idle = luthien.controlplane.memory()?;
     let requests = Requests::new(mock, &luthien.base_url, settings.chunks)?;
     smoke_check(client, &requests, settings.chunks).await?;
 
+    let mut cpu = CpuByMeasurement::default();
+    let started = luthien.cpu_time()?;
     let latency = measure_latency(settings, client, &requests).await?;
+    let after_latency = luthien.cpu_time()?;
+    cpu.latency = after_latency.since(started);
     let streams = measure_streams(settings, client, &requests).await?;
+    let after_streams = luthien.cpu_time()?;
+    cpu.streams = after_streams.since(after_latency);
     let throughput = measure_throughput(settings, client, &requests).await?;
+    cpu.throughput = luthien.cpu_time()?.since(after_streams);
 
     tokio::time::sleep(Duration::from_secs(1)).await;
     luthien.dataplane.ensure_running()?;
@@ -317,6 +340,7 @@ async fn bench_policy(
         latency,
         streams,
         throughput,
+        cpu,
         dataplane_idle,
         dataplane_after: luthien.dataplane.memory()?,
         controlplane_idle,

@@ -1,0 +1,219 @@
+//! `luthien.v1.Debug` over gRPC: a thin adapter from protobuf messages to
+//! [`DebugService`] and back. Payloads travel as `google.protobuf.Struct`,
+//! the same JSON the HTTP routes return.
+
+use std::pin::Pin;
+
+use futures_util::{Stream, StreamExt};
+use luthien_proto::v1::debug_server::Debug;
+use luthien_proto::v1::{
+    ActivityEvent, CallEvent as ProtoCallEvent, CallSummary as ProtoCallSummary,
+    GetCallDiffRequest, GetCallDiffResponse, GetCallRequest, GetCallResponse, ListCallsRequest,
+    ListCallsResponse, StreamActivityRequest,
+};
+use prost_types::value::Kind;
+use serde_json::Value;
+use tonic::{Request, Response, Status};
+
+use super::auth::AdminKey;
+use super::{ActivityFilter, DebugError, DebugService, payload_json};
+use crate::activity::ActivityMessage;
+use crate::events::CallSummary;
+use crate::store::CallFilter;
+
+/// The gRPC face of the debug service.
+#[derive(Clone)]
+pub struct DebugGrpc {
+    service: DebugService,
+}
+
+impl DebugGrpc {
+    pub fn new(service: DebugService) -> Self {
+        Self { service }
+    }
+}
+
+/// Rejects calls without the admin key (when one is configured).
+pub fn interceptor(
+    key: AdminKey,
+) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |request: Request<()>| {
+        let presented = request
+            .metadata()
+            .get("authorization")
+            .and_then(|value| value.to_str().ok());
+        if key.accepts(AdminKey::from_bearer(presented)) {
+            Ok(request)
+        } else {
+            Err(Status::unauthenticated(
+                "the debug API needs `authorization: Bearer <admin key>`",
+            ))
+        }
+    }
+}
+
+impl From<DebugError> for Status {
+    fn from(error: DebugError) -> Self {
+        match error {
+            DebugError::NotFound(message) => Status::not_found(message),
+            DebugError::InvalidArgument(message) => Status::invalid_argument(message),
+            DebugError::Unavailable(message) => Status::unavailable(message),
+            DebugError::Internal(message) => Status::internal(message),
+        }
+    }
+}
+
+type ActivityStream = Pin<Box<dyn Stream<Item = Result<ActivityEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Debug for DebugGrpc {
+    async fn list_calls(
+        &self,
+        request: Request<ListCallsRequest>,
+    ) -> Result<Response<ListCallsResponse>, Status> {
+        let request = request.into_inner();
+        let text = |value: String| (!value.is_empty()).then_some(value);
+        let status = match text(request.status) {
+            Some(status) => Some(DebugService::parse_status(&status)?),
+            None => None,
+        };
+        let filter = CallFilter {
+            since_micros: (request.since_micros != 0).then_some(request.since_micros),
+            until_micros: (request.until_micros != 0).then_some(request.until_micros),
+            model: text(request.model),
+            api: text(request.api),
+            status,
+            session_id: text(request.session_id),
+            event_type: text(request.event_type),
+            call_id_contains: text(request.call_id_contains),
+            limit: (request.limit != 0).then_some(request.limit),
+            cursor: text(request.cursor),
+        };
+        let page = self.service.list_calls(filter).await?;
+        Ok(Response::new(ListCallsResponse {
+            calls: page.calls.into_iter().map(summary).collect(),
+            next_cursor: page.next_cursor.unwrap_or_default(),
+        }))
+    }
+
+    async fn get_call(
+        &self,
+        request: Request<GetCallRequest>,
+    ) -> Result<Response<GetCallResponse>, Status> {
+        let detail = self.service.get_call(&request.into_inner().call_id).await?;
+        let events = detail
+            .events
+            .iter()
+            .map(|event| ProtoCallEvent {
+                sequence: event.sequence,
+                timestamp_micros: event.timestamp_micros,
+                schema_version: event.schema_version,
+                event_type: event.payload.event_type().to_owned(),
+                payload: Some(to_struct(payload_json(event))),
+            })
+            .collect();
+        Ok(Response::new(GetCallResponse {
+            call: Some(summary(detail.call)),
+            events,
+            trace_url: detail.trace_url.unwrap_or_default(),
+        }))
+    }
+
+    async fn get_call_diff(
+        &self,
+        request: Request<GetCallDiffRequest>,
+    ) -> Result<Response<GetCallDiffResponse>, Status> {
+        let diff = self
+            .service
+            .call_diff(&request.into_inner().call_id)
+            .await?;
+        let diff = serde_json::to_value(diff)
+            .map_err(|error| Status::internal(format!("diff not encodable: {error}")))?;
+        Ok(Response::new(GetCallDiffResponse {
+            diff: Some(to_struct(diff)),
+        }))
+    }
+
+    type StreamActivityStream = ActivityStream;
+
+    async fn stream_activity(
+        &self,
+        request: Request<StreamActivityRequest>,
+    ) -> Result<Response<Self::StreamActivityStream>, Status> {
+        let request = request.into_inner();
+        let text = |value: String| (!value.is_empty()).then_some(value);
+        let filter = ActivityFilter {
+            call_id: text(request.call_id),
+            model: text(request.model),
+            event_type: text(request.event_type),
+        };
+        let stream = self
+            .service
+            .activity(filter)
+            .map(|message| Ok(activity(message)));
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+fn summary(call: CallSummary) -> ProtoCallSummary {
+    ProtoCallSummary {
+        call_id: call.call_id,
+        created_at_micros: call.created_at_micros,
+        completed_at_micros: call.completed_at_micros.unwrap_or_default(),
+        api: call.api,
+        model: call.model,
+        stream: call.stream,
+        status: call.status.as_str().to_owned(),
+        duration_ms: call.duration_ms,
+        time_to_first_chunk_ms: call.time_to_first_chunk_ms,
+        input_tokens: call.usage.input_tokens,
+        output_tokens: call.usage.output_tokens,
+        session_id: call.session_id.unwrap_or_default(),
+        policy_changed: call.policy_changed,
+    }
+}
+
+fn activity(message: ActivityMessage) -> ActivityEvent {
+    ActivityEvent {
+        call_id: message.call_id,
+        sequence: message.sequence,
+        event_type: message.event_type,
+        model: message.model,
+        api: message.api,
+        timestamp_micros: message.timestamp_micros,
+        summary: message.summary,
+        status: message.status.unwrap_or_default(),
+        control_plane: message.control_plane,
+    }
+}
+
+/// A JSON object as a protobuf `Struct` (non-objects are wrapped as `{"value": …}`).
+fn to_struct(value: Value) -> prost_types::Struct {
+    match value {
+        Value::Object(map) => prost_types::Struct {
+            fields: map
+                .into_iter()
+                .map(|(key, value)| (key, to_value(value)))
+                .collect(),
+        },
+        other => prost_types::Struct {
+            fields: [("value".to_owned(), to_value(other))]
+                .into_iter()
+                .collect(),
+        },
+    }
+}
+
+fn to_value(value: Value) -> prost_types::Value {
+    let kind = match value {
+        Value::Null => Kind::NullValue(0),
+        Value::Bool(flag) => Kind::BoolValue(flag),
+        Value::Number(number) => Kind::NumberValue(number.as_f64().unwrap_or_default()),
+        Value::String(text) => Kind::StringValue(text),
+        Value::Array(items) => Kind::ListValue(prost_types::ListValue {
+            values: items.into_iter().map(to_value).collect(),
+        }),
+        Value::Object(_) => Kind::StructValue(to_struct(value)),
+    };
+    prost_types::Value { kind: Some(kind) }
+}

@@ -1,0 +1,217 @@
+//! The debug API over HTTP/JSON, plus the web UI's pages: a thin adapter
+//! from query strings to [`DebugService`] and back. Errors are JSON with a
+//! proper status (404 unknown call, 400 bad filter, 401 without the key).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures_util::{Stream, StreamExt};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::auth::{AdminKey, COOKIE};
+use super::{ActivityFilter, DebugError, DebugService};
+use crate::store::CallFilter;
+
+/// How often the activity stream sends a heartbeat comment, so proxies and
+/// browsers keep an idle stream open.
+const HEARTBEAT: Duration = Duration::from_secs(15);
+
+#[derive(Clone)]
+struct HttpState {
+    service: DebugService,
+    key: AdminKey,
+}
+
+/// The `/debug` routes: JSON API (behind the admin key) and the UI pages.
+pub fn router(service: DebugService, key: AdminKey) -> Router {
+    let state = HttpState { service, key };
+    let api = Router::new()
+        .route("/debug/calls", get(list_calls))
+        .route("/debug/calls/{call_id}", get(get_call))
+        .route("/debug/calls/{call_id}/diff", get(call_diff))
+        .route("/debug/activity/stream", get(activity_stream))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_key))
+        .route("/debug/login", post(login))
+        .with_state(state);
+    api.merge(luthien_debug_web::router())
+}
+
+impl IntoResponse for DebugError {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            DebugError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            DebugError::InvalidArgument(_) => (StatusCode::BAD_REQUEST, "invalid_argument"),
+            DebugError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            DebugError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        error_response(status, code, &self.to_string())
+    }
+}
+
+fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = json!({"error": {"code": code, "message": message}});
+    (status, Json(body)).into_response()
+}
+
+async fn require_key(State(state): State<HttpState>, request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let text = |name: header::HeaderName| headers.get(name).and_then(|value| value.to_str().ok());
+    let presented = AdminKey::from_bearer(text(header::AUTHORIZATION))
+        .or_else(|| AdminKey::from_cookie(text(header::COOKIE)));
+    if state.key.accepts(presented) {
+        next.run(request).await
+    } else {
+        error_response(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "the debug API needs `authorization: Bearer <admin key>` or a login",
+        )
+    }
+}
+
+#[derive(Deserialize)]
+struct Login {
+    key: String,
+}
+
+/// Exchanges the admin key for an HttpOnly cookie, so the browser UI never
+/// keeps the key in script-readable storage.
+async fn login(State(state): State<HttpState>, body: axum::body::Bytes) -> Response {
+    let Ok(login) = serde_json::from_slice::<Login>(&body) else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            "send {\"key\": \"<admin key>\"}",
+        );
+    };
+    if !state.key.is_set() {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    if !state.key.accepts(Some(&login.key)) {
+        return error_response(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "wrong admin key",
+        );
+    }
+    let cookie = format!(
+        "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/debug",
+        login.key
+    );
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    match HeaderValue::from_str(&cookie) {
+        Ok(value) => {
+            response.headers_mut().insert(header::SET_COOKIE, value);
+            response
+        }
+        Err(_) => error_response(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            "the key has characters a cookie cannot carry; use the authorization header",
+        ),
+    }
+}
+
+/// Query string of `GET /debug/calls`; parsed by hand so a bad value is a
+/// JSON 400 naming the parameter.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ListQuery {
+    since: Option<String>,
+    until: Option<String>,
+    model: Option<String>,
+    api: Option<String>,
+    status: Option<String>,
+    session_id: Option<String>,
+    event_type: Option<String>,
+    q: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+fn query<T: for<'de> Deserialize<'de> + Default>(
+    request_query: Option<&str>,
+) -> Result<T, DebugError> {
+    match request_query {
+        None | Some("") => Ok(T::default()),
+        Some(text) => serde_urlencoded::from_str(text)
+            .map_err(|error| DebugError::InvalidArgument(format!("bad query string: {error}"))),
+    }
+}
+
+fn number<T: std::str::FromStr>(
+    name: &str,
+    value: Option<String>,
+) -> Result<Option<T>, DebugError> {
+    value
+        .filter(|value| !value.is_empty())
+        .map(|value| {
+            value.parse().map_err(|_| {
+                DebugError::InvalidArgument(format!("`{name}` must be a number, got `{value}`"))
+            })
+        })
+        .transpose()
+}
+
+async fn list_calls(
+    State(state): State<HttpState>,
+    uri: axum::http::Uri,
+) -> Result<Response, DebugError> {
+    let query: ListQuery = query(uri.query())?;
+    let text = |value: Option<String>| value.filter(|value| !value.is_empty());
+    let status = match text(query.status) {
+        Some(status) => Some(DebugService::parse_status(&status)?),
+        None => None,
+    };
+    let filter = CallFilter {
+        since_micros: number("since", query.since)?,
+        until_micros: number("until", query.until)?,
+        model: text(query.model),
+        api: text(query.api),
+        status,
+        session_id: text(query.session_id),
+        event_type: text(query.event_type),
+        call_id_contains: text(query.q),
+        limit: number("limit", query.limit)?,
+        cursor: text(query.cursor),
+    };
+    let page = state.service.list_calls(filter).await?;
+    Ok(Json(json!({"calls": page.calls, "next_cursor": page.next_cursor})).into_response())
+}
+
+async fn get_call(
+    State(state): State<HttpState>,
+    Path(call_id): Path<String>,
+) -> Result<Response, DebugError> {
+    Ok(Json(state.service.get_call(&call_id).await?).into_response())
+}
+
+async fn call_diff(
+    State(state): State<HttpState>,
+    Path(call_id): Path<String>,
+) -> Result<Response, DebugError> {
+    Ok(Json(state.service.call_diff(&call_id).await?).into_response())
+}
+
+async fn activity_stream(
+    State(state): State<HttpState>,
+    uri: axum::http::Uri,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, DebugError> {
+    let filter: ActivityFilter = query(uri.query())?;
+    let events = state.service.activity(filter).map(|message| {
+        let event = Event::default().event("activity");
+        Ok(event
+            .json_data(&message)
+            .unwrap_or_else(|_| Event::default().comment("unencodable activity message")))
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(HEARTBEAT).text("heartbeat")))
+}

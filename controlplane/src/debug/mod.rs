@@ -1,0 +1,212 @@
+//! The debug API: one implementation answering two transports.
+//!
+//! [`DebugService`] holds the logic (queries, diffs, the activity tail);
+//! [`grpc`] adapts it to the `luthien.v1.Debug` gRPC service and [`http`]
+//! to the JSON routes under `/debug`. Both check the admin key through
+//! [`auth`], so neither can drift from the other.
+
+pub mod auth;
+pub mod grpc;
+pub mod http;
+
+use std::time::Duration;
+
+use futures_util::Stream;
+use serde::Serialize;
+use serde_json::Value;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::BroadcastStream;
+
+use crate::activity::{ActivityBus, ActivityMessage};
+use crate::api::Api;
+use crate::diff::{CallDiff, DiffOptions, diff_call};
+use crate::events::{CallEvent, CallStatus, CallSummary, EventPayload};
+use crate::store::{CallFilter, CallPage, Store, StoreError};
+
+/// What went wrong answering a debug query; each transport maps it to its
+/// own status (404 / NOT_FOUND, …).
+#[derive(Debug, thiserror::Error)]
+pub enum DebugError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for DebugError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::InvalidCursor => DebugError::InvalidArgument(error.to_string()),
+            error if error.is_transient() => DebugError::Unavailable(error.to_string()),
+            error => DebugError::Internal(error.to_string()),
+        }
+    }
+}
+
+/// One call with everything recorded about it.
+#[derive(Clone, Debug, Serialize)]
+pub struct CallDetail {
+    pub call: CallSummary,
+    pub events: Vec<CallEvent>,
+    pub trace_url: Option<String>,
+}
+
+/// Which activity a tail wants; empty fields match everything.
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct ActivityFilter {
+    pub call_id: Option<String>,
+    pub model: Option<String>,
+    pub event_type: Option<String>,
+}
+
+impl ActivityFilter {
+    pub fn matches(&self, message: &ActivityMessage) -> bool {
+        let wanted = |filter: &Option<String>, value: &str| {
+            filter
+                .as_deref()
+                .is_none_or(|filter| filter.is_empty() || filter == value)
+        };
+        wanted(&self.call_id, &message.call_id)
+            && wanted(&self.model, &message.model)
+            && wanted(&self.event_type, &message.event_type)
+    }
+}
+
+/// The debug queries, shared by the gRPC and HTTP transports.
+#[derive(Clone)]
+pub struct DebugService {
+    store: Option<Store>,
+    activity: ActivityBus,
+    trace_url_template: Option<String>,
+    diff_options: DiffOptions,
+}
+
+impl DebugService {
+    pub fn new(
+        store: Option<Store>,
+        activity: ActivityBus,
+        trace_url_template: Option<String>,
+    ) -> Self {
+        Self {
+            store,
+            activity,
+            trace_url_template,
+            diff_options: DiffOptions {
+                time_budget: Duration::from_millis(500),
+            },
+        }
+    }
+
+    fn store(&self) -> Result<&Store, DebugError> {
+        self.store.as_ref().ok_or_else(|| {
+            DebugError::Unavailable(
+                "the event store is disabled (--no-store); nothing is recorded".into(),
+            )
+        })
+    }
+
+    pub async fn list_calls(&self, filter: CallFilter) -> Result<CallPage, DebugError> {
+        if let Some(api) = filter.api.as_deref()
+            && !matches!(api, "openai" | "anthropic")
+        {
+            return Err(DebugError::InvalidArgument(format!(
+                "unknown api `{api}`; use openai or anthropic"
+            )));
+        }
+        if let Some(event_type) = filter.event_type.as_deref()
+            && !matches!(event_type, "request" | "response" | "policy")
+        {
+            return Err(DebugError::InvalidArgument(format!(
+                "unknown event type `{event_type}`; use request, response or policy"
+            )));
+        }
+        if let (Some(since), Some(until)) = (filter.since_micros, filter.until_micros)
+            && since > until
+        {
+            return Err(DebugError::InvalidArgument(
+                "`since` is after `until`".into(),
+            ));
+        }
+        Ok(self.store()?.list_calls(&filter).await?)
+    }
+
+    pub async fn get_call(&self, call_id: &str) -> Result<CallDetail, DebugError> {
+        let Some((call, events)) = self.store()?.get_call(call_id).await? else {
+            return Err(DebugError::NotFound(format!("no call with id `{call_id}`")));
+        };
+        let trace_url = self
+            .trace_url_template
+            .as_ref()
+            .filter(|template| template.contains("{call_id}"))
+            .map(|template| template.replace("{call_id}", &call.call_id));
+        Ok(CallDetail {
+            call,
+            events,
+            trace_url,
+        })
+    }
+
+    pub async fn call_diff(&self, call_id: &str) -> Result<CallDiff, DebugError> {
+        let detail = self.get_call(call_id).await?;
+        let api = match detail.call.api.as_str() {
+            "anthropic" => Api::AnthropicMessages,
+            _ => Api::OpenAiChat,
+        };
+        let mut request = (None, None);
+        let mut response = (None, None);
+        for event in &detail.events {
+            match &event.payload {
+                EventPayload::Request {
+                    original, final_, ..
+                } => request = (Some(original), Some(final_)),
+                EventPayload::Response {
+                    original, final_, ..
+                } => response = (original.as_ref(), final_.as_ref()),
+                EventPayload::Policy { .. } => {}
+            }
+        }
+        let options = self.diff_options.clone();
+        let diff = tokio::task::spawn_blocking({
+            let request = (request.0.cloned(), request.1.cloned());
+            let response = (response.0.cloned(), response.1.cloned());
+            move || {
+                diff_call(
+                    api,
+                    (request.0.as_ref(), request.1.as_ref()),
+                    (response.0.as_ref(), response.1.as_ref()),
+                    &options,
+                )
+            }
+        })
+        .await
+        .map_err(|error| DebugError::Internal(format!("diff task failed: {error}")))?;
+        Ok(diff)
+    }
+
+    /// A live tail of activity matching `filter`. A consumer too slow for
+    /// the bus misses messages rather than slowing anyone down.
+    pub fn activity(
+        &self,
+        filter: ActivityFilter,
+    ) -> impl Stream<Item = ActivityMessage> + Send + use<> {
+        BroadcastStream::new(self.activity.subscribe())
+            .filter_map(Result::ok)
+            .filter(move |message| filter.matches(message))
+    }
+
+    /// Parses a status filter value.
+    pub fn parse_status(status: &str) -> Result<CallStatus, DebugError> {
+        CallStatus::parse(status)
+            .ok_or_else(|| DebugError::InvalidArgument(format!("unknown status `{status}`")))
+    }
+}
+
+/// The JSON form of an event's payload (what both transports show).
+pub fn payload_json(event: &CallEvent) -> Value {
+    serde_json::to_value(&event.payload).unwrap_or(Value::Null)
+}

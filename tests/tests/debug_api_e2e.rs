@@ -1,0 +1,482 @@
+//! The debug API through real clients: gRPC (tonic) with reflection and
+//! health, the HTTP/JSON routes, the live activity tail on both, and the
+//! admin key.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use luthien_proto::v1::debug_client::DebugClient;
+use luthien_proto::v1::{
+    GetCallDiffRequest, GetCallRequest, ListCallsRequest, StreamActivityRequest,
+};
+use luthien_tests::databases::TestDatabase;
+use luthien_tests::{Client, Stack, StackOptions, TestResponse};
+use serde_json::{Value, json};
+use tonic::transport::Channel;
+
+const POLICY: &str = r#"
+policies:
+  - type: string_replace
+    config:
+      replacements: [{from: "fox", to: "cat"}]
+      apply_to: response
+"#;
+
+async fn stack(database: &TestDatabase, admin_key: Option<&str>) -> Stack {
+    Stack::start(StackOptions {
+        database_url: Some(database.url.clone()),
+        admin_key: admin_key.map(str::to_owned),
+        ..StackOptions::yaml(POLICY)
+    })
+    .await
+}
+
+async fn channel(stack: &Stack) -> Channel {
+    Channel::from_shared(stack.control_plane.clone().unwrap())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// Makes a call and waits until the store has its response event.
+async fn recorded_call(stack: &Stack, model: &str, stream: bool) -> String {
+    let body = json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "fox?"}]});
+    let response = Client::new()
+        .post(&stack.openai_url(), &[], body.to_string())
+        .await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    let call_id = response.header("x-luthien-call-id").unwrap().to_owned();
+    let url = format!(
+        "{}/debug/calls/{call_id}",
+        stack.debug_http.as_ref().unwrap()
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let detail = get(&url, &[]).await;
+        if detail.status == 200 && detail.json()["call"]["status"] == "completed" {
+            return call_id;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "call not recorded: {}",
+            detail.text()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn get(url: &str, headers: &[(&str, &str)]) -> TestResponse {
+    luthien_tests::client::read(Client::new().send("GET", url, headers, "").await).await
+}
+
+#[tokio::test]
+async fn reflection_lists_every_service_in_v1_and_v1alpha() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let channel = channel(&stack).await;
+
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let mut client = ServerReflectionClient::new(channel.clone());
+    let requests = tokio_stream::iter([
+        ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        },
+        ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::FileContainingSymbol(
+                "luthien.v1.Debug".into(),
+            )),
+        },
+    ]);
+    let mut responses = client
+        .server_reflection_info(requests)
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        responses.next().await.unwrap().unwrap().message_response
+    else {
+        panic!("list services answer");
+    };
+    let names: Vec<String> = list
+        .service
+        .into_iter()
+        .map(|service| service.name)
+        .collect();
+    for expected in [
+        "luthien.v1.ControlPlane",
+        "luthien.v1.Debug",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+    ] {
+        assert!(
+            names.iter().any(|name| name == expected),
+            "{expected} in {names:?}"
+        );
+    }
+    let Some(MessageResponse::FileDescriptorResponse(files)) =
+        responses.next().await.unwrap().unwrap().message_response
+    else {
+        panic!("describe answer");
+    };
+    assert!(
+        !files.file_descriptor_proto.is_empty(),
+        "Debug is describable"
+    );
+
+    // Older tools (grpcurl < 1.8, Postman, evans) only speak v1alpha.
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient as AlphaClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest as AlphaRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse as AlphaResponse;
+    let mut alpha = AlphaClient::new(channel);
+    let request = tonic_reflection::pb::v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(AlphaRequest::ListServices(String::new())),
+    };
+    let mut responses = alpha
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(AlphaResponse::ListServicesResponse(list)) =
+        responses.next().await.unwrap().unwrap().message_response
+    else {
+        panic!("v1alpha list services answer");
+    };
+    assert!(
+        list.service
+            .iter()
+            .any(|service| service.name == "luthien.v1.Debug")
+    );
+}
+
+#[tokio::test]
+async fn grpc_debug_lists_gets_and_diffs_calls() {
+    let database = TestDatabase::sqlite().await;
+    let stack = stack(&database, None).await;
+    let first = recorded_call(&stack, "gpt-4o-mini", false).await;
+    let second = recorded_call(&stack, "gpt-4o", true).await;
+    let mut client = DebugClient::new(channel(&stack).await);
+
+    let page = client
+        .list_calls(ListCallsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: Vec<&str> = page
+        .calls
+        .iter()
+        .map(|call| call.call_id.as_str())
+        .collect();
+    assert_eq!(ids, [second.as_str(), first.as_str()], "newest first");
+    assert!(page.calls[0].policy_changed);
+    assert!(page.calls[0].duration_ms.is_some());
+
+    let filtered = client
+        .list_calls(ListCallsRequest {
+            model: "gpt-4o-mini".into(),
+            ..ListCallsRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(filtered.calls.len(), 1);
+    assert_eq!(filtered.calls[0].call_id, first);
+
+    let paged = client
+        .list_calls(ListCallsRequest {
+            limit: 1,
+            ..ListCallsRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(paged.calls.len(), 1);
+    let rest = client
+        .list_calls(ListCallsRequest {
+            limit: 1,
+            cursor: paged.next_cursor,
+            ..ListCallsRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rest.calls[0].call_id, first);
+
+    let bad = client
+        .list_calls(ListCallsRequest {
+            status: "sideways".into(),
+            ..ListCallsRequest::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+
+    let call = client
+        .get_call(GetCallRequest {
+            call_id: second.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(call.call.unwrap().model, "gpt-4o");
+    assert_eq!(call.trace_url, format!("http://traces.example/{second}"));
+    let request = &call.events[0];
+    assert_eq!(request.event_type, "request");
+    // Payloads are real JSON objects, not strings.
+    let payload = request.payload.as_ref().unwrap();
+    let original = &payload.fields["original"];
+    assert!(matches!(
+        original.kind,
+        Some(prost_types::value::Kind::StructValue(_))
+    ));
+
+    let diff = client
+        .get_call_diff(GetCallDiffRequest {
+            call_id: second.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .diff
+        .unwrap();
+    let response = &diff.fields["response"];
+    let Some(prost_types::value::Kind::StructValue(response)) = &response.kind else {
+        panic!("response half of the diff");
+    };
+    assert!(matches!(
+        response.fields["changed"].kind,
+        Some(prost_types::value::Kind::BoolValue(true))
+    ));
+
+    let missing = client
+        .get_call(GetCallRequest {
+            call_id: "no-such-call".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+}
+
+#[tokio::test]
+async fn activity_is_pushed_over_grpc_and_sse_with_filters() {
+    let database = TestDatabase::sqlite().await;
+    let stack = stack(&database, None).await;
+    let mut client = DebugClient::new(channel(&stack).await);
+    let mut grpc_tail = client
+        .stream_activity(StreamActivityRequest {
+            model: "tail-model".into(),
+            ..StreamActivityRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let sse = Client::new()
+        .send(
+            "GET",
+            &format!(
+                "{}/debug/activity/stream?event_type=response",
+                stack.debug_http.as_ref().unwrap()
+            ),
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(sse.status(), 200);
+    assert_eq!(sse.headers()["content-type"], "text/event-stream");
+    let mut sse_body = sse.into_body();
+
+    recorded_call(&stack, "other-model", false).await;
+    let call_id = recorded_call(&stack, "tail-model", false).await;
+
+    let first = tokio::time::timeout(Duration::from_secs(10), grpc_tail.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        first.call_id, call_id,
+        "the model filter hid the other call"
+    );
+    assert_eq!(first.event_type, "request");
+
+    // The SSE tail only carries response events, of both calls.
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while text.matches("event: activity").count() < 2 {
+        let frame =
+            tokio::time::timeout_at(deadline, http_body_util::BodyExt::frame(&mut sse_body))
+                .await
+                .expect("SSE activity within 10 s")
+                .unwrap()
+                .unwrap();
+        if let Ok(data) = frame.into_data() {
+            text.push_str(std::str::from_utf8(&data).unwrap());
+        }
+    }
+    let events = luthien_tests::wire::events(text.as_bytes());
+    let activity: Vec<Value> = events
+        .iter()
+        .filter(|event| event.event.as_deref() == Some("activity"))
+        .map(|event| event.json())
+        .collect();
+    assert!(
+        activity
+            .iter()
+            .all(|message| message["event_type"] == "response"),
+        "{activity:?}"
+    );
+    assert!(
+        activity
+            .iter()
+            .any(|message| message["call_id"] == call_id.as_str())
+    );
+}
+
+#[tokio::test]
+async fn http_routes_answer_json_with_proper_statuses() {
+    let database = TestDatabase::sqlite().await;
+    let stack = stack(&database, None).await;
+    let call_id = recorded_call(&stack, "gpt-4o-mini", true).await;
+    let base = stack.debug_http.clone().unwrap();
+
+    let list = get(
+        &format!("{base}/debug/calls?model=gpt-4o-mini&limit=10"),
+        &[],
+    )
+    .await;
+    assert_eq!(list.status, 200);
+    assert_eq!(list.json()["calls"][0]["call_id"], call_id.as_str());
+    assert_eq!(list.json()["calls"][0]["stream"], true);
+
+    let detail = get(&format!("{base}/debug/calls/{call_id}"), &[])
+        .await
+        .json();
+    assert_eq!(detail["events"][0]["payload"]["type"], "request");
+    assert!(detail["events"][0]["payload"]["original"]["messages"].is_array());
+
+    let diff = get(&format!("{base}/debug/calls/{call_id}/diff"), &[]).await;
+    assert_eq!(diff.status, 200);
+    let diff = diff.json();
+    assert_eq!(diff["response"]["changed"], true);
+    assert_eq!(diff["request"]["changed"], false);
+    let segments = diff["response"]["text"]["segments"].as_array().unwrap();
+    assert!(
+        segments
+            .iter()
+            .any(|s| s["op"] == "delete" && s["text"].as_str().unwrap().contains("fox"))
+    );
+    assert!(
+        segments
+            .iter()
+            .any(|s| s["op"] == "insert" && s["text"].as_str().unwrap().contains("cat"))
+    );
+
+    let missing = get(&format!("{base}/debug/calls/nope"), &[]).await;
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.json()["error"]["code"], "not_found");
+    for bad in [
+        "status=sideways",
+        "limit=many",
+        "api=gemini",
+        "since=yesterday",
+        "cursor=garbage",
+    ] {
+        let response = get(&format!("{base}/debug/calls?{bad}"), &[]).await;
+        assert_eq!(response.status, 400, "{bad}: {}", response.text());
+        assert_eq!(response.json()["error"]["code"], "invalid_argument");
+    }
+}
+
+#[tokio::test]
+async fn the_admin_key_guards_grpc_and_http() {
+    let database = TestDatabase::sqlite().await;
+    let stack = stack(&database, Some("debug-secret")).await;
+    let base = stack.debug_http.clone().unwrap();
+
+    let denied = get(&format!("{base}/debug/calls"), &[]).await;
+    assert_eq!(denied.status, 401);
+    assert_eq!(denied.json()["error"]["code"], "unauthenticated");
+    let wrong = get(
+        &format!("{base}/debug/calls"),
+        &[("authorization", "Bearer nope")],
+    )
+    .await;
+    assert_eq!(wrong.status, 401);
+    let allowed = get(
+        &format!("{base}/debug/calls"),
+        &[("authorization", "Bearer debug-secret")],
+    )
+    .await;
+    assert_eq!(allowed.status, 200);
+
+    // The UI's login exchanges the key for an HttpOnly cookie.
+    let client = Client::new();
+    let login = luthien_tests::client::read(
+        client
+            .send(
+                "POST",
+                &format!("{base}/debug/login"),
+                &[("content-type", "application/json")],
+                r#"{"key":"debug-secret"}"#,
+            )
+            .await,
+    )
+    .await;
+    assert_eq!(login.status, 204);
+    let cookie = login.header("set-cookie").unwrap().to_owned();
+    assert!(cookie.contains("HttpOnly"));
+    let pair = cookie.split(';').next().unwrap();
+    let with_cookie = get(&format!("{base}/debug/calls"), &[("cookie", pair)]).await;
+    assert_eq!(with_cookie.status, 200);
+    let bad_login = luthien_tests::client::read(
+        client
+            .send(
+                "POST",
+                &format!("{base}/debug/login"),
+                &[],
+                r#"{"key":"guess"}"#,
+            )
+            .await,
+    )
+    .await;
+    assert_eq!(bad_login.status, 401);
+
+    let mut client = DebugClient::new(channel(&stack).await);
+    let status = client
+        .list_calls(ListCallsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    let mut request = tonic::Request::new(ListCallsRequest::default());
+    request
+        .metadata_mut()
+        .insert("authorization", "Bearer debug-secret".parse().unwrap());
+    assert!(client.list_calls(request).await.is_ok());
+}
+
+#[tokio::test]
+async fn without_an_admin_key_debug_http_stays_on_loopback() {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: luthien_controlplane::ControlPlaneConfig,
+    }
+    let open =
+        Cli::try_parse_from(["cp", "--http-listen", "0.0.0.0:0", "--admin-key", ""]).unwrap();
+    let listener = luthien_controlplane::server::bind_debug_http(&open.config)
+        .await
+        .unwrap();
+    assert!(listener.local_addr().unwrap().ip().is_loopback());
+    let keyed =
+        Cli::try_parse_from(["cp", "--http-listen", "0.0.0.0:0", "--admin-key", "k"]).unwrap();
+    let listener = luthien_controlplane::server::bind_debug_http(&keyed.config)
+        .await
+        .unwrap();
+    assert!(listener.local_addr().unwrap().ip().is_unspecified());
+}
