@@ -13,6 +13,7 @@ pub mod config;
 pub mod debug;
 pub mod diff;
 pub mod events;
+pub mod metrics;
 pub mod policy;
 pub mod reconstruct;
 pub mod recorder;

@@ -44,6 +44,10 @@ impl Recording {
     pub fn activity(&self) -> &ActivityBus {
         &self.activity
     }
+
+    pub fn sink(&self) -> Option<&EventSink> {
+        self.sink.as_ref()
+    }
 }
 
 /// How a streamed response looked on each side of the policy chain.

@@ -16,6 +16,7 @@ use crate::config::{self, ConfigError};
 use crate::debug::auth::AdminKey;
 use crate::debug::grpc::{self, DebugGrpc};
 use crate::debug::{self, DebugService};
+use crate::metrics::{self, MetricsSources};
 use crate::policy::Chain;
 use crate::recorder::Recording;
 use crate::service::{CallSettings, ControlPlaneService};
@@ -146,6 +147,8 @@ pub async fn serve(
     );
     let (recording, store, writer) = start_recording(&config, &shutdown).await?;
     let admin_key = AdminKey::new(config.admin_key.clone());
+    let recording_sink = recording.sink().cloned();
+    let activity = recording.activity().clone();
     let debug = DebugService::new(
         store,
         recording.activity().clone(),
@@ -191,7 +194,12 @@ pub async fn serve(
     let http_task = match http {
         Some(listener) => {
             tracing::info!(http_listen = %listener.local_addr()?, admin_key = admin_key.is_set(), "debug HTTP API and UI listening");
-            let app = debug::http::router(debug, admin_key);
+            let metrics = metrics::router(MetricsSources {
+                sink: recording_sink.clone(),
+                activity: activity.clone(),
+                calls: calls.clone(),
+            });
+            let app = debug::http::router(debug, admin_key).merge(metrics);
             let shutdown = shutdown.clone();
             Some(tokio::spawn(async move {
                 axum::serve(listener, app)

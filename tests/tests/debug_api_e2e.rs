@@ -480,3 +480,31 @@ async fn without_an_admin_key_debug_http_stays_on_loopback() {
         .unwrap();
     assert!(listener.local_addr().unwrap().ip().is_unspecified());
 }
+
+#[tokio::test]
+async fn metrics_expose_the_event_writer_and_activity_counters() {
+    let database = TestDatabase::sqlite().await;
+    let stack = stack(&database, None).await;
+    recorded_call(&stack, "gpt-4o-mini", false).await;
+    let metrics = get(
+        &format!("{}/metrics", stack.debug_http.as_ref().unwrap()),
+        &[],
+    )
+    .await;
+    assert_eq!(metrics.status, 200);
+    let value = |name: &str| -> u64 {
+        metrics
+            .text()
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} missing in:\n{}", metrics.text()))
+            .parse()
+            .unwrap()
+    };
+    assert!(
+        value("luthien_events_written_total") >= 3,
+        "call row, request and response events"
+    );
+    assert_eq!(value("luthien_events_dropped_total"), 0);
+    assert!(value("luthien_activity_published_total") >= 2);
+}

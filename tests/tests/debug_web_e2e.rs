@@ -378,10 +378,6 @@ async fn diff_viewer_shows_what_policies_changed_word_by_word() {
         "{response}"
     );
     assert!(
-        after.contains("CAT") && !after.contains("FOX"),
-        "{response}"
-    );
-    assert!(
         response["deleted"].as_str().unwrap().contains("Hello"),
         "{response}"
     );
