@@ -3,7 +3,11 @@
 use prost::Message;
 use std::path::PathBuf;
 
-const PROTOS: &[&str] = &["luthien/v1/control_plane.proto", "luthien/v1/debug.proto"];
+const PROTOS: &[&str] = &[
+    "luthien/v1/control_plane.proto",
+    "luthien/v1/debug.proto",
+    "luthien/v1/policies.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in PROTOS {

@@ -21,11 +21,11 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     luthien_telemetry::init(&cli.log);
     // An invalid policy file stops the process before it listens.
-    let chain = cli.config.load_chain()?;
+    let policies = cli.config.load_policies()?;
     let grpc = tokio::net::TcpListener::bind(cli.config.grpc_listen).await?;
     let http = luthien_controlplane::server::bind_debug_http(&cli.config).await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(luthien_telemetry::cancel_on_signal(shutdown.clone()));
-    luthien_controlplane::serve(cli.config, chain, grpc, Some(http), shutdown).await?;
+    luthien_controlplane::serve(cli.config, policies, grpc, Some(http), shutdown).await?;
     Ok(())
 }

@@ -7,14 +7,16 @@ use std::time::Duration;
 
 use luthien_proto::v1::control_plane_server::ControlPlaneServer;
 use luthien_proto::v1::debug_server::DebugServer;
+use luthien_proto::v1::policies_server::PoliciesServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::activity::{ActivityBus, ActivityError};
-use crate::config::{self, ConfigError};
+use crate::config::ConfigError;
+use crate::policy_source::PolicySource;
 use crate::debug::auth::AdminKey;
-use crate::debug::grpc::{self, DebugGrpc};
+use crate::debug::grpc::{self, DebugGrpc, PoliciesGrpc};
 use crate::debug::{self, DebugService};
 use crate::metrics::{self, MetricsSources};
 use crate::policy::Chain;
@@ -119,11 +121,12 @@ pub enum ServeError {
 }
 
 impl ControlPlaneConfig {
-    /// Loads the policy chain named by the configuration (or the default).
-    pub fn load_chain(&self) -> Result<Chain, ConfigError> {
+    /// Loads the policy chain named by the configuration (or the default
+    /// `noop`); a file-backed chain hot-reloads once served.
+    pub fn load_policies(&self) -> Result<PolicySource, ConfigError> {
         match &self.policy_config {
-            Some(path) => config::load_chain_file(path),
-            None => Ok(Chain::default()),
+            Some(path) => PolicySource::from_file(path),
+            None => Ok(PolicySource::fixed(Chain::default())),
         }
     }
 }
@@ -133,18 +136,21 @@ impl ControlPlaneConfig {
 /// (bounded) for calls in flight and drains the event store.
 pub async fn serve(
     config: ControlPlaneConfig,
-    chain: Chain,
+    policies: impl Into<PolicySource>,
     grpc: TcpListener,
     http: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let grpc_address = grpc.local_addr()?;
+    let policies = policies.into();
+    let chain = policies.chain();
     tracing::info!(
         grpc_listen = %grpc_address,
         policies = ?chain.policy_names(),
         observe_only = chain.read_only(),
         "control plane listening"
     );
+    policies.spawn_reloader(shutdown.clone());
     let (recording, store, writer) = start_recording(&config, &shutdown).await?;
     let admin_key = AdminKey::new(config.admin_key.clone());
     let recording_sink = recording.sink().cloned();
@@ -152,10 +158,11 @@ pub async fn serve(
     let debug = DebugService::new(
         store,
         recording.activity().clone(),
+        policies.clone(),
         config.trace_url_template.clone(),
     );
     let service = ControlPlaneService::new(
-        chain,
+        policies.clone(),
         CallSettings {
             keepalive_interval: config.keepalive_interval,
             start_timeout: Duration::from_secs(10),
@@ -175,20 +182,26 @@ pub async fn serve(
 
     // Debug data is never open by accident: without an admin key the Debug
     // RPCs are only served when the gRPC port is on loopback.
-    let debug_grpc = if admin_key.is_set() || grpc_address.ip().is_loopback() {
+    let (debug_grpc, policies_grpc) = if admin_key.is_set() || grpc_address.ip().is_loopback() {
         if !admin_key.is_set() {
             tracing::info!("no admin key: the Debug API is served on loopback only");
         }
-        Some(DebugServer::with_interceptor(
-            DebugGrpc::new(debug.clone()),
-            grpc::interceptor(admin_key.clone()),
-        ))
+        (
+            Some(DebugServer::with_interceptor(
+                DebugGrpc::new(debug.clone()),
+                grpc::interceptor(admin_key.clone()),
+            )),
+            Some(PoliciesServer::with_interceptor(
+                PoliciesGrpc::new(debug.clone()),
+                grpc::interceptor(admin_key.clone()),
+            )),
+        )
     } else {
         tracing::warn!(
             grpc_listen = %grpc_address,
-            "no admin key and a non-loopback gRPC address: the Debug gRPC service is off; set LUTHIEN_ADMIN_KEY to serve it"
+            "no admin key and a non-loopback gRPC address: the Debug and Policies gRPC services are off; set LUTHIEN_ADMIN_KEY to serve them"
         );
-        None
+        (None, None)
     };
 
     let http_task = match http {
@@ -221,6 +234,7 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(control_plane)
         .add_optional_service(debug_grpc)
+        .add_optional_service(policies_grpc)
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), shutdown.cancelled_owned())
         .await?;
 

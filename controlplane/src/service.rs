@@ -28,6 +28,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::{self, Api};
 use crate::policy::{CallChain, CallInfo, Chain, ImmediateResponse, RequestVerdict, SseEvent};
+use crate::policy_source::PolicySource;
 use crate::recorder::{CallRecorder, Recording};
 use crate::sse::SseDecoder;
 
@@ -47,16 +48,16 @@ pub struct CallSettings {
 /// The service; cheap to clone, shares the chain and the task tracker.
 #[derive(Clone)]
 pub struct ControlPlaneService {
-    chain: Arc<Chain>,
+    policies: PolicySource,
     settings: CallSettings,
     recording: Arc<Recording>,
     calls: TaskTracker,
 }
 
 impl ControlPlaneService {
-    pub fn new(chain: Chain, settings: CallSettings, recording: Recording) -> Self {
+    pub fn new(policies: PolicySource, settings: CallSettings, recording: Recording) -> Self {
         Self {
-            chain: Arc::new(chain),
+            policies,
             settings,
             recording: Arc::new(recording),
             calls: TaskTracker::new(),
@@ -79,7 +80,8 @@ impl ControlPlane for ControlPlaneService {
     ) -> Result<Response<Self::ProcessCallStream>, Status> {
         let (replies, reply_stream) = mpsc::channel(REPLY_QUEUE);
         let driver = CallDriver {
-            chain: Arc::clone(&self.chain),
+            // The call keeps this chain to its end, whatever reloads happen.
+            chain: self.policies.chain(),
             recording: Arc::clone(&self.recording),
             settings: self.settings,
             inbound: request.into_inner(),

@@ -492,10 +492,15 @@ function messagesList(messages) {
       let j = i;
       while (j < messages.length && messages[j].op === 'equal') j++;
       const run = messages.slice(i, j);
-      out.push(h('details', { class: 'equal-run' },
+      const roles = run.length <= 8 ? run.map((m) => m.role ?? '?').join(', ') : `#${run[0].before_index}–#${run.at(-1).before_index}`;
+      const details = h('details', { class: 'equal-run' },
         h('summary', null, `${run.length} unchanged message${run.length === 1 ? '' : 's'}`,
-          h('span', { class: 'muted' }, ` (${run.map((m) => m.role ?? '?').join(', ')})`)),
-        run.map(messagePair)));
+          h('span', { class: 'muted' }, ` (${roles})`)));
+      // Long agent conversations repeat hundreds of messages: build them only when opened.
+      details.addEventListener('toggle', () => {
+        if (details.open && details.childElementCount === 1) details.append(...run.map(messagePair));
+      });
+      out.push(details);
       i = j;
     } else {
       out.push(messagePair(messages[i]));

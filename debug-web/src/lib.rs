@@ -177,7 +177,7 @@ mod tests {
     use http_body_util::BodyExt;
     use tower::ServiceExt;
 
-    async fn get(path: &str, headers: &[(&str, &str)]) -> Response {
+    async fn send(path: &str, headers: &[(&str, &str)]) -> Response {
         let mut request = Request::get(path);
         for (name, value) in headers {
             request = request.header(*name, *value);
@@ -208,7 +208,7 @@ mod tests {
             ("/debug/diff", "Diff viewer"),
             ("/debug/activity", "Live activity"),
         ] {
-            let response = get(path, &[]).await;
+            let response = send(path, &[]).await;
             assert_eq!(response.status(), StatusCode::OK, "{path}");
             assert_eq!(header(&response, "content-type"), HTML);
             assert_eq!(header(&response, "cache-control"), "no-cache");
@@ -229,7 +229,7 @@ mod tests {
             ("diff.js", JS),
             ("activity.js", JS),
         ] {
-            let response = get(&format!("/debug/assets/{name}"), &[]).await;
+            let response = send(&format!("/debug/assets/{name}"), &[]).await;
             assert_eq!(response.status(), StatusCode::OK, "{name}");
             assert_eq!(header(&response, "content-type"), content_type, "{name}");
             assert_eq!(header(&response, "cache-control"), "no-cache", "{name}");
@@ -268,28 +268,28 @@ mod tests {
 
     #[tokio::test]
     async fn a_matching_etag_answers_not_modified() {
-        let first = get("/debug/assets/diff.js", &[]).await;
+        let first = send("/debug/assets/diff.js", &[]).await;
         let etag = header(&first, "etag").to_owned();
-        let again = get("/debug/assets/diff.js", &[("if-none-match", &etag)]).await;
+        let again = send("/debug/assets/diff.js", &[("if-none-match", &etag)]).await;
         assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
         assert!(body(again).await.is_empty());
-        let changed = get("/debug/assets/diff.js", &[("if-none-match", "\"0\"")]).await;
+        let changed = send("/debug/assets/diff.js", &[("if-none-match", "\"0\"")]).await;
         assert_eq!(changed.status(), StatusCode::OK);
     }
 
     #[tokio::test]
     async fn unknown_assets_are_not_found() {
         for path in ["/debug/assets/nope.js", "/debug/assets/..%2Fsrc%2Flib.rs"] {
-            assert_eq!(get(path, &[]).await.status(), StatusCode::NOT_FOUND);
+            assert_eq!(send(path, &[]).await.status(), StatusCode::NOT_FOUND);
         }
     }
 
     #[tokio::test]
     async fn debug_redirects_to_the_diff_viewer_keeping_the_query() {
-        let response = get("/debug", &[]).await;
+        let response = send("/debug", &[]).await;
         assert!(response.status().is_redirection());
         assert_eq!(header(&response, "location"), "/debug/diff");
-        let response = get("/debug?call_id=abc", &[]).await;
+        let response = send("/debug?call_id=abc", &[]).await;
         assert_eq!(header(&response, "location"), "/debug/diff?call_id=abc");
     }
 
@@ -298,7 +298,7 @@ mod tests {
         #[derive(Clone)]
         struct AppState;
         let _app: Router = Router::new()
-            .route("/other", axum::routing::get(|| async { "ok" }))
+            .route("/other", get(|| async { "ok" }))
             .merge(router::<AppState>())
             .with_state(AppState);
     }

@@ -1,5 +1,16 @@
-//! `luthien`: the command for local use. `luthien up` runs the control plane
-//! and the data plane in one process, wired to each other over loopback.
+//! `luthien`: the command for local use and operations.
+//!
+//! - `luthien up` runs the control plane and the data plane in one process,
+//!   wired to each other over loopback;
+//! - `luthien policy check FILE` validates a policy file without starting
+//!   anything;
+//! - `luthien replay` runs recorded calls through another policy file and
+//!   prints what would change, without calling any LLM.
+
+mod replay;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use luthien_controlplane::ControlPlaneConfig;
@@ -28,17 +39,62 @@ enum Command {
         #[command(flatten)]
         log: LogArgs,
     },
+    /// Work with policy files.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Run recorded calls through a policy file and show what would change.
+    Replay(replay::ReplayArgs),
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let Command::Up {
-        control_plane,
-        mut data_plane,
-        log,
-    } = Cli::parse().command;
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate a policy file; exits non-zero with the error when it is bad.
+    Check {
+        /// The YAML policy file.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let command = Cli::parse().command;
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("luthien: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async move {
+        match command {
+            Command::Up {
+                control_plane,
+                data_plane,
+                log,
+            } => up(control_plane, data_plane, log).await,
+            Command::Policy {
+                command: PolicyCommand::Check { file },
+            } => check(&file),
+            Command::Replay(args) => replay::run(args).await,
+        }
+    });
+    match outcome {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("luthien: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn up(
+    control_plane: ControlPlaneConfig,
+    mut data_plane: DataPlaneConfig,
+    log: LogArgs,
+) -> anyhow::Result<ExitCode> {
     luthien_telemetry::init(&log);
-    let chain = control_plane.load_chain()?;
+    let policies = control_plane.load_policies()?;
     let grpc_listener = tokio::net::TcpListener::bind(control_plane.grpc_listen).await?;
     let http_listener = luthien_controlplane::server::bind_debug_http(&control_plane).await?;
     data_plane.control_plane = format!("http://{}", grpc_listener.local_addr()?);
@@ -48,7 +104,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(luthien_telemetry::cancel_on_signal(shutdown.clone()));
     let control = tokio::spawn(luthien_controlplane::serve(
         control_plane,
-        chain,
+        policies,
         grpc_listener,
         Some(http_listener),
         shutdown.clone(),
@@ -60,5 +116,27 @@ async fn main() -> anyhow::Result<()> {
     let control = control.await?;
     data?;
     control?;
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check(file: &std::path::Path) -> anyhow::Result<ExitCode> {
+    match luthien_controlplane::config::load_chain_file(file) {
+        Ok(chain) => {
+            let mode = if chain.read_only() {
+                "observe (every policy is read-only)"
+            } else {
+                "transform"
+            };
+            println!("{}: ok", file.display());
+            for (position, policy) in chain.policies().iter().enumerate() {
+                println!("  {}. {} ({})", position + 1, policy.name(), policy.kind());
+            }
+            println!("  calls run in {mode} mode");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error) => {
+            eprintln!("{error}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }

@@ -43,7 +43,7 @@ const INSTALL_HINT: &str = "the debug web UI tests drive a real headless Chromiu
 /// A headless Chromium behind its own chromedriver; both end with the value.
 struct Browser {
     client: WebDriver,
-    driver: Child,
+    _driver: Driver,
     _profile: tempfile::TempDir,
 }
 
@@ -56,7 +56,7 @@ impl Browser {
         let (driver, url) = loop {
             attempts += 1;
             let port = free_port();
-            let mut driver = Command::new(&chromedriver)
+            let child = Command::new(&chromedriver)
                 .arg(format!("--port={port}"))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -70,11 +70,11 @@ impl Browser {
                         chromedriver.display()
                     )
                 });
+            let mut driver = Driver(Some(child));
             let url = format!("http://127.0.0.1:{port}");
             if wait_until_ready(port, &mut driver).await {
                 break (driver, url);
             }
-            kill_group(&mut driver);
             assert!(attempts < 3, "chromedriver did not start; {INSTALL_HINT}");
         };
         let capabilities = json!({
@@ -109,7 +109,7 @@ impl Browser {
             });
         Browser {
             client,
-            driver,
+            _driver: driver,
             _profile: profile,
         }
     }
@@ -185,29 +185,28 @@ impl Browser {
         eprintln!("screenshot: {}", path.display());
     }
 
-    async fn quit(mut self) {
+    /// Ends the WebDriver session, then chromedriver (see [`Driver`]).
+    async fn quit(self) {
         let _ = self.client.clone().close().await;
-        kill_group(&mut self.driver);
     }
 }
 
-impl Drop for Browser {
+/// chromedriver, in its own process group. Dropping it ends the whole group,
+/// so the Chromium it started goes too, however the test ends.
+struct Driver(Option<Child>);
+
+impl Drop for Driver {
     fn drop(&mut self) {
-        kill_group(&mut self.driver);
+        let Some(mut child) = self.0.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", child.id())])
+            .stderr(Stdio::null())
+            .status();
+        let _ = child.kill();
+        let _ = child.wait();
     }
-}
-
-/// Ends chromedriver and every browser process it started.
-fn kill_group(driver: &mut Child) {
-    if matches!(driver.try_wait(), Ok(Some(_))) {
-        return;
-    }
-    let _ = Command::new("kill")
-        .args(["-KILL", "--", &format!("-{}", driver.id())])
-        .stderr(Stdio::null())
-        .status();
-    let _ = driver.kill();
-    let _ = driver.wait();
 }
 
 fn find_program(variable: &str, names: &[&str]) -> PathBuf {
@@ -227,10 +226,14 @@ fn free_port() -> u16 {
 }
 
 /// Whether chromedriver on `port` answers `/status` (false if it exited or never did).
-async fn wait_until_ready(port: u16, driver: &mut Child) -> bool {
+async fn wait_until_ready(port: u16, driver: &mut Driver) -> bool {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while tokio::time::Instant::now() < deadline {
-        if matches!(driver.try_wait(), Ok(Some(_))) {
+        let exited = driver
+            .0
+            .as_mut()
+            .is_none_or(|child| matches!(child.try_wait(), Ok(Some(_))));
+        if exited {
             return false;
         }
         if tokio::net::TcpStream::connect(("127.0.0.1", port))

@@ -6,10 +6,14 @@ use std::pin::Pin;
 
 use futures_util::{Stream, StreamExt};
 use luthien_proto::v1::debug_server::Debug;
+use luthien_proto::v1::policies_server::Policies;
 use luthien_proto::v1::{
     ActivityEvent, CallEvent as ProtoCallEvent, CallSummary as ProtoCallSummary,
     GetCallDiffRequest, GetCallDiffResponse, GetCallRequest, GetCallResponse, ListCallsRequest,
     ListCallsResponse, StreamActivityRequest,
+};
+use luthien_proto::v1::{
+    GetPolicyRequest, GetPolicyResponse, PolicyEntry, ReplayCallRequest, ReplayCallResponse,
 };
 use prost_types::value::Kind;
 use serde_json::Value;
@@ -152,6 +156,63 @@ impl Debug for DebugGrpc {
             .activity(filter)
             .map(|message| Ok(activity(message)));
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// The gRPC face of policy administration (same service, same key).
+#[derive(Clone)]
+pub struct PoliciesGrpc {
+    service: DebugService,
+}
+
+impl PoliciesGrpc {
+    pub fn new(service: DebugService) -> Self {
+        Self { service }
+    }
+}
+
+#[tonic::async_trait]
+impl Policies for PoliciesGrpc {
+    async fn get_policy(
+        &self,
+        _request: Request<GetPolicyRequest>,
+    ) -> Result<Response<GetPolicyResponse>, Status> {
+        let view = self.service.policy();
+        Ok(Response::new(GetPolicyResponse {
+            policies: view
+                .policies
+                .into_iter()
+                .map(|entry| PolicyEntry {
+                    kind: entry.kind,
+                    name: entry.name,
+                    read_only: entry.read_only,
+                })
+                .collect(),
+            path: view.path.unwrap_or_default(),
+            yaml: view.yaml,
+            loaded_at_micros: view.loaded_at_micros,
+        }))
+    }
+
+    async fn replay_call(
+        &self,
+        request: Request<ReplayCallRequest>,
+    ) -> Result<Response<ReplayCallResponse>, Status> {
+        let request = request.into_inner();
+        let outcome = self
+            .service
+            .replay_call(&request.call_id, Some(&request.policy_yaml))
+            .await?;
+        let diff = serde_json::to_value(&outcome.diff)
+            .map_err(|error| Status::internal(format!("diff not encodable: {error}")))?;
+        Ok(Response::new(ReplayCallResponse {
+            call_id: outcome.call_id,
+            blocked: outcome.blocked.is_some(),
+            block_reason: outcome.blocked.unwrap_or_default(),
+            changed: outcome.changed,
+            diff: Some(to_struct(diff)),
+            policy_events: outcome.policy_events.into_iter().map(to_struct).collect(),
+        }))
     }
 }
 

@@ -39,6 +39,8 @@ pub fn router(service: DebugService, key: AdminKey) -> Router {
         .route("/debug/calls/{call_id}", get(get_call))
         .route("/debug/calls/{call_id}/diff", get(call_diff))
         .route("/debug/activity/stream", get(activity_stream))
+        .route("/debug/policy", get(policy))
+        .route("/debug/calls/{call_id}/replay", post(replay_call))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key))
         .route("/debug/login", post(login))
         .with_state(state);
@@ -200,6 +202,36 @@ async fn call_diff(
     Path(call_id): Path<String>,
 ) -> Result<Response, DebugError> {
     Ok(Json(state.service.call_diff(&call_id).await?).into_response())
+}
+
+async fn policy(State(state): State<HttpState>) -> Response {
+    Json(state.service.policy()).into_response()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ReplayBody {
+    /// A policy file's text; absent replays through the active chain.
+    policy_yaml: Option<String>,
+}
+
+async fn replay_call(
+    State(state): State<HttpState>,
+    Path(call_id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, DebugError> {
+    let body: ReplayBody = if body.is_empty() {
+        ReplayBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|error| {
+            DebugError::InvalidArgument(format!("send {{\"policy_yaml\": \"...\"}} or nothing: {error}"))
+        })?
+    };
+    let outcome = state
+        .service
+        .replay_call(&call_id, body.policy_yaml.as_deref())
+        .await?;
+    Ok(Json(outcome).into_response())
 }
 
 async fn activity_stream(

@@ -21,6 +21,9 @@ use crate::activity::{ActivityBus, ActivityMessage};
 use crate::api::Api;
 use crate::diff::{CallDiff, DiffOptions, diff_call};
 use crate::events::{CallEvent, CallStatus, CallSummary, EventPayload};
+use crate::config;
+use crate::policy_source::PolicySource;
+use crate::replay::{self, ReplayOutcome};
 use crate::store::{CallFilter, CallPage, Store, StoreError};
 
 /// What went wrong answering a debug query; each transport maps it to its
@@ -82,6 +85,7 @@ impl ActivityFilter {
 pub struct DebugService {
     store: Option<Store>,
     activity: ActivityBus,
+    policies: PolicySource,
     trace_url_template: Option<String>,
     diff_options: DiffOptions,
 }
@@ -90,11 +94,13 @@ impl DebugService {
     pub fn new(
         store: Option<Store>,
         activity: ActivityBus,
+        policies: PolicySource,
         trace_url_template: Option<String>,
     ) -> Self {
         Self {
             store,
             activity,
+            policies,
             trace_url_template,
             diff_options: DiffOptions {
                 time_budget: Duration::from_millis(500),
@@ -199,11 +205,64 @@ impl DebugService {
             .filter(move |message| filter.matches(message))
     }
 
+    /// The chain new calls run with.
+    pub fn policy(&self) -> PolicyView {
+        let loaded = self.policies.current();
+        PolicyView {
+            policies: loaded
+                .chain
+                .policies()
+                .iter()
+                .map(|policy| PolicyEntryView {
+                    kind: policy.kind().to_owned(),
+                    name: policy.name().to_owned(),
+                    read_only: policy.read_only(),
+                })
+                .collect(),
+            path: loaded.path.as_ref().map(|path| path.display().to_string()),
+            yaml: loaded.yaml.clone(),
+            loaded_at_micros: loaded.loaded_at_micros,
+        }
+    }
+
+    /// Replays a recorded call through `policy_yaml` (or the active chain).
+    pub async fn replay_call(
+        &self,
+        call_id: &str,
+        policy_yaml: Option<&str>,
+    ) -> Result<ReplayOutcome, DebugError> {
+        let chain = match policy_yaml.filter(|yaml| !yaml.trim().is_empty()) {
+            Some(yaml) => std::sync::Arc::new(
+                config::parse_chain(yaml, "replay policy")
+                    .map_err(|error| DebugError::InvalidArgument(error.to_string()))?,
+            ),
+            None => self.policies.chain(),
+        };
+        let detail = self.get_call(call_id).await?;
+        Ok(replay::replay(&chain, &detail, &self.diff_options).await)
+    }
+
     /// Parses a status filter value.
     pub fn parse_status(status: &str) -> Result<CallStatus, DebugError> {
         CallStatus::parse(status)
             .ok_or_else(|| DebugError::InvalidArgument(format!("unknown status `{status}`")))
     }
+}
+
+/// The active chain, as the policy routes show it.
+#[derive(Clone, Debug, Serialize)]
+pub struct PolicyView {
+    pub policies: Vec<PolicyEntryView>,
+    pub path: Option<String>,
+    pub yaml: String,
+    pub loaded_at_micros: i64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PolicyEntryView {
+    pub kind: String,
+    pub name: String,
+    pub read_only: bool,
 }
 
 /// The JSON form of an event's payload (what both transports show).

@@ -1,0 +1,160 @@
+//! `luthien replay`: reads recorded calls straight from the event store,
+//! runs them through a policy file and prints what would change. Nothing is
+//! sent to any LLM and nothing is written.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use luthien_controlplane::activity::ActivityBus;
+use luthien_controlplane::debug::DebugService;
+use luthien_controlplane::diff::{Op, Segment, SegmentOp, TextChange};
+use luthien_controlplane::policy_source::PolicySource;
+use luthien_controlplane::replay::ReplayOutcome;
+use luthien_controlplane::store::{CallFilter, Store, StoreOptions};
+
+#[derive(Debug, clap::Args)]
+pub struct ReplayArgs {
+    /// The policy file to try.
+    #[arg(long)]
+    policy: PathBuf,
+    /// One recorded call to replay (prints its full diff).
+    #[arg(long = "call-id", conflicts_with_all = ["since", "limit"])]
+    call_id: Option<String>,
+    /// Replay calls recorded since this long ago (`2h`, `30m`) or since this
+    /// time (`2026-11-27T06:00:00Z`).
+    #[arg(long)]
+    since: Option<String>,
+    /// How many of the newest calls to replay.
+    #[arg(long, default_value_t = 100)]
+    limit: u32,
+    /// The event store to read.
+    #[arg(long = "database-url", env = "DATABASE_URL", default_value = "sqlite://luthien.db")]
+    database_url: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let policies = PolicySource::from_file(&args.policy)?;
+    let store = Store::open(
+        &args.database_url,
+        StoreOptions {
+            migrate: false,
+            ..StoreOptions::default()
+        },
+    )
+    .await
+    .context("opening the event store")?;
+    let service = DebugService::new(Some(store), ActivityBus::in_process(), policies, None);
+
+    if let Some(call_id) = &args.call_id {
+        let outcome = service.replay_call(call_id, None).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&outcome)?);
+        } else {
+            print_one(&outcome);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let filter = CallFilter {
+        since_micros: args.since.as_deref().map(parse_since).transpose()?,
+        limit: Some(args.limit),
+        ..CallFilter::default()
+    };
+    let page = service.list_calls(filter).await?;
+    let mut outcomes = Vec::with_capacity(page.calls.len());
+    for call in &page.calls {
+        outcomes.push(service.replay_call(&call.call_id, None).await?);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&outcomes)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (call, outcome) in page.calls.iter().zip(&outcomes) {
+        println!("{}  {:<24} {}", outcome.call_id, call.model, verdict(outcome));
+    }
+    let blocked = outcomes.iter().filter(|outcome| outcome.blocked.is_some()).count();
+    let changed = outcomes.iter().filter(|outcome| outcome.changed).count();
+    let failed = outcomes.iter().filter(|outcome| outcome.error.is_some()).count();
+    println!(
+        "\n{} calls replayed: {changed} would change ({blocked} blocked), {} unchanged, {failed} with policy errors",
+        outcomes.len(),
+        outcomes.len() - changed,
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verdict(outcome: &ReplayOutcome) -> String {
+    match (&outcome.blocked, outcome.changed) {
+        (Some(reason), _) => format!("blocked: {reason}"),
+        (None, true) => "changed".to_owned(),
+        (None, false) => "unchanged".to_owned(),
+    }
+}
+
+fn print_one(outcome: &ReplayOutcome) {
+    println!("call {}: {}", outcome.call_id, verdict(outcome));
+    if let Some(error) = &outcome.error {
+        println!("policy error: {error}");
+    }
+    let diff = &outcome.diff;
+    println!("\nrequest: {}", if diff.request.changed { "changed" } else { "unchanged" });
+    for param in &diff.request.params {
+        println!("  {}: {} -> {}", param.path, param.before, param.after);
+    }
+    for message in diff.request.messages.iter().filter(|message| message.op != Op::Equal) {
+        println!("  message {:?} ({})", message.op, message.role.as_deref().unwrap_or("?"));
+        if let Some(segments) = &message.segments {
+            println!("    {}", render(segments));
+        }
+    }
+    println!("response: {}", if diff.response.changed { "changed" } else { "unchanged" });
+    if let Some(text) = diff.response.text.as_ref().filter(|text| text.segments.is_some()) {
+        print_text(text);
+    }
+    for call in diff.response.tool_calls.iter().filter(|call| call.op != Op::Equal) {
+        println!("  tool call {:?} {}", call.op, call.name.as_deref().unwrap_or("?"));
+    }
+    if let Some(reason) = &diff.response.finish_reason
+        && reason.before != reason.after
+    {
+        println!("  finish reason: {} -> {}", reason.before, reason.after);
+    }
+    for event in &outcome.policy_events {
+        println!("policy event: {} {}: {}", event["policy"], event["action"], event["summary"]);
+    }
+}
+
+fn print_text(text: &TextChange) {
+    if let Some(segments) = &text.segments {
+        println!("  text: {}", render(segments));
+    }
+}
+
+/// `[-removed-]{+added+}` inline, like `git diff --word-diff`.
+fn render(segments: &[Segment]) -> String {
+    segments
+        .iter()
+        .map(|segment| match segment.op {
+            SegmentOp::Delete => format!("[-{}-]", segment.text),
+            SegmentOp::Insert => format!("{{+{}+}}", segment.text),
+            SegmentOp::Equal => segment.text.clone(),
+        })
+        .collect()
+}
+
+fn parse_since(text: &str) -> anyhow::Result<i64> {
+    let at = match humantime::parse_duration(text) {
+        Ok(ago) => SystemTime::now()
+            .checked_sub(ago)
+            .context("--since is before the epoch")?,
+        Err(_) => humantime::parse_rfc3339_weak(text)
+            .with_context(|| format!("--since `{text}`: use a duration (2h) or a time (2026-11-27T06:00:00Z)"))?,
+    };
+    let micros = at.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_micros();
+    Ok(i64::try_from(micros).unwrap_or(i64::MAX))
+}
