@@ -13,6 +13,7 @@ mod anthropic;
 #[cfg(test)]
 pub(crate) mod fixtures;
 mod openai;
+pub mod reply;
 
 use bytes::Bytes;
 use serde_json::Value;

@@ -30,6 +30,22 @@ const POLICY_TYPES: &[(&str, BuildPolicy)] = &[
     (Noop::KIND, build::<Noop>),
     (AllCaps::KIND, build::<AllCaps>),
     (StringReplace::KIND, build::<StringReplace>),
+    (
+        crate::policy::tool_call_filter::ToolCallFilter::KIND,
+        build::<crate::policy::tool_call_filter::ToolCallFilter>,
+    ),
+    (
+        crate::policy::llm_judge::LlmJudge::KIND,
+        build::<crate::policy::llm_judge::LlmJudge>,
+    ),
+    (
+        crate::policy::regex_redact::RegexRedact::KIND,
+        build::<crate::policy::regex_redact::RegexRedact>,
+    ),
+    (
+        crate::policy::block::Block::KIND,
+        build::<crate::policy::block::Block>,
+    ),
 ];
 
 fn build<P: FromConfig>(

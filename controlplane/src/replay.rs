@@ -70,10 +70,9 @@ pub async fn replay(chain: &Chain, call: &CallDetail, diff_options: &DiffOptions
     match policies.on_request(&mut request).await {
         Ok(RequestVerdict::Respond(immediate)) => {
             blocked = Some(immediate.reason.clone());
-            response = Some(
-                serde_json::from_slice(&immediate.body)
-                    .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&immediate.body).into_owned())),
-            );
+            response = Some(serde_json::from_slice(&immediate.body).unwrap_or_else(|_| {
+                Value::String(String::from_utf8_lossy(&immediate.body).into_owned())
+            }));
         }
         Ok(RequestVerdict::Continue) => {
             if let Some(original) = recorded_response.0 {

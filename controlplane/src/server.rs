@@ -14,12 +14,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::activity::{ActivityBus, ActivityError};
 use crate::config::ConfigError;
-use crate::policy_source::PolicySource;
 use crate::debug::auth::AdminKey;
 use crate::debug::grpc::{self, DebugGrpc, PoliciesGrpc};
 use crate::debug::{self, DebugService};
 use crate::metrics::{self, MetricsSources};
 use crate::policy::Chain;
+use crate::policy_source::PolicySource;
 use crate::recorder::Recording;
 use crate::service::{CallSettings, ControlPlaneService};
 use crate::store::{Store, StoreError, StoreOptions, WriterHandle, WriterOptions, spawn_writer};

@@ -30,7 +30,11 @@ pub struct ReplayArgs {
     #[arg(long, default_value_t = 100)]
     limit: u32,
     /// The event store to read.
-    #[arg(long = "database-url", env = "DATABASE_URL", default_value = "sqlite://luthien.db")]
+    #[arg(
+        long = "database-url",
+        env = "DATABASE_URL",
+        default_value = "sqlite://luthien.db"
+    )]
     database_url: String,
     /// Print JSON instead of text.
     #[arg(long)]
@@ -75,11 +79,22 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     for (call, outcome) in page.calls.iter().zip(&outcomes) {
-        println!("{}  {:<24} {}", outcome.call_id, call.model, verdict(outcome));
+        println!(
+            "{}  {:<24} {}",
+            outcome.call_id,
+            call.model,
+            verdict(outcome)
+        );
     }
-    let blocked = outcomes.iter().filter(|outcome| outcome.blocked.is_some()).count();
+    let blocked = outcomes
+        .iter()
+        .filter(|outcome| outcome.blocked.is_some())
+        .count();
     let changed = outcomes.iter().filter(|outcome| outcome.changed).count();
-    let failed = outcomes.iter().filter(|outcome| outcome.error.is_some()).count();
+    let failed = outcomes
+        .iter()
+        .filter(|outcome| outcome.error.is_some())
+        .count();
     println!(
         "\n{} calls replayed: {changed} would change ({blocked} blocked), {} unchanged, {failed} with policy errors",
         outcomes.len(),
@@ -102,22 +117,59 @@ fn print_one(outcome: &ReplayOutcome) {
         println!("policy error: {error}");
     }
     let diff = &outcome.diff;
-    println!("\nrequest: {}", if diff.request.changed { "changed" } else { "unchanged" });
+    println!(
+        "\nrequest: {}",
+        if diff.request.changed {
+            "changed"
+        } else {
+            "unchanged"
+        }
+    );
     for param in &diff.request.params {
         println!("  {}: {} -> {}", param.path, param.before, param.after);
     }
-    for message in diff.request.messages.iter().filter(|message| message.op != Op::Equal) {
-        println!("  message {:?} ({})", message.op, message.role.as_deref().unwrap_or("?"));
+    for message in diff
+        .request
+        .messages
+        .iter()
+        .filter(|message| message.op != Op::Equal)
+    {
+        println!(
+            "  message {:?} ({})",
+            message.op,
+            message.role.as_deref().unwrap_or("?")
+        );
         if let Some(segments) = &message.segments {
             println!("    {}", render(segments));
         }
     }
-    println!("response: {}", if diff.response.changed { "changed" } else { "unchanged" });
-    if let Some(text) = diff.response.text.as_ref().filter(|text| text.segments.is_some()) {
+    println!(
+        "response: {}",
+        if diff.response.changed {
+            "changed"
+        } else {
+            "unchanged"
+        }
+    );
+    if let Some(text) = diff
+        .response
+        .text
+        .as_ref()
+        .filter(|text| text.segments.is_some())
+    {
         print_text(text);
     }
-    for call in diff.response.tool_calls.iter().filter(|call| call.op != Op::Equal) {
-        println!("  tool call {:?} {}", call.op, call.name.as_deref().unwrap_or("?"));
+    for call in diff
+        .response
+        .tool_calls
+        .iter()
+        .filter(|call| call.op != Op::Equal)
+    {
+        println!(
+            "  tool call {:?} {}",
+            call.op,
+            call.name.as_deref().unwrap_or("?")
+        );
     }
     if let Some(reason) = &diff.response.finish_reason
         && reason.before != reason.after
@@ -125,7 +177,10 @@ fn print_one(outcome: &ReplayOutcome) {
         println!("  finish reason: {} -> {}", reason.before, reason.after);
     }
     for event in &outcome.policy_events {
-        println!("policy event: {} {}: {}", event["policy"], event["action"], event["summary"]);
+        println!(
+            "policy event: {} {}: {}",
+            event["policy"], event["action"], event["summary"]
+        );
     }
 }
 
@@ -152,9 +207,13 @@ fn parse_since(text: &str) -> anyhow::Result<i64> {
         Ok(ago) => SystemTime::now()
             .checked_sub(ago)
             .context("--since is before the epoch")?,
-        Err(_) => humantime::parse_rfc3339_weak(text)
-            .with_context(|| format!("--since `{text}`: use a duration (2h) or a time (2026-11-27T06:00:00Z)"))?,
+        Err(_) => humantime::parse_rfc3339_weak(text).with_context(|| {
+            format!("--since `{text}`: use a duration (2h) or a time (2026-11-27T06:00:00Z)")
+        })?,
     };
-    let micros = at.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_micros();
+    let micros = at
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_micros();
     Ok(i64::try_from(micros).unwrap_or(i64::MAX))
 }

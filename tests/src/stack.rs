@@ -17,6 +17,8 @@ pub enum ControlPlane {
     Chain(Chain),
     /// A real control plane configured by this YAML policy file content.
     Yaml(String),
+    /// A real control plane reading (and hot-reloading) this policy file.
+    File(std::path::PathBuf),
     /// An address where nothing listens.
     Down,
     /// Some other server (e.g. a scripted fake) at this URL.
@@ -113,6 +115,12 @@ impl Stack {
                 let (grpc, http) = start_control_plane(chain, &recording, &shutdown).await;
                 (Some(grpc), Some(http))
             }
+            ControlPlane::File(path) => {
+                let policies = luthien_controlplane::policy_source::PolicySource::from_file(&path)
+                    .expect("test policy file is valid");
+                let (grpc, http) = start_control_plane(policies, &recording, &shutdown).await;
+                (Some(grpc), Some(http))
+            }
             ControlPlane::External(url) => (Some(url), None),
             ControlPlane::Down => (None, None),
         };
@@ -191,7 +199,7 @@ struct Recording {
 
 /// Starts a control plane; returns its gRPC and debug HTTP base URLs.
 async fn start_control_plane(
-    chain: Chain,
+    chain: impl Into<luthien_controlplane::policy_source::PolicySource> + Send + 'static,
     recording: &Recording,
     shutdown: &CancellationToken,
 ) -> (String, String) {

@@ -224,7 +224,9 @@ async fn replay_call(
         ReplayBody::default()
     } else {
         serde_json::from_slice(&body).map_err(|error| {
-            DebugError::InvalidArgument(format!("send {{\"policy_yaml\": \"...\"}} or nothing: {error}"))
+            DebugError::InvalidArgument(format!(
+                "send {{\"policy_yaml\": \"...\"}} or nothing: {error}"
+            ))
         })?
     };
     let outcome = state

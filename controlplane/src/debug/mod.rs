@@ -19,9 +19,9 @@ use tokio_stream::wrappers::BroadcastStream;
 
 use crate::activity::{ActivityBus, ActivityMessage};
 use crate::api::Api;
+use crate::config;
 use crate::diff::{CallDiff, DiffOptions, diff_call};
 use crate::events::{CallEvent, CallStatus, CallSummary, EventPayload};
-use crate::config;
 use crate::policy_source::PolicySource;
 use crate::replay::{self, ReplayOutcome};
 use crate::store::{CallFilter, CallPage, Store, StoreError};

@@ -7,9 +7,14 @@
 //! events in reverse order, like layers of middleware.
 
 pub mod all_caps;
+pub mod block;
 pub mod chain;
+pub mod llm_judge;
 pub mod noop;
+pub mod regex_redact;
 pub mod string_replace;
+pub mod tool_call_filter;
+pub mod tool_calls;
 
 use async_trait::async_trait;
 use bytes::Bytes;

@@ -117,7 +117,12 @@ impl FromConfig for RegexRedact {
     fn from_config(name: String, config: RegexRedactConfig) -> Result<Self, String> {
         Ok(Self {
             name,
-            redactor: Arc::new(compile(config.presets, config.patterns, &config.replacement, config.max_match_chars)?),
+            redactor: Arc::new(compile(
+                config.presets,
+                config.patterns,
+                &config.replacement,
+                config.max_match_chars,
+            )?),
             apply_to: config.apply_to,
         })
     }
@@ -131,9 +136,11 @@ fn compile(
     max_match_chars: usize,
 ) -> Result<Redactor, String> {
     if presets.is_empty() && user_patterns.is_empty() {
-        return Err("presets: give at least one preset or pattern (presets: [emails, \
+        return Err(
+            "presets: give at least one preset or pattern (presets: [emails, \
                     phone_numbers, credit_cards, api_keys], or patterns: [{name, regex}])"
-            .to_owned());
+                .to_owned(),
+        );
     }
     if !(1..=MAX_MAX_MATCH_CHARS).contains(&max_match_chars) {
         return Err(format!(
@@ -144,7 +151,10 @@ fn compile(
     let mut patterns = Vec::new();
     for (position, preset) in presets.into_iter().enumerate() {
         if names.iter().any(|name| name == preset.name()) {
-            return Err(format!("presets[{position}]: {} is listed twice", preset.name()));
+            return Err(format!(
+                "presets[{position}]: {} is listed twice",
+                preset.name()
+            ));
         }
         let (regex, validate) = preset.pattern();
         let regex = Regex::new(regex)
@@ -188,14 +198,23 @@ fn compile(
         .iter()
         .map(|name| replacement.replace("{name}", name))
         .collect();
-    Ok(Redactor::new(patterns, names, replacements, max_match_chars))
+    Ok(Redactor::new(
+        patterns,
+        names,
+        replacements,
+        max_match_chars,
+    ))
 }
 
 /// A regex error on one line: the regex crate's syntax errors span several, with a caret
 /// under the offending position; its last line says what is wrong.
 fn regex_error(error: &regex::Error) -> String {
     let text = error.to_string();
-    match text.lines().rev().find_map(|line| line.strip_prefix("error: ")) {
+    match text
+        .lines()
+        .rev()
+        .find_map(|line| line.strip_prefix("error: "))
+    {
         Some(reason) => reason.to_owned(),
         None => text.lines().map(str::trim).collect::<Vec<_>>().join(" "),
     }

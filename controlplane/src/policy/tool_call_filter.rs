@@ -131,14 +131,12 @@ impl FromConfig for ToolCallFilter {
             let json_path = match rule.arguments_json_path {
                 None => None,
                 Some(JsonPathConfig { path, regex }) => {
-                    let parsed = JsonPath::parse(&path).map_err(|error| {
-                        at("arguments_json_path.path", format!(": {error}"))
-                    })?;
+                    let parsed = JsonPath::parse(&path)
+                        .map_err(|error| at("arguments_json_path.path", format!(": {error}")))?;
                     let regex = regex
                         .as_deref()
                         .map(|pattern| {
-                            compile(pattern)
-                                .map_err(|error| at("arguments_json_path.regex", error))
+                            compile(pattern).map_err(|error| at("arguments_json_path.regex", error))
                         })
                         .transpose()?;
                     Some(PathCondition {

@@ -166,7 +166,10 @@ mod tests {
         for (text, email) in [
             ("mail bob@example.com.", "bob@example.com"),
             ("<first.last+tag@mail.co.uk>", "first.last+tag@mail.co.uk"),
-            ("x_y-z%1@sub-domain.example.io, thanks", "x_y-z%1@sub-domain.example.io"),
+            (
+                "x_y-z%1@sub-domain.example.io, thanks",
+                "x_y-z%1@sub-domain.example.io",
+            ),
             ("UPPER@EXAMPLE.ORG", "UPPER@EXAMPLE.ORG"),
         ] {
             assert_finds(Preset::Emails, text, email);

@@ -57,10 +57,9 @@ struct Candidate {
     pattern: usize,
     start: usize,
     end: usize,
-    /// The match runs into the end of a text that may still grow: more text can change it.
+    /// The match runs into the end of a text that may still grow: more text can change it, so
+    /// it is validated only once it is decided.
     open: bool,
-    /// The validator accepted it (always true when `open`: it is decided later).
-    valid: bool,
 }
 
 impl Redactor {
@@ -165,8 +164,11 @@ impl Redactor {
             let better = match best {
                 None => true,
                 Some(best) => {
-                    (candidate.start, !candidate.open, std::cmp::Reverse(candidate.end))
-                        < (best.start, !best.open, std::cmp::Reverse(best.end))
+                    (
+                        candidate.start,
+                        !candidate.open,
+                        std::cmp::Reverse(candidate.end),
+                    ) < (best.start, !best.open, std::cmp::Reverse(best.end))
                 }
             };
             if better {
@@ -196,14 +198,12 @@ impl Redactor {
                 continue;
             }
             let open = !complete && found.end() == text.len();
-            let valid = open || validate.is_none_or(|validate| validate(found.as_str()));
-            if valid {
+            if open || validate.is_none_or(|validate| validate(found.as_str())) {
                 return Some(Candidate {
                     pattern,
                     start: found.start(),
                     end: found.end(),
                     open,
-                    valid,
                 });
             }
             at = found.end();
@@ -375,7 +375,10 @@ mod tests {
     fn validators_skip_candidates() {
         let mut redactor = redactor(&[("even", r"\d+")], 64);
         redactor.patterns[0].validate = Some(|m| m.len() % 2 == 0);
-        assert_eq!(redact_all(&redactor, "1 22 333 4444"), "1 <even> 333 <even>");
+        assert_eq!(
+            redact_all(&redactor, "1 22 333 4444"),
+            "1 <even> 333 <even>"
+        );
         assert_eq!(
             stream(&redactor, &["1 2", "2 33", "3 44", "44"]),
             "1 <even> 333 <even>"

@@ -198,7 +198,9 @@ enum Step {
     Delta(usize, Option<String>),
     Stop(usize),
     /// `message_delta`; `tool_use` when its stop reason is `tool_use`.
-    MessageDelta { tool_use: bool },
+    MessageDelta {
+        tool_use: bool,
+    },
     /// `message_stop` or `error`: nothing held may wait any longer.
     End,
     Other,
@@ -227,9 +229,10 @@ fn classify(event: &SseEvent, inspects_text: bool) -> Step {
                         start_input: block.and_then(|block| block.get("input")).cloned(),
                     },
                 ),
-                Some("text") if inspects_text => {
-                    Step::Start(index, HeldKind::Text(text_field(block, "text").unwrap_or_default()))
-                }
+                Some("text") if inspects_text => Step::Start(
+                    index,
+                    HeldKind::Text(text_field(block, "text").unwrap_or_default()),
+                ),
                 _ => Step::Other,
             }
         }

@@ -391,7 +391,8 @@ fn strip_parts(chunk: &mut Value, text_mode: bool) {
             continue;
         };
         delta.remove("tool_calls");
-        if text_mode && matches!(delta.get("content"), Some(Value::String(text)) if !text.is_empty())
+        if text_mode
+            && matches!(delta.get("content"), Some(Value::String(text)) if !text.is_empty())
         {
             delta.remove("content");
         }

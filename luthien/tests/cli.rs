@@ -1,0 +1,156 @@
+//! The `luthien` command line, run as a real process.
+
+use std::process::Command;
+
+use luthien_controlplane::events::{
+    CallEvent, CallStatus, CallSummary, EventPayload, SCHEMA_VERSION, TokenUsage,
+};
+use luthien_controlplane::store::{Record, Store, StoreOptions};
+use serde_json::json;
+
+fn luthien(args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_luthien"))
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("run luthien");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn policy_check_accepts_good_files_and_names_the_bad_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.yaml");
+    std::fs::write(&good, "policies:\n  - type: all_caps\n  - type: noop\n").unwrap();
+    let (ok, stdout, _) = luthien(&["policy", "check", good.to_str().unwrap()]);
+    assert!(ok);
+    assert!(stdout.contains("1. all_caps"), "{stdout}");
+    assert!(stdout.contains("transform mode"), "{stdout}");
+
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "policies:\n  - type: string_replace\n    config:\n      replacements: [{from: a, too: b}]\n",
+    )
+    .unwrap();
+    let (ok, _, stderr) = luthien(&["policy", "check", bad.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(stderr.contains("bad.yaml"), "{stderr}");
+    assert!(stderr.contains("policies[0] (string_replace)"), "{stderr}");
+    assert!(stderr.contains("too"), "{stderr}");
+}
+
+#[tokio::test]
+async fn replay_reads_the_store_and_reports_what_would_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("luthien.db").display());
+    let store = Store::open(&url, StoreOptions::default()).await.unwrap();
+    let request = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});
+    let response = json!({
+        "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "the quick fox"}, "finish_reason": "stop"}],
+    });
+    let summary = CallSummary {
+        call_id: "call-1".into(),
+        created_at_micros: 1_700_000_000_000_000,
+        completed_at_micros: Some(1_700_000_000_100_000),
+        api: "openai".into(),
+        model: "gpt-4o-mini".into(),
+        stream: false,
+        status: CallStatus::Completed,
+        duration_ms: Some(100.0),
+        time_to_first_chunk_ms: Some(100.0),
+        usage: TokenUsage::default(),
+        session_id: None,
+        policy_changed: false,
+    };
+    let event = |sequence, payload| {
+        Record::Event(CallEvent {
+            call_id: "call-1".into(),
+            sequence,
+            timestamp_micros: 1_700_000_000_000_000,
+            schema_version: SCHEMA_VERSION,
+            payload,
+        })
+    };
+    store
+        .write_batch(&[
+            Record::Call(summary),
+            event(
+                0,
+                EventPayload::Request {
+                    original: request.clone(),
+                    final_: request,
+                    headers: json!({}),
+                },
+            ),
+            event(
+                1,
+                EventPayload::Response {
+                    original: Some(response.clone()),
+                    final_: Some(response),
+                    status: CallStatus::Completed,
+                    upstream_status: Some(200),
+                    detail: None,
+                    chunks_received: 1,
+                    chunks_sent: 1,
+                    time_to_first_chunk_ms: None,
+                    duration_ms: Some(100.0),
+                    overhead_ms: None,
+                    usage: TokenUsage::default(),
+                },
+            ),
+        ])
+        .await
+        .unwrap();
+    store.close().await;
+
+    let policy = dir.path().join("caps.yaml");
+    std::fs::write(&policy, "policies: [{type: all_caps}]").unwrap();
+    let (ok, stdout, stderr) = luthien(&[
+        "replay",
+        "--call-id",
+        "call-1",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--database-url",
+        &url,
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("call call-1: changed"), "{stdout}");
+    assert!(
+        stdout.contains("[-the quick fox-]{+THE QUICK FOX+}"),
+        "{stdout}"
+    );
+
+    let (ok, stdout, stderr) = luthien(&[
+        "replay",
+        "--since",
+        "2023-01-01T00:00:00Z",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--database-url",
+        &url,
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("1 calls replayed: 1 would change (0 blocked), 0 unchanged"),
+        "{stdout}"
+    );
+
+    let (ok, _, stderr) = luthien(&[
+        "replay",
+        "--call-id",
+        "nope",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--database-url",
+        &url,
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("no call with id `nope`"), "{stderr}");
+}

@@ -1,0 +1,255 @@
+//! Changing policies safely: hot reload under load with no failed call, bad
+//! files rejected with the old chain kept, `GetPolicy`, and replay of a call
+//! recorded through the real proxy.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use luthien_proto::v1::policies_client::PoliciesClient;
+use luthien_proto::v1::{GetPolicyRequest, ReplayCallRequest};
+use luthien_tests::databases::TestDatabase;
+use luthien_tests::stack::ControlPlane;
+use luthien_tests::wire::openai_stream_text;
+use luthien_tests::{Client, Stack, StackOptions};
+use serde_json::json;
+use tonic::transport::Channel;
+
+const TEXT: &str = "Hello from the mock upstream. The quick brown fox jumps over the lazy dog.";
+
+async fn policies_client(stack: &Stack) -> PoliciesClient<Channel> {
+    let channel = Channel::from_shared(stack.control_plane.clone().unwrap())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    PoliciesClient::new(channel)
+}
+
+async fn policy_names(client: &mut PoliciesClient<Channel>) -> Vec<String> {
+    client
+        .get_policy(GetPolicyRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .policies
+        .into_iter()
+        .map(|policy| policy.kind)
+        .collect()
+}
+
+async fn wait_for_policy(client: &mut PoliciesClient<Channel>, expected: &[&str]) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while policy_names(client).await != expected {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "reload to {expected:?} within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn hot_reload_under_load_fails_no_call_and_rejects_bad_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.yaml");
+    std::fs::write(&path, "policies: [{type: noop}]").unwrap();
+    let stack = Arc::new(
+        Stack::start(StackOptions {
+            control_plane: ControlPlane::File(path.clone()),
+            ..StackOptions::default()
+        })
+        .await,
+    );
+    let mut admin = policies_client(&stack).await;
+    let current = admin
+        .get_policy(GetPolicyRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(current.path, path.display().to_string());
+    assert!(current.yaml.contains("noop"));
+    assert!(current.loaded_at_micros > 0);
+
+    // Load: four clients calling streamed and non-streamed without pause.
+    let running = Arc::new(AtomicBool::new(true));
+    let completed = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for worker in 0..4 {
+        let (stack, running, completed) = (stack.clone(), running.clone(), completed.clone());
+        workers.push(tokio::spawn(async move {
+            let client = Client::new();
+            let stream = worker % 2 == 0;
+            let body = json!({"model": "gpt-4o-mini", "stream": stream, "messages": [{"role": "user", "content": "hi"}]});
+            while running.load(Ordering::Relaxed) {
+                let response = client
+                    .post(&stack.openai_url(), &[("x-mock-chunk-size", "6")], body.to_string())
+                    .await;
+                assert_eq!(response.status, 200, "no call fails during reloads: {}", response.text());
+                let text = if stream {
+                    openai_stream_text(&response.body)
+                } else {
+                    response.json()["choices"][0]["message"]["content"].as_str().unwrap().to_owned()
+                };
+                // Each call ran entirely under one chain or the other.
+                assert!(text == TEXT || text == TEXT.to_uppercase(), "mixed chains: {text}");
+                completed.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+
+    for round in 0..3 {
+        std::fs::write(&path, "policies: [{type: all_caps}]").unwrap();
+        wait_for_policy(&mut admin, &["all_caps"]).await;
+        // A bad file is rejected; the chain stays.
+        std::fs::write(&path, "policies: [{type: all_caps, config: {shout: true}}]").unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(
+            policy_names(&mut admin).await,
+            ["all_caps"],
+            "round {round}"
+        );
+        std::fs::write(&path, "policies: [{type: noop}]").unwrap();
+        wait_for_policy(&mut admin, &["noop"]).await;
+    }
+    running.store(false, Ordering::Relaxed);
+    for worker in workers {
+        worker.await.expect("worker saw only successful calls");
+    }
+    assert!(
+        completed.load(Ordering::Relaxed) > 20,
+        "the load really ran"
+    );
+
+    // After the last reload, new calls run the new chain.
+    std::fs::write(&path, "policies: [{type: all_caps}]").unwrap();
+    wait_for_policy(&mut admin, &["all_caps"]).await;
+    let response = Client::new()
+        .post(&stack.openai_url(), &[], r#"{"model":"m","messages":[]}"#)
+        .await;
+    assert_eq!(
+        response.json()["choices"][0]["message"]["content"],
+        TEXT.to_uppercase()
+    );
+}
+
+#[tokio::test]
+async fn replay_runs_a_recorded_call_through_another_chain() {
+    let database = TestDatabase::sqlite().await;
+    let stack = Stack::start(StackOptions {
+        database_url: Some(database.url.clone()),
+        ..StackOptions::yaml("policies: [{type: noop}]")
+    })
+    .await;
+    let mut calls = Vec::new();
+    for stream in [false, true] {
+        let body = json!({"model": "gpt-4o-mini", "stream": stream, "messages": [{"role": "user", "content": "Tell me about the fox."}]});
+        let response = Client::new()
+            .post(&stack.openai_url(), &[], body.to_string())
+            .await;
+        calls.push(response.header("x-luthien-call-id").unwrap().to_owned());
+    }
+    let base = stack.debug_http.clone().unwrap();
+    for call_id in &calls {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let detail = luthien_tests::client::read(
+                Client::new()
+                    .send("GET", &format!("{base}/debug/calls/{call_id}"), &[], "")
+                    .await,
+            )
+            .await;
+            if detail.status == 200 && detail.json()["call"]["status"] == "completed" {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "call recorded");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    let mut admin = policies_client(&stack).await;
+    let yaml = r#"
+policies:
+  - type: all_caps
+  - type: string_replace
+    config:
+      replacements: [{from: "fox", to: "cat"}]
+"#;
+    for call_id in &calls {
+        let outcome = admin
+            .replay_call(ReplayCallRequest {
+                call_id: call_id.clone(),
+                policy_yaml: yaml.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(outcome.changed, "{call_id}");
+        assert!(!outcome.blocked);
+        let diff = serde_json::to_value(format!("{:?}", outcome.diff)).unwrap();
+        assert!(
+            diff.as_str().unwrap().contains("CAT"),
+            "replayed response upper-cased and replaced"
+        );
+        assert!(
+            !outcome.policy_events.is_empty(),
+            "string_replace recorded its replacements"
+        );
+    }
+
+    // Through the active (noop) chain nothing changes.
+    let same = admin
+        .replay_call(ReplayCallRequest {
+            call_id: calls[0].clone(),
+            policy_yaml: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!same.changed);
+
+    // The HTTP route answers the same, and a bad policy is a 400.
+    let replayed = luthien_tests::client::read(
+        Client::new()
+            .send(
+                "POST",
+                &format!("{base}/debug/calls/{}/replay", calls[1]),
+                &[("content-type", "application/json")],
+                json!({"policy_yaml": yaml}).to_string(),
+            )
+            .await,
+    )
+    .await;
+    assert_eq!(replayed.status, 200, "{}", replayed.text());
+    let replayed = replayed.json();
+    assert_eq!(replayed["changed"], true);
+    assert_eq!(
+        replayed["diff"]["response"]["text"]["after"],
+        TEXT.replace("fox", "cat").to_uppercase()
+    );
+    let bad = luthien_tests::client::read(
+        Client::new()
+            .send(
+                "POST",
+                &format!("{base}/debug/calls/{}/replay", calls[1]),
+                &[],
+                json!({"policy_yaml": "policies: [{type: nope}]"}).to_string(),
+            )
+            .await,
+    )
+    .await;
+    assert_eq!(bad.status, 400);
+    assert!(
+        bad.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nope")
+    );
+    let policy = luthien_tests::client::read(
+        Client::new()
+            .send("GET", &format!("{base}/debug/policy"), &[], "")
+            .await,
+    )
+    .await;
+    assert_eq!(policy.json()["policies"][0]["kind"], "noop");
+}
