@@ -7,6 +7,7 @@ const PROTOS: &[&str] = &[
     "luthien/v1/control_plane.proto",
     "luthien/v1/debug.proto",
     "luthien/v1/policies.proto",
+    "luthien/v1/policy_service.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -20,6 +20,7 @@ use crate::policy::Chain;
 const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A chain and where it came from.
+#[derive(Debug)]
 pub struct LoadedChain {
     pub chain: Arc<Chain>,
     /// The file it was read from; `None` for the built-in default.

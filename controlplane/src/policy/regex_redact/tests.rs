@@ -434,7 +434,7 @@ fn user_patterns_and_replacement_template() {
 fn invalid_configs_name_the_key_and_the_pattern() {
     assert!(config_error("{}").starts_with("presets: give at least one preset or pattern"));
     assert_eq!(
-        config_error("{patterns: [{name: ok, regex: a}, {name: orders, regex: '(ORD-[0-9]+'}]"),
+        config_error("{patterns: [{name: ok, regex: a}, {name: orders, regex: '(ORD-[0-9]+'}]}"),
         "patterns[1].regex: pattern \"orders\" is not a valid regex: unclosed group"
     );
     assert_eq!(
