@@ -46,6 +46,7 @@ const POLICY_TYPES: &[(&str, BuildPolicy)] = &[
         crate::policy::block::Block::KIND,
         build::<crate::policy::block::Block>,
     ),
+    (crate::policy::remote::Remote::KIND, build::<crate::policy::remote::Remote>),
 ];
 
 fn build<P: FromConfig>(
@@ -205,11 +206,18 @@ mod tests {
 
     #[test]
     fn unknown_types_list_the_known_ones() {
+        let message = error("policies: [{type: noop}, {type: all_cap, name: shout}]");
+        let known: Vec<&str> = known_policy_types().collect();
         assert_eq!(
-            error("policies: [{type: noop}, {type: all_cap, name: shout}]"),
-            "policies.yaml: policies[1] (all_cap \"shout\"): unknown policy type; known types: noop, all_caps, \
-             string_replace"
+            message,
+            format!(
+                "policies.yaml: policies[1] (all_cap \"shout\"): unknown policy type; known types: {}",
+                known.join(", ")
+            )
         );
+        for kind in ["noop", "all_caps", "string_replace"] {
+            assert!(known.contains(&kind), "{kind} is registered");
+        }
     }
 
     #[test]

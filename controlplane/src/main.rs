@@ -19,13 +19,16 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    luthien_telemetry::init(&cli.log);
+    luthien_telemetry::init_service(&cli.log, "luthien-controlplane");
     // An invalid policy file stops the process before it listens.
     let policies = cli.config.load_policies()?;
     let grpc = tokio::net::TcpListener::bind(cli.config.grpc_listen).await?;
     let http = luthien_controlplane::server::bind_debug_http(&cli.config).await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(luthien_telemetry::cancel_on_signal(shutdown.clone()));
-    luthien_controlplane::serve(cli.config, policies, grpc, Some(http), shutdown).await?;
+    let served =
+        luthien_controlplane::serve(cli.config, policies, grpc, Some(http), shutdown).await;
+    luthien_telemetry::shutdown();
+    served?;
     Ok(())
 }

@@ -1,19 +1,91 @@
-//! `GET /metrics` of the control plane, in the Prometheus text format: the
-//! health of recording (event queue, writer, activity bus) and the calls in
-//! flight. The counters live where the work happens; this module only reads
-//! snapshots of them, so scraping never contends with the request path.
+//! `GET /metrics` of the control plane (Prometheus/OpenMetrics text): calls,
+//! policy latency, the health of recording (event queue, writer, activity
+//! bus) and the calls in flight.
+//!
+//! Latencies are histograms shared by the whole process ([`global`]), fed
+//! where the work happens with one label lookup and an atomic update. The
+//! writer's and the activity bus's counters live in those components and
+//! are read as snapshots at scrape time, so scraping never contends with
+//! the request path. Policy names are bounded labels (see
+//! `luthien_telemetry::metrics::BoundedLabels`).
 
-use std::fmt::Write;
+use std::sync::OnceLock;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use luthien_telemetry::metrics::{self as shared, BoundedLabels, Label};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use tokio_util::task::TaskTracker;
 
 use crate::activity::ActivityBus;
 use crate::store::EventSink;
+
+/// Most distinct policy names labelled; later ones are counted as `other`.
+const MAX_POLICY_LABELS: usize = 200;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    pub policy: Label,
+    pub phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    pub api: &'static str,
+    pub outcome: &'static str,
+}
+
+/// Process-wide control-plane metrics.
+#[derive(Debug)]
+pub struct Global {
+    pub policy_names: BoundedLabels,
+    pub policy_latency: Family<PolicyLabels, Histogram, fn() -> Histogram>,
+    pub policy_errors: Family<PolicyLabels, Counter>,
+    pub calls: Family<CallLabels, Counter>,
+    pub batch_latency: Histogram,
+}
+
+fn policy_histogram() -> Histogram {
+    Histogram::new(shared::overhead_buckets())
+}
+
+/// The process's metrics.
+pub fn global() -> &'static Global {
+    static GLOBAL: OnceLock<Global> = OnceLock::new();
+    GLOBAL.get_or_init(|| Global {
+        policy_names: BoundedLabels::new(MAX_POLICY_LABELS),
+        policy_latency: Family::new_with_constructor(policy_histogram),
+        policy_errors: Family::default(),
+        calls: Family::default(),
+        batch_latency: Histogram::new(shared::latency_buckets()),
+    })
+}
+
+impl Global {
+    /// Records one policy hook's run.
+    pub fn policy(&self, policy: &Label, phase: &'static str, took: Duration, failed: bool) {
+        let labels = PolicyLabels {
+            policy: policy.clone(),
+            phase,
+        };
+        self.policy_latency
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+        if failed {
+            self.policy_errors.get_or_create(&labels).inc();
+        }
+    }
+}
 
 /// What `/metrics` reads from.
 #[derive(Clone)]
@@ -31,91 +103,143 @@ pub fn router(sources: MetricsSources) -> Router {
 
 async fn metrics(State(sources): State<MetricsSources>) -> impl IntoResponse {
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, shared::CONTENT_TYPE)],
         render(&sources),
     )
 }
 
 /// The exposition text.
 pub fn render(sources: &MetricsSources) -> String {
-    let mut out = String::with_capacity(2048);
-    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        let _ = writeln!(out, "{name} {value}");
-    };
-    metric(
-        "luthien_control_plane_open_calls",
-        "gauge",
-        "Calls whose stream is open on this control plane.",
-        sources.calls.len() as u64,
+    let global = global();
+    let mut registry = Registry::default();
+    registry.register(
+        "luthien_control_plane_calls",
+        "Calls the control plane saw end, by API and outcome.",
+        global.calls.clone(),
     );
-    if let Some(sink) = &sources.sink {
-        let stats = sink.stats();
-        metric(
-            "luthien_events_written_total",
-            "counter",
-            "Records stored by the event writer.",
-            stats.written,
-        );
-        metric(
-            "luthien_events_dropped_total",
-            "counter",
-            "Records dropped because the event queue was full or the writer stopped.",
-            stats.dropped,
-        );
-        metric(
-            "luthien_events_rejected_total",
-            "counter",
-            "Records the database refused.",
-            stats.rejected,
-        );
-        metric(
-            "luthien_event_batch_failures_total",
-            "counter",
-            "Event batch writes that failed (each is retried with backoff).",
-            stats.failed_batches,
-        );
-        metric(
-            "luthien_event_batches_total",
-            "counter",
-            "Event batches stored.",
-            stats.batches,
-        );
-        metric(
-            "luthien_event_queue_depth",
-            "gauge",
-            "Records waiting in the event queue.",
-            stats.queue_depth,
-        );
-        metric(
-            "luthien_event_last_batch_microseconds",
-            "gauge",
-            "Time the last successful event batch took to write.",
-            stats.last_batch_micros,
-        );
+    registry.register(
+        "luthien_policy_duration_seconds",
+        "Time one policy took on one hook, by policy and phase (request, response, stream_event, stream_end).",
+        global.policy_latency.clone(),
+    );
+    registry.register(
+        "luthien_policy_errors",
+        "Policy hooks that failed, by policy and phase.",
+        global.policy_errors.clone(),
+    );
+    registry.register(
+        "luthien_event_batch_duration_seconds",
+        "Time successful event batches took to write.",
+        global.batch_latency.clone(),
+    );
+    registry.register_collector(Box::new(Snapshots(sources.clone())));
+    shared::encode(&registry)
+}
+
+/// Counters owned by the writer and the activity bus, read at scrape time.
+struct Snapshots(MetricsSources);
+
+impl std::fmt::Debug for Snapshots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Snapshots")
     }
-    let activity = sources.activity.stats();
-    metric(
-        "luthien_activity_published_total",
-        "counter",
-        "Activity messages published.",
-        activity.published,
-    );
-    metric(
-        "luthien_activity_dropped_total",
-        "counter",
-        "Activity messages dropped before publishing (queue full).",
-        activity.dropped,
-    );
-    metric(
-        "luthien_activity_publish_failures_total",
-        "counter",
-        "Activity messages Redis did not take.",
-        activity.publish_failures,
-    );
-    out
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let metric = ConstCounter::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let metric = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+impl Collector for Snapshots {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let sources = &self.0;
+        gauge(
+            &mut encoder,
+            "luthien_control_plane_open_calls",
+            "Calls whose stream is open on this control plane.",
+            sources.calls.len() as u64,
+        )?;
+        if let Some(sink) = &sources.sink {
+            let stats = sink.stats();
+            let e = &mut encoder;
+            counter(
+                e,
+                "luthien_events_written",
+                "Records stored by the event writer.",
+                stats.written,
+            )?;
+            counter(
+                e,
+                "luthien_events_dropped",
+                "Records dropped because the event queue was full or the writer stopped.",
+                stats.dropped,
+            )?;
+            counter(
+                e,
+                "luthien_events_rejected",
+                "Records the database refused.",
+                stats.rejected,
+            )?;
+            counter(
+                e,
+                "luthien_event_batch_failures",
+                "Event batch writes that failed (each is retried with backoff).",
+                stats.failed_batches,
+            )?;
+            counter(
+                e,
+                "luthien_event_batches",
+                "Event batches stored.",
+                stats.batches,
+            )?;
+            gauge(
+                e,
+                "luthien_event_queue_depth",
+                "Records waiting in the event queue.",
+                stats.queue_depth,
+            )?;
+            gauge(
+                e,
+                "luthien_event_last_batch_microseconds",
+                "Time the last successful event batch took to write.",
+                stats.last_batch_micros,
+            )?;
+        }
+        let activity = sources.activity.stats();
+        let e = &mut encoder;
+        counter(
+            e,
+            "luthien_activity_published",
+            "Activity messages published.",
+            activity.published,
+        )?;
+        counter(
+            e,
+            "luthien_activity_dropped",
+            "Activity messages dropped before publishing (queue full).",
+            activity.dropped,
+        )?;
+        counter(
+            e,
+            "luthien_activity_publish_failures",
+            "Activity messages Redis did not take.",
+            activity.publish_failures,
+        )?;
+        Ok(())
+    }
 }

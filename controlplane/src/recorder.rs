@@ -224,6 +224,7 @@ impl CallRecorder {
         if original != final_ {
             self.policy_changed = true;
         }
+        annotate_span(self.info.api, final_.as_ref(), self.usage);
         let millis = |micros: u64| (micros > 0).then(|| micros as f64 / 1000.0);
         let duration_ms = end.and_then(|end| millis(end.duration_micros));
         let time_to_first_chunk_ms = end.and_then(|end| millis(end.time_to_first_byte_micros));
@@ -310,6 +311,53 @@ pub fn status_of(outcome: CallOutcome) -> CallStatus {
         CallOutcome::ControlPlaneTimeout => CallStatus::ControlPlaneTimeout,
         CallOutcome::Rejected => CallStatus::Rejected,
         CallOutcome::Unspecified => CallStatus::Abandoned,
+    }
+}
+
+/// GenAI response attributes on the current span (the control plane's call
+/// span: the control plane is where the response is reconstructed). Only
+/// these fields, never a body.
+fn annotate_span(api: Api, response: Option<&Value>, usage: TokenUsage) {
+    use luthien_telemetry::opentelemetry::{Array, StringValue, Value as OtelValue};
+    use luthien_telemetry::tracing_opentelemetry::OpenTelemetrySpanExt;
+    let span = tracing::Span::current();
+    if span.is_disabled() {
+        return;
+    }
+    if let Some(tokens) = usage.input_tokens {
+        span.record("gen_ai.usage.input_tokens", tokens);
+    }
+    if let Some(tokens) = usage.output_tokens {
+        span.record("gen_ai.usage.output_tokens", tokens);
+    }
+    let Some(response) = response else {
+        return;
+    };
+    if let Some(model) = response["model"].as_str() {
+        span.record("gen_ai.response.model", model);
+    }
+    if let Some(id) = response["id"].as_str() {
+        span.record("gen_ai.response.id", id);
+    }
+    let reasons: Vec<StringValue> = match api {
+        Api::OpenAiChat => response["choices"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|choice| choice["finish_reason"].as_str())
+            .map(|reason| StringValue::from(reason.to_owned()))
+            .collect(),
+        Api::AnthropicMessages => response["stop_reason"]
+            .as_str()
+            .map(|reason| StringValue::from(reason.to_owned()))
+            .into_iter()
+            .collect(),
+    };
+    if !reasons.is_empty() && luthien_telemetry::tracing_enabled() {
+        span.set_attribute(
+            "gen_ai.response.finish_reasons",
+            OtelValue::Array(Array::String(reasons)),
+        );
     }
 }
 

@@ -25,12 +25,15 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use crate::api::{self, Api};
 use crate::policy::{CallChain, CallInfo, Chain, ImmediateResponse, RequestVerdict, SseEvent};
 use crate::policy_source::PolicySource;
 use crate::recorder::{CallRecorder, Recording};
 use crate::sse::SseDecoder;
+use luthien_telemetry::propagation::{self, W3cContext};
 
 /// Replies a call may queue towards its data plane. The data plane waits for
 /// each reply before sending more, so a handful is plenty.
@@ -135,6 +138,12 @@ impl CallDriver {
                     return;
                 }
             };
+        let span = call_span(&start);
+        self.drive(start).instrument(span).await;
+    }
+
+    /// The call after its `CallStart`, inside the call's span.
+    async fn drive(mut self, start: CallStart) {
         let api = match start.api() {
             ApiKind::OpenaiChat => Api::OpenAiChat,
             ApiKind::AnthropicMessages => Api::AnthropicMessages,
@@ -183,6 +192,27 @@ impl CallDriver {
             None
         };
         record_policy_events(&mut call);
+        let span = tracing::Span::current();
+        let outcome = match &ended {
+            Some(end) => end
+                .outcome()
+                .as_str_name()
+                .trim_start_matches("CALL_OUTCOME_"),
+            None => "ABANDONED",
+        };
+        span.record("luthien.outcome", outcome);
+        if let Some(end) = &ended
+            && end.upstream_status > 0
+        {
+            span.record("http.response.status_code", end.upstream_status);
+        }
+        crate::metrics::global()
+            .calls
+            .get_or_create(&crate::metrics::CallLabels {
+                api: api_label(call.info.api),
+                outcome,
+            })
+            .inc();
         match ended {
             Some(end) => call.recorder.finish(&end),
             None => call.recorder.abandon(),
@@ -419,6 +449,50 @@ impl CallDriver {
     async fn fail(&self, status: Status) {
         tracing::warn!(%status, "call stream rejected");
         let _ = self.replies.send(Err(status)).await;
+    }
+}
+
+/// The control plane's span of one call: a child of the data plane's call
+/// span (its context travels in `CallStart.trace`), so both planes share one
+/// trace. The response-side GenAI attributes are filled by the recorder.
+fn call_span(start: &CallStart) -> tracing::Span {
+    let provider = match start.api() {
+        ApiKind::AnthropicMessages => "anthropic",
+        _ => "openai",
+    };
+    let span = tracing::info_span!(
+        "luthien.control_plane.call",
+        otel.kind = "server",
+        luthien.call_id = %start.call_id,
+        trace_id = Empty,
+        luthien.outcome = Empty,
+        gen_ai.operation.name = "chat",
+        gen_ai.provider.name = provider,
+        gen_ai.request.model = %start.model,
+        gen_ai.request.stream = start.stream,
+        gen_ai.response.model = Empty,
+        gen_ai.response.id = Empty,
+        gen_ai.usage.input_tokens = Empty,
+        gen_ai.usage.output_tokens = Empty,
+        http.response.status_code = Empty,
+    );
+    if let Some(trace) = &start.trace {
+        let incoming = W3cContext {
+            traceparent: trace.traceparent.clone(),
+            tracestate: trace.tracestate.clone(),
+        };
+        propagation::set_parent(&span, &incoming);
+        if let Some(trace_id) = incoming.trace_id() {
+            span.record("trace_id", trace_id);
+        }
+    }
+    span
+}
+
+fn api_label(api: Api) -> &'static str {
+    match api {
+        Api::OpenAiChat => "openai_chat",
+        Api::AnthropicMessages => "anthropic_messages",
     }
 }
 

@@ -18,6 +18,22 @@ pub enum Api {
 }
 
 impl Api {
+    /// The `api` label of metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Api::OpenAiChat => "openai_chat",
+            Api::AnthropicMessages => "anthropic_messages",
+        }
+    }
+
+    /// `gen_ai.provider.name` of the OpenTelemetry GenAI conventions.
+    pub fn provider(self) -> &'static str {
+        match self {
+            Api::OpenAiChat => "openai",
+            Api::AnthropicMessages => "anthropic",
+        }
+    }
+
     pub fn kind(self) -> ApiKind {
         match self {
             Api::OpenAiChat => ApiKind::OpenaiChat,

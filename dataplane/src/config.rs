@@ -99,6 +99,11 @@ pub struct DataPlaneConfig {
     /// Deadline for connecting to the control plane.
     #[arg(long = "cp-connect-timeout", env = "LUTHIEN_CP_CONNECT_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
     pub cp_connect_timeout: Duration,
+
+    /// Send the call's W3C trace context (`traceparent`, `tracestate`) to
+    /// the upstream provider; `false` forwards only what the client sent.
+    #[arg(long = "propagate-trace-upstream", env = "LUTHIEN_PROPAGATE_TRACE_UPSTREAM", default_value_t = true, action = clap::ArgAction::Set)]
+    pub propagate_trace_upstream: bool,
 }
 
 #[cfg(test)]
@@ -120,6 +125,7 @@ mod tests {
         assert_eq!(config.control_plane, "http://127.0.0.1:50051");
         assert_eq!(config.fail_mode, FailMode::Closed);
         assert_eq!(config.max_body_bytes, 10 * 1024 * 1024);
+        assert!(config.propagate_trace_upstream);
     }
 
     #[test]

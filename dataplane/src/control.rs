@@ -21,6 +21,9 @@ use tokio_util::task::TaskTracker;
 use tonic::Streaming;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::metrics::OpenStream;
+use luthien_telemetry::prometheus_client::metrics::gauge::Gauge;
+
 /// Messages a call may queue towards the control plane before the data plane
 /// waits; this is the backpressure bound of observe mode.
 const OUTBOUND_QUEUE: usize = 16;
@@ -53,6 +56,7 @@ pub struct ControlClient {
     client: ControlPlaneClient<Channel>,
     timeouts: Timeouts,
     tasks: TaskTracker,
+    open_streams: Gauge,
 }
 
 impl ControlClient {
@@ -62,6 +66,7 @@ impl ControlClient {
         url: &str,
         connect_timeout: Duration,
         timeouts: Timeouts,
+        open_streams: Gauge,
     ) -> Result<Self, tonic::transport::Error> {
         let channel = Endpoint::from_shared(url.to_owned())?
             .connect_timeout(connect_timeout)
@@ -78,6 +83,7 @@ impl ControlClient {
             client,
             timeouts,
             tasks: TaskTracker::new(),
+            open_streams,
         })
     }
 
@@ -96,6 +102,7 @@ impl ControlClient {
             .try_send(first)
             .map_err(|_| ControlError::Protocol("fresh queue refused the first message".into()))?;
         let deadline = Instant::now() + self.timeouts.message.min(self.timeouts.inactivity);
+        let open = OpenStream::new(&self.open_streams);
         let mut client = self.client.clone();
         let response = timeout_at(deadline, client.process_call(ReceiverStream::new(queue)))
             .await
@@ -107,6 +114,7 @@ impl ControlClient {
             timeouts: self.timeouts,
             tasks: self.tasks.clone(),
             ended: false,
+            _open: open,
         })
     }
 }
@@ -119,6 +127,8 @@ pub struct CallSession {
     timeouts: Timeouts,
     tasks: TaskTracker,
     ended: bool,
+    /// Counts this stream in the open-streams gauge while it lives.
+    _open: OpenStream,
 }
 
 impl CallSession {

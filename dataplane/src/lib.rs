@@ -11,6 +11,7 @@
 pub mod api;
 pub mod config;
 mod control;
+mod metrics;
 mod proxy;
 mod stream;
 mod upstream;
@@ -41,6 +42,7 @@ pub struct AppState {
     config: DataPlaneConfig,
     control: ControlClient,
     upstream: Upstream,
+    metrics: Arc<metrics::Metrics>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +59,7 @@ pub enum StartError {
 
 /// Builds the HTTP application.
 pub fn app(config: DataPlaneConfig) -> Result<(Router, Arc<AppState>), StartError> {
+    let metrics = Arc::new(metrics::Metrics::new());
     let control = ControlClient::new(
         &config.control_plane,
         config.cp_connect_timeout,
@@ -64,6 +67,7 @@ pub fn app(config: DataPlaneConfig) -> Result<(Router, Arc<AppState>), StartErro
             message: config.cp_message_timeout,
             inactivity: config.cp_inactivity_timeout,
         },
+        metrics.open_streams.clone(),
     )?;
     let upstream = Upstream::new(&config)?;
     upstream.validate().map_err(StartError::Config)?;
@@ -71,11 +75,13 @@ pub fn app(config: DataPlaneConfig) -> Result<(Router, Arc<AppState>), StartErro
         config,
         control,
         upstream,
+        metrics,
     });
     let router = Router::new()
         .route("/v1/chat/completions", post(proxy::openai))
         .route("/v1/messages", post(proxy::anthropic))
         .route("/health", get(health))
+        .route("/metrics", get(metrics::handler))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(Arc::clone(&state));

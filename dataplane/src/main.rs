@@ -19,10 +19,12 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    luthien_telemetry::init(&cli.log);
+    luthien_telemetry::init_service(&cli.log, "luthien-dataplane");
     let listener = tokio::net::TcpListener::bind(cli.config.listen).await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(luthien_telemetry::cancel_on_signal(shutdown.clone()));
-    luthien_dataplane::serve(cli.config, listener, shutdown).await?;
+    let served = luthien_dataplane::serve(cli.config, listener, shutdown).await;
+    luthien_telemetry::shutdown();
+    served?;
     Ok(())
 }

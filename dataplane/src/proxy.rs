@@ -19,14 +19,19 @@ use luthien_proto::v1::request_decision::Action;
 use luthien_proto::v1::{
     CallEnd, CallOutcome, CallStart, Header, ResponseBody, ResponseMode, TraceContext,
 };
+use luthien_telemetry::metrics::Label;
+use luthien_telemetry::propagation::{self, W3cContext};
 use serde::Deserialize;
 use tokio_stream::wrappers::ReceiverStream;
+use tracing::Instrument;
+use tracing::field::Empty;
 use uuid::Uuid;
 
 use crate::AppState;
 use crate::api::{Api, ApiError};
 use crate::config::FailMode;
 use crate::control::{CallSession, ControlError};
+use crate::metrics::{CallLabels, Metrics};
 use crate::stream::{StreamMode, StreamPump};
 use crate::upstream::{self, SendError};
 
@@ -50,16 +55,61 @@ pub async fn anthropic(State(state): State<Arc<AppState>>, request: Request) -> 
 }
 
 async fn proxy(state: Arc<AppState>, api: Api, request: Request) -> Response {
-    let call = Call {
-        id: Uuid::now_v7(),
+    let received = Instant::now();
+    let id = Uuid::now_v7();
+    // The call's root span (OpenTelemetry GenAI conventions); renamed to
+    // `chat {model}` once the body is read. Bodies never become attributes.
+    let span = tracing::info_span!(
+        "call",
+        otel.name = "chat",
+        otel.kind = "server",
+        otel.status_code = Empty,
+        luthien.call_id = %id,
+        trace_id = Empty,
+        gen_ai.operation.name = "chat",
+        gen_ai.provider.name = api.provider(),
+        gen_ai.request.model = Empty,
+        gen_ai.request.stream = Empty,
+        gen_ai.request.max_tokens = Empty,
+        http.response.status_code = Empty,
+    );
+    let client_trace = trace_context(request.headers());
+    propagation::set_parent(&span, &client_trace);
+    let trace = propagation::outgoing(&span, &client_trace);
+    if let Some(trace_id) = trace.trace_id() {
+        span.record("trace_id", trace_id);
+    }
+    let model = state.metrics.models.get("");
+    let mut call = Call {
+        id,
         api,
-        received: Instant::now(),
+        received,
         upstream_wait: Duration::ZERO,
         state,
+        client_trace,
+        trace,
+        model,
+        streamed: false,
     };
-    let call_id = call.id;
-    let mut response = call.run(request).await;
-    if let Ok(value) = HeaderValue::from_str(&call_id.to_string()) {
+    let mut response = call.run(request).instrument(span.clone()).await;
+    let status = response.status();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+    let metrics = &call.state.metrics;
+    metrics
+        .calls
+        .get_or_create(&CallLabels {
+            api: api.label(),
+            model: call.model.clone(),
+            status: status.as_u16(),
+        })
+        .inc();
+    if !call.streamed {
+        Metrics::observe(&metrics.overhead, api.label(), call.overhead());
+    }
+    if let Ok(value) = HeaderValue::from_str(&id.to_string()) {
         response.headers_mut().insert(CALL_ID_HEADER, value);
     }
     response
@@ -73,6 +123,10 @@ struct RequestProbe {
     model: Option<String>,
     #[serde(default)]
     stream: Option<bool>,
+    #[serde(default)]
+    max_tokens: Option<u64>,
+    #[serde(default)]
+    max_completion_tokens: Option<u64>,
 }
 
 struct Call {
@@ -82,6 +136,14 @@ struct Call {
     /// Time spent waiting for upstream, excluded from the overhead.
     upstream_wait: Duration,
     state: Arc<AppState>,
+    /// The client's trace context, as received.
+    client_trace: W3cContext,
+    /// The context the control plane continues (the call span's).
+    trace: W3cContext,
+    /// The model's metrics label (bounded).
+    model: Label,
+    /// Handed to the stream pump, which reports the overhead itself.
+    streamed: bool,
 }
 
 impl Call {
@@ -105,7 +167,7 @@ impl Call {
         }
     }
 
-    async fn run(mut self, request: Request) -> Response {
+    async fn run(&mut self, request: Request) -> Response {
         let config = &self.state.config;
         let (parts, body) = request.into_parts();
 
@@ -144,6 +206,16 @@ impl Call {
             }
         };
         let stream = probe.stream.unwrap_or(false);
+        let span = tracing::Span::current();
+        if let Some(model) = probe.model.as_deref() {
+            self.model = self.state.metrics.models.get(model);
+            propagation::rename(&span, format!("chat {model}"));
+            span.record("gen_ai.request.model", model);
+        }
+        span.record("gen_ai.request.stream", stream);
+        if let Some(max_tokens) = probe.max_completion_tokens.or(probe.max_tokens) {
+            span.record("gen_ai.request.max_tokens", max_tokens);
+        }
 
         let start = CallStart {
             call_id: self.id.to_string(),
@@ -152,7 +224,10 @@ impl Call {
             model: probe.model.unwrap_or_default(),
             stream,
             headers: forwardable_metadata(&parts.headers),
-            trace: Some(trace_context(&parts.headers)),
+            trace: Some(TraceContext {
+                traceparent: self.trace.traceparent.clone(),
+                tracestate: self.trace.tracestate.clone(),
+            }),
             body: body.clone(),
             received_at_unix_micros: unix_micros(),
         };
@@ -189,6 +264,15 @@ impl Call {
         };
 
         // Upstream.
+        let upstream_span = tracing::info_span!(
+            "luthien.upstream",
+            otel.kind = "client",
+            gen_ai.provider.name = self.api.provider(),
+            http.response.status_code = Empty,
+        );
+        let upstream_trace = config
+            .propagate_trace_upstream
+            .then(|| propagation::outgoing(&upstream_span, &self.client_trace));
         let upstream_started = Instant::now();
         let sent = tokio::time::timeout(
             config.upstream_timeout,
@@ -198,12 +282,23 @@ impl Call {
                 &parts.headers,
                 stripped_credential.as_ref(),
                 upstream_body,
+                upstream_trace.as_ref(),
             ),
         )
+        .instrument(upstream_span.clone())
         .await;
-        self.upstream_wait += upstream_started.elapsed();
+        let upstream_elapsed = upstream_started.elapsed();
+        self.upstream_wait += upstream_elapsed;
         let upstream_response = match sent {
-            Ok(Ok(response)) => response,
+            Ok(Ok(response)) => {
+                upstream_span.record("http.response.status_code", response.status().as_u16());
+                Metrics::observe(
+                    &self.state.metrics.upstream,
+                    self.api.label(),
+                    upstream_elapsed,
+                );
+                response
+            }
             Ok(Err(SendError::InvalidQuery)) => {
                 return self.reject(
                     session,
@@ -251,8 +346,13 @@ impl Call {
                 client,
                 received: self.received,
                 upstream_wait: self.upstream_wait,
+                metrics: Arc::clone(&self.state.metrics),
             };
-            self.state.control.tasks().spawn(pump.run());
+            self.streamed = true;
+            self.state
+                .control
+                .tasks()
+                .spawn(pump.run().instrument(tracing::Span::current()));
             return response;
         }
 
@@ -313,17 +413,21 @@ impl Call {
         let body = match (session.as_mut(), mode) {
             (Some(active), StreamMode::Transform) => {
                 let cp_started = Instant::now();
-                let decided = match active
-                    .send(ToControl::ResponseBody(response_message(
-                        status,
-                        &headers,
-                        body.clone(),
-                    )))
-                    .await
-                {
-                    Ok(()) => active.response_decision().await,
-                    Err(error) => Err(error),
-                };
+                let decided = async {
+                    match active
+                        .send(ToControl::ResponseBody(response_message(
+                            status,
+                            &headers,
+                            body.clone(),
+                        )))
+                        .await
+                    {
+                        Ok(()) => active.response_decision().await,
+                        Err(error) => Err(error),
+                    }
+                }
+                .instrument(tracing::info_span!("luthien.control_plane.response"))
+                .await;
                 tracing::trace!(call_id = %self.id, waited = ?cp_started.elapsed(), "response decision");
                 match decided {
                     Ok(decision) => decision.body.unwrap_or(body),
@@ -402,14 +506,22 @@ impl Call {
         &self,
         start: CallStart,
     ) -> Result<Option<(CallSession, luthien_proto::v1::RequestDecision)>, ApiError> {
-        let opened = match self.state.control.open(start).await {
-            Ok(mut session) => match session.request_decision().await {
-                Ok(decision) => return Ok(Some((session, decision))),
-                Err(error) => {
-                    self.end_failed_session(Some(session), &error);
-                    error
-                }
-            },
+        let opened = async {
+            match self.state.control.open(start).await {
+                Ok(mut session) => match session.request_decision().await {
+                    Ok(decision) => Ok((session, decision)),
+                    Err(error) => {
+                        self.end_failed_session(Some(session), &error);
+                        Err(error)
+                    }
+                },
+                Err(error) => Err(error),
+            }
+        }
+        .instrument(tracing::info_span!("luthien.control_plane.request"))
+        .await;
+        let opened = match opened {
+            Ok(decided) => return Ok(Some(decided)),
             Err(error) => error,
         };
         self.control_failed(opened).map(|()| None)
@@ -507,7 +619,7 @@ fn metadata(headers: &HeaderMap) -> Vec<Header> {
         .collect()
 }
 
-fn trace_context(headers: &HeaderMap) -> TraceContext {
+fn trace_context(headers: &HeaderMap) -> W3cContext {
     let text = |name: &str| {
         headers
             .get(name)
@@ -515,7 +627,7 @@ fn trace_context(headers: &HeaderMap) -> TraceContext {
             .unwrap_or_default()
             .to_owned()
     };
-    TraceContext {
+    W3cContext {
         traceparent: text("traceparent"),
         tracestate: text("tracestate"),
     }

@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use crate::api::{Api, ApiError};
 use crate::config::FailMode;
 use crate::control::{CallSession, ControlError};
+use crate::metrics::Metrics;
 use crate::proxy::micros;
 
 /// How the pump treats upstream frames.
@@ -43,6 +44,7 @@ pub struct StreamPump {
     pub client: mpsc::Sender<Result<Bytes, Infallible>>,
     pub received: Instant,
     pub upstream_wait: Duration,
+    pub metrics: std::sync::Arc<Metrics>,
 }
 
 /// Why the pump stopped early.
@@ -81,6 +83,17 @@ impl StreamPump {
                 (CallOutcome::ControlPlaneTimeout, error.to_string())
             }
         };
+        let api = self.api.label();
+        Metrics::observe(&self.metrics.overhead, api, self.overhead(&timing));
+        if let Some(first_byte) = timing.first_byte {
+            Metrics::observe(&self.metrics.first_chunk, api, first_byte);
+        }
+        if timing.chunks > 0 {
+            self.metrics
+                .chunks
+                .get_or_create(&crate::metrics::ApiLabels { api })
+                .inc_by(timing.chunks);
+        }
         // Dropping `upstream` here (end of scope) cancels the upstream
         // request when it is still running.
         if let Some(session) = self.session.take() {
@@ -122,7 +135,10 @@ impl StreamPump {
                     ));
                 }
                 Ok(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) if !data.is_empty() => data,
+                    Ok(data) if !data.is_empty() => {
+                        timing.chunks += 1;
+                        data
+                    }
                     // Trailers and empty frames carry nothing for the client.
                     _ => continue,
                 },
@@ -283,4 +299,6 @@ struct Timing {
     first_byte: Option<Duration>,
     client_wait: Duration,
     at_event_boundary: bool,
+    /// Upstream frames read.
+    chunks: u64,
 }

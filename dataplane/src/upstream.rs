@@ -106,6 +106,7 @@ impl Upstream {
         client_headers: &HeaderMap,
         stripped_credential: Option<&HeaderName>,
         body: Bytes,
+        trace: Option<&luthien_telemetry::propagation::W3cContext>,
     ) -> Result<hyper::Response<Incoming>, SendError> {
         let base = match api {
             Api::OpenAiChat => &self.openai_url,
@@ -136,6 +137,21 @@ impl Upstream {
                 if let Some(key) = &self.anthropic_key {
                     headers.remove(header::AUTHORIZATION);
                     headers.insert("x-api-key", key.clone());
+                }
+            }
+        }
+        if let Some(trace) = trace {
+            for (name, value) in [
+                ("traceparent", &trace.traceparent),
+                ("tracestate", &trace.tracestate),
+            ] {
+                match HeaderValue::from_str(value) {
+                    Ok(value) if !value.is_empty() => {
+                        headers.insert(name, value);
+                    }
+                    _ => {
+                        headers.remove(name);
+                    }
                 }
             }
         }

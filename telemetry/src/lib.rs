@@ -1,7 +1,34 @@
-//! Logging set-up shared by every Luthien binary, so all of them read the
-//! same flags and `RUST_LOG` the same way.
+//! Logging, tracing and metrics set-up shared by every Luthien binary, so
+//! all of them read the same flags, `RUST_LOG` and `OTEL_*` variables the
+//! same way.
+//!
+//! * Logs: human-readable by default, `--log-format json` for machines. A
+//!   call's lines carry its span fields (`luthien.call_id`, `trace_id`).
+//! * Traces: exported by OTLP/gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+//!   `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set; `OTEL_SERVICE_NAME`,
+//!   `OTEL_RESOURCE_ATTRIBUTES` and `OTEL_TRACES_SAMPLER(_ARG)` are read by
+//!   the OpenTelemetry SDK as the specification defines them. When unset no
+//!   OpenTelemetry layer is installed at all.
+//! * Trace context: W3C `traceparent`/`tracestate` ([`propagation`]).
+//! * Metrics: the Prometheus registry helpers in [`metrics`].
 
+pub mod metrics;
+pub mod propagation;
+
+use std::sync::OnceLock;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+pub use opentelemetry;
+pub use prometheus_client;
+pub use tracing_opentelemetry;
 
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -21,14 +48,158 @@ pub struct LogArgs {
     pub log_format: LogFormat,
 }
 
+/// The tracer provider, kept to flush spans at shutdown.
+static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+
 /// Installs the global subscriber; `RUST_LOG` filters (default `info`).
+/// Traces are exported when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, under the
+/// service name `luthien` unless `OTEL_SERVICE_NAME` says otherwise.
 pub fn init(args: &LogArgs) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match args.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+    init_service(args, "luthien");
+}
+
+/// Like [`init`], with the service name used when neither
+/// `OTEL_SERVICE_NAME` nor `OTEL_RESOURCE_ATTRIBUTES` names one.
+pub fn init_service(args: &LogArgs, default_service_name: &str) {
+    let configured = [
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ]
+    .iter()
+    .any(|name| std::env::var(name).is_ok_and(|value| !value.trim().is_empty()));
+    let sdk_disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|value| value == "true");
+    let provider = if configured && !sdk_disabled {
+        match tracer_provider(None, default_service_name) {
+            Ok(provider) => Some(provider),
+            Err(error) => {
+                eprintln!("OpenTelemetry export disabled: {error}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    install(args.log_format, provider);
+}
+
+/// Installs the global subscriber with span export to the OTLP/gRPC
+/// `endpoint`, whatever the environment says (the other `OTEL_*` variables
+/// still apply). For embedding and tests.
+pub fn init_with_otlp_endpoint(
+    format: LogFormat,
+    endpoint: &str,
+    service_name: &str,
+) -> Result<(), String> {
+    let provider = tracer_provider(Some(endpoint.to_owned()), service_name)?;
+    install(format, Some(provider));
+    Ok(())
+}
+
+/// Flushes and stops span export; call before the process exits.
+pub fn shutdown() {
+    if let Some(provider) = PROVIDER.get() {
+        let _ = provider.force_flush();
+        let _ = provider.shutdown();
     }
+}
+
+/// Exports the spans finished so far (tests use it before asserting).
+pub fn flush() {
+    if let Some(provider) = PROVIDER.get() {
+        let _ = provider.force_flush();
+    }
+}
+
+/// True when spans are exported.
+pub fn tracing_enabled() -> bool {
+    PROVIDER.get().is_some()
+}
+
+fn install(format: LogFormat, provider: Option<SdkTracerProvider>) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let text = (format == LogFormat::Text).then(tracing_subscriber::fmt::layer);
+    let json = (format == LogFormat::Json).then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+    });
+    let otel = provider.map(|provider| {
+        let tracer = provider.tracer("luthien");
+        let _ = PROVIDER.set(provider);
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
+        // Only Luthien's own spans: the exporter's gRPC client must not
+        // trace itself, and library internals are noise in a call's trace.
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_tracked_inactivity(false)
+            .with_filter(tracing_subscriber::filter::filter_fn(|metadata| {
+                metadata.target().starts_with("luthien")
+            }))
+    });
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(text)
+        .with(json)
+        .with(otel)
+        .try_init();
+}
+
+fn tracer_provider(
+    endpoint: Option<String>,
+    default_service_name: &str,
+) -> Result<SdkTracerProvider, String> {
+    let exporter = exporter_on_own_runtime(endpoint)?;
+    let mut resource = Resource::builder().build();
+    let named = resource
+        .get(&opentelemetry::Key::from_static_str("service.name"))
+        .is_some_and(|name| !name.as_str().starts_with("unknown_service"));
+    if !named {
+        resource = Resource::builder()
+            .with_service_name(default_service_name.to_owned())
+            .build();
+    }
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build())
+}
+
+/// Builds the OTLP/gRPC exporter on a small runtime of its own, so export
+/// never competes with request handling and outlives any runtime the
+/// caller (or a test) drops.
+fn exporter_on_own_runtime(
+    endpoint: Option<String>,
+) -> Result<opentelemetry_otlp::SpanExporter, String> {
+    let (built, receive) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("otel-export".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    let _ = built.send(Err(error.to_string()));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let mut builder = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+                if let Some(endpoint) = endpoint {
+                    builder = builder.with_endpoint(endpoint);
+                }
+                let _ = built.send(builder.build().map_err(|error| error.to_string()));
+                std::future::pending::<()>().await;
+            });
+        })
+        .map_err(|error| error.to_string())?;
+    receive
+        .recv()
+        .map_err(|_| "exporter thread stopped".to_owned())?
 }
 
 /// Cancels `shutdown` on Ctrl-C or SIGTERM, the signals that ask a service

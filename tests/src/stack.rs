@@ -154,6 +154,7 @@ impl Stack {
             cp_message_timeout: options.cp_message_timeout,
             cp_inactivity_timeout: options.cp_inactivity_timeout,
             cp_connect_timeout: Duration::from_millis(500),
+            propagate_trace_upstream: true,
         };
         tokio::spawn(luthien_dataplane::serve(config, listener, shutdown.clone()));
         Stack {

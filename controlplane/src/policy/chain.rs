@@ -5,8 +5,11 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Instant;
 
+use luthien_telemetry::metrics::Label;
 use serde_json::Value;
+use tracing::Instrument;
 
 use super::noop::Noop;
 use super::{CallInfo, CallPolicy, Policy, PolicyError, PolicyEvent, RequestVerdict, SseEvent};
@@ -50,6 +53,11 @@ impl Chain {
                 .iter()
                 .map(|policy| policy.start_call(call))
                 .collect(),
+            labels: self
+                .policies
+                .iter()
+                .map(|policy| crate::metrics::global().policy_names.get(policy.name()))
+                .collect(),
             stage_input: Vec::new(),
             stage_output: Vec::new(),
         }
@@ -84,14 +92,35 @@ pub struct CallChain {
     /// Events between two policies; kept across events so the steady state allocates nothing.
     stage_input: Vec<SseEvent>,
     stage_output: Vec<SseEvent>,
+    /// The policies' metrics labels, in file order.
+    labels: Vec<Label>,
+}
+
+/// Runs one policy hook under a `luthien.policy` span and records its latency.
+async fn traced<T>(
+    label: &Label,
+    phase: &'static str,
+    work: impl Future<Output = Result<T, PolicyError>>,
+) -> Result<T, PolicyError> {
+    let span = tracing::info_span!(
+        "luthien.policy",
+        luthien.policy.name = label.as_str(),
+        luthien.policy.phase = phase,
+    );
+    let started = Instant::now();
+    let result = work.instrument(span).await;
+    crate::metrics::global().policy(label, phase, started.elapsed(), result.is_err());
+    result
 }
 
 impl CallChain {
     /// Runs the request through the policies in order; the first `Respond` ends the call and
     /// the policies after it never see the request.
     pub async fn on_request(&mut self, request: &mut Value) -> Result<RequestVerdict, PolicyError> {
-        for call in &mut self.calls {
-            if let RequestVerdict::Respond(response) = call.on_request(request).await? {
+        for (call, label) in self.calls.iter_mut().zip(&self.labels) {
+            if let RequestVerdict::Respond(response) =
+                traced(label, "request", call.on_request(request)).await?
+            {
                 return Ok(RequestVerdict::Respond(response));
             }
         }
@@ -100,8 +129,8 @@ impl CallChain {
 
     /// Runs a complete response through the policies in reverse order.
     pub async fn on_response(&mut self, response: &mut Value) -> Result<(), PolicyError> {
-        for call in self.calls.iter_mut().rev() {
-            call.on_response(response).await?;
+        for (call, label) in self.calls.iter_mut().zip(&self.labels).rev() {
+            traced(label, "response", call.on_response(response)).await?;
         }
         Ok(())
     }
@@ -135,8 +164,9 @@ impl CallChain {
         let mut out = Vec::new();
         let mut flushed = Vec::new();
         for stage in 0..self.calls.len() {
+            let label = self.stage_label(stage);
             let call = self.stage(stage);
-            call.on_stream_end(&mut flushed).await?;
+            traced(&label, "stream_end", call.on_stream_end(&mut flushed)).await?;
             self.run_stages(stage + 1, &mut flushed, &mut out).await?;
         }
         Ok(out)
@@ -157,6 +187,10 @@ impl CallChain {
     }
 
     /// The policy at `stage` in response order (the last policy of the file is stage 0).
+    fn stage_label(&self, stage: usize) -> Label {
+        self.labels[self.calls.len() - 1 - stage].clone()
+    }
+
     fn stage(&mut self, stage: usize) -> &mut dyn CallPolicy {
         let position = self.calls.len() - 1 - stage;
         self.calls[position].as_mut()
@@ -172,12 +206,18 @@ impl CallChain {
     ) -> Result<(), PolicyError> {
         let stages = self.calls.len();
         let mut output = std::mem::take(&mut self.stage_output);
+        let metrics = crate::metrics::global();
         for stage in first..stages {
+            let label = self.stage_label(stage);
             let call = self.stage(stage);
             let last = stage + 1 == stages;
             let target = if last { &mut *out } else { &mut output };
             for event in events.drain(..) {
-                call.on_event(event, target).await?;
+                // Per event: latency only; a span per event would drown the trace.
+                let started = Instant::now();
+                let result = call.on_event(event, target).await;
+                metrics.policy(&label, "stream_event", started.elapsed(), result.is_err());
+                result?;
             }
             if !last {
                 std::mem::swap(events, &mut output);

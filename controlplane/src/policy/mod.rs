@@ -12,6 +12,7 @@ pub mod chain;
 pub mod llm_judge;
 pub mod noop;
 pub mod regex_redact;
+pub mod remote;
 pub mod string_replace;
 pub mod tool_call_filter;
 pub mod tool_calls;

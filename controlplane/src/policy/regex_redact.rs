@@ -30,9 +30,12 @@
 //!
 //! Each content stream (OpenAI choice, Anthropic content block) holds back its last
 //! `max_match_chars - 1` characters: every match up to `max_match_chars` long is caught however
-//! the text is split into events. A longer match is caught too when its beginning already
-//! matches (an API key: `sk-` and twenty characters): a match that runs into the end of the
-//! received text is held until it ends, up to 1024 characters. Held text is flushed when its
+//! the text is split into events. A longer match is caught too when its first
+//! `max_match_chars` characters already match (an API key: `sk-` and twenty characters), because
+//! a match that runs into the end of the received text is held until it ends, up to 1024
+//! characters (an `sk-proj-` key is about 160). So keep `max_match_chars` at least as long as
+//! the longest e-mail address, phone or card number you must catch and the shortest complete
+//! match of a long pattern; 64 covers the presets (but for unusually long e-mail addresses). Held text is flushed when its
 //! content stream ends (as an injected text delta before the OpenAI chunk with the choice's
 //! `finish_reason`, or before the Anthropic `content_block_stop`), and anything still held before
 //! `[DONE]` / `message_stop` and at the end of the stream. The cost is latency: text reaches the

@@ -22,6 +22,7 @@ use tokio::sync::mpsc::{self, error::TryRecvError, error::TrySendError};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::redact;
 use super::{Record, Store, StoreError};
@@ -364,14 +365,28 @@ impl Writer {
         let mut backoff = self.options.retry_initial;
         loop {
             let started = Instant::now();
+            let span = tracing::info_span!(
+                "luthien.store.batch",
+                luthien.store.backend = self.store.backend(),
+                luthien.store.records = batch.len(),
+                otel.status_code = tracing::field::Empty,
+            );
             let result = tokio::select! {
                 biased;
                 () = self.abort.cancelled() => return false,
-                result = write_isolating(&self.store, batch, &self.counters) => result,
+                result = write_isolating(&self.store, batch, &self.counters).instrument(span.clone()) => result,
             };
+            if result.is_err() {
+                span.record("otel.status_code", "ERROR");
+            }
+            drop(span);
             match result {
                 Ok(()) => {
-                    let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    let elapsed = started.elapsed();
+                    crate::metrics::global()
+                        .batch_latency
+                        .observe(elapsed.as_secs_f64());
+                    let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
                     self.counters
                         .last_batch_micros
                         .store(micros, Ordering::Relaxed);

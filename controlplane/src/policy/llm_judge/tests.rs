@@ -6,14 +6,12 @@ use crate::api::Api;
 use crate::api::fixtures::{encode, run_stream, streamed_text};
 use crate::policy::tool_calls::ToolCall;
 
-const VIOLATION: &str =
-    r#"{"violation": true, "score": 0.9, "explanation": "deletes files"}"#;
+const VIOLATION: &str = r#"{"violation": true, "score": 0.9, "explanation": "deletes files"}"#;
 const FINE: &str = r#"{"violation": false, "score": 0.1, "explanation": "harmless"}"#;
 
 fn config(base_url: &str, extra: &str) -> LlmJudgeConfig {
-    let yaml = format!(
-        "base_url: {base_url}\nmodel: judge-model\nrules: Never delete files.\n{extra}"
-    );
+    let yaml =
+        format!("base_url: {base_url}\nmodel: judge-model\nrules: Never delete files.\n{extra}");
     serde_yaml_ng::from_str(&yaml).unwrap()
 }
 
@@ -24,7 +22,11 @@ fn judge(base_url: &str, extra: &str) -> Result<LlmJudge, String> {
 /// A judge whose answers the mock scripts through `x-mock-text`.
 fn scripted(mock: &MockUpstream, answer: &str, extra: &str) -> LlmJudge {
     let headers = json!({"x-mock-text": answer}).to_string();
-    judge(&mock.openai_base_url(), &format!("headers: {headers}\n{extra}")).unwrap()
+    judge(
+        &mock.openai_base_url(),
+        &format!("headers: {headers}\n{extra}"),
+    )
+    .unwrap()
 }
 
 fn bash() -> ToolCall {
@@ -39,12 +41,27 @@ fn bash() -> ToolCall {
 fn verdicts_are_read_leniently() {
     let cases = [
         (VIOLATION, Some(true), 0.9, "deletes files"),
-        ("```json\n{\"violation\": false, \"score\": 0}\n```", Some(false), 0.0, ""),
-        ("Sure! Here it is: {\"violation\": \"true\", \"score\": \"0.75\", \"explanation\": \"x\"} Hope it helps.", Some(true), 0.75, "x"),
+        (
+            "```json\n{\"violation\": false, \"score\": 0}\n```",
+            Some(false),
+            0.0,
+            "",
+        ),
+        (
+            "Sure! Here it is: {\"violation\": \"true\", \"score\": \"0.75\", \"explanation\": \"x\"} Hope it helps.",
+            Some(true),
+            0.75,
+            "x",
+        ),
         ("{\"violation\": true}", Some(true), 1.0, ""),
         ("{\"violation\": \"no\"}", Some(false), 0.0, ""),
         ("{\"score\": 7}", None, 1.0, ""),
-        ("{\"score\": -1, \"explanation\": [\"a\"]}", None, 0.0, "[\"a\"]"),
+        (
+            "{\"score\": -1, \"explanation\": [\"a\"]}",
+            None,
+            0.0,
+            "[\"a\"]",
+        ),
     ];
     for (content, violation, score, explanation) in cases {
         let verdict = parse_verdict(content).unwrap();
@@ -87,18 +104,54 @@ fn a_violation_false_never_blocks_and_the_score_decides_otherwise() {
 #[test]
 fn invalid_configs_name_the_key() {
     let cases = [
-        ("ftp://judge", "", "base_url: \"ftp://judge\" is not an http(s) URL"),
+        (
+            "ftp://judge",
+            "",
+            "base_url: \"ftp://judge\" is not an http(s) URL",
+        ),
         ("not a url", "", "base_url: \"not a url\" is not a URL"),
-        ("http://judge", "threshold: 1.5", "threshold: 1.5 is not between 0 and 1"),
+        (
+            "http://judge",
+            "threshold: 1.5",
+            "threshold: 1.5 is not between 0 and 1",
+        ),
         ("http://judge", "timeout: soon", "timeout: "),
-        ("http://judge", "timeout: 0s", "timeout: must be more than 0"),
-        ("http://judge", "api_key: a\napi_key_env: B", "api_key_env: give api_key or api_key_env, not both"),
-        ("http://judge", "api_key_env: LUTHIEN_TEST_SURELY_UNSET_VARIABLE", "api_key_env: environment variable LUTHIEN_TEST_SURELY_UNSET_VARIABLE is not set"),
-        ("http://judge", "headers: {\"bad header\": x}", "headers.bad header: not a valid header name"),
+        (
+            "http://judge",
+            "timeout: 0s",
+            "timeout: must be more than 0",
+        ),
+        (
+            "http://judge",
+            "api_key: a\napi_key_env: B",
+            "api_key_env: give api_key or api_key_env, not both",
+        ),
+        (
+            "http://judge",
+            "api_key_env: LUTHIEN_TEST_SURELY_UNSET_VARIABLE",
+            "api_key_env: environment variable LUTHIEN_TEST_SURELY_UNSET_VARIABLE is not set",
+        ),
+        (
+            "http://judge",
+            "headers: {\"bad header\": x}",
+            "headers.bad header: not a valid header name",
+        ),
         ("http://judge", "tools: []", "tools: must not be empty"),
-        ("http://judge", "prompt_template: '{tool}'", "prompt_template: unknown placeholder {tool}"),
-        ("http://judge", "replacement_text: '{rule}'", "replacement_text: unknown placeholder {rule}"),
-        ("http://judge", "text_replacement_text: '{name}'", "text_replacement_text: unknown placeholder {name}"),
+        (
+            "http://judge",
+            "prompt_template: '{tool}'",
+            "prompt_template: unknown placeholder {tool}",
+        ),
+        (
+            "http://judge",
+            "replacement_text: '{rule}'",
+            "replacement_text: unknown placeholder {rule}",
+        ),
+        (
+            "http://judge",
+            "text_replacement_text: '{name}'",
+            "text_replacement_text: unknown placeholder {name}",
+        ),
     ];
     for (base_url, extra, expected) in cases {
         let error = judge(base_url, extra).err().unwrap_or_default();
@@ -106,7 +159,9 @@ fn invalid_configs_name_the_key() {
     }
     let yaml = "base_url: http://judge\nmodel: m\nrules: ''";
     let config: LlmJudgeConfig = serde_yaml_ng::from_str(yaml).unwrap();
-    let error = LlmJudge::from_config("j".to_owned(), config).err().unwrap_or_default();
+    let error = LlmJudge::from_config("j".to_owned(), config)
+        .err()
+        .unwrap_or_default();
     assert_eq!(error, "rules: must not be empty");
 }
 
@@ -125,7 +180,10 @@ fn the_policy_file_registers_it() {
     .err()
     .unwrap()
     .to_string();
-    assert!(error.contains("config.on_eror: unknown field `on_eror`"), "{error}");
+    assert!(
+        error.contains("config.on_eror: unknown field `on_eror`"),
+        "{error}"
+    );
 }
 
 #[tokio::test]
@@ -218,7 +276,10 @@ async fn judge_failures_follow_on_error() {
         let event = decision.event.unwrap();
         assert_eq!(event.action, "blocked");
         assert!(
-            event.data["judge_error"].as_str().unwrap().starts_with(error),
+            event.data["judge_error"]
+                .as_str()
+                .unwrap()
+                .starts_with(error),
             "{event:?}"
         );
         assert_eq!(event.data["on_error"], "block");
@@ -228,7 +289,11 @@ async fn judge_failures_follow_on_error() {
         assert_eq!(decision.replacement, None);
         let event = decision.event.unwrap();
         assert_eq!(event.action, "judge_failed");
-        assert!(event.summary.contains("allowed (on_error: allow)"), "{}", event.summary);
+        assert!(
+            event.summary.contains("allowed (on_error: allow)"),
+            "{}",
+            event.summary
+        );
     }
     // Nothing listens there.
     let closed = judge("http://127.0.0.1:9/v1", "on_error: allow").unwrap();
@@ -280,11 +345,24 @@ async fn streamed_calls_are_judged_whole_and_text_too_when_asked() {
     let prompts: Vec<String> = mock
         .requests()
         .iter()
-        .map(|request| request.json()["messages"][1]["content"].as_str().unwrap().to_owned())
+        .map(|request| {
+            request.json()["messages"][1]["content"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .collect();
     assert_eq!(prompts.len(), 2);
-    assert!(prompts[0].contains("Deleting everything."), "{}", prompts[0]);
-    assert!(prompts[1].contains(r#"{"command":"rm -rf \"/"}"#), "{}", prompts[1]);
+    assert!(
+        prompts[0].contains("Deleting everything."),
+        "{}",
+        prompts[0]
+    );
+    assert!(
+        prompts[1].contains(r#"{"command":"rm -rf \"/"}"#),
+        "{}",
+        prompts[1]
+    );
 }
 
 #[tokio::test]
@@ -316,5 +394,9 @@ async fn the_tool_calls_of_one_choice_are_judged_concurrently() {
     let events = call.take_events();
     assert_eq!(events.len(), 4);
     assert!(events.iter().all(|event| event.action == "judge_failed"));
-    assert!(started.elapsed() < Duration::from_millis(1000), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_millis(1000),
+        "{:?}",
+        started.elapsed()
+    );
 }

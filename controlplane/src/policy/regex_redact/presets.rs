@@ -117,7 +117,7 @@ pub(super) fn luhn_valid(candidate: &str) -> bool {
             _ => digit * 2,
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// Real keys are random, so they have digits; `sk-this-is-a-long-hyphenated-phrase` is not one.

@@ -89,12 +89,13 @@ impl Redactor {
     /// Redacts every match in `text`, counting them in `counts`; returns how many there were and
     /// leaves `text` untouched (no allocation) when nothing matches.
     pub(super) fn redact_all(&self, text: &mut String, counts: &mut Counts) -> usize {
-        if self.next(text, 0, true).is_none() {
+        let mut searches = Searches::new(self);
+        if self.next(text, 0, true, &mut searches).is_none() {
             return 0;
         }
         let mut out = String::with_capacity(text.len());
         let before: usize = counts.iter().sum();
-        self.scan(text, 0, usize::MAX, true, &mut out, counts);
+        self.scan(text, 0, usize::MAX, true, &mut searches, &mut out, counts);
         *text = out;
         counts.iter().sum::<usize>() - before
     }
@@ -102,18 +103,20 @@ impl Redactor {
     /// Redacts `text[from..]` into `out` up to the point where text must be held; returns that
     /// point. `decide_before`: a match starting before it is decided (a stream's window start);
     /// `complete`: `text` is the whole text, so nothing is held.
+    #[allow(clippy::too_many_arguments)]
     fn scan(
         &self,
         text: &str,
         from: usize,
         decide_before: usize,
         complete: bool,
+        searches: &mut Searches,
         out: &mut String,
         counts: &mut Counts,
     ) -> usize {
         let mut consumed = from;
         loop {
-            let candidate = match self.next(text, consumed, complete) {
+            let candidate = match self.next(text, consumed, complete, searches) {
                 Some(candidate) if candidate.start < decide_before => candidate,
                 _ => break,
             };
@@ -155,10 +158,28 @@ impl Redactor {
 
     /// The leftmost candidate at or after `from`: at equal starts an open one (it may still
     /// grow), then the longest, then the first listed.
-    fn next(&self, text: &str, from: usize, complete: bool) -> Option<Candidate> {
+    ///
+    /// Each pattern's last search is reused while it still answers for `from` (calls on one
+    /// text must have non-decreasing `from`), so a text is searched about once per pattern
+    /// however many matches it has.
+    fn next(
+        &self,
+        text: &str,
+        from: usize,
+        complete: bool,
+        searches: &mut Searches,
+    ) -> Option<Candidate> {
         let mut best: Option<Candidate> = None;
-        for pattern in 0..self.patterns.len() {
-            let Some(candidate) = self.pattern_next(pattern, text, from, complete) else {
+        for (pattern, search) in searches.0.iter_mut().enumerate() {
+            let found = match search {
+                Some(search) if from <= search.reusable_until => search.candidate,
+                _ => {
+                    let fresh = self.pattern_next(pattern, text, from, complete);
+                    *search = Some(fresh);
+                    fresh.candidate
+                }
+            };
+            let Some(candidate) = found else {
                 continue;
             };
             let better = match best {
@@ -180,35 +201,59 @@ impl Redactor {
 
     /// One pattern's next non-empty candidate at or after `from` that its validator accepts, or
     /// that is still open.
-    fn pattern_next(
-        &self,
-        pattern: usize,
-        text: &str,
-        from: usize,
-        complete: bool,
-    ) -> Option<Candidate> {
+    fn pattern_next(&self, pattern: usize, text: &str, from: usize, complete: bool) -> Search {
         let Pattern {
             regex, validate, ..
         } = &self.patterns[pattern];
+        let mut search = Search {
+            candidate: None,
+            reusable_until: usize::MAX,
+        };
         let mut at = from;
         while at <= text.len() {
-            let found = regex.find_at(text, at)?;
+            let Some(found) = regex.find_at(text, at) else {
+                break;
+            };
             if found.is_empty() {
-                at = next_char_boundary(text, found.end())?;
+                match next_char_boundary(text, found.end()) {
+                    Some(next) => at = next,
+                    None => break,
+                }
                 continue;
             }
             let open = !complete && found.end() == text.len();
             if open || validate.is_none_or(|validate| validate(found.as_str())) {
-                return Some(Candidate {
+                search.candidate = Some(Candidate {
                     pattern,
                     start: found.start(),
                     end: found.end(),
                     open,
                 });
+                search.reusable_until = search.reusable_until.min(found.start());
+                break;
             }
+            // A search starting inside the rejected candidate could find something else.
+            search.reusable_until = search.reusable_until.min(found.start());
             at = found.end();
         }
-        None
+        search
+    }
+}
+
+/// One pattern's last search in a text.
+#[derive(Clone, Copy, Debug)]
+struct Search {
+    candidate: Option<Candidate>,
+    /// The search gives the same answer from any position up to this one.
+    reusable_until: usize,
+}
+
+/// Every pattern's last search in one text (`None`: not searched yet).
+struct Searches(Vec<Option<Search>>);
+
+impl Searches {
+    fn new(redactor: &Redactor) -> Self {
+        Self(vec![None; redactor.patterns.len()])
     }
 }
 
@@ -242,6 +287,7 @@ impl StreamBuffer {
             self.context,
             window_start,
             false,
+            &mut Searches::new(redactor),
             &mut certain,
             &mut self.counts,
         );
@@ -270,6 +316,7 @@ impl StreamBuffer {
             self.context,
             usize::MAX,
             true,
+            &mut Searches::new(redactor),
             &mut rest,
             &mut self.counts,
         );
@@ -469,6 +516,28 @@ mod tests {
         let chars: Vec<String> = text.chars().map(String::from).collect();
         let pieces: Vec<&str> = chars.iter().map(String::as_str).collect();
         assert_eq!(stream(&redactor, &pieces), expected);
+    }
+
+    #[test]
+    fn a_large_text_with_many_matches_is_searched_about_once_per_pattern() {
+        let mut redactor = redactor(
+            &[
+                ("email", r"[a-z]+@[a-z]+\.io"),
+                ("even", r"\b[0-9]{2,}\b"),
+                ("never", "zzz"),
+            ],
+            64,
+        );
+        redactor.patterns[1].validate = Some(|m| m.len() % 2 == 0);
+        let text = "mail ab@cd.io 123 4567 and some filler text. ".repeat(20_000);
+        let mut counts = redactor.new_counts();
+        let mut redacted = text.clone();
+        let started = std::time::Instant::now();
+        redactor.redact_all(&mut redacted, &mut counts);
+        assert_eq!(counts, [20_000, 20_000, 0]);
+        assert!(redacted.starts_with("mail <email> 123 <even> and"));
+        // Quadratic re-searching would take minutes here.
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
     }
 
     #[test]

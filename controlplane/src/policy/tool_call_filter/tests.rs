@@ -57,15 +57,27 @@ rules:
     .unwrap();
     let cases = [
         (tool("bash", r#"{"command": "rm -rf /"}"#), Some("no-rm")),
-        (tool("shell_exec", r#"{"command":"sudo rm  -fr ~"}"#), Some("no-rm")),
+        (
+            tool("shell_exec", r#"{"command":"sudo rm  -vrf ~"}"#),
+            Some("no-rm"),
+        ),
         (tool("bash", r#"{"command": "ls -la"}"#), None),
         // The name must match too.
         (tool("python", r#"{"code": "os.system('rm -rf /')"}"#), None),
-        (tool("write_file", r#"{"path": "/etc/passwd", "content": "x"}"#), Some("etc")),
+        (
+            tool("write_file", r#"{"path": "/etc/passwd", "content": "x"}"#),
+            Some("etc"),
+        ),
         (tool("write_file", r#"{"path": "/home/etc/x"}"#), None),
         (tool("deploy", "{}"), Some("any-deploy")),
-        (tool("git", r#"{"args": ["push", "--force"]}"#), Some("force-push")),
-        (tool("git", r#"{"args": ["push", "--force-with-lease"]}"#), None),
+        (
+            tool("git", r#"{"args": ["push", "--force"]}"#),
+            Some("force-push"),
+        ),
+        (
+            tool("git", r#"{"args": ["push", "--force-with-lease"]}"#),
+            None,
+        ),
         (tool("anything", r#"{"sudo": false}"#), Some("has-sudo-key")),
         // Not JSON: the regex still searches the raw text, JSON paths never match.
         (tool("bash", r#"{"command": "rm -rf /"#), Some("no-rm")),
@@ -124,7 +136,10 @@ replacement_text: "[{name} removed by {rule}]"
         .inspector
         .inspect(Subject::ToolCall(&tool("bash", "{}")))
         .await;
-    assert_eq!(decision.replacement.as_deref(), Some("[bash removed by first]"));
+    assert_eq!(
+        decision.replacement.as_deref(),
+        Some("[bash removed by first]")
+    );
     let event = decision.event.unwrap();
     assert_eq!(event.action, "blocked");
     assert_eq!(event.summary, "removed tool call `bash` (rule `first`)");
@@ -144,13 +159,34 @@ fn invalid_configs_name_the_key() {
     let cases = [
         ("rules: []", "rules: must not be empty"),
         ("rules: [{name: ''}]", "rules[0].name: must not be empty"),
-        ("rules: [{name: a}]", "rules[0]: give at least one of tools, arguments_regex, arguments_json_path"),
-        ("rules: [{name: a, tools: [x]}, {name: a, tools: [y]}]", "rules[1].name: \"a\" is used by an earlier rule"),
-        ("rules: [{name: a, tools: []}]", "rules[0].tools: must not be empty"),
-        ("rules: [{name: a, arguments_regex: '('}]", "rules[0].arguments_regex: regex parse error"),
-        ("rules: [{name: a, arguments_json_path: {path: 'command'}}]", "rules[0].arguments_json_path.path: "),
-        ("rules: [{name: a, arguments_json_path: {path: '$.a', regex: '['}}]", "rules[0].arguments_json_path.regex: regex parse error"),
-        ("rules: [{name: a, tools: [x]}]\nreplacement_text: '{tool} blocked'", "replacement_text: unknown placeholder {tool}; known: {name}, {rule}"),
+        (
+            "rules: [{name: a}]",
+            "rules[0]: give at least one of tools, arguments_regex, arguments_json_path",
+        ),
+        (
+            "rules: [{name: a, tools: [x]}, {name: a, tools: [y]}]",
+            "rules[1].name: \"a\" is used by an earlier rule",
+        ),
+        (
+            "rules: [{name: a, tools: []}]",
+            "rules[0].tools: must not be empty",
+        ),
+        (
+            "rules: [{name: a, arguments_regex: '('}]",
+            "rules[0].arguments_regex: regex parse error",
+        ),
+        (
+            "rules: [{name: a, arguments_json_path: {path: 'command'}}]",
+            "rules[0].arguments_json_path.path: ",
+        ),
+        (
+            "rules: [{name: a, arguments_json_path: {path: '$.a', regex: '['}}]",
+            "rules[0].arguments_json_path.regex: regex parse error",
+        ),
+        (
+            "rules: [{name: a, tools: [x]}]\nreplacement_text: '{tool} blocked'",
+            "replacement_text: unknown placeholder {tool}; known: {name}, {rule}",
+        ),
     ];
     for (yaml, expected) in cases {
         let error = filter(yaml).err().unwrap_or_default();
@@ -251,7 +287,10 @@ async fn non_streamed_answers_lose_the_call_in_both_apis() {
     let mut call = policy.start_call(&call_info(Api::OpenAiChat, false));
     call.on_response(&mut openai).await.unwrap();
     let message = &openai["choices"][0]["message"];
-    assert_eq!(message["content"], "Tool call bash was blocked by policy: no-rm-rf");
+    assert_eq!(
+        message["content"],
+        "Tool call bash was blocked by policy: no-rm-rf"
+    );
     assert_eq!(message["tool_calls"].as_array().unwrap().len(), 1);
     assert_eq!(message["tool_calls"][0]["id"], "call_2");
     // One of two removed: the finish reason stays.

@@ -1,0 +1,147 @@
+//! `GET /metrics` of the data plane (Prometheus/OpenMetrics text).
+//!
+//! Every observation is a label lookup plus an atomic update: labels are
+//! `&'static str`s, status codes and [`Label`]s (shared model names, bounded
+//! by [`BoundedLabels`]: the first `MAX_MODEL_LABELS` distinct models keep
+//! their name, later ones are counted as `other`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use luthien_telemetry::metrics::{self as shared, BoundedLabels, Label};
+use luthien_telemetry::prometheus_client::encoding::EncodeLabelSet;
+use luthien_telemetry::prometheus_client::metrics::counter::Counter;
+use luthien_telemetry::prometheus_client::metrics::family::Family;
+use luthien_telemetry::prometheus_client::metrics::gauge::Gauge;
+use luthien_telemetry::prometheus_client::metrics::histogram::Histogram;
+use luthien_telemetry::prometheus_client::registry::Registry;
+
+use crate::AppState;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    pub api: &'static str,
+    pub model: Label,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiLabels {
+    pub api: &'static str,
+}
+
+type Histograms = Family<ApiLabels, Histogram, fn() -> Histogram>;
+
+/// The data plane's metrics.
+pub struct Metrics {
+    registry: Registry,
+    pub models: BoundedLabels,
+    pub calls: Family<CallLabels, Counter>,
+    pub overhead: Histograms,
+    pub upstream: Histograms,
+    pub first_chunk: Histograms,
+    pub chunks: Family<ApiLabels, Counter>,
+    pub open_streams: Gauge,
+}
+
+fn overhead_histogram() -> Histogram {
+    Histogram::new(shared::overhead_buckets())
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(shared::latency_buckets())
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let calls = Family::<CallLabels, Counter>::default();
+        registry.register(
+            "luthien_calls",
+            "Calls handled, by API, model (bounded, see the docs) and HTTP status.",
+            calls.clone(),
+        );
+        let overhead = Histograms::new_with_constructor(overhead_histogram);
+        registry.register(
+            "luthien_overhead_seconds",
+            "Latency Luthien added to a call: its duration minus waiting for upstream and for the client.",
+            overhead.clone(),
+        );
+        let upstream = Histograms::new_with_constructor(latency_histogram);
+        registry.register(
+            "luthien_upstream_duration_seconds",
+            "Time until the upstream provider answered with response headers.",
+            upstream.clone(),
+        );
+        let first_chunk = Histograms::new_with_constructor(latency_histogram);
+        registry.register(
+            "luthien_time_to_first_chunk_seconds",
+            "Streamed calls: time from the request to the first byte sent to the client.",
+            first_chunk.clone(),
+        );
+        let chunks = Family::<ApiLabels, Counter>::default();
+        registry.register(
+            "luthien_stream_chunks",
+            "Upstream stream chunks moved to clients.",
+            chunks.clone(),
+        );
+        let open_streams = Gauge::default();
+        registry.register(
+            "luthien_data_plane_open_control_streams",
+            "Control-plane call streams open on this data plane.",
+            open_streams.clone(),
+        );
+        Self {
+            registry,
+            models: BoundedLabels::new(shared::MAX_MODEL_LABELS),
+            calls,
+            overhead,
+            upstream,
+            first_chunk,
+            chunks,
+            open_streams,
+        }
+    }
+
+    pub fn observe(family: &Histograms, api: &'static str, duration: Duration) {
+        family
+            .get_or_create(&ApiLabels { api })
+            .observe(duration.as_secs_f64());
+    }
+
+    pub fn render(&self) -> String {
+        shared::encode(&self.registry)
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Decrements the open-streams gauge when a call's stream goes away.
+pub struct OpenStream(Gauge);
+
+impl OpenStream {
+    pub fn new(gauge: &Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+pub async fn handler(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, shared::CONTENT_TYPE)],
+        state.metrics.render(),
+    )
+}
