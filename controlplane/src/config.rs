@@ -205,6 +205,19 @@ mod tests {
     }
 
     #[test]
+    fn request_only_chains_leave_responses_in_observe_mode() {
+        let request_only = parse_chain(
+            "policies:\n  - {type: block, config: {rules: [{name: r, models_deny: [x]}]}}\n  - {type: string_replace, config: {replacements: [{from: a, to: b}], apply_to: request}}",
+            "x",
+        )
+        .unwrap();
+        assert!(!request_only.read_only());
+        assert!(!request_only.transforms_responses());
+        let caps = parse_chain("policies: [{type: block, config: {rules: [{name: r, models_deny: [x]}]}}, {type: all_caps}]", "x").unwrap();
+        assert!(caps.transforms_responses());
+    }
+
+    #[test]
     fn unknown_types_list_the_known_ones() {
         let message = error("policies: [{type: noop}, {type: all_cap, name: shout}]");
         let known: Vec<&str> = known_policy_types().collect();

@@ -226,7 +226,11 @@ impl CallDriver {
             call.mode = ResponseMode::Observe;
             return continue_unchanged(ResponseMode::Observe);
         }
-        call.mode = ResponseMode::Transform;
+        call.mode = if self.chain.transforms_responses() {
+            ResponseMode::Transform
+        } else {
+            ResponseMode::Observe
+        };
         let mut body: Value = match serde_json::from_slice(&start.body) {
             Ok(body) => body,
             Err(error) => {

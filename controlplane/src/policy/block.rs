@@ -360,6 +360,11 @@ impl Policy for Block {
         false
     }
 
+    /// Blocks happen in the request phase only.
+    fn transforms_responses(&self) -> bool {
+        false
+    }
+
     fn start_call(&self, call: &CallInfo) -> Box<dyn CallPolicy> {
         Box::new(BlockCall {
             api: call.api,

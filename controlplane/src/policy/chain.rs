@@ -31,6 +31,14 @@ impl Chain {
         self.policies.iter().all(|policy| policy.read_only())
     }
 
+    /// True when some policy may change responses; otherwise responses run
+    /// in observe mode.
+    pub fn transforms_responses(&self) -> bool {
+        self.policies
+            .iter()
+            .any(|policy| policy.transforms_responses())
+    }
+
     /// The policies' names, in order.
     pub fn policy_names(&self) -> Vec<&str> {
         self.policies.iter().map(|policy| policy.name()).collect()

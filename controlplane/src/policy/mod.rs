@@ -95,6 +95,12 @@ pub trait Policy: Send + Sync + 'static {
     /// True when the policy never changes a request, response or event.
     /// A chain of read-only policies runs its calls in observe mode.
     fn read_only(&self) -> bool;
+    /// True when the policy may change responses or stream events. A chain
+    /// in which no policy does (e.g. only request blocks) runs the response
+    /// in observe mode: no per-chunk round trip.
+    fn transforms_responses(&self) -> bool {
+        !self.read_only()
+    }
     /// Creates the per-call state.
     fn start_call(&self, call: &CallInfo) -> Box<dyn CallPolicy>;
 }

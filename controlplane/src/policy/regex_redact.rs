@@ -35,8 +35,9 @@
 //! a match that runs into the end of the received text is held until it ends, up to 1024
 //! characters (an `sk-proj-` key is about 160). So keep `max_match_chars` at least as long as
 //! the longest e-mail address, phone or card number you must catch and the shortest complete
-//! match of a long pattern; 64 covers the presets (but for unusually long e-mail addresses). Held text is flushed when its
-//! content stream ends (as an injected text delta before the OpenAI chunk with the choice's
+//! match of a long pattern; 64 covers the presets (but for unusually long e-mail addresses).
+//!
+//! Held text is flushed when its content stream ends (as an injected text delta before the OpenAI chunk with the choice's
 //! `finish_reason`, or before the Anthropic `content_block_stop`), and anything still held before
 //! `[DONE]` / `message_stop` and at the end of the stream. The cost is latency: text reaches the
 //! client `max_match_chars` characters late; an event whose text is all held is dropped when it
@@ -234,6 +235,10 @@ impl Policy for RegexRedact {
 
     fn read_only(&self) -> bool {
         false
+    }
+
+    fn transforms_responses(&self) -> bool {
+        self.apply_to.response()
     }
 
     fn start_call(&self, call: &CallInfo) -> Box<dyn CallPolicy> {

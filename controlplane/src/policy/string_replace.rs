@@ -63,11 +63,11 @@ pub enum ApplyTo {
 }
 
 impl ApplyTo {
-    fn request(self) -> bool {
+    pub fn request(self) -> bool {
         matches!(self, Self::Request | Self::Both)
     }
 
-    fn response(self) -> bool {
+    pub fn response(self) -> bool {
         matches!(self, Self::Response | Self::Both)
     }
 }
@@ -109,6 +109,10 @@ impl Policy for StringReplace {
 
     fn read_only(&self) -> bool {
         false
+    }
+
+    fn transforms_responses(&self) -> bool {
+        self.apply_to.response()
     }
 
     fn start_call(&self, call: &CallInfo) -> Box<dyn CallPolicy> {
