@@ -122,7 +122,9 @@ fn install(format: LogFormat, provider: Option<SdkTracerProvider>) {
         tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(true)
-            .with_span_list(false)
+            // Every enclosing span: the call's root carries the call id
+            // and trace id also for lines logged in a child span.
+            .with_span_list(true)
     });
     let otel = provider.map(|provider| {
         let tracer = provider.tracer("luthien");
