@@ -46,7 +46,10 @@ const POLICY_TYPES: &[(&str, BuildPolicy)] = &[
         crate::policy::block::Block::KIND,
         build::<crate::policy::block::Block>,
     ),
-    (crate::policy::remote::Remote::KIND, build::<crate::policy::remote::Remote>),
+    (
+        crate::policy::remote::Remote::KIND,
+        build::<crate::policy::remote::Remote>,
+    ),
 ];
 
 fn build<P: FromConfig>(

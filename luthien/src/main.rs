@@ -93,7 +93,7 @@ async fn up(
     mut data_plane: DataPlaneConfig,
     log: LogArgs,
 ) -> anyhow::Result<ExitCode> {
-    luthien_telemetry::init(&log);
+    luthien_telemetry::init_service(&log, "luthien");
     let policies = control_plane.load_policies()?;
     let grpc_listener = tokio::net::TcpListener::bind(control_plane.grpc_listen).await?;
     let http_listener = luthien_controlplane::server::bind_debug_http(&control_plane).await?;
@@ -114,6 +114,8 @@ async fn up(
     let data = luthien_dataplane::serve(data_plane, proxy_listener, shutdown.clone()).await;
     shutdown.cancel();
     let control = control.await?;
+    // Export whatever spans are still buffered before the process exits.
+    luthien_telemetry::shutdown();
     data?;
     control?;
     Ok(ExitCode::SUCCESS)

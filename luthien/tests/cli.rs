@@ -1,5 +1,8 @@
 //! The `luthien` command line, run as a real process.
 
+// Test helpers fail by panicking.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::process::Command;
 
 use luthien_controlplane::events::{

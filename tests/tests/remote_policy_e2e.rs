@@ -30,7 +30,7 @@ use remote_policy_example::guard::Guard;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -311,12 +311,16 @@ async fn serve_fake(fake: Fake) -> Served {
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(PolicyServiceServer::new(fake))
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener),
-                shutdown.clone().cancelled_owned(),
-            ),
+            .serve_with_incoming_shutdown(incoming(listener), shutdown.clone().cancelled_owned()),
     );
     Served { url, shutdown }
+}
+
+/// Accepted connections with `TCP_NODELAY`: without it, a reply written in two pieces waits
+/// for the peer's delayed ACK (~40 ms). (`Server::tcp_nodelay` does not apply to a listener
+/// passed to `serve_with_incoming`.)
+fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 fn repo_root() -> PathBuf {
@@ -800,9 +804,8 @@ async fn two_control_planes_share_one_remote_server() {
     let first = Stack::start_with_mock(StackOptions::yaml(&yaml), Arc::clone(&mock)).await;
     let second = Stack::start_with_mock(StackOptions::yaml(&yaml), Arc::clone(&mock)).await;
     let mut calls = Vec::new();
-    for round in 0..4 {
+    for (openai, stream) in BOTH_APIS_STREAMED_AND_NOT {
         for stack in [&first, &second] {
-            let (openai, stream) = BOTH_APIS_STREAMED_AND_NOT[round];
             calls.push(async move {
                 let response = call(stack, openai, stream, "tools", "go").await;
                 (openai, stream, response)
@@ -958,7 +961,12 @@ fn bench_client() -> BenchClient {
 }
 
 /// One call, read to the end; returns (client latency, Luthien's own overhead header) in ms.
-async fn timed_call(client: &BenchClient, stack: &Stack, openai: bool, stream: bool) -> (f64, f64) {
+async fn timed_call(
+    client: &BenchClient,
+    stack: &BenchStack,
+    openai: bool,
+    stream: bool,
+) -> (f64, f64) {
     use http_body_util::BodyExt;
     let (url, headers) = if openai {
         (stack.openai_url(), OPENAI_HEADERS)
@@ -989,7 +997,7 @@ async fn timed_call(client: &BenchClient, stack: &Stack, openai: bool, stream: b
 
 /// Sequential calls on one connection; returns (p50, p99) of the client latency and the p50
 /// of the data plane's overhead header, in ms.
-async fn measure(stack: &Stack, openai: bool, stream: bool, calls: usize) -> (f64, f64, f64) {
+async fn measure(stack: &BenchStack, openai: bool, stream: bool, calls: usize) -> (f64, f64, f64) {
     let client = bench_client();
     for _ in 0..100 {
         timed_call(&client, stack, openai, stream).await;
@@ -1010,22 +1018,93 @@ async fn measure(stack: &Stack, openai: bool, stream: bool, calls: usize) -> (f6
     )
 }
 
+/// The events of a streamed OpenAI answer like the mock's `text` scenario: role, 10 text
+/// deltas, finish, `[DONE]`.
+fn openai_stream_events() -> Vec<luthien_controlplane::policy::SseEvent> {
+    use luthien_controlplane::policy::SseEvent;
+    let chunk = |delta: Value, finish: Value| {
+        SseEvent::from_wire(Bytes::from(format!(
+            "data: {}\n\n",
+            json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
+                   "model": "gpt-4o-mini",
+                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        )))
+    };
+    let text = "Hello from the mock upstream. The quick brown fox jumps over the lazy dog.";
+    let mut events = vec![chunk(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+    )];
+    let characters: Vec<char> = text.chars().collect();
+    for piece in characters.chunks(8) {
+        let piece: String = piece.iter().collect();
+        events.push(chunk(json!({"content": piece}), Value::Null));
+    }
+    events.push(chunk(json!({}), json!("stop")));
+    events.push(SseEvent::from_wire(Bytes::from_static(b"data: [DONE]\n\n")));
+    events
+}
+
+/// Runs calls through a chain the way the control plane does (request, then every event and
+/// the stream end when `stream`); returns (p50, p99) per call in ms.
+async fn measure_chain(
+    chain: &luthien_controlplane::policy::Chain,
+    stream: bool,
+    calls: usize,
+) -> (f64, f64) {
+    use luthien_controlplane::api::Api;
+    use luthien_controlplane::policy::CallInfo;
+    let events = openai_stream_events();
+    let request: Value = serde_json::from_str(&body(true, stream, "hello")).unwrap();
+    let mut times = Vec::with_capacity(calls);
+    for round in 0..calls + 200 {
+        let started = Instant::now();
+        let mut call = chain.start_call(&CallInfo {
+            call_id: format!("bench-{round}"),
+            api: Api::OpenAiChat,
+            model: "gpt-4o-mini".to_owned(),
+            stream,
+        });
+        let mut body = request.clone();
+        call.on_request(&mut body).await.unwrap();
+        if stream {
+            let mut out = Vec::new();
+            for event in &events {
+                call.on_event_into(event.clone(), &mut out).await.unwrap();
+            }
+            out.extend(call.on_stream_end().await.unwrap());
+            assert_eq!(out.len(), events.len());
+        }
+        drop(call);
+        if round >= 200 {
+            times.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    (percentile(&times, 0.5), percentile(&times, 0.99))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: run with --release --ignored --nocapture"]
 async fn remote_policy_overhead() {
-    let calls: usize = std::env::var("REMOTE_BENCH_CALLS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(2000);
+    let env = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(default)
+    };
+    let chain_calls = env("REMOTE_BENCH_CALLS", 5000);
+    let stack_calls = env("REMOTE_BENCH_STACK_CALLS", 300);
     let request_only = serve_fake_noop(vec![Phase::Request]).await;
     let everything = serve_fake_noop(Vec::new()).await;
     // A local policy that is not read-only, so the call runs in transform mode like a remote
     // one does; it never matches.
-    let local_transform = "  - type: string_replace\n    config: {replacements: [{from: zzqx, to: y}], apply_to: request}\n";
+    let local_transform =
+        "  - type: string_replace\n    config: {replacements: [{from: zzqx, to: y}]}\n";
     let chains = [
-        ("noop (observe mode)", "policies: [{type: noop}]".to_owned()),
+        ("local `noop`", "policies: [{type: noop}]".to_owned()),
         (
-            "local transform (string_replace, no match)",
+            "local transform (`string_replace`, no match)",
             format!("policies:\n{local_transform}"),
         ),
         (
@@ -1037,17 +1116,144 @@ async fn remote_policy_overhead() {
             chain(&[remote_yaml("remote-noop", &everything.url, "")]),
         ),
     ];
-    let mock = Arc::new(MockUpstream::start().await.unwrap());
-    println!("calls per row: {calls} (sequential on one connection, after 100 warm-up calls)");
+
+    println!("\n## Policy chain alone (in-process, as the control plane runs it)");
+    println!("calls per row: {chain_calls} (sequential, after 200 warm-up calls)");
+    println!("| chain | call | p50 ms | p99 ms |");
+    println!("| --- | --- | ---: | ---: |");
+    for (label, yaml) in &chains {
+        let chain = luthien_controlplane::config::parse_chain(yaml, "bench").unwrap();
+        for stream in [false, true] {
+            let (p50, p99) = measure_chain(&chain, stream, chain_calls).await;
+            let shape = if stream {
+                "streamed (request + 13 events + end)"
+            } else {
+                "request phase"
+            };
+            println!("| {label} | {shape} | {p50:.3} | {p99:.3} |");
+        }
+    }
+
+    println!("\n## Whole stack (client → data plane → control plane → mock)");
+    println!(
+        "calls per row: {stack_calls} (sequential on one connection, after 100 warm-up calls)"
+    );
     println!("| chain | API | stream | p50 ms | p99 ms | overhead header p50 ms |");
     println!("| --- | --- | --- | ---: | ---: | ---: |");
+    let mock = Arc::new(MockUpstream::start().await.unwrap());
     for (label, yaml) in chains {
-        let stack = Stack::start_with_mock(StackOptions::yaml(&yaml), Arc::clone(&mock)).await;
+        let stack = BenchStack::start(&yaml, &mock).await;
         for (openai, stream) in [(true, false), (true, true), (false, true)] {
-            let (p50, p99, overhead) = measure(&stack, openai, stream, calls).await;
+            let (p50, p99, overhead) = measure(&stack, openai, stream, stack_calls).await;
             let api = if openai { "openai" } else { "anthropic" };
             println!("| {label} | {api} | {stream} | {p50:.3} | {p99:.3} | {overhead:.3} |");
         }
+    }
+}
+
+/// A data plane and control plane like [`Stack`]'s, except that both listen with
+/// `TCP_NODELAY` (Linux passes it on to accepted sockets): the control plane's gRPC server does
+/// not set it on connections from a listener it is handed, which costs every call ~40 ms of
+/// Nagle + delayed ACK and would drown what this benchmark measures.
+struct BenchStack {
+    proxy: String,
+    shutdown: CancellationToken,
+}
+
+impl Drop for BenchStack {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A configuration from command-line flags, every other setting at its default (so that new
+/// settings do not break the benchmark).
+#[derive(clap::Parser)]
+struct Flags<T: clap::Args> {
+    #[command(flatten)]
+    config: T,
+}
+
+impl<T: clap::Args> Flags<T> {
+    fn parse(flags: &[&str]) -> T {
+        let args = std::iter::once("bench").chain(flags.iter().copied());
+        <Self as clap::Parser>::parse_from(args).config
+    }
+}
+
+fn nodelay_listener() -> TcpListener {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_nodelay(true).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    socket.listen(1024).unwrap()
+}
+
+impl BenchStack {
+    async fn start(yaml: &str, mock: &MockUpstream) -> BenchStack {
+        let shutdown = CancellationToken::new();
+        let grpc = nodelay_listener();
+        let grpc_address = grpc.local_addr().unwrap();
+        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http_address = http.local_addr().unwrap().to_string();
+        let config = Flags::<luthien_controlplane::ControlPlaneConfig>::parse(&[
+            "--grpc-listen",
+            &grpc_address.to_string(),
+            "--http-listen",
+            &http_address,
+            "--no-store",
+            "--keepalive-interval",
+            "200ms",
+        ]);
+        let chain = luthien_controlplane::config::parse_chain(yaml, "bench").unwrap();
+        tokio::spawn(luthien_controlplane::serve(
+            config,
+            chain,
+            grpc,
+            Some(http),
+            shutdown.clone(),
+        ));
+        let listener = nodelay_listener();
+        let listen = listener.local_addr().unwrap();
+        let config = Flags::<luthien_dataplane::DataPlaneConfig>::parse(&[
+            "--listen",
+            &listen.to_string(),
+            "--control-plane",
+            &format!("http://{grpc_address}"),
+            "--openai-base-url",
+            &mock.openai_base_url(),
+            "--anthropic-base-url",
+            &mock.anthropic_base_url(),
+        ]);
+        tokio::spawn(luthien_dataplane::serve(config, listener, shutdown.clone()));
+        let stack = BenchStack {
+            proxy: format!("http://{listen}"),
+            shutdown,
+        };
+        // Until the control plane serves.
+        let client = bench_client();
+        for _ in 0..100 {
+            let request = http::Request::post(stack.openai_url())
+                .header("content-type", "application/json")
+                .body(http_body_util::Full::new(Bytes::from(body(
+                    true, false, "up?",
+                ))))
+                .unwrap();
+            if let Ok(response) = client.request(request).await
+                && response.status() == 200
+            {
+                return stack;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the bench stack did not come up");
+    }
+
+    fn openai_url(&self) -> String {
+        format!("{}/v1/chat/completions", self.proxy)
+    }
+
+    fn anthropic_url(&self) -> String {
+        format!("{}/v1/messages", self.proxy)
     }
 }
 
@@ -1058,10 +1264,7 @@ async fn serve_fake_noop(phases: Vec<Phase>) -> Served {
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(PolicyServiceServer::new(Noop { phases }))
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener),
-                shutdown.clone().cancelled_owned(),
-            ),
+            .serve_with_incoming_shutdown(incoming(listener), shutdown.clone().cancelled_owned()),
     );
     Served { url, shutdown }
 }

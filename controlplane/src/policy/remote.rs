@@ -376,7 +376,7 @@ struct Plan {
 enum Link {
     /// No stream yet.
     Idle,
-    Waiting(Session),
+    Waiting(Box<Session>),
     Audit(AuditSession),
     /// The server's part in the call is over (or failed).
     Done,
@@ -460,7 +460,7 @@ impl RemoteCall {
         let started = Instant::now();
         if matches!(self.link, Link::Idle) {
             let session = self.connection().open(self.start_message());
-            self.link = Link::Waiting(session);
+            self.link = Link::Waiting(Box::new(session));
         }
         let Link::Waiting(session) = &mut self.link else {
             return Err(RemoteError::Closed);

@@ -318,7 +318,7 @@ type Opening = Pin<Box<dyn Future<Output = Result<Streaming<PolicyResponse>, Sta
 enum Inbound {
     /// Waiting for the server's response headers.
     Opening(Opening),
-    Open(Streaming<PolicyResponse>),
+    Open(Box<Streaming<PolicyResponse>>),
     /// Failed; the session is unusable.
     Broken,
 }
@@ -376,7 +376,7 @@ impl Session {
             let stream = timeout_at(at, opening)
                 .await
                 .map_err(|_| RemoteError::Timeout(waited))??;
-            self.inbound = Inbound::Open(stream);
+            self.inbound = Inbound::Open(Box::new(stream));
         }
         let Inbound::Open(inbound) = &mut self.inbound else {
             return Err(RemoteError::Closed);

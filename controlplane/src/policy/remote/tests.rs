@@ -11,7 +11,7 @@ use luthien_proto::v1::{
 };
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -188,7 +188,7 @@ async fn serve(script: Script) -> Server {
         tonic::transport::Server::builder()
             .add_service(PolicyServiceServer::new(script))
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener),
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                 shutdown.clone().cancelled_owned(),
             ),
     );
