@@ -31,14 +31,7 @@ enum Command {
     /// Run the control plane and the data plane in one process. The data
     /// plane connects to this process's control plane; `--control-plane` is
     /// ignored.
-    Up {
-        #[command(flatten)]
-        control_plane: ControlPlaneConfig,
-        #[command(flatten)]
-        data_plane: DataPlaneConfig,
-        #[command(flatten)]
-        log: LogArgs,
-    },
+    Up(Box<UpArgs>),
     /// Work with policy files.
     Policy {
         #[command(subcommand)]
@@ -46,6 +39,17 @@ enum Command {
     },
     /// Run recorded calls through a policy file and show what would change.
     Replay(replay::ReplayArgs),
+}
+
+/// Flags of both planes (boxed: they dwarf the other subcommands).
+#[derive(clap::Args)]
+struct UpArgs {
+    #[command(flatten)]
+    control_plane: ControlPlaneConfig,
+    #[command(flatten)]
+    data_plane: DataPlaneConfig,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 #[derive(Subcommand)]
@@ -68,11 +72,14 @@ fn main() -> ExitCode {
     };
     let outcome = runtime.block_on(async move {
         match command {
-            Command::Up {
-                control_plane,
-                data_plane,
-                log,
-            } => up(control_plane, data_plane, log).await,
+            Command::Up(args) => {
+                let UpArgs {
+                    control_plane,
+                    data_plane,
+                    log,
+                } = *args;
+                up(control_plane, data_plane, log).await
+            }
             Command::Policy {
                 command: PolicyCommand::Check { file },
             } => check(&file),

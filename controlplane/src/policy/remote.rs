@@ -11,6 +11,7 @@
 //!     connect_timeout: 1s         # TCP/TLS connect (default: the smaller of the two above)
 //!     on_error: block             # block (default) | allow
 //!     phases: [request, response, stream]   # optional; narrows what Describe asks for
+//!                                           # ([request] also keeps responses in observe mode)
 //!     bearer_token_env: POLICY_TOKEN        # or bearer_token: "…"; sent as `authorization`
 //!     tls:                        # optional; https:// endpoints use the system roots without it
 //!       ca_file: /etc/luthien/policy-ca.pem
@@ -348,6 +349,13 @@ impl Policy for Remote {
     /// read-only chain is run in observe mode, where no policy is called at all.
     fn read_only(&self) -> bool {
         false
+    }
+
+    /// Only when `phases` allows the response or stream phase: with `phases: [request]` (and
+    /// no other policy changing responses) responses run in observe mode, without a round
+    /// trip per chunk. `Describe` cannot widen this, it is only known later.
+    fn transforms_responses(&self) -> bool {
+        self.settings.phases.response || self.settings.phases.stream
     }
 
     fn start_call(&self, call: &CallInfo) -> Box<dyn CallPolicy> {

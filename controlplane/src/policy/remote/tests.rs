@@ -241,6 +241,20 @@ fn config_errors_name_the_key() {
 }
 
 #[test]
+fn only_response_phases_make_responses_transform() {
+    let request_only = remote("{endpoint: 'http://a:1', phases: [request]}").unwrap();
+    assert!(!request_only.transforms_responses());
+    assert!(!request_only.read_only());
+    let streams = remote("{endpoint: 'http://a:1', phases: [request, stream]}").unwrap();
+    assert!(streams.transforms_responses());
+    assert!(
+        remote("{endpoint: 'http://a:1'}")
+            .unwrap()
+            .transforms_responses()
+    );
+}
+
+#[test]
 fn a_chain_file_names_the_remote_policy_in_errors() {
     let error = crate::config::parse_chain(
         "policies: [{type: remote, name: r, config: {endpoints: []}}]",
