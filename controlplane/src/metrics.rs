@@ -133,7 +133,16 @@ pub fn render(sources: &MetricsSources) -> String {
         global.batch_latency.clone(),
     );
     registry.register_collector(Box::new(Snapshots(sources.clone())));
-    shared::encode(&registry)
+    let mut text = shared::encode(&registry);
+    // Remote policies keep their own counters and render them in the same
+    // text format; they go before the exposition's closing `# EOF`.
+    let mut remote = String::new();
+    crate::policy::remote::render_prometheus(&crate::policy::remote::all_stats(), &mut remote);
+    if !remote.is_empty() {
+        let end = text.rfind("# EOF").unwrap_or(text.len());
+        text.insert_str(end, &remote);
+    }
+    text
 }
 
 /// Counters owned by the writer and the activity bus, read at scrape time.

@@ -24,6 +24,7 @@ use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -103,6 +104,13 @@ pub async fn serve(
         client_auth = state.config.client_api_key.is_some(),
         "data plane listening"
     );
+    // Streams write many small chunks: without TCP_NODELAY, Nagle holds each
+    // one until the client's delayed ACK of the previous (tens of ms).
+    let listener = listener.tap_io(|stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY on a client connection");
+        }
+    });
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await?;
