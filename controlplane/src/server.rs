@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use luthien_proto::v1::control_plane_server::ControlPlaneServer;
 use luthien_proto::v1::debug_server::DebugServer;
 use luthien_proto::v1::policies_server::PoliciesServer;
@@ -215,6 +216,9 @@ pub async fn serve(
             let app = debug::http::router(debug, admin_key).merge(metrics);
             let shutdown = shutdown.clone();
             Some(tokio::spawn(async move {
+                let listener = listener.tap_io(|stream| {
+                    let _ = stream.set_nodelay(true);
+                });
                 axum::serve(listener, app)
                     .with_graceful_shutdown(shutdown.cancelled_owned())
                     .await

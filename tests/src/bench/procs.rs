@@ -174,11 +174,7 @@ impl Process {
             .collect();
         LogProblems {
             count: lines.len(),
-            first: lines
-                .iter()
-                .take(3)
-                .map(|line| (*line).to_owned())
-                .collect(),
+            first: lines.iter().take(3).map(|line| strip_ansi(line)).collect(),
         }
     }
 
@@ -254,10 +250,33 @@ fn status_kib(status: &str, key: &str) -> Option<u64> {
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// A log line without its terminal colour codes (`ESC [ … m`), which tracing writes even
+/// into files.
+fn strip_ansi(line: &str) -> String {
+    let mut plain = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for code in chars.by_ref() {
+                if code.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+}
+
 fn log_tail(path: &Path) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(20)..].join("\n")
+    lines[lines.len().saturating_sub(20)..]
+        .iter()
+        .map(|line| strip_ansi(line))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A control plane and a data plane running one policy chain, in front of the mock.
@@ -388,6 +407,12 @@ mod tests {
         assert_eq!(status_kib(status, "VmRSS:"), Some(8404));
         assert_eq!(status_kib(status, "VmHWM:"), Some(10240));
         assert_eq!(status_kib(status, "VmSwap:"), None);
+    }
+
+    #[test]
+    fn strips_colour_codes() {
+        let line = "\u{1b}[2m2026\u{1b}[0m \u{1b}[33m WARN\u{1b}[0m queue full";
+        assert_eq!(strip_ansi(line), "2026  WARN queue full");
     }
 
     #[test]
