@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use http::{Request, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 
 use crate::load::HttpClient;
 
@@ -287,6 +287,8 @@ pub struct Luthien {
     pub controlplane: Process,
     /// `http://ADDR` of the data plane.
     pub base_url: String,
+    /// `http://ADDR` of the control plane's debug HTTP server (which serves `/metrics`).
+    pub controlplane_http: String,
 }
 
 /// Arguments appended to each plane's command line (for experiments, e.g. `--no-store`).
@@ -348,11 +350,12 @@ impl Luthien {
         let database = dir.join(format!("events-{policy}.db"));
         remove_if_present(&database)?;
         let grpc = free_addr()?;
+        let http = free_addr()?;
         let mut args = vec![
             "--grpc-listen".into(),
             grpc.to_string(),
             "--http-listen".into(),
-            free_addr()?.to_string(),
+            http.to_string(),
             "--policy-config".into(),
             policy_file.display().to_string(),
             "--database-url".into(),
@@ -393,8 +396,53 @@ impl Luthien {
             dataplane,
             controlplane,
             base_url,
+            controlplane_http: format!("http://{http}"),
         })
     }
+
+    /// The control plane's event-store counters from its `/metrics`, `None` when it does
+    /// not serve them (e.g. with `--no-store`).
+    pub async fn event_counts(&self, client: &HttpClient) -> Option<EventCounts> {
+        let url = format!("{}/metrics", self.controlplane_http);
+        let request = Request::get(url).body(Full::new(Bytes::new())).ok()?;
+        let response = tokio::time::timeout(Duration::from_secs(5), client.request(request))
+            .await
+            .ok()?
+            .ok()?;
+        if response.status() != StatusCode::OK {
+            return None;
+        }
+        let body = response.into_body().collect().await.ok()?.to_bytes();
+        let text = std::str::from_utf8(&body).ok()?;
+        Some(EventCounts {
+            written: metric(text, "luthien_events_written")?,
+            dropped: metric(text, "luthien_events_dropped")?,
+        })
+    }
+}
+
+/// Event records the control plane stored, and those it dropped because its queue was full.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EventCounts {
+    pub written: u64,
+    pub dropped: u64,
+}
+
+/// Sum of a counter's samples in Prometheus text (with or without the `_total` suffix,
+/// over every label set).
+fn metric(text: &str, name: &str) -> Option<u64> {
+    let mut found = None;
+    for line in text.lines().filter(|line| !line.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let base = series.split('{').next().unwrap_or(series);
+        if base == name || base.strip_suffix("_total") == Some(name) {
+            let value = value.trim().parse::<f64>().ok()?;
+            *found.get_or_insert(0) += value as u64;
+        }
+    }
+    found
 }
 
 #[cfg(test)]
@@ -407,6 +455,18 @@ mod tests {
         assert_eq!(status_kib(status, "VmRSS:"), Some(8404));
         assert_eq!(status_kib(status, "VmHWM:"), Some(10240));
         assert_eq!(status_kib(status, "VmSwap:"), None);
+    }
+
+    #[test]
+    fn reads_prometheus_counters() {
+        let text = "# HELP luthien_events_dropped Records dropped.\n\
+                    # TYPE luthien_events_dropped counter\n\
+                    luthien_events_dropped_total 7\n\
+                    luthien_events_written_total{backend=\"sqlite\"} 40\n\
+                    luthien_events_written_total{backend=\"other\"} 2\n";
+        assert_eq!(metric(text, "luthien_events_dropped"), Some(7));
+        assert_eq!(metric(text, "luthien_events_written"), Some(42));
+        assert_eq!(metric(text, "luthien_events_rejected"), None);
     }
 
     #[test]

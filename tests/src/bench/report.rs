@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::load::{Ab, CallSample, Samples, Side, StreamSample, Throughput};
-use crate::procs::{CpuTime, LogProblems, Memory};
+use crate::procs::{CpuTime, EventCounts, LogProblems, Memory};
 use crate::stats::{self, Summary, added_ms, ms, signed_ms};
 use crate::{Policy, Settings};
 
@@ -17,6 +17,8 @@ pub struct PolicyRun {
     pub streams: Ab<Samples<StreamSample>>,
     pub throughput: Ab<Throughput>,
     pub cpu: CpuByMeasurement,
+    /// The control plane's event-store counters at the end, when it serves them.
+    pub events: Option<EventCounts>,
     pub dataplane_idle: Memory,
     pub dataplane_after: Memory,
     pub controlplane_idle: Memory,
@@ -266,7 +268,7 @@ fn write_summary(
     writeln!(out, "### Summary (added = proxied − direct)")?;
     writeln!(out)?;
     header(out, "metric", runs)?;
-    let rows: [(String, Box<Cell>); 11] = [
+    let rows: [(String, Box<Cell>); 12] = [
         (
             format!("non-streaming added p50 @ {} req/s (ms)", settings.rate),
             Box::new(|_, f| signed_ms(f.added_p50())),
@@ -324,6 +326,16 @@ fn write_summary(
         (
             "data plane peak RSS (MiB)".to_owned(),
             Box::new(|run, _| mib(run.dataplane_after.peak_kib)),
+        ),
+        (
+            "control plane event records stored / dropped".to_owned(),
+            Box::new(|run, _| match run.events {
+                Some(events) if events.dropped > 0 => {
+                    format!("{} / **{}**", events.written, events.dropped)
+                }
+                Some(events) => format!("{} / 0", events.written),
+                None => "n/a".to_owned(),
+            }),
         ),
         (
             "failed requests".to_owned(),

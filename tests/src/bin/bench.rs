@@ -335,12 +335,14 @@ async fn bench_policy(
     tokio::time::sleep(Duration::from_secs(1)).await;
     luthien.dataplane.ensure_running()?;
     luthien.controlplane.ensure_running()?;
+    let events = luthien.event_counts(client).await;
     let run = PolicyRun {
         policy,
         latency,
         streams,
         throughput,
         cpu,
+        events,
         dataplane_idle,
         dataplane_after: luthien.dataplane.memory()?,
         controlplane_idle,
