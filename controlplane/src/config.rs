@@ -332,12 +332,7 @@ mod tests {
                     \x20 - type: string_replace\n\
                     \x20   config: {replacements: [{from: secret, to: hidden}]}\n";
         let chain = parse_chain(yaml, "policies.yaml").unwrap();
-        let info = CallInfo {
-            call_id: "c1".to_owned(),
-            api: Api::OpenAiChat,
-            model: "gpt-4o".to_owned(),
-            stream: true,
-        };
+        let info = CallInfo::new("c1", Api::OpenAiChat, "gpt-4o", true);
         let mut call = chain.start_call(&info);
 
         let mut request = json!({"messages": [{"role": "user", "content": "my secret"}]});

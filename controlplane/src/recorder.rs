@@ -64,6 +64,7 @@ pub struct CallRecorder {
     created_at_micros: i64,
     next_sequence: u32,
     session_id: Option<String>,
+    trace_id: Option<String>,
     policy_changed: bool,
     stream: Option<StreamRecord>,
     response: Option<(Value, Value)>,
@@ -73,7 +74,14 @@ pub struct CallRecorder {
 }
 
 impl CallRecorder {
-    pub fn new(recording: Arc<Recording>, info: CallInfo, received_at_micros: i64) -> Self {
+    /// `trace_id`: the trace the call's spans belong to, stored so the
+    /// debug views can link to it.
+    pub fn new(
+        recording: Arc<Recording>,
+        info: CallInfo,
+        received_at_micros: i64,
+        trace_id: Option<String>,
+    ) -> Self {
         // Reconstruction only feeds the store; without one it is skipped.
         let stream = (info.stream && recording.sink.is_some()).then(|| StreamRecord {
             upstream: Reconstructor::new(info.api),
@@ -92,6 +100,7 @@ impl CallRecorder {
             created_at_micros,
             next_sequence: 0,
             session_id: None,
+            trace_id,
             policy_changed: false,
             stream,
             response: None,
@@ -267,6 +276,7 @@ impl CallRecorder {
             time_to_first_chunk_ms: None,
             usage: self.usage,
             session_id: self.session_id.clone(),
+            trace_id: self.trace_id.clone(),
             policy_changed: self.policy_changed,
         }
     }

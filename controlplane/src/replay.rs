@@ -55,12 +55,12 @@ pub async fn replay(chain: &Chain, call: &CallDetail, diff_options: &DiffOptions
         }
     }
     // Replies are built non-streamed: the replay compares bodies.
-    let info = CallInfo {
-        call_id: call.call.call_id.clone(),
+    let info = CallInfo::new(
+        call.call.call_id.clone(),
         api,
-        model: call.call.model.clone(),
-        stream: false,
-    };
+        call.call.model.clone(),
+        false,
+    );
     let mut policies = chain.start_call(&info);
     let mut error = None;
     let mut blocked = None;

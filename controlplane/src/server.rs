@@ -99,8 +99,8 @@ pub struct ControlPlaneConfig {
     #[arg(long = "admin-key", env = "LUTHIEN_ADMIN_KEY", hide_env_values = true)]
     pub admin_key: Option<String>,
 
-    /// Link from a call to its trace, e.g. a Grafana Explore URL; `{call_id}`
-    /// is replaced by the call id.
+    /// Link from a call to its trace, e.g. a Grafana Explore URL: `{trace_id}`
+    /// is replaced by the call's W3C trace id, `{call_id}` by its call id.
     #[arg(long = "trace-url-template", env = "LUTHIEN_TRACE_URL_TEMPLATE")]
     pub trace_url_template: Option<String>,
 }

@@ -153,11 +153,19 @@ impl CallDriver {
                 return;
             }
         };
+        let trace = incoming_trace(&start);
+        // The trace the call's spans belong to: this plane's own span when
+        // exported (a child of the data plane's), else the data plane's.
+        let trace_id = propagation::outgoing(&tracing::Span::current(), &trace)
+            .trace_id()
+            .map(str::to_owned);
         let info = CallInfo {
             call_id: start.call_id.clone(),
             api,
             model: start.model.clone(),
             stream: start.stream,
+            headers: Arc::from(start.headers.as_slice()),
+            trace,
         };
         let mut call = ActiveCall {
             chain: self.chain.start_call(&info),
@@ -165,6 +173,7 @@ impl CallDriver {
                 Arc::clone(&self.recording),
                 info.clone(),
                 start.received_at_unix_micros,
+                trace_id,
             ),
             info,
             mode: ResponseMode::Observe,
@@ -480,17 +489,24 @@ fn call_span(start: &CallStart) -> tracing::Span {
         gen_ai.usage.output_tokens = Empty,
         http.response.status_code = Empty,
     );
-    if let Some(trace) = &start.trace {
-        let incoming = W3cContext {
-            traceparent: trace.traceparent.clone(),
-            tracestate: trace.tracestate.clone(),
-        };
-        propagation::set_parent(&span, &incoming);
-        if let Some(trace_id) = incoming.trace_id() {
-            span.record("trace_id", trace_id);
-        }
+    let incoming = incoming_trace(start);
+    propagation::set_parent(&span, &incoming);
+    if let Some(trace_id) = incoming.trace_id() {
+        span.record("trace_id", trace_id);
     }
     span
+}
+
+/// The data plane's call-span context sent in `CallStart` (empty if none).
+fn incoming_trace(start: &CallStart) -> W3cContext {
+    start
+        .trace
+        .as_ref()
+        .map(|trace| W3cContext {
+            traceparent: trace.traceparent.clone(),
+            tracestate: trace.tracestate.clone(),
+        })
+        .unwrap_or_default()
 }
 
 fn api_label(api: Api) -> &'static str {

@@ -69,6 +69,7 @@ async fn replay_reads_the_store_and_reports_what_would_change() {
         time_to_first_chunk_ms: Some(100.0),
         usage: TokenUsage::default(),
         session_id: None,
+        trace_id: None,
         policy_changed: false,
     };
     let event = |sequence, payload| {

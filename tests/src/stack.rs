@@ -224,7 +224,7 @@ async fn start_control_plane(
         redis_url: recording.redis_url.clone(),
         http_listen: http_address,
         admin_key: recording.admin_key.clone(),
-        trace_url_template: Some("http://traces.example/{call_id}".to_owned()),
+        trace_url_template: Some("http://traces.example/{trace_id}?call={call_id}".to_owned()),
     };
     let server = tokio::spawn(luthien_controlplane::serve(
         config,

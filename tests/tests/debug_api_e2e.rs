@@ -10,7 +10,7 @@ use luthien_proto::v1::{
     GetCallDiffRequest, GetCallRequest, ListCallsRequest, StreamActivityRequest,
 };
 use luthien_tests::databases::TestDatabase;
-use luthien_tests::{Client, Stack, StackOptions, TestResponse};
+use luthien_tests::{Client, Stack, StackOptions, TestResponse, wait};
 use serde_json::{Value, json};
 use tonic::transport::Channel;
 
@@ -40,30 +40,22 @@ async fn channel(stack: &Stack) -> Channel {
 }
 
 /// Makes a call and waits until the store has its response event.
+const CLIENT_TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
 async fn recorded_call(stack: &Stack, model: &str, stream: bool) -> String {
+    traced_call(stack, model, stream, &[]).await
+}
+
+/// A completed, recorded call sent with `headers` (e.g. a `traceparent`).
+async fn traced_call(stack: &Stack, model: &str, stream: bool, headers: &[(&str, &str)]) -> String {
     let body = json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "fox?"}]});
     let response = Client::new()
-        .post(&stack.openai_url(), &[], body.to_string())
+        .post(&stack.openai_url(), headers, body.to_string())
         .await;
     assert_eq!(response.status, 200, "{}", response.text());
     let call_id = response.header("x-luthien-call-id").unwrap().to_owned();
-    let url = format!(
-        "{}/debug/calls/{call_id}",
-        stack.debug_http.as_ref().unwrap()
-    );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let detail = get(&url, &[]).await;
-        if detail.status == 200 && detail.json()["call"]["status"] == "completed" {
-            return call_id;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "call not recorded: {}",
-            detail.text()
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    wait::completed_call_json(stack.debug_http.as_ref().unwrap(), &call_id).await;
+    call_id
 }
 
 async fn get(url: &str, headers: &[(&str, &str)]) -> TestResponse {
@@ -159,7 +151,8 @@ async fn grpc_debug_lists_gets_and_diffs_calls() {
     let database = TestDatabase::sqlite().await;
     let stack = stack(&database, None).await;
     let first = recorded_call(&stack, "gpt-4o-mini", false).await;
-    let second = recorded_call(&stack, "gpt-4o", true).await;
+    let traceparent = format!("00-{CLIENT_TRACE_ID}-00f067aa0ba902b7-01");
+    let second = traced_call(&stack, "gpt-4o", true, &[("traceparent", &traceparent)]).await;
     let mut client = DebugClient::new(channel(&stack).await);
 
     let page = client
@@ -175,6 +168,9 @@ async fn grpc_debug_lists_gets_and_diffs_calls() {
     assert_eq!(ids, [second.as_str(), first.as_str()], "newest first");
     assert!(page.calls[0].policy_changed);
     assert!(page.calls[0].duration_ms.is_some());
+    // The calls table keeps the trace each call belongs to.
+    assert_eq!(page.calls[0].trace_id, CLIENT_TRACE_ID);
+    assert_eq!(page.calls[1].trace_id, "", "an untraced call has none");
 
     let filtered = client
         .list_calls(ListCallsRequest {
@@ -224,7 +220,18 @@ async fn grpc_debug_lists_gets_and_diffs_calls() {
         .unwrap()
         .into_inner();
     assert_eq!(call.call.unwrap().model, "gpt-4o");
-    assert_eq!(call.trace_url, format!("http://traces.example/{second}"));
+    assert_eq!(
+        call.trace_url,
+        format!("http://traces.example/{CLIENT_TRACE_ID}?call={second}")
+    );
+    let untraced = client
+        .get_call(GetCallRequest {
+            call_id: first.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(untraced.trace_url, "", "no trace to link to");
     let request = &call.events[0];
     assert_eq!(request.event_type, "request");
     // Payloads are real JSON objects, not strings.

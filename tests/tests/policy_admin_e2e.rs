@@ -151,20 +151,7 @@ async fn replay_runs_a_recorded_call_through_another_chain() {
     }
     let base = stack.debug_http.clone().unwrap();
     for call_id in &calls {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        loop {
-            let detail = luthien_tests::client::read(
-                Client::new()
-                    .send("GET", &format!("{base}/debug/calls/{call_id}"), &[], "")
-                    .await,
-            )
-            .await;
-            if detail.status == 200 && detail.json()["call"]["status"] == "completed" {
-                break;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "call recorded");
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        luthien_tests::wait::completed_call_json(&base, call_id).await;
     }
 
     let mut admin = policies_client(&stack).await;

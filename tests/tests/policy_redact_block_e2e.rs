@@ -2,13 +2,11 @@
 //! provider: what upstream receives, what the client receives (both APIs, streamed and not),
 //! calls that never reach upstream, a chain, and what the call record says.
 
-use std::time::Duration;
-
 use luthien_controlplane::events::{CallStatus, EventPayload};
 use luthien_controlplane::store::{Store, StoreOptions};
 use luthien_tests::databases::TestDatabase;
 use luthien_tests::wire::{self, anthropic_stream_text, openai_stream_text};
-use luthien_tests::{Client, Stack, StackOptions, TestResponse};
+use luthien_tests::{Client, Stack, StackOptions, TestResponse, wait};
 use serde_json::{Value, json};
 
 const CARD: &str = "4111 1111 1111 1111";
@@ -444,31 +442,20 @@ policies:
     let policy_events = |call_id: String| {
         let store = &store;
         async move {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-            loop {
-                if let Some((call, events)) = store.get_call(&call_id).await.unwrap()
-                    && call.status != CallStatus::InProgress
-                {
-                    let policy: Vec<(String, String, String, Value)> = events
-                        .into_iter()
-                        .filter_map(|event| match event.payload {
-                            EventPayload::Policy {
-                                policy,
-                                action,
-                                summary,
-                                data,
-                            } => Some((policy, action, summary, data)),
-                            _ => None,
-                        })
-                        .collect();
-                    return (call.status, policy);
-                }
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "call {call_id} not recorded"
-                );
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
+            let (call, events) = wait::ended_call(store, &call_id).await;
+            let policy: Vec<(String, String, String, Value)> = events
+                .into_iter()
+                .filter_map(|event| match event.payload {
+                    EventPayload::Policy {
+                        policy,
+                        action,
+                        summary,
+                        data,
+                    } => Some((policy, action, summary, data)),
+                    _ => None,
+                })
+                .collect();
+            (call.status, policy)
         }
     };
 

@@ -16,7 +16,7 @@ use luthien_tests::wire::{
     anthropic_stream_text, anthropic_stream_tool_inputs, events, openai_stream_text,
     openai_stream_tool_arguments,
 };
-use luthien_tests::{Client, MockUpstream, Stack, StackOptions, TestResponse};
+use luthien_tests::{Client, MockUpstream, Stack, StackOptions, TestResponse, wait};
 use serde_json::{Value, json};
 
 const VIOLATION: &str = r#"{"violation": true, "score": 0.9, "explanation": "deletes files"}"#;
@@ -398,35 +398,19 @@ async fn removals_are_recorded_as_policy_events() {
     for stream in [false, true] {
         let (_, proxied) = both(&stack, false, stream, "tools").await;
         let call_id = proxied.header("x-luthien-call-id").unwrap().to_owned();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        let blocked = loop {
-            let events = store
-                .get_call(&call_id)
-                .await
-                .unwrap()
-                .map(|(_, events)| events)
-                .unwrap_or_default();
-            let found: Vec<(String, String, Value)> = events
-                .into_iter()
-                .filter_map(|event| match event.payload {
-                    EventPayload::Policy {
-                        policy,
-                        action,
-                        data,
-                        ..
-                    } => Some((policy, action, data)),
-                    _ => None,
-                })
-                .collect();
-            if !found.is_empty() {
-                break found;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no policy event recorded for {call_id}"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        };
+        let (_, events) = wait::ended_call(&store, &call_id).await;
+        let blocked: Vec<(String, String, Value)> = events
+            .into_iter()
+            .filter_map(|event| match event.payload {
+                EventPayload::Policy {
+                    policy,
+                    action,
+                    data,
+                    ..
+                } => Some((policy, action, data)),
+                _ => None,
+            })
+            .collect();
         assert_eq!(blocked.len(), 1, "stream={stream}: {blocked:?}");
         let (policy, action, data) = &blocked[0];
         assert_eq!((policy.as_str(), action.as_str()), ("no-ls", "blocked"));

@@ -7,7 +7,7 @@ use std::time::Duration;
 use luthien_controlplane::events::{CallEvent, CallStatus, CallSummary, EventPayload};
 use luthien_controlplane::store::{CallFilter, Store, StoreOptions};
 use luthien_tests::databases::{TestDatabase, redis_url};
-use luthien_tests::{Client, Stack, StackOptions};
+use luthien_tests::{Client, Stack, StackOptions, wait};
 use serde_json::{Value, json};
 
 const TEXT: &str = "Hello from the mock upstream. The quick brown fox jumps over the lazy dog.";
@@ -42,22 +42,20 @@ fn request_body(openai: bool, stream: bool) -> Value {
 
 /// Polls the store until the call is complete (the writer batches).
 async fn recorded(store: &Store, call_id: &str) -> (CallSummary, Vec<CallEvent>) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some((call, events)) = store.get_call(call_id).await.expect("read call")
-            && call.status != CallStatus::InProgress
-            && events
-                .iter()
-                .any(|event| event.payload.event_type() == "response")
-        {
-            return (call, events);
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "call {call_id} not recorded in 15 s"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let what = format!("call {call_id} recorded with its response");
+    wait::eventually(&what, Duration::from_secs(15), || async {
+        store
+            .get_call(call_id)
+            .await
+            .expect("read call")
+            .filter(|(call, events)| {
+                call.status != CallStatus::InProgress
+                    && events
+                        .iter()
+                        .any(|event| event.payload.event_type() == "response")
+            })
+    })
+    .await
 }
 
 fn text_of(openai: bool, response: &Value) -> String {

@@ -20,8 +20,8 @@ use luthien_proto::v1::policy_request_result::Action;
 use luthien_proto::v1::policy_response::Message as ToLuthien;
 use luthien_proto::v1::policy_service_server::{PolicyService, PolicyServiceServer};
 use luthien_proto::v1::{
-    DescribeRequest, Phase, PolicyContinue, PolicyDescription, PolicyEventResult, PolicyKeepalive,
-    PolicyRequest, PolicyRequestResult, PolicyResponse, PolicyResponseResult,
+    DescribeRequest, Phase, PolicyCallStart, PolicyContinue, PolicyDescription, PolicyEventResult,
+    PolicyKeepalive, PolicyRequest, PolicyRequestResult, PolicyResponse, PolicyResponseResult,
     PolicyStreamEndResult,
 };
 use luthien_tests::wire::events;
@@ -442,6 +442,8 @@ struct Fake {
     tag: bool,
     /// Kind and body of every message received, over all calls.
     seen: Arc<Mutex<Vec<(String, String)>>>,
+    /// Every call's start message with the stream's `traceparent` metadata.
+    starts: Arc<Mutex<Vec<StartSeen>>>,
 }
 
 impl Fake {
@@ -451,6 +453,7 @@ impl Fake {
             fault,
             tag: false,
             seen: Arc::default(),
+            starts: Arc::default(),
         }
     }
 
@@ -473,6 +476,9 @@ impl Fake {
             .collect()
     }
 }
+
+/// A call's start message and its stream's `traceparent` metadata.
+type StartSeen = (PolicyCallStart, Option<String>);
 
 fn reply(message: ToLuthien) -> Result<PolicyResponse, Status> {
     Ok(PolicyResponse {
@@ -499,6 +505,11 @@ impl PolicyService for Fake {
         &self,
         request: Request<Streaming<PolicyRequest>>,
     ) -> Result<Response<Self::ProcessCallStream>, Status> {
+        let traceparent = request
+            .metadata()
+            .get("traceparent")
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
         let mut inbound = request.into_inner();
         let (replies, stream) = mpsc::channel(16);
         let fake = self.clone();
@@ -509,6 +520,10 @@ impl PolicyService for Fake {
                 message: Some(message),
             })) = inbound.message().await
             {
+                if let FromLuthien::Start(start) = &message {
+                    let start = (start.clone(), traceparent.clone());
+                    fake.starts.lock().unwrap().push(start);
+                }
                 let (kind, body) = match &message {
                     FromLuthien::Start(start) => ("start", start.api.clone()),
                     FromLuthien::Request(r) => ("request", String::from_utf8_lossy(&r.body).into()),
@@ -861,6 +876,59 @@ async fn remote_and_builtin_policies_run_in_chain_order() {
 }
 
 #[tokio::test]
+async fn the_server_joins_the_calls_trace_and_sees_its_headers_but_no_credentials() {
+    let fake = Fake::new(Fault::None);
+    let server = serve_fake(fake.clone()).await;
+    let stack = Stack::start(StackOptions::yaml(&chain(&[remote_yaml(
+        "fake",
+        &server.url,
+        "",
+    )])))
+    .await;
+    let client_trace = "0af7651916cd43dd8448eb211c80319c";
+    let traceparent = format!("00-{client_trace}-b7ad6b7169203331-01");
+    let response = Client::new()
+        .post(
+            &stack.openai_url(),
+            &[
+                ("traceparent", &traceparent),
+                ("x-team", "blue"),
+                ("authorization", "Bearer sk-client-secret"),
+            ],
+            body(true, false, "text"),
+        )
+        .await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    let call_id = response.header("x-luthien-call-id").unwrap();
+
+    let starts = fake.starts.lock().unwrap().clone();
+    assert_eq!(starts.len(), 1, "one stream for the call");
+    let (start, metadata) = &starts[0];
+    assert_eq!(start.call_id, call_id);
+    assert_eq!((start.api.as_str(), start.stream), ("openai", false));
+    // The server's spans continue the client's trace: the context travels
+    // in the start message and in the stream's gRPC metadata.
+    let fields: Vec<&str> = start.traceparent.split('-').collect();
+    assert_eq!(fields.len(), 4, "{}", start.traceparent);
+    assert_eq!(fields[1], client_trace);
+    assert_eq!(metadata.as_deref(), Some(start.traceparent.as_str()));
+    // Headers arrive, credentials never do.
+    assert_eq!(
+        start.headers.get("x-team").map(String::as_str),
+        Some("blue")
+    );
+    assert!(!start.headers.contains_key("authorization"));
+    assert!(
+        start
+            .headers
+            .values()
+            .all(|value| !value.contains("sk-client-secret")),
+        "{:?}",
+        start.headers
+    );
+}
+
+#[tokio::test]
 async fn a_request_only_server_never_receives_response_phases() {
     let fake = Fake {
         phases: vec![Phase::Request],
@@ -1059,12 +1127,12 @@ async fn measure_chain(
     let mut times = Vec::with_capacity(calls);
     for round in 0..calls + 200 {
         let started = Instant::now();
-        let mut call = chain.start_call(&CallInfo {
-            call_id: format!("bench-{round}"),
-            api: Api::OpenAiChat,
-            model: "gpt-4o-mini".to_owned(),
+        let mut call = chain.start_call(&CallInfo::new(
+            format!("bench-{round}"),
+            Api::OpenAiChat,
+            "gpt-4o-mini",
             stream,
-        });
+        ));
         let mut body = request.clone();
         call.on_request(&mut body).await.unwrap();
         if stream {

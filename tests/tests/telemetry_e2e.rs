@@ -11,10 +11,20 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use luthien_controlplane::store::{Store, StoreOptions};
+use luthien_proto::v1::policy_request::Message as ToServer;
+use luthien_proto::v1::policy_request_result::Action;
+use luthien_proto::v1::policy_response::Message as FromServer;
+use luthien_proto::v1::policy_service_server::{PolicyService, PolicyServiceServer};
+use luthien_proto::v1::{
+    DescribeRequest, Phase, PolicyContinue, PolicyDescription, PolicyRequest, PolicyRequestResult,
+    PolicyResponse,
+};
 use luthien_telemetry::LogFormat;
 use luthien_tests::client::{Client, TestResponse};
 use luthien_tests::databases::TestDatabase;
 use luthien_tests::stack::{Stack, StackOptions};
+use luthien_tests::wait;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -24,6 +34,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use serde_json::json;
+use tokio_stream::wrappers::ReceiverStream;
 
 /// The test OTLP receiver: keeps every span it is sent.
 #[derive(Clone, Default)]
@@ -165,6 +176,18 @@ async fn database_stack(yaml: &str, database: &TestDatabase) -> Stack {
     .await
 }
 
+async fn store(database: &TestDatabase) -> Store {
+    Store::open(
+        &database.url,
+        StoreOptions {
+            migrate: false,
+            ..StoreOptions::default()
+        },
+    )
+    .await
+    .expect("open store")
+}
+
 const TRANSFORMING: &str = "policies: [{type: all_caps}]";
 const CLIENT_TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
 const CLIENT_SPAN_ID: &str = "b7ad6b7169203331";
@@ -270,6 +293,10 @@ async fn a_call_is_one_trace_across_both_planes_continuing_the_clients() {
         format!("00-{CLIENT_TRACE_ID}-{}-01", hex(&upstream[0].span_id))
     );
 
+    // The call's record names its trace.
+    let (recorded, _) = wait::ended_call(&store(&database).await, &call_id).await;
+    assert_eq!(recorded.trace_id.as_deref(), Some(CLIENT_TRACE_ID));
+
     // Bodies never become attributes.
     for span in spans.iter().filter(|span| span.trace_id == root.trace_id) {
         for kv in &span.attributes {
@@ -287,7 +314,8 @@ async fn a_call_is_one_trace_across_both_planes_continuing_the_clients() {
 #[tokio::test]
 async fn a_streamed_call_without_client_context_starts_its_own_trace() {
     let receiver = receiver();
-    let stack = Stack::start(StackOptions::default()).await;
+    let database = TestDatabase::sqlite().await;
+    let stack = database_stack("policies: [{type: noop}]", &database).await;
     let body = json!({
         "model": "claude-test",
         "max_tokens": 32,
@@ -323,6 +351,9 @@ async fn a_streamed_call_without_client_context_starts_its_own_trace() {
     let control = with_call_id(&spans, "luthien.control_plane.call", &call_id).unwrap();
     assert_eq!(control.trace_id, root.trace_id);
     assert_eq!(control.parent_span_id, root.span_id);
+    // The trace the data plane started is the one the call's record names.
+    let (recorded, _) = wait::ended_call(&store(&database).await, &call_id).await;
+    assert_eq!(recorded.trace_id, Some(hex(&root.trace_id)));
     let forwarded = stack.mock.requests().last().unwrap().clone();
     assert!(
         forwarded
@@ -330,6 +361,130 @@ async fn a_streamed_call_without_client_context_starts_its_own_trace() {
             .unwrap()
             .contains(&hex(&root.trace_id))
     );
+}
+
+/// A remote policy server that asks for the request phase only, passes it,
+/// and keeps the trace context each call's stream brought.
+#[derive(Clone, Default)]
+struct TraceRecordingPolicy {
+    traceparents: Arc<Mutex<Vec<Seen>>>,
+}
+
+/// A stream's `PolicyCallStart.traceparent` and its `traceparent` metadata.
+type Seen = (String, Option<String>);
+
+#[tonic::async_trait]
+impl PolicyService for TraceRecordingPolicy {
+    async fn describe(
+        &self,
+        _: tonic::Request<DescribeRequest>,
+    ) -> Result<tonic::Response<PolicyDescription>, tonic::Status> {
+        Ok(tonic::Response::new(PolicyDescription {
+            name: "trace-recorder".into(),
+            phases: vec![Phase::Request as i32],
+            read_only: false,
+        }))
+    }
+
+    type ProcessCallStream = ReceiverStream<Result<PolicyResponse, tonic::Status>>;
+
+    async fn process_call(
+        &self,
+        request: tonic::Request<tonic::Streaming<PolicyRequest>>,
+    ) -> Result<tonic::Response<Self::ProcessCallStream>, tonic::Status> {
+        let metadata = request
+            .metadata()
+            .get("traceparent")
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
+        let mut inbound = request.into_inner();
+        let (replies, stream) = tokio::sync::mpsc::channel(4);
+        let traceparents = Arc::clone(&self.traceparents);
+        tokio::spawn(async move {
+            while let Ok(Some(message)) = inbound.message().await {
+                let answer = match message.message {
+                    Some(ToServer::Start(start)) => {
+                        let seen = (start.traceparent, metadata.clone());
+                        traceparents.lock().unwrap().push(seen);
+                        continue;
+                    }
+                    Some(ToServer::Request(_)) => FromServer::RequestResult(PolicyRequestResult {
+                        action: Some(Action::ContinueRequest(PolicyContinue { body: None })),
+                    }),
+                    _ => continue,
+                };
+                let reply = PolicyResponse {
+                    message: Some(answer),
+                };
+                if replies.send(Ok(reply)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(tonic::Response::new(ReceiverStream::new(stream)))
+    }
+}
+
+#[tokio::test]
+async fn a_remote_policy_server_joins_the_call_trace_under_its_exchange_span() {
+    let receiver = receiver();
+    let policy = TraceRecordingPolicy::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(PolicyServiceServer::new(policy.clone()))
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener),
+                shutdown.clone().cancelled_owned(),
+            ),
+    );
+    let _stop = shutdown.drop_guard();
+    let yaml = format!(
+        "policies:\n  - type: remote\n    name: recorder\n    config: {{endpoint: '{url}'}}\n"
+    );
+    let stack = Stack::start(StackOptions::yaml(&yaml)).await;
+    let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});
+    let response = Client::new()
+        .post(&stack.openai_url(), &[], body.to_string())
+        .await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    let call_id = response.header("x-luthien-call-id").unwrap().to_owned();
+
+    let spans = receiver
+        .wait_for("the remote policy exchange span", |spans| {
+            with_call_id(spans, "chat gpt-4o-mini", &call_id).is_some()
+                && with_call_id(spans, "luthien.remote_policy", &call_id).is_some()
+        })
+        .await;
+    let root = with_call_id(&spans, "chat gpt-4o-mini", &call_id).unwrap();
+    let exchange = with_call_id(&spans, "luthien.remote_policy", &call_id).unwrap();
+    assert_eq!(exchange.trace_id, root.trace_id);
+    assert_eq!(exchange.kind, 3, "SPAN_KIND_CLIENT");
+    assert_eq!(
+        attr(exchange, "luthien.policy.phase").as_deref(),
+        Some("request")
+    );
+    let parent = spans
+        .iter()
+        .find(|span| span.span_id == exchange.parent_span_id)
+        .expect("the exchange span's parent");
+    assert_eq!(parent.name, "luthien.policy");
+    assert_eq!(
+        attr(parent, "luthien.policy.name").as_deref(),
+        Some("recorder")
+    );
+
+    // The server was handed the exchange span as its parent, in the start
+    // message and in the gRPC metadata alike.
+    let expected = format!(
+        "00-{}-{}-01",
+        hex(&exchange.trace_id),
+        hex(&exchange.span_id)
+    );
+    let seen = policy.traceparents.lock().unwrap().clone();
+    assert_eq!(seen, vec![(expected.clone(), Some(expected))]);
 }
 
 /// One exposition: sample values by series (`name{labels}`) and the names

@@ -230,6 +230,7 @@ fn summary(call: CallSummary) -> ProtoCallSummary {
         input_tokens: call.usage.input_tokens,
         output_tokens: call.usage.output_tokens,
         session_id: call.session_id.unwrap_or_default(),
+        trace_id: call.trace_id.unwrap_or_default(),
         policy_changed: call.policy_changed,
     }
 }

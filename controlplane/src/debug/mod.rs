@@ -147,9 +147,8 @@ impl DebugService {
         };
         let trace_url = self
             .trace_url_template
-            .as_ref()
-            .filter(|template| template.contains("{call_id}"))
-            .map(|template| template.replace("{call_id}", &call.call_id));
+            .as_deref()
+            .and_then(|template| trace_url(template, &call));
         Ok(CallDetail {
             call,
             events,
@@ -268,4 +267,59 @@ pub struct PolicyEntryView {
 /// The JSON form of an event's payload (what both transports show).
 pub fn payload_json(event: &CallEvent) -> Value {
     serde_json::to_value(&event.payload).unwrap_or(Value::Null)
+}
+
+/// The link from a call to its trace: `template` with `{trace_id}` and
+/// `{call_id}` filled in. None when the template names neither, or needs a
+/// trace id the call does not have (it was not traced).
+fn trace_url(template: &str, call: &CallSummary) -> Option<String> {
+    let wants_trace = template.contains("{trace_id}");
+    if !wants_trace && !template.contains("{call_id}") {
+        return None;
+    }
+    let mut url = template.replace("{call_id}", &call.call_id);
+    if wants_trace {
+        url = url.replace("{trace_id}", call.trace_id.as_deref()?);
+    }
+    Some(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::TokenUsage;
+
+    fn call(trace_id: Option<&str>) -> CallSummary {
+        CallSummary {
+            call_id: "c-1".to_owned(),
+            created_at_micros: 1,
+            completed_at_micros: None,
+            api: "openai".to_owned(),
+            model: "m".to_owned(),
+            stream: false,
+            status: CallStatus::Completed,
+            duration_ms: None,
+            time_to_first_chunk_ms: None,
+            usage: TokenUsage::default(),
+            session_id: None,
+            trace_id: trace_id.map(str::to_owned),
+            policy_changed: false,
+        }
+    }
+
+    #[test]
+    fn trace_links_fill_in_the_trace_and_call_ids() {
+        let traced = call(Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        assert_eq!(
+            trace_url("https://g/explore?trace={trace_id}&call={call_id}", &traced).as_deref(),
+            Some("https://g/explore?trace=4bf92f3577b34da6a3ce929d0e0e4736&call=c-1")
+        );
+        assert_eq!(
+            trace_url("https://g/search?q={call_id}", &call(None)).as_deref(),
+            Some("https://g/search?q=c-1")
+        );
+        // A link that needs a trace id is left out for an untraced call.
+        assert_eq!(trace_url("https://g/trace/{trace_id}", &call(None)), None);
+        assert_eq!(trace_url("https://g/static", &traced), None);
+    }
 }

@@ -96,12 +96,7 @@ mod tests {
 
     fn call(api: Api) -> Box<dyn CallPolicy> {
         let policy = AllCaps::from_config("all_caps".to_owned(), NoConfig {}).unwrap();
-        policy.start_call(&CallInfo {
-            call_id: "c1".to_owned(),
-            api,
-            model: "m".to_owned(),
-            stream: true,
-        })
+        policy.start_call(&CallInfo::new("c1", api, "m", true))
     }
 
     #[tokio::test]

@@ -437,12 +437,7 @@ mod tests {
     }
 
     fn call(policy: &Block, api: Api) -> Box<dyn CallPolicy> {
-        policy.start_call(&CallInfo {
-            call_id: "c1".to_owned(),
-            api,
-            model: "from-call-start".to_owned(),
-            stream: false,
-        })
+        policy.start_call(&CallInfo::new("c1", api, "from-call-start", false))
     }
 
     /// Runs the request; returns the response when blocked, with the recorded events.

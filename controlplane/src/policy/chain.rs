@@ -347,12 +347,7 @@ mod tests {
             .into_iter()
             .map(|policy| Arc::new(policy) as Arc<dyn Policy>)
             .collect();
-        Chain::new(policies).start_call(&CallInfo {
-            call_id: "c1".to_owned(),
-            api: Api::OpenAiChat,
-            model: "m".to_owned(),
-            stream: true,
-        })
+        Chain::new(policies).start_call(&CallInfo::new("c1", Api::OpenAiChat, "m", true))
     }
 
     fn event(number: u64) -> SseEvent {

@@ -17,8 +17,12 @@ pub mod string_replace;
 pub mod tool_call_filter;
 pub mod tool_calls;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use bytes::Bytes;
+use luthien_proto::v1::Header;
+use luthien_telemetry::propagation::W3cContext;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -34,6 +38,30 @@ pub struct CallInfo {
     pub api: Api,
     pub model: String,
     pub stream: bool,
+    /// Non-credential request headers as the data plane forwarded them
+    /// (shared: every policy of the chain sees the same list).
+    pub headers: Arc<[Header]>,
+    /// W3C context of the data plane's call span (empty when untraced).
+    pub trace: W3cContext,
+}
+
+impl CallInfo {
+    /// A call without headers or trace context (replays, tests).
+    pub fn new(
+        call_id: impl Into<String>,
+        api: Api,
+        model: impl Into<String>,
+        stream: bool,
+    ) -> Self {
+        Self {
+            call_id: call_id.into(),
+            api,
+            model: model.into(),
+            stream,
+            headers: Arc::from([]),
+            trace: W3cContext::default(),
+        }
+    }
 }
 
 /// A policy's answer to a request.

@@ -59,6 +59,7 @@ mod session;
 mod stats;
 mod withhold;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -71,6 +72,7 @@ use luthien_proto::v1::{
     PolicyCallStart, PolicyImmediateResponse, PolicyRequest, PolicyRequestPhase,
     PolicyResponsePhase, PolicyStreamEnd, PolicyStreamEvent,
 };
+use luthien_telemetry::propagation;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tonic::metadata::AsciiMetadataValue;
@@ -440,7 +442,20 @@ impl RemoteCall {
         Ok(plan)
     }
 
-    fn start_message(&self) -> PolicyRequest {
+    /// Opens the server's stream for this call. `span` is the span the
+    /// server's own spans become children of.
+    fn start_message(&self, span: &tracing::Span) -> PolicyRequest {
+        let trace = propagation::outgoing(span, &self.info.trace);
+        let mut headers = HashMap::with_capacity(self.info.headers.len());
+        for header in self.info.headers.iter() {
+            headers
+                .entry(header.name.clone())
+                .and_modify(|joined: &mut String| {
+                    joined.push_str(", ");
+                    joined.push_str(&header.value);
+                })
+                .or_insert_with(|| header.value.clone());
+        }
         PolicyRequest {
             message: Some(ToServer::Start(PolicyCallStart {
                 call_id: self.info.call_id.clone(),
@@ -451,7 +466,9 @@ impl RemoteCall {
                 .to_owned(),
                 model: self.info.model.clone(),
                 stream: self.info.stream,
-                ..PolicyCallStart::default()
+                headers,
+                traceparent: trace.traceparent,
+                tracestate: trace.tracestate,
             })),
         }
     }
@@ -466,28 +483,36 @@ impl RemoteCall {
         let stats = Arc::clone(&self.connection().stats);
         stats.request(phase);
         let started = Instant::now();
+        // Stream events are many and short: their spans are debug level.
+        let span = if phase == StatPhase::Stream {
+            tracing::debug_span!(
+                "luthien.remote_policy",
+                otel.kind = "client",
+                luthien.policy.name = %self.settings.name,
+                luthien.policy.phase = phase.as_str(),
+                luthien.call_id = %self.info.call_id,
+            )
+        } else {
+            tracing::info_span!(
+                "luthien.remote_policy",
+                otel.kind = "client",
+                luthien.policy.name = %self.settings.name,
+                luthien.policy.phase = phase.as_str(),
+                luthien.call_id = %self.info.call_id,
+            )
+        };
         if matches!(self.link, Link::Idle) {
-            let session = self.connection().open(self.start_message());
+            // A filtered-out (debug) span has no context; use its parent's.
+            let parent = if span.is_disabled() {
+                tracing::Span::current()
+            } else {
+                span.clone()
+            };
+            let session = self.connection().open(self.start_message(&parent));
             self.link = Link::Waiting(Box::new(session));
         }
         let Link::Waiting(session) = &mut self.link else {
             return Err(RemoteError::Closed);
-        };
-        // Stream events are many and short: their spans are debug level.
-        let span = if phase == StatPhase::Stream {
-            tracing::debug_span!(
-                "remote_policy",
-                policy = %self.settings.name,
-                phase = phase.as_str(),
-                call_id = %self.info.call_id,
-            )
-        } else {
-            tracing::info_span!(
-                "remote_policy",
-                policy = %self.settings.name,
-                phase = phase.as_str(),
-                call_id = %self.info.call_id,
-            )
         };
         let result = session.exchange(message).instrument(span).await;
         self.events.extend(session.take_records());
@@ -498,7 +523,9 @@ impl RemoteCall {
     /// Sends one phase's message to a read-only server, never waiting.
     fn audit(&mut self, phase: StatPhase, message: ToServer) {
         if matches!(self.link, Link::Idle) {
-            let session = self.connection().open_audit(self.start_message());
+            let session = self
+                .connection()
+                .open_audit(self.start_message(&tracing::Span::current()));
             self.link = Link::Audit(session);
         }
         if let Link::Audit(session) = &self.link {

@@ -20,7 +20,7 @@ const SUMMARY_COLUMNS: &str = "call_id, \
     (EXTRACT(EPOCH FROM created_at) * 1000000)::int8 AS created_at, \
     (EXTRACT(EPOCH FROM completed_at) * 1000000)::int8 AS completed_at, \
     api, model, stream, status, duration_ms, time_to_first_chunk_ms, \
-    input_tokens, output_tokens, session_id, policy_changed, \
+    input_tokens, output_tokens, session_id, trace_id, policy_changed, \
     schema_version::int8 AS schema_version";
 
 const DIALECT: Dialect = Dialect {
@@ -81,6 +81,7 @@ fn upsert_calls(calls: &[(&CallSummary, i64)]) -> PgQuery {
     let mut inputs = Vec::with_capacity(calls.len());
     let mut outputs = Vec::with_capacity(calls.len());
     let mut sessions = Vec::with_capacity(calls.len());
+    let mut traces = Vec::with_capacity(calls.len());
     let mut changed = Vec::with_capacity(calls.len());
     for (call, earliest) in calls {
         ids.push(call.call_id.clone());
@@ -95,22 +96,23 @@ fn upsert_calls(calls: &[(&CallSummary, i64)]) -> PgQuery {
         inputs.push(query::tokens(call.usage.input_tokens));
         outputs.push(query::tokens(call.usage.output_tokens));
         sessions.push(call.session_id.clone());
+        traces.push(call.trace_id.clone());
         changed.push(call.policy_changed);
     }
     sqlx::query(
         "INSERT INTO calls (call_id, created_at, completed_at, api, model, stream, status, \
              duration_ms, time_to_first_chunk_ms, input_tokens, output_tokens, session_id, \
-             policy_changed, schema_version) \
+             trace_id, policy_changed, schema_version) \
          SELECT c.call_id, \
              TIMESTAMPTZ 'epoch' + c.created * INTERVAL '1 microsecond', \
              TIMESTAMPTZ 'epoch' + c.completed * INTERVAL '1 microsecond', \
              c.api, c.model, c.stream, c.status, c.duration_ms, c.ttfc, c.input_tokens, \
-             c.output_tokens, c.session_id, c.policy_changed, $14 \
+             c.output_tokens, c.session_id, c.trace_id, c.policy_changed, $15 \
          FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::text[], $5::text[], $6::bool[], \
              $7::text[], $8::float8[], $9::float8[], $10::int8[], $11::int8[], $12::text[], \
-             $13::bool[]) \
+             $13::text[], $14::bool[]) \
            AS c(call_id, created, completed, api, model, stream, status, duration_ms, ttfc, \
-             input_tokens, output_tokens, session_id, policy_changed) \
+             input_tokens, output_tokens, session_id, trace_id, policy_changed) \
          ON CONFLICT (call_id) DO UPDATE SET \
              created_at = LEAST(calls.created_at, EXCLUDED.created_at), \
              completed_at = EXCLUDED.completed_at, api = EXCLUDED.api, \
@@ -118,7 +120,8 @@ fn upsert_calls(calls: &[(&CallSummary, i64)]) -> PgQuery {
              duration_ms = EXCLUDED.duration_ms, \
              time_to_first_chunk_ms = EXCLUDED.time_to_first_chunk_ms, \
              input_tokens = EXCLUDED.input_tokens, output_tokens = EXCLUDED.output_tokens, \
-             session_id = EXCLUDED.session_id, policy_changed = EXCLUDED.policy_changed, \
+             session_id = EXCLUDED.session_id, trace_id = EXCLUDED.trace_id, \
+             policy_changed = EXCLUDED.policy_changed, \
              schema_version = EXCLUDED.schema_version",
     )
     .bind(ids)
@@ -133,6 +136,7 @@ fn upsert_calls(calls: &[(&CallSummary, i64)]) -> PgQuery {
     .bind(inputs)
     .bind(outputs)
     .bind(sessions)
+    .bind(traces)
     .bind(changed)
     .bind(SCHEMA_VERSION as i32)
 }

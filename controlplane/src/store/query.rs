@@ -200,6 +200,7 @@ pub(crate) struct SummaryRow {
     pub input_tokens: Option<i64>,
     pub output_tokens: Option<i64>,
     pub session_id: Option<String>,
+    pub trace_id: Option<String>,
     pub policy_changed: bool,
     pub schema_version: i64,
 }
@@ -226,6 +227,7 @@ impl SummaryRow {
                 output_tokens: self.output_tokens.and_then(|n| u64::try_from(n).ok()),
             },
             session_id: self.session_id,
+            trace_id: self.trace_id,
             policy_changed: self.policy_changed,
         })
     }

@@ -15,7 +15,7 @@ use super::{CallFilter, CallPage, Record, StoreError, StoreOptions, encode_paylo
 use crate::events::{CallEvent, CallSummary, SCHEMA_VERSION};
 
 const SUMMARY_COLUMNS: &str = "call_id, created_at, completed_at, api, model, stream, status, \
-    duration_ms, time_to_first_chunk_ms, input_tokens, output_tokens, session_id, \
+    duration_ms, time_to_first_chunk_ms, input_tokens, output_tokens, session_id, trace_id, \
     policy_changed, schema_version";
 
 const DIALECT: Dialect = Dialect {
@@ -124,9 +124,9 @@ fn upsert_calls(calls: &[(&CallSummary, i64)]) -> SqliteQuery {
     let sql = values_sql(
         "INSERT INTO calls (call_id, created_at, completed_at, api, model, stream, status, \
              duration_ms, time_to_first_chunk_ms, input_tokens, output_tokens, session_id, \
-             policy_changed, schema_version)",
+             trace_id, policy_changed, schema_version)",
         calls.len(),
-        14,
+        15,
         "ON CONFLICT (call_id) DO UPDATE SET \
              created_at = min(calls.created_at, excluded.created_at), \
              completed_at = excluded.completed_at, api = excluded.api, \
@@ -134,8 +134,8 @@ fn upsert_calls(calls: &[(&CallSummary, i64)]) -> SqliteQuery {
              duration_ms = excluded.duration_ms, \
              time_to_first_chunk_ms = excluded.time_to_first_chunk_ms, \
              input_tokens = excluded.input_tokens, output_tokens = excluded.output_tokens, \
-             session_id = excluded.session_id, policy_changed = excluded.policy_changed, \
-             schema_version = excluded.schema_version",
+             session_id = excluded.session_id, trace_id = excluded.trace_id, \
+             policy_changed = excluded.policy_changed, schema_version = excluded.schema_version",
     );
     let mut query = sqlx::query(sql);
     for (call, earliest_created_micros) in calls {
@@ -152,6 +152,7 @@ fn upsert_calls(calls: &[(&CallSummary, i64)]) -> SqliteQuery {
             .bind(query::tokens(call.usage.input_tokens))
             .bind(query::tokens(call.usage.output_tokens))
             .bind(call.session_id.clone())
+            .bind(call.trace_id.clone())
             .bind(call.policy_changed)
             .bind(i64::from(SCHEMA_VERSION));
     }

@@ -107,6 +107,7 @@ fn call_records(index: usize) -> [Record; 4] {
             output_tokens: Some(17),
         },
         session_id: None,
+        trace_id: None,
         policy_changed: false,
     };
     let event = |sequence, payload| CallEvent {

@@ -324,12 +324,7 @@ async fn streamed_calls_are_judged_whole_and_text_too_when_asked() {
         "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":30}}\n\n",
         "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
     );
-    let info = CallInfo {
-        call_id: "c1".to_owned(),
-        api: Api::AnthropicMessages,
-        model: "m".to_owned(),
-        stream: true,
-    };
+    let info = CallInfo::new("c1", Api::AnthropicMessages, "m", true);
     let mut call = policy.start_call(&info);
     let out = run_stream(call.as_mut(), stream).await;
     assert_eq!(
@@ -380,12 +375,7 @@ async fn the_tool_calls_of_one_choice_are_judged_concurrently() {
         .collect();
     let mut response = json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": null, "tool_calls": calls}, "finish_reason": "tool_calls"}]});
     let original = response.clone();
-    let info = CallInfo {
-        call_id: "c1".to_owned(),
-        api: Api::OpenAiChat,
-        model: "m".to_owned(),
-        stream: false,
-    };
+    let info = CallInfo::new("c1", Api::OpenAiChat, "m", false);
     let mut call = policy.start_call(&info);
     let started = std::time::Instant::now();
     call.on_response(&mut response).await.unwrap();

@@ -23,12 +23,7 @@ fn all_presets() -> RegexRedact {
 }
 
 fn call(policy: &RegexRedact, api: Api) -> Box<dyn CallPolicy> {
-    policy.start_call(&CallInfo {
-        call_id: "c1".to_owned(),
-        api,
-        model: "m".to_owned(),
-        stream: true,
-    })
+    policy.start_call(&CallInfo::new("c1", api, "m", true))
 }
 
 fn json_events(events: &[SseEvent]) -> Vec<Value> {

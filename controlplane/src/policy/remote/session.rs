@@ -241,10 +241,11 @@ impl Connection {
     /// Starts a call's stream with `first` queued; nothing is awaited yet.
     pub fn open(&self, first: PolicyRequest) -> Session {
         let (outbound, queue) = mpsc::channel(OUTBOUND_QUEUE);
-        // A fresh queue always has room for the first message.
-        let _ = outbound.try_send(first);
         let mut request = tonic::Request::new(ReceiverStream::new(queue));
         self.authorize(request.metadata_mut());
+        trace_metadata(request.metadata_mut(), &first);
+        // A fresh queue always has room for the first message.
+        let _ = outbound.try_send(first);
         let mut client = self.client();
         self.stats.stream_opened();
         Session {
@@ -265,9 +266,10 @@ impl Connection {
     /// sends, keeps its records for the call and ends once the call is over.
     pub fn open_audit(&self, first: PolicyRequest) -> AuditSession {
         let (outbound, queue) = mpsc::channel(AUDIT_QUEUE);
-        let _ = outbound.try_send(first);
         let mut request = tonic::Request::new(ReceiverStream::new(queue));
         self.authorize(request.metadata_mut());
+        trace_metadata(request.metadata_mut(), &first);
+        let _ = outbound.try_send(first);
         let mut client = self.client();
         let records = Arc::new(Mutex::new(Vec::new()));
         let (ended, call_over) = oneshot::channel::<()>();
@@ -473,5 +475,23 @@ fn record_event(record: PolicyRecord) -> PolicyEvent {
         action: record.action,
         summary: record.summary,
         data,
+    }
+}
+
+/// Copies the call's W3C context from its `start` message into the stream's
+/// gRPC metadata, where OpenTelemetry gRPC instrumentation reads it.
+fn trace_metadata(metadata: &mut MetadataMap, first: &PolicyRequest) {
+    let Some(ToServer::Start(start)) = &first.message else {
+        return;
+    };
+    for (key, value) in [
+        ("traceparent", &start.traceparent),
+        ("tracestate", &start.tracestate),
+    ] {
+        if let Ok(value) = AsciiMetadataValue::try_from(value.as_str())
+            && !value.is_empty()
+        {
+            metadata.insert(key, value);
+        }
     }
 }

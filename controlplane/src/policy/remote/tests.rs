@@ -201,12 +201,7 @@ fn remote(yaml: &str) -> Result<Remote, String> {
 }
 
 fn call(policy: &Remote, api: Api, stream: bool) -> Box<dyn CallPolicy> {
-    policy.start_call(&CallInfo {
-        call_id: "c1".to_owned(),
-        api,
-        model: "m".to_owned(),
-        stream,
-    })
+    policy.start_call(&CallInfo::new("c1", api, "m", stream))
 }
 
 fn body_json(response: &ImmediateResponse) -> Value {

@@ -24,12 +24,7 @@ fn policy(pairs: &[(&str, &str)], apply_to: ApplyTo) -> StringReplace {
 }
 
 fn call(pairs: &[(&str, &str)], api: Api) -> Box<dyn CallPolicy> {
-    policy(pairs, ApplyTo::Both).start_call(&CallInfo {
-        call_id: "c1".to_owned(),
-        api,
-        model: "m".to_owned(),
-        stream: true,
-    })
+    policy(pairs, ApplyTo::Both).start_call(&CallInfo::new("c1", api, "m", true))
 }
 
 fn json_events(events: &[SseEvent]) -> Vec<Value> {
@@ -53,12 +48,12 @@ async fn replaces_in_request_text_only_where_configured() {
         "{\"city\":\"paris\"}"
     );
 
-    let response_only = policy(&[("be", "BE")], ApplyTo::Response).start_call(&CallInfo {
-        call_id: "c2".to_owned(),
-        api: Api::OpenAiChat,
-        model: "m".to_owned(),
-        stream: false,
-    });
+    let response_only = policy(&[("be", "BE")], ApplyTo::Response).start_call(&CallInfo::new(
+        "c2",
+        Api::OpenAiChat,
+        "m",
+        false,
+    ));
     let mut request = openai_request();
     let mut response_only = response_only;
     response_only.on_request(&mut request).await.unwrap();
@@ -80,13 +75,8 @@ async fn replaces_in_response_text_but_not_tool_input_or_thinking() {
     assert_eq!(response["content"][2]["input"]["city"], "paris");
 
     let mut request = anthropic_request();
-    let mut request_only =
-        policy(&[("Checking", "Looking")], ApplyTo::Request).start_call(&CallInfo {
-            call_id: "c3".to_owned(),
-            api: Api::AnthropicMessages,
-            model: "m".to_owned(),
-            stream: false,
-        });
+    let mut request_only = policy(&[("Checking", "Looking")], ApplyTo::Request)
+        .start_call(&CallInfo::new("c3", Api::AnthropicMessages, "m", false));
     request_only.on_request(&mut request).await.unwrap();
     assert_eq!(request["messages"][1]["content"][1]["text"], "Looking.");
     let mut response: Value = serde_json::from_str(ANTHROPIC_RESPONSE).unwrap();

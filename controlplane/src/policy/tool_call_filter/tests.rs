@@ -11,12 +11,7 @@ fn filter(yaml: &str) -> Result<ToolCallFilter, String> {
 }
 
 fn call_info(api: Api, stream: bool) -> CallInfo {
-    CallInfo {
-        call_id: "c1".to_owned(),
-        api,
-        model: "m".to_owned(),
-        stream,
-    }
+    CallInfo::new("c1", api, "m", stream)
 }
 
 fn tool(name: &str, arguments: &str) -> ToolCall {

@@ -237,6 +237,7 @@ fn started(call_id: &str, created: i64) -> CallSummary {
         time_to_first_chunk_ms: None,
         usage: TokenUsage::default(),
         session_id: None,
+        trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".to_owned()),
         policy_changed: false,
     }
 }
