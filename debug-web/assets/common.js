@@ -53,12 +53,29 @@ export class ApiError extends Error {
  * GETs JSON from the debug API. On 401 it asks for the admin key (once for all
  * requests waiting on it) and retries.
  */
-export async function getJson(path, params) {
-  const url = apiUrl(path, params);
+export function getJson(path, params) {
+  return requestJson('GET', apiUrl(path, params));
+}
+
+/**
+ * POSTs `body` (serialised as JSON; `undefined` sends no body) to the debug API
+ * and returns the JSON answer. Authenticates like `getJson`: the session cookie,
+ * and on 401 the login dialog, then a retry.
+ */
+export function postJson(path, body) {
+  return requestJson('POST', apiUrl(path), body);
+}
+
+async function requestJson(method, url, body) {
+  const init = { method, credentials: 'same-origin', headers: { accept: 'application/json' } };
+  if (body !== undefined) {
+    init.headers['content-type'] = 'application/json';
+    init.body = JSON.stringify(body);
+  }
   for (;;) {
     let response;
     try {
-      response = await fetch(url, { credentials: 'same-origin', headers: { accept: 'application/json' } });
+      response = await fetch(url, init);
     } catch (error) {
       throw new ApiError(0, 'network', `cannot reach the control plane (${error.message})`);
     }

@@ -4,7 +4,7 @@
 
 import {
   ApiError, debounce, formatDateTime, formatMs, formatTime, formatTokens, getJson, h, isTyping,
-  isoTime, prettyJson, replace, shortId, statusBadge,
+  isoTime, postJson, prettyJson, replace, shortId, statusBadge,
 } from './common.js';
 
 const PAGE_SIZE = 50;
@@ -26,6 +26,10 @@ const state = {
   selected: null,
   detailGeneration: 0,
   models: new Set(),
+  /** The replay box's text once edited (kept across calls); null shows the active chain. */
+  replayDraft: null,
+  /** Bumped on every replay; answers to older ones are dropped. */
+  replayGeneration: 0,
 };
 
 // ---- The calls list --------------------------------------------------------
@@ -262,6 +266,7 @@ function renderCall(detailJson, diff, diffError) {
     policySection(policies),
     requestSection(request, diff),
     responseSection(call, response, diff),
+    replaySection(call),
     rawSection(detailJson, diff),
   );
 }
@@ -380,10 +385,7 @@ function requestSection(request, diff) {
   if (!d) {
     parts.push(jsonPair(request.payload.original, request.payload.final));
   } else {
-    if (d.params?.length) parts.push(fieldsTable('Parameters', d.params));
-    if (d.system) parts.push(h('h4', null, 'System prompt'), textPair(d.system));
-    if (d.messages?.length) parts.push(h('h4', null, 'Messages'), messagesList(d.messages));
-    if (d.tools?.length) parts.push(h('h4', null, 'Tools'), itemsList(d.tools, toolDefinition));
+    parts.push(...requestDiffParts(d));
   }
   if (parts.length === 2) parts.push(nothingToCompare(request.payload));
   if (request.payload.headers && Object.keys(request.payload.headers).length) {
@@ -410,16 +412,33 @@ function responseSection(call, response, diff) {
   if (!d) {
     parts.push(jsonPair(p.original, p.final));
   } else {
-    if (d.text) parts.push(h('h4', null, 'Text'), textPair(d.text));
-    if (d.tool_calls?.length) parts.push(h('h4', null, 'Tool calls'), itemsList(d.tool_calls, toolCall));
-    const fields = [];
-    if (d.finish_reason) fields.push({ path: 'finish_reason', before: d.finish_reason.before, after: d.finish_reason.after });
-    if (d.usage) fields.push(...usageRows(d.usage));
-    fields.push(...(d.params ?? []));
-    if (fields.length) parts.push(fieldsTable('Fields', fields));
+    parts.push(...responseDiffParts(d));
   }
   if (parts.length === 2) parts.push(nothingToCompare(p));
   return h('section', { class: 'side-by-side response', 'aria-label': 'Response, original and final' }, parts);
+}
+
+/** The structured request diff (`diff.request`) as headed blocks; empty when there is nothing to show. */
+function requestDiffParts(d, columns) {
+  const parts = [];
+  if (d.params?.length) parts.push(fieldsTable('Parameters', d.params, columns));
+  if (d.system) parts.push(h('h4', null, 'System prompt'), textPair(d.system));
+  if (d.messages?.length) parts.push(h('h4', null, 'Messages'), messagesList(d.messages));
+  if (d.tools?.length) parts.push(h('h4', null, 'Tools'), itemsList(d.tools, toolDefinition));
+  return parts;
+}
+
+/** The structured response diff (`diff.response`) as headed blocks; empty when there is nothing to show. */
+function responseDiffParts(d, columns) {
+  const parts = [];
+  if (d.text) parts.push(h('h4', null, 'Text'), textPair(d.text));
+  if (d.tool_calls?.length) parts.push(h('h4', null, 'Tool calls'), itemsList(d.tool_calls, toolCall));
+  const fields = [];
+  if (d.finish_reason) fields.push({ path: 'finish_reason', before: d.finish_reason.before, after: d.finish_reason.after });
+  if (d.usage) fields.push(...usageRows(d.usage));
+  fields.push(...(d.params ?? []));
+  if (fields.length) parts.push(fieldsTable('Fields', fields, columns));
+  return parts;
 }
 
 function nothingToCompare(payload) {
@@ -435,11 +454,11 @@ function usageRows(usage) {
   return keys.map((key) => ({ path: `usage.${key}`, before: before[key], after: after[key] }));
 }
 
-/** A table of changed scalar fields: path, original, final. */
-function fieldsTable(title, rows) {
+/** A table of changed scalar fields: path, original, final (or other `columns` names). */
+function fieldsTable(title, rows, columns = ['Original', 'Final']) {
   return h('table', { class: 'fields' },
     h('caption', null, title),
-    h('thead', null, h('tr', null, h('th', { scope: 'col' }, 'Field'), h('th', { scope: 'col' }, 'Original'), h('th', { scope: 'col' }, 'Final'))),
+    h('thead', null, h('tr', null, h('th', { scope: 'col' }, 'Field'), h('th', { scope: 'col' }, columns[0]), h('th', { scope: 'col' }, columns[1]))),
     h('tbody', null, rows.map((row) => {
       const changed = !sameJson(row.before, row.after);
       return h('tr', { class: changed ? 'changed' : null },
@@ -614,25 +633,233 @@ function sameJson(a, b) {
   return JSON.stringify(a) === JSON.stringify(b);
 }
 
+// ---- Replay ----------------------------------------------------------------
+
+/** The empty policy box shows this as an example. */
+const EXAMPLE_CHAIN = `policies:
+  - type: string_replace
+    config:
+      replacements: [{from: "fox", to: "cat"}]
+  - type: all_caps`;
+
+/** In a replay, "before" is what was recorded, "after" what the chain makes of it. */
+const REPLAY_COLUMNS = ['Recorded', 'Replayed'];
+
+/**
+ * Replay: runs this call's recorded original request and upstream response
+ * through a policy chain (`POST calls/{id}/replay`; no LLM is called) and shows
+ * how the final request and response would differ from the recorded ones.
+ */
+function replaySection(call) {
+  const yaml = h('textarea', {
+    id: 'replay-yaml',
+    name: 'policy_yaml',
+    rows: 8,
+    spellcheck: 'false',
+    autocomplete: 'off',
+    autocapitalize: 'off',
+    placeholder: EXAMPLE_CHAIN,
+    'aria-describedby': 'replay-help replay-active',
+  });
+  yaml.value = state.replayDraft ?? '';
+  const active = h('p', { id: 'replay-active', class: 'sub' }, 'Reading the active chain…');
+  const run = h('button', { id: 'replay-run', type: 'submit' }, 'Replay');
+  const reset = h('button', { id: 'replay-reset', type: 'button', class: 'secondary', title: 'Put the active chain back in the box' },
+    'Reset to active chain');
+  const result = h('div', { id: 'replay-result', class: 'replay-result', 'aria-live': 'polite' });
+  let activeYaml = '';
+
+  yaml.addEventListener('input', () => {
+    state.replayDraft = yaml.value;
+  });
+  yaml.addEventListener('keydown', (event) => {
+    if (event.key === 'Enter' && (event.ctrlKey || event.metaKey)) {
+      event.preventDefault();
+      if (!run.disabled) runReplay();
+    }
+  });
+  reset.addEventListener('click', () => {
+    state.replayDraft = null;
+    yaml.value = activeYaml;
+    yaml.focus();
+  });
+
+  getJson('policy').then((policy) => {
+    activeYaml = policy.yaml ?? '';
+    replace(active, activeChainText(policy));
+    if (state.replayDraft === null) yaml.value = activeYaml;
+    yaml.dataset.activeLoaded = 'true';
+  }, (error) => {
+    replace(active, `Cannot read the active chain (${error.message}).`);
+  });
+
+  async function runReplay() {
+    const generation = ++state.replayGeneration;
+    const text = yaml.value;
+    const viaActive = text.trim() === '';
+    run.disabled = true;
+    result.dataset.state = 'running';
+    delete result.dataset.changed;
+    delete result.dataset.blocked;
+    result.setAttribute('aria-busy', 'true');
+    replace(result, h('p', { class: 'muted' }, viaActive ? 'Replaying through the active chain…' : 'Replaying through the chain above…'));
+    try {
+      const outcome = await postJson(`calls/${encodeURIComponent(call.call_id)}/replay`,
+        viaActive ? undefined : { policy_yaml: text });
+      if (generation !== state.replayGeneration) return;
+      result.dataset.state = 'done';
+      result.dataset.changed = String(Boolean(outcome.changed));
+      result.dataset.blocked = String(outcome.blocked !== null && outcome.blocked !== undefined);
+      replace(result, replayOutcome(outcome, viaActive));
+      revealStart(result);
+    } catch (error) {
+      if (generation !== state.replayGeneration) return;
+      result.dataset.state = 'error';
+      replace(result, h('div', { class: 'notice error', role: 'alert' },
+        h('strong', null, error.status === 400 ? 'The chain was rejected. ' : 'Replay failed. '),
+        h('span', { class: 'replay-error' }, error.message)));
+      revealStart(result);
+    } finally {
+      if (generation === state.replayGeneration) {
+        run.disabled = false;
+        result.removeAttribute('aria-busy');
+      }
+    }
+  }
+
+  const form = h('form', { id: 'replay-form', class: 'replay-form' },
+    h('label', { for: 'replay-yaml' }, 'Policy chain (YAML)'),
+    yaml,
+    active,
+    h('div', { class: 'replay-actions' }, run, reset,
+      h('span', { class: 'sub' }, h('kbd', null, 'Ctrl'), '+', h('kbd', null, 'Enter'), ' in the box replays too')));
+  form.addEventListener('submit', (event) => {
+    event.preventDefault();
+    runReplay();
+  });
+  return h('section', { class: 'replay', 'aria-labelledby': 'replay-title' },
+    h('h3', { id: 'replay-title' }, 'Replay through another chain'),
+    h('p', { id: 'replay-help', class: 'muted' },
+      'Runs this call’s recorded original request and upstream response through a policy chain — no LLM is called — ',
+      'and compares the outcome with the final request and response that were recorded. ',
+      'Leave the box empty to replay through the active chain.'),
+    form,
+    result);
+}
+
+/** Scrolls `node` to the top of the view when it starts in the lower half (or below) of the window. */
+function revealStart(node) {
+  if (node.getBoundingClientRect().top > window.innerHeight / 2) node.scrollIntoView({ block: 'start' });
+}
+
+/** One line about the active chain: its policies and where it came from. */
+function activeChainText(policy) {
+  const names = (policy.policies ?? [])
+    .map((entry) => entry.name && entry.name !== entry.kind ? `${entry.name} (${entry.kind})` : entry.kind);
+  const chain = names.length ? names.join(' → ') : 'no policies';
+  return policy.yaml
+    ? ['Active chain: ', h('code', null, chain), policy.path ? [' — from ', h('code', null, policy.path)] : null, '.']
+    : ['Active chain: ', h('code', null, chain), ' — built in, not read from a file; leave the box empty to replay through it.'];
+}
+
+/** What a replay found: the verdict, then how request and response would differ from the recorded ones. */
+function replayOutcome(outcome, viaActive) {
+  const d = outcome.diff ?? {};
+  const chain = viaActive ? 'the active chain' : 'this chain';
+  const requestChanged = Boolean(d.request?.changed);
+  const responseChanged = Boolean(d.response?.changed);
+  const blocked = outcome.blocked !== null && outcome.blocked !== undefined;
+  const parts = [];
+  if (blocked) {
+    parts.push(h('div', { class: 'notice blocked replay-verdict' },
+      h('strong', null, `Would be blocked by ${chain}. `), outcome.blocked,
+      ' The client would get the policy’s answer instead of the upstream response.'));
+  } else if (outcome.changed) {
+    const halves = requestChanged && responseChanged ? 'the request and the response'
+      : requestChanged ? 'the request' : 'the response';
+    parts.push(h('div', { class: 'notice warn replay-verdict' },
+      h('strong', null, 'Would change this call. '), `With ${chain}, ${halves} would differ from what was recorded.`));
+  } else {
+    parts.push(h('div', { class: 'notice replay-verdict' },
+      h('strong', null, 'No change. '), `With ${chain}, the request and the response would be the same as recorded.`));
+  }
+  if (outcome.error) {
+    parts.push(h('div', { class: 'notice error' }, h('strong', null, 'A policy failed during the replay. '), outcome.error));
+  }
+  if (d.truncated) {
+    parts.push(h('div', { class: 'notice warn' }, h('strong', null, 'Partial diff. '),
+      'Comparing took longer than the diff budget, so some parts are compared as whole blocks rather than word by word.'));
+  }
+  const verdict = (yes, yesText, noText) => yes
+    ? h('span', { class: 'badge changed' }, yesText)
+    : h('span', { class: 'badge' }, noText);
+  parts.push(h('p', { class: 'replay-summary' },
+    'Blocked ', verdict(blocked, 'yes', 'no'),
+    ' · Request ', verdict(requestChanged, 'would change', 'unchanged'),
+    ' · Response ', verdict(responseChanged, 'would change', 'unchanged')));
+  parts.push(
+    replayHalf('request', 'Request', d.request, ['Recorded — sent upstream', 'Replayed — would be sent upstream'],
+      d.request ? requestDiffParts(d.request, REPLAY_COLUMNS) : []),
+    replayHalf('response', 'Response', d.response, ['Recorded — sent to the client', 'Replayed — would be sent to the client'],
+      d.response ? responseDiffParts(d.response, REPLAY_COLUMNS) : []),
+    replayEvents(outcome.policy_events ?? []),
+    lazyJson('Raw replay outcome', outcome));
+  return parts;
+}
+
+/** One half of a replay diff: "same as recorded", or recorded and replayed side by side. */
+function replayHalf(kind, title, half, heads, parts) {
+  const body = !half?.changed
+    ? [h('p', { class: 'muted' }, 'Same as recorded.')]
+    : parts.length
+      ? [sideHeads(...heads), ...parts]
+      : [h('p', { class: 'muted' }, 'Differs in ways not shown here (no text, messages, tools or parameters changed); see the raw outcome.')];
+  return h('section', { class: `side-by-side replay-${kind}`, 'aria-label': `${title}, recorded and replayed` },
+    h('h4', { class: 'replay-half' }, title, ' ',
+      half?.changed ? h('span', { class: 'badge changed' }, 'would change') : h('span', { class: 'badge' }, 'unchanged')),
+    body);
+}
+
+/** The events the replayed policies recorded. */
+function replayEvents(events) {
+  if (!events.length) return h('p', { class: 'muted replay-events' }, 'The replayed policies recorded no events.');
+  return h('div', { class: 'replay-events' },
+    h('h4', { class: 'replay-half' }, 'Policy events ', h('span', { class: 'count' }, String(events.length))),
+    h('table', { class: 'policy-events' },
+      h('thead', null, h('tr', null,
+        h('th', { scope: 'col' }, 'Policy'), h('th', { scope: 'col' }, 'Action'), h('th', { scope: 'col' }, 'Summary'))),
+      h('tbody', null, events.map((event) => {
+        const hasData = event.data !== null && event.data !== undefined
+          && !(typeof event.data === 'object' && Object.keys(event.data).length === 0);
+        return h('tr', { class: 'policy-event' },
+          h('td', null, h('code', null, event.policy)),
+          h('td', null, h('span', { class: 'badge' }, event.action)),
+          h('td', null, event.summary,
+            hasData ? h('details', null, h('summary', null, 'data'), h('pre', { class: 'json' }, prettyJson(event.data))) : null));
+      }))));
+}
+
 // ---- Raw JSON --------------------------------------------------------------
 
-/** Collapsible raw JSON, pretty-printed only when opened (payloads can be large). */
+/** A collapsible JSON block, pretty-printed only when opened (payloads can be large). */
+function lazyJson(title, value) {
+  const pre = h('pre', { class: 'json' });
+  const details = h('details', { class: 'raw-part' }, h('summary', null, title), pre);
+  details.addEventListener('toggle', () => {
+    if (details.open && !pre.firstChild) pre.textContent = prettyJson(value);
+  });
+  return details;
+}
+
+/** Collapsible raw JSON of the call and its diff. */
 function rawSection(detailJson, diff) {
-  const lazy = (title, value) => {
-    const pre = h('pre', { class: 'json' });
-    const details = h('details', { class: 'raw-part' }, h('summary', null, title), pre);
-    details.addEventListener('toggle', () => {
-      if (details.open && !pre.firstChild) pre.textContent = prettyJson(value);
-    });
-    return details;
-  };
-  const parts = [lazy('Call summary', detailJson.call)];
+  const parts = [lazyJson('Call summary', detailJson.call)];
   for (const event of detailJson.events) {
-    parts.push(lazy(`Event ${event.sequence}: ${event.payload?.type ?? '?'}`, event));
+    parts.push(lazyJson(`Event ${event.sequence}: ${event.payload?.type ?? '?'}`, event));
   }
   if (diff) {
-    parts.push(lazy('Diff', diff));
-    if (diff.json_patch) parts.push(lazy('JSON Patch (RFC 6902)', diff.json_patch));
+    parts.push(lazyJson('Diff', diff));
+    if (diff.json_patch) parts.push(lazyJson('JSON Patch (RFC 6902)', diff.json_patch));
   }
   return h('section', { class: 'raw' }, h('details', { id: 'raw' }, h('summary', null, h('h3', null, 'Raw JSON')), parts));
 }

@@ -4,7 +4,8 @@
 //! Plain HTML, CSS and vanilla JavaScript modules, embedded in the binary:
 //! no build step, no framework, nothing fetched from the network. The pages
 //! call the control plane's debug API on the same origin (`/debug/calls`,
-//! `/debug/calls/{id}`, `/debug/calls/{id}/diff`, `/debug/activity/stream`,
+//! `/debug/calls/{id}`, `/debug/calls/{id}/diff`, `/debug/policy`,
+//! `POST /debug/calls/{id}/replay`, `/debug/activity/stream`,
 //! `/debug/login`) through relative URLs, so they also work behind a proxy
 //! that mounts everything under a prefix. The pages themselves need no
 //! credentials; when the API answers 401 they ask for the admin key.

@@ -16,6 +16,7 @@ use std::time::Duration;
 use fantoccini::{Client as WebDriver, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use luthien_tests::databases::TestDatabase;
+use luthien_tests::stack::ControlPlane;
 use luthien_tests::{Client, Stack, StackOptions};
 use serde_json::{Value, json};
 
@@ -542,6 +543,241 @@ async fn diff_viewer_flags_truncated_payloads() {
     browser.quit().await;
 }
 
+// ---- Replay ------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn diff_viewer_replays_a_call_through_another_chain() {
+    // The active chain comes from a file, so the page can show its YAML.
+    let dir = tempfile::tempdir().expect("policy dir");
+    let path = dir.path().join("policy.yaml");
+    std::fs::write(&path, "policies: [{type: noop}]\n").expect("write policy file");
+    let database = TestDatabase::sqlite().await;
+    let stack = Stack::start(StackOptions {
+        database_url: Some(database.url.clone()),
+        control_plane: ControlPlane::File(path),
+        ..StackOptions::default()
+    })
+    .await;
+    let call = recorded_call(
+        &stack,
+        "gpt-4o-mini",
+        "Is the quick brown fox awake?",
+        false,
+        None,
+    )
+    .await;
+    let browser = Browser::start().await;
+    browser
+        .goto(&format!("{}/debug/diff?call_id={call}", debug_url(&stack)))
+        .await;
+    wait_for_call(&browser, &call).await;
+
+    // The box starts with the active chain's YAML; replaying it changes nothing.
+    browser
+        .wait_for(
+            "the active chain in the replay box",
+            "return document.getElementById('replay-yaml').value.includes('type: noop')
+                && document.getElementById('replay-active').textContent.includes('noop')",
+            vec![],
+        )
+        .await;
+    let same = replay(&browser, None).await;
+    assert_eq!(same["state"], "done", "{same}");
+    assert_eq!(same["changed"], "false", "{same}");
+    assert_eq!(same["blocked"], "false", "{same}");
+    assert!(
+        same["verdict"].as_str().unwrap().contains("No change"),
+        "{same}"
+    );
+
+    // Another chain: the request's "fox" becomes "cat", the answer is upper-cased.
+    let changed = replay(
+        &browser,
+        Some(
+            "policies: [{type: string_replace, config: {replacements: [{from: fox, to: cat}], apply_to: request}}, {type: all_caps}]",
+        ),
+    )
+    .await;
+    assert_eq!(changed["state"], "done", "{changed}");
+    assert_eq!(changed["changed"], "true", "{changed}");
+    assert_eq!(changed["blocked"], "false", "{changed}");
+    assert!(
+        changed["verdict"]
+            .as_str()
+            .unwrap()
+            .contains("Would change this call"),
+        "{changed}"
+    );
+    let diff = browser
+        .js(
+            "const result = document.getElementById('replay-result');
+             const request = result.querySelector('section.replay-request .pair.message.op-change');
+             const response = result.querySelector('section.replay-response');
+             return {
+               request_before: request.querySelector('.side.before .text').textContent,
+               request_after: request.querySelector('.side.after .text').textContent,
+               deleted: [...request.querySelectorAll('.side.before del')].map(n => n.textContent),
+               inserted: [...request.querySelectorAll('.side.after ins')].map(n => n.textContent),
+               response_before: response.querySelector('.side.before .text').textContent,
+               response_after: response.querySelector('.side.after .text').textContent,
+               shouted: [...response.querySelectorAll('.side.after ins')].map(n => n.textContent).join(' '),
+               events: result.querySelector('.replay-events').textContent,
+             };",
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        diff["request_before"], "Is the quick brown fox awake?",
+        "{diff}"
+    );
+    assert_eq!(
+        diff["request_after"], "Is the quick brown cat awake?",
+        "{diff}"
+    );
+    assert_eq!(diff["deleted"], json!(["fox"]), "{diff}");
+    assert_eq!(diff["inserted"], json!(["cat"]), "{diff}");
+    assert!(
+        diff["response_before"]
+            .as_str()
+            .unwrap()
+            .starts_with("Hello from the mock upstream."),
+        "{diff}"
+    );
+    assert!(
+        diff["response_after"]
+            .as_str()
+            .unwrap()
+            .starts_with("HELLO FROM THE MOCK UPSTREAM."),
+        "{diff}"
+    );
+    assert!(
+        diff["shouted"].as_str().unwrap().contains("HELLO"),
+        "{diff}"
+    );
+    assert!(
+        diff["events"].as_str().unwrap().contains("string_replace"),
+        "{diff}"
+    );
+    browser.screenshot("debug-replay").await;
+
+    // A chain that blocks the call says so, with the rule's reason.
+    let blocked = replay(
+        &browser,
+        Some("policies: [{type: block, config: {rules: [{name: no-mini, models_deny: [gpt-4o-mini]}]}}]"),
+    )
+    .await;
+    assert_eq!(blocked["state"], "done", "{blocked}");
+    assert_eq!(blocked["blocked"], "true", "{blocked}");
+    let verdict = blocked["verdict"].as_str().unwrap();
+    assert!(verdict.contains("Would be blocked"), "{blocked}");
+    assert!(verdict.contains("no-mini"), "{blocked}");
+
+    // A bad chain: the server's message is shown, not swallowed.
+    let rejected = replay(&browser, Some("policies: [{type: nope}]")).await;
+    assert_eq!(rejected["state"], "error", "{rejected}");
+    let message = browser
+        .js(
+            "const alert = document.querySelector('#replay-result .notice.error[role=alert]');
+             return alert && {
+               text: alert.textContent,
+               message: alert.querySelector('.replay-error').textContent,
+             };",
+            vec![],
+        )
+        .await;
+    assert!(
+        message["text"]
+            .as_str()
+            .unwrap()
+            .contains("The chain was rejected"),
+        "{message}"
+    );
+    let message = message["message"].as_str().unwrap();
+    assert!(message.contains("nope"), "{message}");
+    assert!(message.contains("unknown policy type"), "{message}");
+    assert!(
+        message.contains("all_caps"),
+        "lists the known types: {message}"
+    );
+
+    // The typed chain survives opening the call again; Reset brings the active one back.
+    browser
+        .find(&format!("#calls-body tr[data-call-id='{call}'] a"))
+        .await
+        .click()
+        .await
+        .expect("open the call again");
+    browser
+        .wait_for(
+            "the call re-rendered with an empty result",
+            "const result = document.getElementById('replay-result');
+             const yaml = document.getElementById('replay-yaml');
+             return result !== null && yaml !== null && result.dataset.state === undefined
+                && yaml.dataset.activeLoaded === 'true';",
+            vec![],
+        )
+        .await;
+    let kept = browser
+        .js(
+            "return document.getElementById('replay-yaml').value",
+            vec![],
+        )
+        .await;
+    assert_eq!(kept, "policies: [{type: nope}]");
+    browser
+        .find("#replay-reset")
+        .await
+        .click()
+        .await
+        .expect("reset");
+    let reset = browser
+        .js(
+            "return document.getElementById('replay-yaml').value",
+            vec![],
+        )
+        .await;
+    assert_eq!(reset, "policies: [{type: noop}]\n");
+    browser.quit().await;
+}
+
+/// Replays the shown call from the diff page: with `yaml` typed into the
+/// box (`None` keeps what is there), then returns the result area's state.
+async fn replay(browser: &Browser, yaml: Option<&str>) -> Value {
+    if let Some(yaml) = yaml {
+        let input = browser.find("#replay-yaml").await;
+        input.clear().await.expect("clear the replay box");
+        input.send_keys(yaml).await.expect("type a chain");
+        let typed = browser
+            .js(
+                "return document.getElementById('replay-yaml').value",
+                vec![],
+            )
+            .await;
+        assert_eq!(typed, yaml, "the box holds the chain");
+    }
+    browser
+        .find("#replay-run")
+        .await
+        .click()
+        .await
+        .expect("click Replay");
+    browser
+        .wait_for(
+            "the replay result",
+            "const result = document.getElementById('replay-result');
+             const state = result.dataset.state;
+             return (state === 'done' || state === 'error') && {
+               state,
+               changed: result.dataset.changed ?? null,
+               blocked: result.dataset.blocked ?? null,
+               verdict: result.querySelector('.replay-verdict')?.textContent ?? null,
+               text: result.textContent,
+             };",
+            vec![],
+        )
+        .await
+}
+
 // ---- The activity monitor ----------------------------------------------------------------
 
 #[tokio::test]
@@ -756,6 +992,33 @@ async fn an_admin_key_brings_up_a_login_form() {
     browser
         .wait_for("the call in the list", "return document.querySelector(`#calls-body tr[data-call-id='${arguments[0]}']`) !== null", vec![json!(call)])
         .await;
+
+    // Replay posts with the same login: no dialog, an answer (an empty box
+    // replays through the active chain, which made this call what it is).
+    browser
+        .wait_for(
+            "the active chain to be read",
+            "return document.getElementById('replay-yaml').dataset.activeLoaded === 'true'",
+            vec![],
+        )
+        .await;
+    let replayed = replay(&browser, None).await;
+    assert_eq!(replayed["state"], "done", "{replayed}");
+    assert_eq!(replayed["changed"], "false", "{replayed}");
+    assert!(
+        replayed["verdict"]
+            .as_str()
+            .unwrap()
+            .contains("the active chain"),
+        "{replayed}"
+    );
+    let dialog = browser
+        .js(
+            "return document.querySelector('dialog#login') !== null",
+            vec![],
+        )
+        .await;
+    assert_eq!(dialog, false, "no second login for the replay");
 
     // The login holds for the activity stream too.
     browser.goto(&format!("{base}/debug/activity")).await;
