@@ -22,6 +22,7 @@ use luthien_proto::v1::{
 use luthien_telemetry::metrics::Label;
 use luthien_telemetry::propagation::{self, W3cContext};
 use serde::Deserialize;
+use subtle::ConstantTimeEq;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::Instrument;
 use tracing::field::Empty;
@@ -476,11 +477,11 @@ impl Call {
             .get(header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.strip_prefix("Bearer "));
-        if bearer.is_some_and(|key| constant_time_eq(key.as_bytes(), expected.as_bytes())) {
+        if bearer.is_some_and(|key| bool::from(key.as_bytes().ct_eq(expected.as_bytes()))) {
             return Ok(Some(header::AUTHORIZATION));
         }
         let api_key = headers.get("x-api-key").map(HeaderValue::as_bytes);
-        if api_key.is_some_and(|key| constant_time_eq(key, expected.as_bytes())) {
+        if api_key.is_some_and(|key| bool::from(key.ct_eq(expected.as_bytes()))) {
             return Ok(Some(HeaderName::from_static("x-api-key")));
         }
         Err(ApiError::new(
@@ -633,13 +634,6 @@ fn trace_context(headers: &HeaderMap) -> W3cContext {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
-}
-
 pub(crate) fn micros(duration: Duration) -> u64 {
     u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
@@ -654,13 +648,6 @@ fn unix_micros() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn constant_time_eq_compares_bytes() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
-    }
 
     #[test]
     fn metadata_never_carries_credentials() {

@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use subtle::ConstantTimeEq;
+
 /// The configured admin key, if any.
 #[derive(Clone, Default)]
 pub struct AdminKey(Option<Arc<str>>);
@@ -24,7 +26,7 @@ impl AdminKey {
         match &self.0 {
             None => true,
             Some(expected) => presented.is_some_and(|presented| {
-                constant_time_eq(presented.as_bytes(), expected.as_bytes())
+                bool::from(presented.as_bytes().ct_eq(expected.as_bytes()))
             }),
         }
     }
@@ -41,10 +43,6 @@ impl AdminKey {
             (name == COOKIE).then_some(value)
         })
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
 #[cfg(test)]
