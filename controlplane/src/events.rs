@@ -175,7 +175,7 @@ pub struct CallSummary {
     pub usage: TokenUsage,
     pub session_id: Option<String>,
     /// W3C trace id (32 hex digits) of the call's trace, when traced.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub trace_id: Option<String>,
     /// Whether any policy changed the request or the response.
     pub policy_changed: bool,
