@@ -1,6 +1,6 @@
 //! `GET /metrics` of the control plane (Prometheus/OpenMetrics text): calls,
-//! policy latency, the health of recording (event queue, writer, activity
-//! bus) and the calls in flight.
+//! policy latency, the health of recording (event queue, writer, retention,
+//! activity bus) and the calls in flight.
 //!
 //! Latencies are histograms shared by the whole process ([`global`]), fed
 //! where the work happens with one label lookup and an atomic update. The
@@ -53,6 +53,11 @@ pub struct Global {
     pub policy_errors: Family<PolicyLabels, Counter>,
     pub calls: Family<CallLabels, Counter>,
     pub batch_latency: Histogram,
+    /// Calls (and, below, their events) deleted by retention.
+    pub retention_deleted_calls: Counter,
+    pub retention_deleted_events: Counter,
+    /// Retention runs cut short by a database error.
+    pub retention_failures: Counter,
 }
 
 fn policy_histogram() -> Histogram {
@@ -68,6 +73,9 @@ pub fn global() -> &'static Global {
         policy_errors: Family::default(),
         calls: Family::default(),
         batch_latency: Histogram::new(shared::latency_buckets()),
+        retention_deleted_calls: Counter::default(),
+        retention_deleted_events: Counter::default(),
+        retention_failures: Counter::default(),
     })
 }
 
@@ -131,6 +139,21 @@ pub fn render(sources: &MetricsSources) -> String {
         "luthien_event_batch_duration_seconds",
         "Time successful event batches took to write.",
         global.batch_latency.clone(),
+    );
+    registry.register(
+        "luthien_store_retention_deleted_calls",
+        "Calls deleted by event-store retention (--retention), with their events.",
+        global.retention_deleted_calls.clone(),
+    );
+    registry.register(
+        "luthien_store_retention_deleted_events",
+        "Events deleted by event-store retention with their calls.",
+        global.retention_deleted_events.clone(),
+    );
+    registry.register(
+        "luthien_store_retention_failures",
+        "Event-store retention runs cut short by a database error (retried at the next interval).",
+        global.retention_failures.clone(),
     );
     registry.register_collector(Box::new(Snapshots(sources.clone())));
     let mut text = shared::encode(&registry);

@@ -23,7 +23,10 @@ use crate::policy::Chain;
 use crate::policy_source::PolicySource;
 use crate::recorder::Recording;
 use crate::service::{CallSettings, ControlPlaneService};
-use crate::store::{Store, StoreError, StoreOptions, WriterHandle, WriterOptions, spawn_writer};
+use crate::store::{
+    RetentionHandle, RetentionOptions, Store, StoreError, StoreOptions, WriterHandle,
+    WriterOptions, spawn_retention, spawn_writer,
+};
 
 /// Largest gRPC message accepted or sent; request and response bodies
 /// travel whole, so this must exceed the data plane's body limits.
@@ -80,6 +83,15 @@ pub struct ControlPlaneConfig {
     #[arg(long = "max-payload-bytes", env = "LUTHIEN_MAX_PAYLOAD_BYTES")]
     pub max_payload_bytes: Option<usize>,
 
+    /// Delete stored calls (and their events) older than this, e.g. `30d`
+    /// or `72h`, in small batches in the background; unset keeps them forever.
+    #[arg(long = "retention", env = "LUTHIEN_RETENTION", value_parser = parse_retention)]
+    pub retention: Option<Duration>,
+
+    /// How often retention looks for calls older than `--retention`.
+    #[arg(long = "retention-interval", env = "LUTHIEN_RETENTION_INTERVAL", default_value = "10m", value_parser = parse_retention_interval)]
+    pub retention_interval: Duration,
+
     /// Redis for the live activity stream (channel `luthien:activity`);
     /// without it activity stays in this process.
     #[arg(long = "redis-url", env = "REDIS_URL")]
@@ -121,6 +133,29 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
+/// `--retention`: a humantime duration, never zero (which would delete
+/// every call as soon as it is stored).
+fn parse_retention(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text).map_err(|e| e.to_string())? {
+        zero if zero.is_zero() => Err(
+            "a retention of zero would delete every call as soon as it is stored; \
+             use a positive age such as 30d, or leave --retention unset to keep calls forever"
+                .to_owned(),
+        ),
+        age => Ok(age),
+    }
+}
+
+/// `--retention-interval`: a humantime duration, never zero (a busy loop).
+fn parse_retention_interval(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text).map_err(|e| e.to_string())? {
+        zero if zero.is_zero() => {
+            Err("the retention interval must be longer than zero, e.g. 10m".to_owned())
+        }
+        interval => Ok(interval),
+    }
+}
+
 impl ControlPlaneConfig {
     /// Loads the policy chain named by the configuration (or the default
     /// `noop`); a file-backed chain hot-reloads once served.
@@ -153,6 +188,7 @@ pub async fn serve(
     );
     policies.spawn_reloader(shutdown.clone());
     let (recording, store, writer) = start_recording(&config, &shutdown).await?;
+    let retention = start_retention(&config, store.as_ref(), &shutdown);
     let admin_key = AdminKey::new(config.admin_key.clone());
     let recording_sink = recording.sink().cloned();
     let activity = recording.activity().clone();
@@ -258,6 +294,16 @@ pub async fn serve(
             "shutdown grace period over; abandoning calls"
         );
     }
+    if let Some(retention) = retention {
+        // Already stopping (its token is a child of `shutdown`); a batch in
+        // flight is rolled back, so this is quick.
+        let stats = retention.shutdown().await;
+        tracing::debug!(
+            deleted_calls = stats.deleted_calls,
+            failed_runs = stats.failed_runs,
+            "event store retention stopped"
+        );
+    }
     if let Some(writer) = writer {
         let report = writer.shutdown(SHUTDOWN_GRACE).await;
         tracing::info!(
@@ -328,8 +374,73 @@ async fn start_recording(
     ))
 }
 
+/// Starts deleting old calls when `--retention` is set and there is a store.
+fn start_retention(
+    config: &ControlPlaneConfig,
+    store: Option<&Store>,
+    shutdown: &CancellationToken,
+) -> Option<RetentionHandle> {
+    let max_age = config.retention?;
+    let Some(store) = store else {
+        tracing::info!("--retention is set but the event store is disabled; nothing to delete");
+        return None;
+    };
+    let options = RetentionOptions::new(max_age, config.retention_interval);
+    tracing::info!(
+        backend = store.backend(),
+        retention = %humantime::format_duration(options.max_age),
+        interval = %humantime::format_duration(options.interval),
+        batch_size = options.batch_size,
+        "event store retention on: older calls are deleted in batches"
+    );
+    Some(spawn_retention(store.clone(), options, shutdown.clone()))
+}
+
 fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(luthien_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: ControlPlaneConfig,
+    }
+
+    fn parse(args: &[&str]) -> Result<ControlPlaneConfig, clap::Error> {
+        Cli::try_parse_from(std::iter::once("cp").chain(args.iter().copied())).map(|cli| cli.config)
+    }
+
+    #[test]
+    fn retention_is_off_by_default_and_takes_humantime_durations() {
+        let config = parse(&[]).unwrap();
+        assert_eq!(config.retention, None);
+        assert_eq!(config.retention_interval, Duration::from_secs(600));
+        let config = parse(&["--retention", "30d", "--retention-interval", "90s"]).unwrap();
+        assert_eq!(config.retention, Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(config.retention_interval, Duration::from_secs(90));
+        let config = parse(&["--retention", "72h"]).unwrap();
+        assert_eq!(config.retention, Some(Duration::from_secs(72 * 3_600)));
+    }
+
+    #[test]
+    fn zero_or_garbage_retention_is_refused_with_a_clear_error() {
+        for zero in ["0s", "0d", "0"] {
+            let error = parse(&["--retention", zero]).unwrap_err().to_string();
+            assert!(error.contains("retention of zero"), "{zero}: {error}");
+            assert!(error.contains("leave --retention unset"), "{error}");
+        }
+        let error = parse(&["--retention-interval", "0m"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("longer than zero"), "{error}");
+        assert!(parse(&["--retention", "a month"]).is_err());
+    }
 }

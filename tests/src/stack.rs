@@ -221,6 +221,8 @@ async fn start_control_plane(
         skip_migrations: false,
         event_queue_capacity: 10_000,
         max_payload_bytes: recording.max_payload_bytes,
+        retention: None,
+        retention_interval: Duration::from_secs(600),
         redis_url: recording.redis_url.clone(),
         http_listen: http_address,
         admin_key: recording.admin_key.clone(),

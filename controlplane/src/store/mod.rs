@@ -10,7 +10,8 @@
 //! The request path never talks to the database: it hands [`Record`]s to an
 //! [`EventSink`], which queues them (bounded, counting drops) for the batched
 //! background writer of [`writer`]. [`redact`] strips credentials and caps
-//! payload sizes before anything is stored.
+//! payload sizes before anything is stored. [`retention`] deletes calls older
+//! than the configured age, in small batches, when retention is set.
 //!
 //! Schema: `migrations/{postgres,sqlite}/`, embedded at compile time and run
 //! by [`Store::open`] when [`StoreOptions::migrate`] is set.
@@ -19,6 +20,7 @@ mod error;
 mod postgres;
 mod query;
 pub mod redact;
+pub mod retention;
 mod sqlite;
 pub mod writer;
 
@@ -35,6 +37,7 @@ use crate::events::{CallEvent, CallSummary};
 
 pub use error::StoreError;
 pub use query::{CallFilter, CallPage, DEFAULT_LIMIT, MAX_LIMIT};
+pub use retention::{RetentionHandle, RetentionOptions, RetentionStats, spawn_retention};
 pub use writer::{
     EventSink, ShutdownReport, WriterHandle, WriterOptions, WriterStats, spawn_writer,
 };
@@ -56,6 +59,15 @@ impl Record {
             Record::Event(event) => &event.call_id,
         }
     }
+}
+
+/// What one retention batch ([`Store::delete_calls_before`]) deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Purged {
+    /// `calls` rows.
+    pub calls: u64,
+    /// `conversation_events` rows of those calls.
+    pub events: u64,
 }
 
 /// How [`Store::open`] connects.
@@ -144,6 +156,29 @@ impl Store {
         match self {
             Store::Postgres(pool) => postgres::list_calls(pool, filter).await,
             Store::Sqlite(pool) => sqlite::list_calls(pool, filter).await,
+        }
+    }
+
+    /// Deletes up to `batch` of the oldest calls created before
+    /// `cutoff_micros` (unix microseconds) together with all their events,
+    /// in one transaction, and says how many rows went. Fewer than `batch`
+    /// calls deleted means none older is left (except calls another
+    /// control plane is deleting right now, on PostgreSQL). Safe to run
+    /// from several control planes on one database at once; a `batch` of 0
+    /// counts as 1.
+    ///
+    /// Events whose call row was never stored (the writer dropped it under
+    /// load) have no call to be found by, and are not deleted.
+    pub async fn delete_calls_before(
+        &self,
+        cutoff_micros: i64,
+        batch: u32,
+    ) -> Result<Purged, StoreError> {
+        match self {
+            Store::Postgres(pool) => {
+                postgres::delete_calls_before(pool, cutoff_micros, batch).await
+            }
+            Store::Sqlite(pool) => sqlite::delete_calls_before(pool, cutoff_micros, batch).await,
         }
     }
 

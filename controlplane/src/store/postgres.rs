@@ -12,7 +12,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, QueryBuilder};
 
 use super::query::{self, Cursor, Dialect, EventRow, SummaryRow};
-use super::{CallFilter, CallPage, Record, StoreError, StoreOptions, encode_payload};
+use super::{CallFilter, CallPage, Purged, Record, StoreError, StoreOptions, encode_payload};
 use crate::events::{CallEvent, CallSummary, SCHEMA_VERSION};
 
 /// `created_at` and friends read back as unix microseconds.
@@ -214,6 +214,51 @@ fn strip_nul(json: String) -> String {
         }
     }
     out
+}
+
+/// Deletes up to `batch` of the oldest calls created before `cutoff_micros`
+/// and their events, in one transaction.
+///
+/// The calls are picked through `calls_created_at_idx` (a backward index
+/// scan: oldest first) and locked with `FOR UPDATE SKIP LOCKED`, so several
+/// control planes running retention on one database pick disjoint calls and
+/// never wait for each other, and a call row the writer is upserting right
+/// now is left for the next round instead of waited for. Events go by
+/// `call_id = ANY(…)` through the `(call_id, sequence)` unique index, then
+/// the calls by primary key.
+pub(super) async fn delete_calls_before(
+    pool: &PgPool,
+    cutoff_micros: i64,
+    batch: u32,
+) -> Result<Purged, StoreError> {
+    let mut tx = pool.begin().await?;
+    let ids: Vec<String> = sqlx::query_scalar(
+        "SELECT call_id FROM calls \
+         WHERE created_at < TIMESTAMPTZ 'epoch' + $1 * INTERVAL '1 microsecond' \
+         ORDER BY created_at, call_id \
+         LIMIT $2 \
+         FOR UPDATE SKIP LOCKED",
+    )
+    .bind(cutoff_micros)
+    .bind(i64::from(batch.max(1)))
+    .fetch_all(&mut *tx)
+    .await?;
+    if ids.is_empty() {
+        tx.rollback().await?;
+        return Ok(Purged::default());
+    }
+    let events = sqlx::query("DELETE FROM conversation_events WHERE call_id = ANY($1)")
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    let calls = sqlx::query("DELETE FROM calls WHERE call_id = ANY($1)")
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    tx.commit().await?;
+    Ok(Purged { calls, events })
 }
 
 pub(super) async fn get_call(

@@ -11,7 +11,7 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Sqlite};
 
 use super::query::{self, Cursor, Dialect, EventRow, SummaryRow};
-use super::{CallFilter, CallPage, Record, StoreError, StoreOptions, encode_payload};
+use super::{CallFilter, CallPage, Purged, Record, StoreError, StoreOptions, encode_payload};
 use crate::events::{CallEvent, CallSummary, SCHEMA_VERSION};
 
 const SUMMARY_COLUMNS: &str = "call_id, created_at, completed_at, api, model, stream, status, \
@@ -180,6 +180,53 @@ fn insert_events(events: &[&CallEvent]) -> Result<SqliteQuery, StoreError> {
             .bind(i64::from(event.schema_version));
     }
     Ok(query)
+}
+
+/// The calls a retention batch deletes: the oldest `?2` created before `?1`,
+/// through `calls_created_at_idx` (scanned backwards, covering: no table
+/// reads, no sort). `call_id` breaks ties, so the set is the same each time
+/// it is evaluated inside one transaction.
+macro_rules! doomed_calls {
+    () => {
+        "SELECT call_id FROM calls WHERE created_at < ?1 ORDER BY created_at, call_id LIMIT ?2"
+    };
+}
+
+/// Deletes up to `batch` of the oldest calls created before `cutoff_micros`
+/// and their events, in one `BEGIN IMMEDIATE` transaction: the write lock
+/// is taken up front (waiting up to `busy_timeout` for the writer) and held
+/// only for this one batch. Events go first, by `call_id` through the
+/// `(call_id, sequence)` unique index, then the calls by primary key; both
+/// statements select the same calls, as nothing else can write meanwhile.
+pub(super) async fn delete_calls_before(
+    pool: &SqlitePool,
+    cutoff_micros: i64,
+    batch: u32,
+) -> Result<Purged, StoreError> {
+    let batch = i64::from(batch.max(1));
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let events = sqlx::query(concat!(
+        "DELETE FROM conversation_events WHERE call_id IN (",
+        doomed_calls!(),
+        ")"
+    ))
+    .bind(cutoff_micros)
+    .bind(batch)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    let calls = sqlx::query(concat!(
+        "DELETE FROM calls WHERE call_id IN (",
+        doomed_calls!(),
+        ")"
+    ))
+    .bind(cutoff_micros)
+    .bind(batch)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    tx.commit().await?;
+    Ok(Purged { calls, events })
 }
 
 pub(super) async fn get_call(

@@ -331,4 +331,5 @@ async fn raw_execute(store: &Store, sql: &'static str) {
 }
 
 mod reader;
+mod retention;
 mod writer;
