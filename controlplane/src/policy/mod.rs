@@ -14,6 +14,7 @@ pub mod noop;
 pub mod regex_redact;
 pub mod remote;
 pub mod string_replace;
+pub mod text_rewrite;
 pub mod tool_call_filter;
 pub mod tool_calls;
 

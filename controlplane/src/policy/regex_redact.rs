@@ -37,11 +37,10 @@
 //! the longest e-mail address, phone or card number you must catch and the shortest complete
 //! match of a long pattern; 64 covers the presets (but for unusually long e-mail addresses).
 //!
-//! Held text is flushed when its content stream ends (as an injected text delta before the OpenAI chunk with the choice's
-//! `finish_reason`, or before the Anthropic `content_block_stop`), and anything still held before
-//! `[DONE]` / `message_stop` and at the end of the stream. The cost is latency: text reaches the
-//! client `max_match_chars` characters late; an event whose text is all held is dropped when it
-//! carries nothing else.
+//! Held text is flushed when its content stream ends, and anything still held before `[DONE]` /
+//! `message_stop` and at the end of the stream (see [`super::text_rewrite`]). The cost is
+//! latency: text reaches the client `max_match_chars` characters late; an event whose text is
+//! all held is dropped when it carries nothing else.
 //!
 //! Every phase that redacted something records a `redacted` event with the counts per name —
 //! never the matched text.
@@ -50,21 +49,18 @@ mod presets;
 mod redactor;
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use regex::Regex;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 pub use self::presets::Preset;
 use self::redactor::{Counts, Pattern, Redactor, StreamBuffer};
-use super::string_replace::ApplyTo;
-use super::{
-    Api, CallInfo, CallPolicy, FromConfig, Policy, PolicyError, PolicyEvent, RequestVerdict,
-    SseEvent,
-};
+#[cfg(test)] // The tests name it through `super::*`.
+use super::SseEvent;
+use super::text_rewrite::{ApplyTo, RewriteCall, TextRewriter};
+use super::{Api, CallInfo, CallPolicy, FromConfig, Policy, PolicyEvent};
 use crate::api;
 
 /// The default `replacement`.
@@ -242,248 +238,66 @@ impl Policy for RegexRedact {
     }
 
     fn start_call(&self, call: &CallInfo) -> Box<dyn CallPolicy> {
-        Box::new(RegexRedactCall {
-            api: call.api,
-            redactor: Arc::clone(&self.redactor),
-            apply_to: self.apply_to,
-            held: BTreeMap::new(),
-            envelope: None,
-            rewrites: Vec::new(),
-            events: Vec::new(),
-            stream_counts: self.redactor.new_counts(),
-        })
+        Box::new(RewriteCall::new(
+            call.api,
+            Arc::clone(&self.redactor),
+            self.apply_to,
+        ))
     }
 }
 
-struct RegexRedactCall {
-    api: Api,
-    redactor: Arc<Redactor>,
-    apply_to: ApplyTo,
-    /// Held text per content stream, by OpenAI choice index or Anthropic block index.
-    held: BTreeMap<usize, StreamBuffer>,
-    /// OpenAI: the chunk envelope for text flushed after the last `finish_reason`.
-    envelope: Option<Value>,
-    /// What the current event's text deltas become, in visiting order; reused across events.
-    rewrites: Vec<TextRewrite>,
-    /// Policy events not yet handed to the control plane.
-    events: Vec<PolicyEvent>,
-    /// Matches redacted in content streams already flushed, per name.
-    stream_counts: Counts,
-}
+/// The tally is the matches per name.
+impl TextRewriter for Redactor {
+    type Buffer = StreamBuffer;
+    type Tally = Counts;
 
-struct TextRewrite {
-    /// The content stream the text belongs to.
-    index: usize,
-    /// The new text, or `None` when it passes unchanged.
-    text: Option<String>,
-}
-
-fn applies_to_requests(apply_to: ApplyTo) -> bool {
-    matches!(apply_to, ApplyTo::Request | ApplyTo::Both)
-}
-
-fn applies_to_responses(apply_to: ApplyTo) -> bool {
-    matches!(apply_to, ApplyTo::Response | ApplyTo::Both)
-}
-
-#[async_trait]
-impl CallPolicy for RegexRedactCall {
-    async fn on_request(&mut self, request: &mut Value) -> Result<RequestVerdict, PolicyError> {
-        if applies_to_requests(self.apply_to) {
-            let redactor = Arc::clone(&self.redactor);
-            let mut counts = redactor.new_counts();
-            let mut visit = |text: &mut String| {
-                redactor.redact_all(text, &mut counts);
-            };
-            api::for_each_request_text(self.api, request, &mut visit);
-            for_each_request_tool_text(self.api, request, &mut visit);
-            self.record("request", &counts);
-        }
-        Ok(RequestVerdict::Continue)
+    fn new_tally(&self) -> Counts {
+        self.new_counts()
     }
 
-    async fn on_response(&mut self, response: &mut Value) -> Result<(), PolicyError> {
-        if applies_to_responses(self.apply_to) {
-            let mut counts = self.redactor.new_counts();
-            api::for_each_response_text(self.api, response, |text| {
-                self.redactor.redact_all(text, &mut counts);
-            });
-            self.record("response", &counts);
-        }
-        Ok(())
+    /// Text and tool data (see the module docs).
+    fn rewrite_request(&self, api: Api, request: &mut Value, counts: &mut Counts) {
+        let mut visit = |text: &mut String| self.rewrite(text, counts);
+        api::for_each_request_text(api, request, &mut visit);
+        for_each_request_tool_text(api, request, &mut visit);
     }
 
-    fn take_events(&mut self) -> Vec<PolicyEvent> {
-        std::mem::take(&mut self.events)
+    fn rewrite(&self, text: &mut String, counts: &mut Counts) {
+        self.redact_all(text, counts);
     }
 
-    async fn on_event(
-        &mut self,
-        mut event: SseEvent,
-        out: &mut Vec<SseEvent>,
-    ) -> Result<(), PolicyError> {
-        if !applies_to_responses(self.apply_to) {
-            out.push(event);
-            return Ok(());
-        }
-        if api::is_stream_terminator(self.api, &event) {
-            self.flush_all(out);
-            self.record_stream();
-            out.push(event);
-            return Ok(());
-        }
-        let Some(value) = event.json() else {
-            out.push(event);
-            return Ok(());
-        };
-        if self.envelope.is_none() {
-            self.envelope = api::stream_envelope(self.api, value);
-        }
-        self.run_text_deltas(value);
-        self.flush_ended_streams(value, out);
-
-        if self.apply_rewrites(&mut event) {
-            out.push(event);
-        }
-        Ok(())
+    fn push<'a>(&self, buffer: &mut StreamBuffer, piece: &'a str) -> Cow<'a, str> {
+        buffer.push(self, piece)
     }
 
-    async fn on_stream_end(&mut self, out: &mut Vec<SseEvent>) -> Result<(), PolicyError> {
-        self.flush_all(out);
-        self.record_stream();
-        Ok(())
-    }
-}
-
-impl RegexRedactCall {
-    /// Puts the stream's redactions on the record, once.
-    fn record_stream(&mut self) {
-        let counts = std::mem::replace(&mut self.stream_counts, self.redactor.new_counts());
-        self.record("streamed response", &counts);
+    fn finish(&self, mut buffer: StreamBuffer, counts: &mut Counts) -> String {
+        let rest = buffer.finish(self);
+        add_counts(counts, buffer.counts());
+        rest
     }
 
-    /// Puts the redactions of one phase on the call's record: counts per name, never the text.
-    fn record(&mut self, phase: &str, counts: &[usize]) {
+    /// Counts per name, never the text.
+    fn event(&self, phase: &str, counts: &Counts) -> Option<PolicyEvent> {
         let total: usize = counts.iter().sum();
         if total == 0 {
-            return;
+            return None;
         }
         let mut by_name = Map::new();
         let mut parts = Vec::new();
-        for (name, &count) in self.redactor.names().iter().zip(counts) {
+        for (name, &count) in self.names().iter().zip(counts) {
             if count > 0 {
                 by_name.insert(name.clone(), json!(count));
                 parts.push(format!("{name} ×{count}"));
             }
         }
-        self.events.push(PolicyEvent {
+        Some(PolicyEvent {
             action: "redacted".to_owned(),
             summary: format!(
                 "redacted {total} match(es) in the {phase}: {}",
                 parts.join(", ")
             ),
             data: json!({ "phase": phase, "count": total, "counts": by_name }),
-        });
-    }
-
-    /// Feeds the event's text deltas to their streams' buffers, recording in `rewrites` what
-    /// each becomes.
-    fn run_text_deltas(&mut self, event: &Value) {
-        self.rewrites.clear();
-        let Self {
-            api,
-            redactor,
-            held,
-            rewrites,
-            ..
-        } = self;
-        api::for_each_stream_text(*api, event, |index, text| {
-            let certain = held.entry(index).or_default().push(redactor, text);
-            let text = match certain {
-                Cow::Borrowed(_) => None,
-                Cow::Owned(new_text) => Some(new_text),
-            };
-            rewrites.push(TextRewrite { index, text });
-        });
-    }
-
-    /// Flushes the buffers of the content streams this event ends. The flushed text follows
-    /// the stream's text in this event when it has some, else it goes out as a text delta
-    /// injected just before the event.
-    fn flush_ended_streams(&mut self, event: &Value, out: &mut Vec<SseEvent>) {
-        let Self {
-            api,
-            redactor,
-            held,
-            rewrites,
-            stream_counts,
-            ..
-        } = self;
-        api::for_each_content_end(*api, event, |index| {
-            let Some(mut buffer) = held.remove(&index) else {
-                return;
-            };
-            let rest = buffer.finish(redactor);
-            add_counts(stream_counts, buffer.counts());
-            if rest.is_empty() {
-                return;
-            }
-            match rewrites.iter_mut().find(|rewrite| rewrite.index == index) {
-                Some(TextRewrite {
-                    text: Some(text), ..
-                }) => text.push_str(&rest),
-                Some(rewrite) => {
-                    // The event's text passed unchanged while text stayed held: send both.
-                    let mut text = String::new();
-                    api::for_each_stream_text(*api, event, |text_index, piece| {
-                        if text_index == index {
-                            text.push_str(piece);
-                        }
-                    });
-                    text.push_str(&rest);
-                    rewrite.text = Some(text);
-                }
-                None => out.push(api::text_delta_event(*api, Some(event), index, rest)),
-            }
-        });
-    }
-
-    /// Writes the recorded rewrites into the event. Returns false when nothing is left to send:
-    /// all of its text is held and it carries nothing else.
-    fn apply_rewrites(&mut self, event: &mut SseEvent) -> bool {
-        if self.rewrites.iter().all(|rewrite| rewrite.text.is_none()) {
-            return true;
-        }
-        let Some(value) = event.json_mut() else {
-            return true;
-        };
-        let mut rewrites = self.rewrites.drain(..);
-        api::for_each_stream_text_mut(self.api, value, |_, text| {
-            if let Some(TextRewrite {
-                text: Some(new_text),
-                ..
-            }) = rewrites.next()
-            {
-                *text = new_text;
-            }
-        });
-        !api::is_empty_text_delta(self.api, value)
-    }
-
-    /// Sends everything still held, one text delta per content stream.
-    fn flush_all(&mut self, out: &mut Vec<SseEvent>) {
-        for (index, mut buffer) in std::mem::take(&mut self.held) {
-            let rest = buffer.finish(&self.redactor);
-            add_counts(&mut self.stream_counts, buffer.counts());
-            if !rest.is_empty() {
-                out.push(api::text_delta_event(
-                    self.api,
-                    self.envelope.as_ref(),
-                    index,
-                    rest,
-                ));
-            }
-        }
+        })
     }
 }
 
