@@ -30,6 +30,16 @@ pub enum Api {
     AnthropicMessages,
 }
 
+impl Api {
+    /// The `api` label of metrics, the same on both planes.
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            Api::OpenAiChat => "openai_chat",
+            Api::AnthropicMessages => "anthropic_messages",
+        }
+    }
+}
+
 /// Calls `visit` on every text of a request: OpenAI `messages[].content` (a string or its
 /// `text` parts); Anthropic `system` and `messages[].content` (a string or its `text` blocks).
 /// Blocks nested in Anthropic `tool_result` blocks are not visited.

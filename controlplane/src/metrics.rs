@@ -28,6 +28,7 @@ use prometheus_client::registry::Registry;
 use tokio_util::task::TaskTracker;
 
 use crate::activity::ActivityBus;
+use crate::events::TokenUsage;
 use crate::store::EventSink;
 
 /// Most distinct policy names labelled; later ones are counted as `other`.
@@ -37,6 +38,14 @@ const MAX_POLICY_LABELS: usize = 200;
 pub struct PolicyLabels {
     pub policy: Label,
     pub phase: &'static str,
+}
+
+/// `token_type` follows the GenAI conventions' `gen_ai.token.type`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    pub api: &'static str,
+    pub model: Label,
+    pub token_type: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -52,6 +61,8 @@ pub struct Global {
     pub policy_latency: Family<PolicyLabels, Histogram, fn() -> Histogram>,
     pub policy_errors: Family<PolicyLabels, Counter>,
     pub calls: Family<CallLabels, Counter>,
+    pub model_names: BoundedLabels,
+    pub tokens: Family<TokenLabels, Counter>,
     pub batch_latency: Histogram,
     /// Calls (and, below, their events) deleted by retention.
     pub retention_deleted_calls: Counter,
@@ -72,6 +83,8 @@ pub fn global() -> &'static Global {
         policy_latency: Family::new_with_constructor(policy_histogram),
         policy_errors: Family::default(),
         calls: Family::default(),
+        model_names: BoundedLabels::new(shared::MAX_MODEL_LABELS),
+        tokens: Family::default(),
         batch_latency: Histogram::new(shared::latency_buckets()),
         retention_deleted_calls: Counter::default(),
         retention_deleted_events: Counter::default(),
@@ -80,6 +93,23 @@ pub fn global() -> &'static Global {
 }
 
 impl Global {
+    /// Counts the tokens a provider reported for one call.
+    pub fn tokens(&self, api: &'static str, model: &str, usage: TokenUsage) {
+        for (token_type, count) in [
+            ("input", usage.input_tokens),
+            ("output", usage.output_tokens),
+        ] {
+            if let Some(count) = count {
+                let labels = TokenLabels {
+                    api,
+                    model: self.model_names.get(model),
+                    token_type,
+                };
+                self.tokens.get_or_create(&labels).inc_by(count);
+            }
+        }
+    }
+
     /// Records one policy hook's run.
     pub fn policy(&self, policy: &Label, phase: &'static str, took: Duration, failed: bool) {
         let labels = PolicyLabels {
@@ -124,6 +154,11 @@ pub fn render(sources: &MetricsSources) -> String {
         "luthien_control_plane_calls",
         "Calls the control plane saw end, by API and outcome.",
         global.calls.clone(),
+    );
+    registry.register(
+        "luthien_tokens",
+        "Tokens the provider reported, by API, requested model and token_type (input, output). Streamed calls count only when the event store is on (their usage comes from reconstruction).",
+        global.tokens.clone(),
     );
     registry.register(
         "luthien_policy_duration_seconds",

@@ -234,6 +234,7 @@ impl CallRecorder {
             self.policy_changed = true;
         }
         annotate_span(self.info.api, final_.as_ref(), self.usage);
+        crate::metrics::global().tokens(self.info.api.metric_label(), &self.info.model, self.usage);
         let millis = |micros: u64| (micros > 0).then(|| micros as f64 / 1000.0);
         let duration_ms = end.and_then(|end| millis(end.duration_micros));
         let time_to_first_chunk_ms = end.and_then(|end| millis(end.time_to_first_byte_micros));

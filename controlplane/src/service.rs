@@ -215,17 +215,16 @@ impl CallDriver {
         {
             span.record("http.response.status_code", end.upstream_status);
         }
-        crate::metrics::global()
-            .calls
-            .get_or_create(&crate::metrics::CallLabels {
-                api: api_label(call.info.api),
-                outcome,
-            })
-            .inc();
+        let api = call.info.api.metric_label();
+        // Finished first: a call counted here has its tokens counted too.
         match ended {
             Some(end) => call.recorder.finish(&end),
             None => call.recorder.abandon(),
         }
+        crate::metrics::global()
+            .calls
+            .get_or_create(&crate::metrics::CallLabels { api, outcome })
+            .inc();
     }
 
     /// Request phase. A read-only chain answers at once, unchanged, in
@@ -507,13 +506,6 @@ fn incoming_trace(start: &CallStart) -> W3cContext {
             tracestate: trace.tracestate.clone(),
         })
         .unwrap_or_default()
-}
-
-fn api_label(api: Api) -> &'static str {
-    match api {
-        Api::OpenAiChat => "openai_chat",
-        Api::AnthropicMessages => "anthropic_messages",
-    }
 }
 
 /// Observe mode: the client already has these bytes; they are decoded only

@@ -665,6 +665,18 @@ async fn metrics_of_both_planes_move_with_calls() {
             "{phase}"
         );
     }
+    // Tokens the mock reported, by model and type, streamed calls included
+    // (this stack records, so streams are reconstructed).
+    for model in ["gpt-4o-mini", "claude-test"] {
+        for token_type in ["input", "output"] {
+            let series = format!(r#"model="{model}",token_type="{token_type}""#);
+            assert!(
+                control_after.sum("luthien_tokens_total", &series)
+                    > control_before.sum("luthien_tokens_total", &series),
+                "{series}"
+            );
+        }
+    }
     assert_eq!(control_after.sum("luthien_events_dropped_total", ""), 0.0);
     assert!(control_after.sum("luthien_event_batch_duration_seconds_count", "") > 0.0);
     assert!(
