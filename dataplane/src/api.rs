@@ -48,10 +48,16 @@ impl Api {
         }
     }
 
-    /// Guesses the API of a request that matched no route, so even a 404
-    /// is in a shape the caller's SDK understands.
+    /// Guesses the API of a request whose path does not name it (an
+    /// unknown route, `/v1/models`): Anthropic's SDKs send
+    /// `anthropic-version` and their key as `x-api-key`, OpenAI's neither.
+    /// Also picks the provider of the auxiliary endpoints both APIs share.
     pub fn guess(path: &str, headers: &axum::http::HeaderMap) -> Api {
-        if headers.contains_key("anthropic-version") || path.ends_with("/messages") {
+        if headers.contains_key("anthropic-version")
+            || headers.contains_key("x-api-key")
+            || path.ends_with("/messages")
+            || path.contains("/messages/")
+        {
             Api::AnthropicMessages
         } else {
             Api::OpenAiChat
@@ -169,6 +175,21 @@ mod tests {
         assert_eq!(body["type"], "error");
         assert_eq!(body["error"]["type"], "not_found_error");
         assert_eq!(body["error"]["message"], "no route");
+    }
+
+    #[test]
+    fn guess_recognises_anthropic_requests() {
+        let mut headers = axum::http::HeaderMap::new();
+        assert_eq!(Api::guess("/v1/models", &headers), Api::OpenAiChat);
+        assert_eq!(
+            Api::guess("/v1/messages/count_tokens", &headers),
+            Api::AnthropicMessages
+        );
+        headers.insert("x-api-key", HeaderValue::from_static("sk-ant"));
+        assert_eq!(Api::guess("/v1/models", &headers), Api::AnthropicMessages);
+        headers.clear();
+        headers.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
+        assert_eq!(Api::guess("/v1/models", &headers), Api::AnthropicMessages);
     }
 
     #[test]

@@ -104,6 +104,13 @@ pub struct DataPlaneConfig {
     /// the upstream provider; `false` forwards only what the client sent.
     #[arg(long = "propagate-trace-upstream", env = "LUTHIEN_PROPAGATE_TRACE_UPSTREAM", default_value_t = true, action = clap::ArgAction::Set)]
     pub propagate_trace_upstream: bool,
+
+    /// Pass the provider endpoints that generate nothing (`POST
+    /// /v1/messages/count_tokens`, `GET /v1/models`, `GET /v1/models/{id}`)
+    /// straight to the provider, without the control plane; `false` answers
+    /// them 404 so that no byte bypasses the policies.
+    #[arg(long = "auxiliary-endpoints", env = "LUTHIEN_AUXILIARY_ENDPOINTS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub auxiliary_endpoints: bool,
 }
 
 #[cfg(test)]
@@ -126,6 +133,14 @@ mod tests {
         assert_eq!(config.fail_mode, FailMode::Closed);
         assert_eq!(config.max_body_bytes, 10 * 1024 * 1024);
         assert!(config.propagate_trace_upstream);
+        assert!(config.auxiliary_endpoints);
+    }
+
+    #[test]
+    fn auxiliary_endpoints_can_be_turned_off() {
+        let cli =
+            Cli::try_parse_from(["luthien-dataplane", "--auxiliary-endpoints", "false"]).unwrap();
+        assert!(!cli.config.auxiliary_endpoints);
     }
 
     #[test]

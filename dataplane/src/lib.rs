@@ -1,7 +1,9 @@
 //! Luthien's data plane: a lean HTTP proxy that speaks the providers' own
 //! APIs (OpenAI chat completions, Anthropic messages), forwards each call
 //! natively to the same API upstream, and streams every call to the control
-//! plane over one bidirectional gRPC stream.
+//! plane over one bidirectional gRPC stream. Auxiliary endpoints that
+//! generate nothing (token counting, model listings) go straight to the
+//! provider (see [`auxiliary`]).
 //!
 //! It holds no policy logic and no database client: what a call becomes is
 //! the control plane's decision; the data plane only moves bytes, enforces
@@ -9,6 +11,7 @@
 //! is not there.
 
 pub mod api;
+mod auxiliary;
 pub mod config;
 mod control;
 mod metrics;
@@ -20,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -78,9 +81,16 @@ pub fn app(config: DataPlaneConfig) -> Result<(Router, Arc<AppState>), StartErro
         upstream,
         metrics,
     });
-    let router = Router::new()
+    let mut router = Router::new()
         .route("/v1/chat/completions", post(proxy::openai))
-        .route("/v1/messages", post(proxy::anthropic))
+        .route("/v1/messages", post(proxy::anthropic));
+    if state.config.auxiliary_endpoints {
+        router = router
+            .route(auxiliary::COUNT_TOKENS_ROUTE, post(auxiliary::count_tokens))
+            .route(auxiliary::MODELS_ROUTE, get(auxiliary::models))
+            .route(auxiliary::MODEL_ROUTE, get(auxiliary::model));
+    }
+    let router = router
         .route("/health", get(health))
         .route("/metrics", get(metrics::handler))
         .fallback(not_found)
@@ -102,6 +112,7 @@ pub async fn serve(
         control_plane = %state.config.control_plane,
         fail_mode = ?state.config.fail_mode,
         client_auth = state.config.client_api_key.is_some(),
+        auxiliary_endpoints = state.config.auxiliary_endpoints,
         "data plane listening"
     );
     // Streams write many small chunks: without TCP_NODELAY, Nagle holds each
@@ -132,13 +143,18 @@ async fn health() -> &'static str {
     "ok"
 }
 
-async fn not_found(request: Request) -> Response {
+async fn not_found(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let api = Api::guess(request.uri().path(), request.headers());
+    let served = if state.config.auxiliary_endpoints {
+        "POST /v1/chat/completions, POST /v1/messages, POST /v1/messages/count_tokens, GET /v1/models and GET /v1/models/{model_id}"
+    } else {
+        "POST /v1/chat/completions and POST /v1/messages"
+    };
     ApiError::new(
         api,
         StatusCode::NOT_FOUND,
         format!(
-            "no route for {} {}; Luthien serves POST /v1/chat/completions and POST /v1/messages",
+            "no route for {} {}; Luthien serves {served}",
             request.method(),
             request.uri().path()
         ),
@@ -147,14 +163,19 @@ async fn not_found(request: Request) -> Response {
 }
 
 async fn method_not_allowed(request: Request) -> Response {
-    let api = Api::guess(request.uri().path(), request.headers());
+    let path = request.uri().path();
+    let api = Api::guess(path, request.headers());
+    let allowed = if path.starts_with("/v1/models") {
+        "GET"
+    } else {
+        "POST"
+    };
     ApiError::new(
         api,
         StatusCode::METHOD_NOT_ALLOWED,
         format!(
-            "{} is not allowed on {}; use POST",
-            request.method(),
-            request.uri().path()
+            "{} is not allowed on {path}; use {allowed}",
+            request.method()
         ),
     )
     .into_response()

@@ -33,6 +33,15 @@ pub struct ApiLabels {
     pub api: &'static str,
 }
 
+/// Auxiliary endpoints passed straight through: `api` is the provider
+/// (`openai`, `anthropic`), `endpoint` one of a fixed few.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PassthroughLabels {
+    pub api: &'static str,
+    pub endpoint: &'static str,
+    pub status: u16,
+}
+
 type Histograms = Family<ApiLabels, Histogram, fn() -> Histogram>;
 
 /// The data plane's metrics.
@@ -40,6 +49,7 @@ pub struct Metrics {
     registry: Registry,
     pub models: BoundedLabels,
     pub calls: Family<CallLabels, Counter>,
+    pub passthrough: Family<PassthroughLabels, Counter>,
     pub overhead: Histograms,
     pub upstream: Histograms,
     pub first_chunk: Histograms,
@@ -63,6 +73,12 @@ impl Metrics {
             "luthien_calls",
             "Calls handled, by API, model (bounded, see the docs) and HTTP status.",
             calls.clone(),
+        );
+        let passthrough = Family::<PassthroughLabels, Counter>::default();
+        registry.register(
+            "luthien_passthrough",
+            "Auxiliary requests passed to the provider without the control plane (count_tokens, models), by provider, endpoint and HTTP status.",
+            passthrough.clone(),
         );
         let overhead = Histograms::new_with_constructor(overhead_histogram);
         registry.register(
@@ -98,6 +114,7 @@ impl Metrics {
             registry,
             models: BoundedLabels::new(shared::MAX_MODEL_LABELS),
             calls,
+            passthrough,
             overhead,
             upstream,
             first_chunk,

@@ -172,30 +172,14 @@ impl Call {
         let config = &self.state.config;
         let (parts, body) = request.into_parts();
 
-        let stripped_credential = match self.authenticate(&parts.headers) {
-            Ok(header) => header,
+        let stripped_credential =
+            match authenticate(config.client_api_key.as_deref(), self.api, &parts.headers) {
+                Ok(header) => header,
+                Err(error) => return error.into_response(),
+            };
+        let body = match read_body(self.api, config.max_body_bytes, &parts.headers, body).await {
+            Ok(body) => body,
             Err(error) => return error.into_response(),
-        };
-
-        let declared_length = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.parse::<usize>().ok());
-        if declared_length.is_some_and(|length| length > config.max_body_bytes) {
-            return self.too_large();
-        }
-        let body = match Limited::new(body, config.max_body_bytes).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(error) if error.is::<http_body_util::LengthLimitError>() => {
-                return self.too_large();
-            }
-            Err(error) => {
-                return self.error(
-                    StatusCode::BAD_REQUEST,
-                    format!("could not read the request body: {error}"),
-                );
-            }
         };
         let probe: RequestProbe = match serde_json::from_slice(&body) {
             Ok(probe) => probe,
@@ -300,7 +284,7 @@ impl Call {
                 );
                 response
             }
-            Ok(Err(SendError::InvalidQuery)) => {
+            Ok(Err(SendError::InvalidUri)) => {
                 return self.reject(
                     session,
                     StatusCode::BAD_REQUEST,
@@ -467,40 +451,6 @@ impl Call {
         self.respond(status, headers, body)
     }
 
-    /// Checks the client's key when `LUTHIEN_API_KEY` is set. Returns the
-    /// header that carried it, which must not travel upstream.
-    fn authenticate(&self, headers: &HeaderMap) -> Result<Option<HeaderName>, ApiError> {
-        let Some(expected) = self.state.config.client_api_key.as_deref() else {
-            return Ok(None);
-        };
-        let bearer = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "));
-        if bearer.is_some_and(|key| bool::from(key.as_bytes().ct_eq(expected.as_bytes()))) {
-            return Ok(Some(header::AUTHORIZATION));
-        }
-        let api_key = headers.get("x-api-key").map(HeaderValue::as_bytes);
-        if api_key.is_some_and(|key| bool::from(key.ct_eq(expected.as_bytes()))) {
-            return Ok(Some(HeaderName::from_static("x-api-key")));
-        }
-        Err(ApiError::new(
-            self.api,
-            StatusCode::UNAUTHORIZED,
-            "missing or invalid API key: send the Luthien key as `Authorization: Bearer <key>` or `x-api-key`",
-        ))
-    }
-
-    fn too_large(&self) -> Response {
-        self.error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "request body exceeds the limit of {} bytes",
-                self.state.config.max_body_bytes
-            ),
-        )
-    }
-
     /// Opens the control-plane stream and waits for the request decision.
     /// `Ok(None)` means fail-open: proceed without the control plane.
     async fn open_session(
@@ -577,6 +527,67 @@ impl Call {
     }
 }
 
+/// Checks the client's key when `LUTHIEN_API_KEY` is set (`expected`).
+/// Returns the header that carried it, which must not travel upstream.
+pub(crate) fn authenticate(
+    expected: Option<&str>,
+    api: Api,
+    headers: &HeaderMap,
+) -> Result<Option<HeaderName>, ApiError> {
+    let Some(expected) = expected else {
+        return Ok(None);
+    };
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    if bearer.is_some_and(|key| bool::from(key.as_bytes().ct_eq(expected.as_bytes()))) {
+        return Ok(Some(header::AUTHORIZATION));
+    }
+    let api_key = headers.get("x-api-key").map(HeaderValue::as_bytes);
+    if api_key.is_some_and(|key| bool::from(key.ct_eq(expected.as_bytes()))) {
+        return Ok(Some(HeaderName::from_static("x-api-key")));
+    }
+    Err(ApiError::new(
+        api,
+        StatusCode::UNAUTHORIZED,
+        "missing or invalid API key: send the Luthien key as `Authorization: Bearer <key>` or `x-api-key`",
+    ))
+}
+
+/// Reads a request body of at most `limit` bytes (`--max-body-bytes`); a
+/// larger one, declared or not, is a 413.
+pub(crate) async fn read_body(
+    api: Api,
+    limit: usize,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            api,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body exceeds the limit of {limit} bytes"),
+        )
+    };
+    let declared_length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<usize>().ok());
+    if declared_length.is_some_and(|length| length > limit) {
+        return Err(too_large());
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(error) => Err(ApiError::new(
+            api,
+            StatusCode::BAD_REQUEST,
+            format!("could not read the request body: {error}"),
+        )),
+    }
+}
+
 fn response_message(status: StatusCode, headers: &HeaderMap, body: Bytes) -> ResponseBody {
     ResponseBody {
         status: u32::from(status.as_u16()),
@@ -620,7 +631,8 @@ fn metadata(headers: &HeaderMap) -> Vec<Header> {
         .collect()
 }
 
-fn trace_context(headers: &HeaderMap) -> W3cContext {
+/// The W3C trace context the client sent (empty fields when absent).
+pub(crate) fn trace_context(headers: &HeaderMap) -> W3cContext {
     let text = |name: &str| {
         headers
             .get(name)

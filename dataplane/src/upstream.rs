@@ -32,6 +32,9 @@ const HOP_BY_HOP: &[&str] = &[
 #[derive(Clone)]
 pub struct Upstream {
     client: Client<Connector, Full<Bytes>>,
+    /// The base URLs without a trailing `/`.
+    openai_base: String,
+    anthropic_base: String,
     openai_url: String,
     anthropic_url: String,
     openai_key: Option<HeaderValue>,
@@ -49,8 +52,8 @@ pub enum UpstreamSetupError {
 /// Why an upstream request could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
-    #[error("the query string is not valid in a URL")]
-    InvalidQuery,
+    #[error("the path or query string is not valid in a URL")]
+    InvalidUri,
     #[error("upstream request failed: {0}")]
     Failed(hyper_util::client::legacy::Error),
 }
@@ -83,22 +86,21 @@ impl Upstream {
                 .map(|key| HeaderValue::from_str(key).map_err(|_| UpstreamSetupError::BadKey(what)))
                 .transpose()
         };
+        let openai_base = config.openai_base_url.trim_end_matches('/').to_owned();
+        let anthropic_base = config.anthropic_base_url.trim_end_matches('/').to_owned();
         Ok(Self {
             client,
-            openai_url: format!(
-                "{}/chat/completions",
-                config.openai_base_url.trim_end_matches('/')
-            ),
-            anthropic_url: format!(
-                "{}/v1/messages",
-                config.anthropic_base_url.trim_end_matches('/')
-            ),
+            openai_url: format!("{openai_base}/chat/completions"),
+            anthropic_url: format!("{anthropic_base}/v1/messages"),
+            openai_base,
+            anthropic_base,
             openai_key: bearer(&config.openai_api_key, "OPENAI_API_KEY")?,
             anthropic_key: plain(&config.anthropic_api_key, "ANTHROPIC_API_KEY")?,
         })
     }
 
-    /// Sends the request upstream; resolves when the response headers arrive.
+    /// Sends a call's request upstream; resolves when the response headers
+    /// arrive.
     pub async fn send(
         &self,
         api: Api,
@@ -112,17 +114,65 @@ impl Upstream {
             Api::OpenAiChat => &self.openai_url,
             Api::AnthropicMessages => &self.anthropic_url,
         };
-        let uri = match query {
-            Some(query) => format!("{base}?{query}"),
-            None => base.clone(),
+        let mut headers = self.request_headers(api, client_headers, stripped_credential, trace);
+        // Policies read the response: it must not arrive compressed.
+        headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        self.dispatch(Method::POST, with_query(base, query), headers, body)
+            .await
+    }
+
+    /// Sends the request of an auxiliary endpoint (one that generates
+    /// nothing, e.g. `/v1/models`) to the provider of `api`, keeping the
+    /// client's method, path under `/v1`, query string and content
+    /// negotiation. The OpenAI base URL already ends in `/v1`; the Anthropic
+    /// one does not.
+    pub async fn send_auxiliary(
+        &self,
+        api: Api,
+        client: &http::request::Parts,
+        stripped_credential: Option<&HeaderName>,
+        body: Bytes,
+        trace: Option<&luthien_telemetry::propagation::W3cContext>,
+    ) -> Result<hyper::Response<Incoming>, SendError> {
+        let path = client.uri.path();
+        let url = match api {
+            Api::OpenAiChat => format!(
+                "{}{}",
+                self.openai_base,
+                path.strip_prefix("/v1").unwrap_or(path)
+            ),
+            Api::AnthropicMessages => format!("{}{path}", self.anthropic_base),
         };
-        let mut request = Request::new(Full::new(body));
-        *request.method_mut() = Method::POST;
-        // The base URL was validated at start-up; only the client's query
-        // string can make this fail.
-        *request.uri_mut() = uri.parse::<Uri>().map_err(|_| SendError::InvalidQuery)?;
-        let headers = request.headers_mut();
-        copy_forwardable(client_headers, headers);
+        let headers = self.request_headers(api, &client.headers, stripped_credential, trace);
+        self.dispatch(
+            client.method.clone(),
+            with_query(&url, client.uri.query()),
+            headers,
+            body,
+        )
+        .await
+    }
+
+    /// The headers of an upstream request, shared by every route: the
+    /// client's end-to-end headers without the Luthien key, the configured
+    /// provider key in place of the client's credentials, and the trace
+    /// context to continue.
+    fn request_headers(
+        &self,
+        api: Api,
+        client_headers: &HeaderMap,
+        stripped_credential: Option<&HeaderName>,
+        trace: Option<&luthien_telemetry::propagation::W3cContext>,
+    ) -> HeaderMap {
+        let mut headers = HeaderMap::with_capacity(client_headers.len() + 2);
+        copy_forwardable(client_headers, &mut headers);
         if let Some(name) = stripped_credential {
             headers.remove(name);
         }
@@ -155,15 +205,22 @@ impl Upstream {
                 }
             }
         }
-        // Policies read the response: it must not arrive compressed.
-        headers.insert(
-            header::ACCEPT_ENCODING,
-            HeaderValue::from_static("identity"),
-        );
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        headers
+    }
+
+    async fn dispatch(
+        &self,
+        method: Method,
+        uri: String,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<hyper::Response<Incoming>, SendError> {
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = method;
+        // The base URLs were validated at start-up; only the client's path
+        // and query string can make this fail.
+        *request.uri_mut() = uri.parse::<Uri>().map_err(|_| SendError::InvalidUri)?;
+        *request.headers_mut() = headers;
         self.client
             .request(request)
             .await
@@ -181,6 +238,13 @@ impl Upstream {
             }
         }
         Ok(())
+    }
+}
+
+fn with_query(url: &str, query: Option<&str>) -> String {
+    match query {
+        Some(query) => format!("{url}?{query}"),
+        None => url.to_owned(),
     }
 }
 

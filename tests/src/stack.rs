@@ -155,6 +155,7 @@ impl Stack {
             cp_inactivity_timeout: options.cp_inactivity_timeout,
             cp_connect_timeout: Duration::from_millis(500),
             propagate_trace_upstream: true,
+            auxiliary_endpoints: true,
         };
         tokio::spawn(luthien_dataplane::serve(config, listener, shutdown.clone()));
         Stack {

@@ -1,4 +1,6 @@
-//! The Anthropic Messages wire format (`POST /v1/messages`).
+//! The Anthropic Messages wire format (`POST /v1/messages`), token counting
+//! (`POST /v1/messages/count_tokens`) and the models listing (`GET /v1/models`,
+//! `GET /v1/models/{model_id}`).
 //!
 //! The stream is the stateful one: `message_start`, `ping`, then per content block
 //! `content_block_start` / `content_block_delta`… / `content_block_stop`, then `message_delta`
@@ -25,6 +27,106 @@ pub fn error_body(kind: &str, message: &str) -> Bytes {
 
 fn error_json(kind: &str, message: &str) -> Value {
     json!({ "type": "error", "error": { "type": kind, "message": message } })
+}
+
+/// The models the mock lists, newest first as the real API orders them: id, display name,
+/// release date (RFC 3339).
+pub const MODELS: [(&str, &str, &str); 3] = [
+    (
+        "claude-haiku-4-5-20251001",
+        "Claude Haiku 4.5",
+        "2025-10-15T00:00:00Z",
+    ),
+    (
+        "claude-sonnet-4-5-20250929",
+        "Claude Sonnet 4.5",
+        "2025-09-29T00:00:00Z",
+    ),
+    (
+        "claude-opus-4-1-20250805",
+        "Claude Opus 4.1",
+        "2025-08-05T00:00:00Z",
+    ),
+];
+
+/// Page size of the models listing when the request gives no `limit`, and its bounds.
+pub const DEFAULT_MODELS_LIMIT: usize = 20;
+const MAX_MODELS_LIMIT: usize = 1000;
+
+/// The `count_tokens` answer: `{"input_tokens":N}`.
+pub fn count_tokens_body(input_tokens: u64) -> Bytes {
+    Bytes::from(json!({ "input_tokens": input_tokens }).to_string())
+}
+
+fn model_json((id, display_name, created_at): (&str, &str, &str)) -> Value {
+    json!({
+        "type": "model",
+        "id": id,
+        "display_name": display_name,
+        "created_at": created_at,
+    })
+}
+
+/// One model object, or `None` for an id the mock does not list.
+pub fn model_body(id: &str) -> Option<Bytes> {
+    MODELS
+        .iter()
+        .find(|(known, _, _)| *known == id)
+        .map(|model| Bytes::from(model_json(*model).to_string()))
+}
+
+/// The 404 body for an unknown model id.
+pub fn model_not_found_body(id: &str) -> Bytes {
+    error_body("not_found_error", &format!("model: {id}"))
+}
+
+/// A page of the models listing, paginated like the real API: `limit` (1 to 1000, default
+/// 20) and either `after_id` or `before_id`, each the id of a listed model. The error is a
+/// message for a `400`.
+pub fn model_list_body(
+    limit: Option<&str>,
+    after_id: Option<&str>,
+    before_id: Option<&str>,
+) -> Result<Bytes, String> {
+    let limit = match limit {
+        None => DEFAULT_MODELS_LIMIT,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|limit| (1..=MAX_MODELS_LIMIT).contains(limit))
+            .ok_or_else(|| format!("limit: must be an integer from 1 to {MAX_MODELS_LIMIT}"))?,
+    };
+    let position = |name: &str, id: &str| {
+        MODELS
+            .iter()
+            .position(|(known, _, _)| *known == id)
+            .ok_or_else(|| format!("{name}: no model with id {id}"))
+    };
+    let (start, end) = match (after_id, before_id) {
+        (Some(_), Some(_)) => return Err("after_id and before_id are exclusive".to_owned()),
+        (Some(after), None) => {
+            let start = position("after_id", after)? + 1;
+            (start, (start + limit).min(MODELS.len()))
+        }
+        (None, Some(before)) => {
+            let end = position("before_id", before)?;
+            (end.saturating_sub(limit), end)
+        }
+        (None, None) => (0, limit.min(MODELS.len())),
+    };
+    let page = &MODELS[start..end];
+    let has_more = if before_id.is_some() {
+        start > 0
+    } else {
+        end < MODELS.len()
+    };
+    let body = json!({
+        "data": page.iter().map(|model| model_json(*model)).collect::<Vec<_>>(),
+        "has_more": has_more,
+        "first_id": page.first().map(|(id, _, _)| *id),
+        "last_id": page.last().map(|(id, _, _)| *id),
+    });
+    Ok(Bytes::from(body.to_string()))
 }
 
 fn stop_reason(reply: &Reply) -> &'static str {

@@ -5,11 +5,12 @@
 //! as JSON or as an event stream in the API's own format. Errors always use the format of
 //! the API that was called, because that is what a proxy must pass through or translate.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use bytes::Bytes;
@@ -68,6 +69,9 @@ pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/chat/completions", any(openai_handler))
         .route("/v1/messages", any(anthropic_handler))
+        .route("/v1/messages/count_tokens", any(count_tokens_handler))
+        .route("/v1/models", any(models_handler))
+        .route("/v1/models/{*model_id}", any(model_handler))
         .route("/health", get(|| async { "ok" }))
         .fallback(not_found)
         // Whatever the proxy forwards must reach the mock, however large.
@@ -139,6 +143,48 @@ async fn anthropic_handler(
     handle(Api::Anthropic, &shared, method, uri, headers, body).await
 }
 
+/// The steps every route shares: record the request, check the method, read the control
+/// headers, and answer a forced status or hang when asked to. `Err` is the answer.
+async fn prelude(
+    api: Api,
+    shared: &Shared,
+    allowed: &Method,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Controls, Response> {
+    shared.record(method, uri, headers, body);
+    tracing::debug!(?api, %method, %uri, "mock request");
+
+    if method != allowed {
+        return Err(api.error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &format!("mock upstream: {method} is not allowed on {}", uri.path()),
+        ));
+    }
+    let controls = match Controls::from_headers(headers) {
+        Ok(controls) => controls,
+        Err(err) => return Err(api.error(StatusCode::BAD_REQUEST, &err.to_string())),
+    };
+    if let Some(status) = controls.status {
+        let reason = status.canonical_reason().unwrap_or(error_type(status));
+        return Err(api.error(
+            status,
+            &format!("mock upstream: forced {} {reason}", status.as_u16()),
+        ));
+    }
+    if controls.scenario == Scenario::Hang {
+        // Dropping the mock closes the connection, which drops this future early.
+        tokio::time::sleep(HANG_LIMIT).await;
+        return Err(api.error(
+            StatusCode::GATEWAY_TIMEOUT,
+            "mock upstream: the hang scenario gave up",
+        ));
+    }
+    Ok(controls)
+}
+
 async fn handle(
     api: Api,
     shared: &Shared,
@@ -147,34 +193,10 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    shared.record(&method, &uri, &headers, &body);
-    tracing::debug!(?api, %method, %uri, "mock request");
-
-    if method != Method::POST {
-        return api.error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            &format!("mock upstream: {method} is not allowed on {}", uri.path()),
-        );
-    }
-    let controls = match Controls::from_headers(&headers) {
+    let controls = match prelude(api, shared, &Method::POST, &method, &uri, &headers, &body).await {
         Ok(controls) => controls,
-        Err(err) => return api.error(StatusCode::BAD_REQUEST, &err.to_string()),
+        Err(response) => return response,
     };
-    if let Some(status) = controls.status {
-        let reason = status.canonical_reason().unwrap_or(error_type(status));
-        return api.error(
-            status,
-            &format!("mock upstream: forced {} {reason}", status.as_u16()),
-        );
-    }
-    if controls.scenario == Scenario::Hang {
-        // Dropping the mock closes the connection, which drops this future early.
-        tokio::time::sleep(HANG_LIMIT).await;
-        return api.error(
-            StatusCode::GATEWAY_TIMEOUT,
-            "mock upstream: the hang scenario gave up",
-        );
-    }
     let request = match RequestBody::parse(&body) {
         Ok(request) => request,
         Err(message) => {
@@ -207,6 +229,101 @@ async fn handle(
         body,
     )
         .into_response()
+}
+
+/// Anthropic `POST /v1/messages/count_tokens`: `{"input_tokens": N}`, N counted as for the
+/// `usage` of a message (words under `messages` and `system`).
+async fn count_tokens_handler(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let api = Api::Anthropic;
+    if let Err(response) =
+        prelude(api, &shared, &Method::POST, &method, &uri, &headers, &body).await
+    {
+        return response;
+    }
+    match RequestBody::parse(&body) {
+        Ok(request) => json_response(
+            StatusCode::OK,
+            anthropic::count_tokens_body(request.input_tokens),
+        ),
+        Err(message) => api.error(
+            StatusCode::BAD_REQUEST,
+            &format!("mock upstream: {message}"),
+        ),
+    }
+}
+
+/// Both providers serve `/v1/models` at the same path (relative to their base URLs); like
+/// the real Anthropic API, which requires the header, a request with `anthropic-version`
+/// gets Anthropic's format, any other OpenAI's.
+fn models_api(headers: &HeaderMap) -> Api {
+    if headers.contains_key("anthropic-version") {
+        Api::Anthropic
+    } else {
+        Api::OpenAi
+    }
+}
+
+/// `GET /v1/models`: OpenAI's list, or Anthropic's page (`limit`, `after_id`, `before_id`).
+async fn models_handler(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let api = models_api(&headers);
+    if let Err(response) = prelude(api, &shared, &Method::GET, &method, &uri, &headers, &body).await
+    {
+        return response;
+    }
+    match api {
+        Api::OpenAi => json_response(StatusCode::OK, openai::model_list_body()),
+        Api::Anthropic => {
+            let query: HashMap<String, String> = match Query::try_from_uri(&uri) {
+                Ok(Query(query)) => query,
+                Err(err) => return api.error(StatusCode::BAD_REQUEST, &err.body_text()),
+            };
+            let param = |name: &str| query.get(name).map(String::as_str);
+            match anthropic::model_list_body(param("limit"), param("after_id"), param("before_id"))
+            {
+                Ok(body) => json_response(StatusCode::OK, body),
+                Err(message) => api.error(StatusCode::BAD_REQUEST, &message),
+            }
+        }
+    }
+}
+
+/// `GET /v1/models/{model_id}`: the model object, or a `404` in the provider's format.
+async fn model_handler(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let api = models_api(&headers);
+    if let Err(response) = prelude(api, &shared, &Method::GET, &method, &uri, &headers, &body).await
+    {
+        return response;
+    }
+    let id = uri.path().strip_prefix("/v1/models/").unwrap_or_default();
+    let (found, not_found) = match api {
+        Api::OpenAi => (openai::model_body(id), openai::model_not_found_body(id)),
+        Api::Anthropic => (
+            anthropic::model_body(id),
+            anthropic::model_not_found_body(id),
+        ),
+    };
+    match found {
+        Some(body) => json_response(StatusCode::OK, body),
+        None => json_response(StatusCode::NOT_FOUND, not_found),
+    }
 }
 
 async fn not_found(

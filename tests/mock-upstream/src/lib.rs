@@ -2,7 +2,9 @@
 //!
 //! [`MockUpstream`] is a real HTTP server speaking the OpenAI Chat Completions
 //! (`POST /v1/chat/completions`) and Anthropic Messages (`POST /v1/messages`) wire formats,
-//! streaming and not. Its answers are byte-for-byte deterministic (fixed ids and timestamps,
+//! streaming and not, plus the auxiliary endpoints clients call around them: Anthropic's
+//! `POST /v1/messages/count_tokens` and both providers' `GET /v1/models` and
+//! `GET /v1/models/{id}` (Anthropic's format when the request carries `anthropic-version`). Its answers are byte-for-byte deterministic (fixed ids and timestamps,
 //! the request's `model` echoed), so a test can call it directly and through the proxy and
 //! compare bytes; and the streamed and non-streamed answers to one request carry the same
 //! content, so a test can prove that a reassembled stream equals the non-streamed answer.

@@ -12,7 +12,8 @@ use tracing_subscriber::EnvFilter;
 
 /// A deterministic mock OpenAI / Anthropic provider.
 ///
-/// Serves POST /v1/chat/completions and POST /v1/messages. Each request chooses its answer
+/// Serves POST /v1/chat/completions and POST /v1/messages, plus POST
+/// /v1/messages/count_tokens, GET /v1/models and GET /v1/models/{id}. Each request chooses its answer
 /// with headers: x-mock-scenario (text, tools, text_and_tools, thinking, stream_error, hang),
 /// x-mock-text, x-mock-chunk-size, x-mock-chunks, x-mock-delay-ms and x-mock-status.
 #[derive(Debug, Parser)]

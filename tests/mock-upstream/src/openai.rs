@@ -1,4 +1,5 @@
-//! The OpenAI Chat Completions wire format (`POST /v1/chat/completions`).
+//! The OpenAI Chat Completions wire format (`POST /v1/chat/completions`) and the models
+//! listing (`GET /v1/models`, `GET /v1/models/{model}`).
 //!
 //! Ids and timestamps are fixed (`chatcmpl-mock-0001`, `created: 1700000000`) and objects are
 //! built field by field in the order OpenAI sends them, so the same request always gets the
@@ -35,6 +36,49 @@ fn error_json(kind: &str, message: &str) -> Value {
             "code": null,
         }
     })
+}
+
+/// The models the mock lists: id, `created`, `owned_by`.
+pub const MODELS: [(&str, u64, &str); 3] = [
+    ("gpt-4o-mini", 1_686_935_002, "openai"),
+    ("gpt-4o", 1_715_367_049, "system"),
+    ("o3-mini", 1_737_146_383, "system"),
+];
+
+fn model_json((id, created, owned_by): (&str, u64, &str)) -> Value {
+    json!({
+        "id": id,
+        "object": "model",
+        "created": created,
+        "owned_by": owned_by,
+    })
+}
+
+/// The models listing: `{"object":"list","data":[…]}` (not paginated).
+pub fn model_list_body() -> Bytes {
+    let data: Vec<Value> = MODELS.iter().map(|model| model_json(*model)).collect();
+    Bytes::from(json!({ "object": "list", "data": data }).to_string())
+}
+
+/// One model object, or `None` for an id the mock does not list.
+pub fn model_body(id: &str) -> Option<Bytes> {
+    MODELS
+        .iter()
+        .find(|(known, _, _)| *known == id)
+        .map(|model| Bytes::from(model_json(*model).to_string()))
+}
+
+/// The 404 body for an unknown model id, as OpenAI words it.
+pub fn model_not_found_body(id: &str) -> Bytes {
+    let body = json!({
+        "error": {
+            "message": format!("The model `{id}` does not exist or you do not have access to it."),
+            "type": "invalid_request_error",
+            "param": null,
+            "code": "model_not_found",
+        }
+    });
+    Bytes::from(body.to_string())
 }
 
 fn finish_reason(reply: &Reply) -> &'static str {

@@ -1,0 +1,331 @@
+//! Auxiliary provider endpoints, passed straight through to the provider
+//! without the control plane: Anthropic's `POST /v1/messages/count_tokens`
+//! and both providers' `GET /v1/models` and `GET /v1/models/{id}`.
+//!
+//! They generate nothing, so there is nothing for response policies to see,
+//! and clients (Claude Code, the SDKs) break without them. Request policies
+//! do not see a `count_tokens` body either: that is the price of not opening
+//! a call for it, and `--auxiliary-endpoints false` turns the routes off for
+//! deployments that want every byte to go through policies.
+//!
+//! The rules of the main routes still hold: the client key check, the body
+//! limit, the provider key in place of the client's credentials,
+//! hop-by-hop headers dropped both ways, the upstream deadline (for the
+//! response headers and between two body frames) and trace propagation.
+//! The response goes back as the provider sent it, streamed frame by frame.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+use luthien_telemetry::propagation;
+use tokio::time::{Instant, Sleep};
+use tracing::Instrument;
+use tracing::field::Empty;
+
+use crate::AppState;
+use crate::api::{Api, ApiError};
+use crate::metrics::PassthroughLabels;
+use crate::proxy;
+use crate::upstream::{self, SendError};
+
+/// The auxiliary routes, for the router and the 404 message.
+pub const COUNT_TOKENS_ROUTE: &str = "/v1/messages/count_tokens";
+pub const MODELS_ROUTE: &str = "/v1/models";
+pub const MODEL_ROUTE: &str = "/v1/models/{*model_id}";
+
+/// An auxiliary endpoint, named for metrics and traces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Endpoint {
+    CountTokens,
+    Models,
+    Model,
+}
+
+impl Endpoint {
+    /// The `endpoint` label of `luthien_passthrough_total` (bounded).
+    fn label(self) -> &'static str {
+        match self {
+            Endpoint::CountTokens => "count_tokens",
+            Endpoint::Models | Endpoint::Model => "models",
+        }
+    }
+
+    /// The route, as OpenTelemetry's `http.route`.
+    fn route(self) -> &'static str {
+        match self {
+            Endpoint::CountTokens => COUNT_TOKENS_ROUTE,
+            Endpoint::Models => MODELS_ROUTE,
+            Endpoint::Model => "/v1/models/{model_id}",
+        }
+    }
+}
+
+/// `POST /v1/messages/count_tokens` (Anthropic).
+pub async fn count_tokens(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    forward(
+        state,
+        Api::AnthropicMessages,
+        Endpoint::CountTokens,
+        request,
+    )
+    .await
+}
+
+/// `GET /v1/models`: Anthropic's when the request looks like Anthropic's
+/// (see [`Api::guess`]), else OpenAI's.
+pub async fn models(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let api = Api::guess(request.uri().path(), request.headers());
+    forward(state, api, Endpoint::Models, request).await
+}
+
+/// `GET /v1/models/{id}`, to the same provider as [`models`]. Ids may hold
+/// `/` (OpenAI-compatible servers name models `org/model`), but no dot
+/// segment: the path must stay under `/v1/models/` upstream.
+pub async fn model(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let api = Api::guess(request.uri().path(), request.headers());
+    let path = request.uri().path();
+    if !model_path_is_plain(path) {
+        return ApiError::new(
+            api,
+            StatusCode::NOT_FOUND,
+            format!("no route for {} {path}: not a model id", request.method()),
+        )
+        .into_response();
+    }
+    forward(state, api, Endpoint::Model, request).await
+}
+
+/// True when every segment after `/v1/models/` is a non-empty name, not
+/// `.` or `..` (percent-encoded or not).
+fn model_path_is_plain(path: &str) -> bool {
+    let Some(id) = path.strip_prefix("/v1/models/") else {
+        return false;
+    };
+    id.split('/').all(|segment| {
+        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+        !segment.is_empty() && decoded != "." && decoded != ".."
+    })
+}
+
+async fn forward(state: Arc<AppState>, api: Api, endpoint: Endpoint, request: Request) -> Response {
+    let span = tracing::info_span!(
+        "luthien.passthrough",
+        otel.name = format!("{} {}", request.method(), endpoint.route()),
+        otel.kind = "server",
+        otel.status_code = Empty,
+        trace_id = Empty,
+        http.request.method = %request.method(),
+        http.route = endpoint.route(),
+        gen_ai.provider.name = api.provider(),
+        http.response.status_code = Empty,
+    );
+    let client_trace = proxy::trace_context(request.headers());
+    propagation::set_parent(&span, &client_trace);
+    let trace = propagation::outgoing(&span, &client_trace);
+    if let Some(trace_id) = trace.trace_id() {
+        span.record("trace_id", trace_id);
+    }
+    let upstream_trace = state.config.propagate_trace_upstream.then_some(trace);
+    let response = pass(&state, api, endpoint, request, upstream_trace)
+        .instrument(span.clone())
+        .await;
+    let status = response.status();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+    state
+        .metrics
+        .passthrough
+        .get_or_create(&PassthroughLabels {
+            api: api.name(),
+            endpoint: endpoint.label(),
+            status: status.as_u16(),
+        })
+        .inc();
+    response
+}
+
+async fn pass(
+    state: &AppState,
+    api: Api,
+    endpoint: Endpoint,
+    request: Request,
+    trace: Option<propagation::W3cContext>,
+) -> Response {
+    let config = &state.config;
+    let (parts, body) = request.into_parts();
+    let stripped_credential =
+        match proxy::authenticate(config.client_api_key.as_deref(), api, &parts.headers) {
+            Ok(header) => header,
+            Err(error) => return error.into_response(),
+        };
+    let body = match proxy::read_body(api, config.max_body_bytes, &parts.headers, body).await {
+        Ok(body) => body,
+        Err(error) => return error.into_response(),
+    };
+    let sent = tokio::time::timeout(
+        config.upstream_timeout,
+        state.upstream.send_auxiliary(
+            api,
+            &parts,
+            stripped_credential.as_ref(),
+            body,
+            trace.as_ref(),
+        ),
+    )
+    .await;
+    let upstream_response = match sent {
+        Ok(Ok(response)) => response,
+        Ok(Err(SendError::InvalidUri)) => {
+            return ApiError::new(
+                api,
+                StatusCode::BAD_REQUEST,
+                "the path or query string is not valid",
+            )
+            .into_response();
+        }
+        Ok(Err(SendError::Failed(error))) => {
+            tracing::warn!(endpoint = endpoint.label(), %error, "upstream unreachable");
+            return ApiError::new(
+                api,
+                StatusCode::BAD_GATEWAY,
+                "upstream provider unreachable",
+            )
+            .into_response();
+        }
+        Err(_) => {
+            return ApiError::new(
+                api,
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream provider did not answer in time",
+            )
+            .into_response();
+        }
+    };
+    let (upstream_parts, upstream_body) = upstream_response.into_parts();
+    let mut headers = HeaderMap::with_capacity(upstream_parts.headers.len());
+    upstream::copy_forwardable(&upstream_parts.headers, &mut headers);
+    let relay = Relay::new(upstream_body, config.upstream_timeout, endpoint);
+    let mut response = Response::new(Body::new(relay));
+    *response.status_mut() = upstream_parts.status;
+    *response.headers_mut() = headers;
+    response
+}
+
+/// The upstream body on its way to the client, frame by frame, failing
+/// when upstream stays silent longer than the deadline (the client then
+/// sees the response cut short, as with any broken connection).
+struct Relay {
+    upstream: Incoming,
+    idle: Duration,
+    deadline: Pin<Box<Sleep>>,
+    endpoint: Endpoint,
+}
+
+impl Relay {
+    fn new(upstream: Incoming, idle: Duration, endpoint: Endpoint) -> Self {
+        Self {
+            upstream,
+            idle,
+            deadline: Box::pin(tokio::time::sleep(idle)),
+            endpoint,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RelayError {
+    #[error("upstream sent nothing for {0:?}")]
+    Idle(Duration),
+    #[error("upstream body: {0}")]
+    Upstream(#[from] hyper::Error),
+}
+
+impl http_body::Body for Relay {
+    type Data = Bytes;
+    type Error = RelayError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, RelayError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.upstream).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let next = Instant::now() + this.idle;
+                this.deadline.as_mut().reset(next);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(error))) => {
+                tracing::warn!(endpoint = this.endpoint.label(), %error, "upstream connection failed mid-response");
+                Poll::Ready(Some(Err(RelayError::Upstream(error))))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match this.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    tracing::warn!(
+                        endpoint = this.endpoint.label(),
+                        "upstream response body too slow"
+                    );
+                    Poll::Ready(Some(Err(RelayError::Idle(this.idle))))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.upstream.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.upstream.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_ids_may_not_climb_out_of_the_models_path() {
+        for plain in [
+            "/v1/models/gpt-4o-mini",
+            "/v1/models/claude-sonnet-4-5-20250929",
+            "/v1/models/meta-llama/Llama-3.1-8B",
+            "/v1/models/ft:gpt-4o-mini:org::abc",
+            "/v1/models/a..b",
+        ] {
+            assert!(model_path_is_plain(plain), "{plain}");
+        }
+        for climbing in [
+            "/v1/models/",
+            "/v1/models/..",
+            "/v1/models/../chat/completions",
+            "/v1/models/x/../../files",
+            "/v1/models/%2e%2E/files",
+            "/v1/models/.",
+            "/v1/models/a//b",
+            "/v1/modelsx",
+        ] {
+            assert!(!model_path_is_plain(climbing), "{climbing}");
+        }
+    }
+
+    #[test]
+    fn endpoint_labels_are_bounded() {
+        assert_eq!(Endpoint::CountTokens.label(), "count_tokens");
+        assert_eq!(Endpoint::Models.label(), "models");
+        assert_eq!(Endpoint::Model.label(), "models");
+    }
+}
