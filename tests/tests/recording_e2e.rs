@@ -325,7 +325,10 @@ async fn activity_reaches_a_real_redis_subscriber() {
     let mut messages = futures_util::StreamExt::boxed(pubsub.on_message());
     let mut seen = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while seen.len() < 2 {
+    while seen
+        .last()
+        .is_none_or(|activity: &Value| activity["event_type"] != "response")
+    {
         let message =
             tokio::time::timeout_at(deadline, futures_util::StreamExt::next(&mut messages))
                 .await
@@ -337,12 +340,23 @@ async fn activity_reaches_a_real_redis_subscriber() {
             seen.push(activity);
         }
     }
-    assert_eq!(seen[0]["event_type"], "request");
-    assert_eq!(seen[1]["event_type"], "response");
-    assert_eq!(seen[1]["model"], "gpt-4o-mini");
+    let types: Vec<&str> = seen
+        .iter()
+        .map(|activity| activity["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["request", "policy", "response"]);
     assert!(
-        seen[1]["summary"].as_str().unwrap().contains("completed"),
+        seen[1]["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("all_caps: upper-cased"),
         "{}",
         seen[1]
+    );
+    assert_eq!(seen[2]["model"], "gpt-4o-mini");
+    assert!(
+        seen[2]["summary"].as_str().unwrap().contains("completed"),
+        "{}",
+        seen[2]
     );
 }

@@ -2,12 +2,15 @@
 //!
 //! A demonstration transform that makes a policy's effect obvious. It touches only text
 //! content (see [`crate::api`]): tool-call arguments and thinking keep their exact bytes, and a
-//! stream event whose text is already upper case passes through unparsed-and-unchanged.
+//! stream event whose text is already upper case passes through unparsed-and-unchanged. It
+//! records an `upper_cased` event per response (once per stream) when it changed something.
 
 use async_trait::async_trait;
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use super::{Api, CallInfo, CallPolicy, FromConfig, NoConfig, Policy, PolicyError, SseEvent};
+use super::{
+    Api, CallInfo, CallPolicy, FromConfig, NoConfig, Policy, PolicyError, PolicyEvent, SseEvent,
+};
 use crate::api;
 
 /// Upper-cases response text; requests pass unchanged.
@@ -39,19 +42,59 @@ impl Policy for AllCaps {
     }
 
     fn start_call(&self, call: &CallInfo) -> Box<dyn CallPolicy> {
-        Box::new(AllCapsCall { api: call.api })
+        Box::new(AllCapsCall {
+            api: call.api,
+            changed_stream_events: 0,
+            events: Vec::new(),
+        })
     }
 }
 
 struct AllCapsCall {
     api: Api,
+    /// Stream events whose text was upper-cased, recorded at the stream's end.
+    changed_stream_events: u64,
+    events: Vec<PolicyEvent>,
+}
+
+impl AllCapsCall {
+    fn record(&mut self, summary: String, data: Value) {
+        self.events.push(PolicyEvent {
+            action: "upper_cased".to_owned(),
+            summary,
+            data,
+        });
+    }
 }
 
 #[async_trait]
 impl CallPolicy for AllCapsCall {
     async fn on_response(&mut self, response: &mut Value) -> Result<(), PolicyError> {
-        api::for_each_response_text(self.api, response, upper_case_in_place);
+        let mut changed = 0u64;
+        api::for_each_response_text(self.api, response, |text| {
+            if !is_upper_case(text) {
+                upper_case_in_place(text);
+                changed += 1;
+            }
+        });
+        if changed > 0 {
+            let summary = format!("upper-cased {changed} text part(s) of the response");
+            self.record(summary, json!({ "texts": changed }));
+        }
         Ok(())
+    }
+
+    async fn on_stream_end(&mut self, _out: &mut Vec<SseEvent>) -> Result<(), PolicyError> {
+        let changed = std::mem::take(&mut self.changed_stream_events);
+        if changed > 0 {
+            let summary = format!("upper-cased the text of {changed} stream event(s)");
+            self.record(summary, json!({ "stream_events": changed }));
+        }
+        Ok(())
+    }
+
+    fn take_events(&mut self) -> Vec<PolicyEvent> {
+        std::mem::take(&mut self.events)
     }
 
     async fn on_event(
@@ -67,6 +110,7 @@ impl CallPolicy for AllCapsCall {
         });
         if has_lower_case && let Some(value) = event.json_mut() {
             api::for_each_stream_text_mut(self.api, value, |_, text| upper_case_in_place(text));
+            self.changed_stream_events += 1;
         }
         out.push(event);
         Ok(())
@@ -113,11 +157,16 @@ mod tests {
     #[tokio::test]
     async fn upper_cases_response_text_but_not_tool_arguments_or_thinking() {
         let mut openai: Value = serde_json::from_str(OPENAI_TOOL_RESPONSE).unwrap();
-        call(Api::OpenAiChat)
-            .on_response(&mut openai)
-            .await
-            .unwrap();
+        let mut policy = call(Api::OpenAiChat);
+        policy.on_response(&mut openai).await.unwrap();
         assert_eq!(openai["choices"][0]["message"]["content"], "LET ME CHECK.");
+        let events = policy.take_events();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].action, "upper_cased");
+        assert_eq!(events[0].data, json!({"texts": 1}));
+        // Already upper case: nothing changed, nothing recorded.
+        policy.on_response(&mut openai).await.unwrap();
+        assert!(policy.take_events().is_empty());
         assert_eq!(
             openai["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"],
             "{\"city\":\"paris\"}"
@@ -156,7 +205,12 @@ mod tests {
     #[tokio::test]
     async fn anthropic_stream_upper_cases_text_deltas_only() {
         let input = decode(ANTHROPIC_STREAM);
-        let output = run_stream(call(Api::AnthropicMessages).as_mut(), ANTHROPIC_STREAM).await;
+        let mut policy = call(Api::AnthropicMessages);
+        let output = run_stream(policy.as_mut(), ANTHROPIC_STREAM).await;
+        let changed = output.iter().filter(|event| event.is_modified()).count() as u64;
+        let events = policy.take_events();
+        assert_eq!(events.len(), 1, "one event for the whole stream");
+        assert_eq!(events[0].data, json!({"stream_events": changed}));
         assert_eq!(output.len(), input.len());
         assert_eq!(
             streamed_text(Api::AnthropicMessages, &output),
