@@ -221,6 +221,28 @@ mod tests {
     }
 
     #[test]
+    fn only_chains_with_a_request_side_policy_parse_requests() {
+        let inspects = |yaml: &str| parse_chain(yaml, "x").unwrap().inspects_requests();
+        for response_only in [
+            "policies: [{type: noop}]",
+            "policies: [{type: all_caps}]",
+            "policies: [{type: regex_redact, config: {presets: [emails], apply_to: response}}]",
+            "policies: [{type: string_replace, config: {replacements: [{from: a, to: b}], apply_to: response}}]",
+            "policies: [{type: tool_call_filter, config: {rules: [{name: r, tools: [bash]}]}}]",
+            "policies: [{type: remote, config: {endpoint: 'http://127.0.0.1:1', phases: [stream]}}]",
+        ] {
+            assert!(!inspects(response_only), "{response_only}");
+        }
+        for request_side in [
+            "policies: [{type: all_caps}, {type: block, config: {rules: [{name: r, models_deny: [x]}]}}]",
+            "policies: [{type: regex_redact, config: {presets: [emails]}}]",
+            "policies: [{type: remote, config: {endpoint: 'http://127.0.0.1:1'}}]",
+        ] {
+            assert!(inspects(request_side), "{request_side}");
+        }
+    }
+
+    #[test]
     fn unknown_types_list_the_known_ones() {
         let message = error("policies: [{type: noop}, {type: all_cap, name: shout}]");
         let known: Vec<&str> = known_policy_types().collect();

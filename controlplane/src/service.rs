@@ -239,6 +239,11 @@ impl CallDriver {
         } else {
             ResponseMode::Observe
         };
+        // Response-only chains (tool_call_filter, all_caps, …): the request
+        // goes on unparsed, so a large agent request costs nothing here.
+        if !self.chain.inspects_requests() {
+            return continue_unchanged(call.mode);
+        }
         let mut body: Value = match serde_json::from_slice(&start.body) {
             Ok(body) => body,
             Err(error) => {

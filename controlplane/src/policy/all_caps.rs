@@ -41,6 +41,10 @@ impl Policy for AllCaps {
         false
     }
 
+    fn inspects_requests(&self) -> bool {
+        false
+    }
+
     fn start_call(&self, call: &CallInfo) -> Box<dyn CallPolicy> {
         Box::new(AllCapsCall {
             api: call.api,

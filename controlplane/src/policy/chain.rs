@@ -31,6 +31,14 @@ impl Chain {
         self.policies.iter().all(|policy| policy.read_only())
     }
 
+    /// True when some policy looks at requests; otherwise the control plane
+    /// forwards them without parsing.
+    pub fn inspects_requests(&self) -> bool {
+        self.policies
+            .iter()
+            .any(|policy| policy.inspects_requests())
+    }
+
     /// True when some policy may change responses; otherwise responses run
     /// in observe mode.
     pub fn transforms_responses(&self) -> bool {
@@ -65,6 +73,11 @@ impl Chain {
                 .policies
                 .iter()
                 .map(|policy| crate::metrics::global().policy_names.get(policy.name()))
+                .collect(),
+            inspects_requests: self
+                .policies
+                .iter()
+                .map(|policy| policy.inspects_requests())
                 .collect(),
             stage_input: Vec::new(),
             stage_output: Vec::new(),
@@ -102,6 +115,8 @@ pub struct CallChain {
     stage_output: Vec<SseEvent>,
     /// The policies' metrics labels, in file order.
     labels: Vec<Label>,
+    /// Which policies' request hooks run, in file order.
+    inspects_requests: Vec<bool>,
 }
 
 /// Runs one policy hook under a `luthien.policy` span and records its latency.
@@ -125,7 +140,11 @@ impl CallChain {
     /// Runs the request through the policies in order; the first `Respond` ends the call and
     /// the policies after it never see the request.
     pub async fn on_request(&mut self, request: &mut Value) -> Result<RequestVerdict, PolicyError> {
-        for (call, label) in self.calls.iter_mut().zip(&self.labels) {
+        let hooks = self.calls.iter_mut().zip(&self.labels);
+        for ((call, label), _) in hooks
+            .zip(&self.inspects_requests)
+            .filter(|(_, inspects)| **inspects)
+        {
             if let RequestVerdict::Respond(response) =
                 traced(label, "request", call.on_request(request)).await?
             {
@@ -251,11 +270,13 @@ mod tests {
 
     /// Appends its name to `trail` in requests, responses and events, so the order in which
     /// policies ran can be read off the result. `hold` keeps every event until the stream ends;
-    /// `block` answers every request itself.
+    /// `block` answers every request itself; `responses_only` declares it never looks at
+    /// requests.
     struct Tagger {
         name: &'static str,
         hold: bool,
         block: bool,
+        responses_only: bool,
     }
 
     impl Tagger {
@@ -264,6 +285,7 @@ mod tests {
                 name,
                 hold: false,
                 block: false,
+                responses_only: false,
             }
         }
     }
@@ -277,6 +299,9 @@ mod tests {
         }
         fn read_only(&self) -> bool {
             false
+        }
+        fn inspects_requests(&self) -> bool {
+            !self.responses_only
         }
         fn start_call(&self, _: &CallInfo) -> Box<dyn CallPolicy> {
             Box::new(TaggerCall {
@@ -373,6 +398,28 @@ mod tests {
         let mut response = json!({"trail": []});
         call.on_response(&mut response).await.unwrap();
         assert_eq!(response["trail"], json!(["c", "b", "a"]));
+    }
+
+    #[tokio::test]
+    async fn request_hooks_of_response_only_policies_are_skipped() {
+        let responses_only = Tagger {
+            responses_only: true,
+            ..Tagger::new("b")
+        };
+        let mut call = chain(vec![Tagger::new("a"), responses_only, Tagger::new("c")]);
+        let mut request = json!({"trail": []});
+        call.on_request(&mut request).await.unwrap();
+        assert_eq!(request["trail"], json!(["a", "c"]));
+        let mut response = json!({"trail": []});
+        call.on_response(&mut response).await.unwrap();
+        assert_eq!(response["trail"], json!(["c", "b", "a"]));
+
+        let only = Tagger {
+            responses_only: true,
+            ..Tagger::new("only")
+        };
+        let policies: Vec<Arc<dyn Policy>> = vec![Arc::new(only)];
+        assert!(!Chain::new(policies).inspects_requests());
     }
 
     #[tokio::test]

@@ -204,6 +204,10 @@ impl Policy for LlmJudge {
         false
     }
 
+    fn inspects_requests(&self) -> bool {
+        false
+    }
+
     fn start_call(&self, call: &CallInfo) -> Box<dyn CallPolicy> {
         Box::new(GuardCall::new(call.api, self.judge.clone()))
     }

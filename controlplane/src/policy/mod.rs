@@ -130,6 +130,13 @@ pub trait Policy: Send + Sync + 'static {
     fn transforms_responses(&self) -> bool {
         !self.read_only()
     }
+    /// True when the policy's request hook may change, block or record the
+    /// request. When no policy of a chain does, the control plane answers
+    /// the request at once without parsing it (requests of agents run to
+    /// hundreds of kilobytes).
+    fn inspects_requests(&self) -> bool {
+        !self.read_only()
+    }
     /// Creates the per-call state.
     fn start_call(&self, call: &CallInfo) -> Box<dyn CallPolicy>;
 }

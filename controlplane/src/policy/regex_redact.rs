@@ -237,6 +237,10 @@ impl Policy for RegexRedact {
         self.apply_to.response()
     }
 
+    fn inspects_requests(&self) -> bool {
+        self.apply_to.request()
+    }
+
     fn start_call(&self, call: &CallInfo) -> Box<dyn CallPolicy> {
         Box::new(RewriteCall::new(
             call.api,

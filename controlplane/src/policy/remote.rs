@@ -360,6 +360,11 @@ impl Policy for Remote {
         self.settings.phases.response || self.settings.phases.stream
     }
 
+    /// Only with the request phase allowed; `Describe` can only narrow it.
+    fn inspects_requests(&self) -> bool {
+        self.settings.phases.request
+    }
+
     fn start_call(&self, call: &CallInfo) -> Box<dyn CallPolicy> {
         Box::new(RemoteCall {
             settings: Arc::clone(&self.settings),

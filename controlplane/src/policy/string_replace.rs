@@ -91,6 +91,10 @@ impl Policy for StringReplace {
         self.apply_to.response()
     }
 
+    fn inspects_requests(&self) -> bool {
+        self.apply_to.request()
+    }
+
     fn start_call(&self, call: &CallInfo) -> Box<dyn CallPolicy> {
         Box::new(RewriteCall::new(
             call.api,

@@ -182,6 +182,10 @@ impl Policy for ToolCallFilter {
         false
     }
 
+    fn inspects_requests(&self) -> bool {
+        false
+    }
+
     fn start_call(&self, call: &CallInfo) -> Box<dyn CallPolicy> {
         Box::new(GuardCall::new(call.api, self.inspector.clone()))
     }
