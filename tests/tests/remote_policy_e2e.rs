@@ -929,6 +929,70 @@ async fn the_server_joins_the_calls_trace_and_sees_its_headers_but_no_credential
 }
 
 #[tokio::test]
+async fn a_tls_server_is_trusted_through_its_ca_file_and_refused_otherwise() {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["policy.test".to_owned()]).expect("certificate");
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("policy-ca.pem");
+    std::fs::write(&ca_file, certified.cert.pem()).unwrap();
+    let identity = tonic::transport::Identity::from_pem(
+        certified.cert.pem(),
+        certified.signing_key.serialize_pem(),
+    );
+    let fake = Fake {
+        tag: true,
+        ..Fake::new(Fault::None)
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .unwrap()
+            .add_service(PolicyServiceServer::new(fake.clone()))
+            .serve_with_incoming_shutdown(incoming(listener), shutdown.clone().cancelled_owned()),
+    );
+    let _stop = shutdown.drop_guard();
+
+    // Trusted through the CA file, under the certificate's name (not the address's).
+    let ca = ca_file.display();
+    let trusted = Stack::start(StackOptions::yaml(&chain(&[remote_yaml(
+        "tls",
+        &url,
+        &format!(", tls: {{ca_file: '{ca}', domain: policy.test}}"),
+    )])))
+    .await;
+    for openai in [true, false] {
+        let response = call(&trusted, openai, false, "text", "hi").await;
+        assert_eq!(response.status, 200, "{}", response.text());
+        assert!(
+            text(openai, false, &response.body).ends_with(" remote"),
+            "the server's answer arrived over TLS"
+        );
+    }
+    assert!(fake.kinds().contains(&"response".to_owned()));
+
+    // The system roots do not know this certificate: the handshake fails and
+    // `on_error: block` (the default) refuses the call.
+    let seen = fake.kinds().len();
+    let untrusted = Stack::start(StackOptions::yaml(&chain(&[remote_yaml(
+        "tls",
+        &url,
+        ", tls: {domain: policy.test}",
+    )])))
+    .await;
+    let response = call(&untrusted, true, false, "text", "hi").await;
+    assert_eq!(response.status, 502, "{}", response.text());
+    assert!(
+        response.text().contains("remote policy `tls` failed"),
+        "{}",
+        response.text()
+    );
+    assert_eq!(fake.kinds().len(), seen, "nothing reached the server");
+}
+
+#[tokio::test]
 async fn a_request_only_server_never_receives_response_phases() {
     let fake = Fake {
         phases: vec![Phase::Request],
