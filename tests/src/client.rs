@@ -36,6 +36,37 @@ impl TestResponse {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|value| value.to_str().ok())
     }
+
+    /// Asserts an OpenAI-format error (`{"error": {"message", "type", …}}`) with `status` whose
+    /// message mentions `needle`.
+    pub fn assert_openai_error(&self, status: u16, needle: &str) {
+        assert_eq!(self.status, status, "{}", self.text());
+        let body = self.json();
+        let message = body["error"]["message"]
+            .as_str()
+            .expect("OpenAI error shape");
+        assert!(
+            message.contains(needle),
+            "{message:?} should mention {needle:?}"
+        );
+        assert!(body["error"]["type"].is_string());
+        assert_eq!(self.header("content-type"), Some("application/json"));
+    }
+
+    /// Asserts an Anthropic-format error (`{"type": "error", "error": {…}}`) with `status`
+    /// whose message mentions `needle`.
+    pub fn assert_anthropic_error(&self, status: u16, needle: &str) {
+        assert_eq!(self.status, status, "{}", self.text());
+        let body = self.json();
+        assert_eq!(body["type"], "error", "Anthropic error shape: {body}");
+        let message = body["error"]["message"]
+            .as_str()
+            .expect("Anthropic error shape");
+        assert!(
+            message.contains(needle),
+            "{message:?} should mention {needle:?}"
+        );
+    }
 }
 
 #[derive(Clone)]

@@ -20,33 +20,6 @@ const COUNT_TOKENS: &str = "{\"model\": \"claude-sonnet-4-5\",\n  \"system\": \"
 const OPENAI: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
 const LUTHIEN_KEY: &str = "luthien-secret";
 
-fn assert_openai_error(response: &TestResponse, status: u16, needle: &str) {
-    assert_eq!(response.status, status, "{}", response.text());
-    let body = response.json();
-    let message = body["error"]["message"]
-        .as_str()
-        .expect("OpenAI error shape");
-    assert!(
-        message.contains(needle),
-        "{message:?} should mention {needle:?}"
-    );
-    assert!(body["error"]["type"].is_string());
-    assert_eq!(response.header("content-type"), Some("application/json"));
-}
-
-fn assert_anthropic_error(response: &TestResponse, status: u16, needle: &str) {
-    assert_eq!(response.status, status, "{}", response.text());
-    let body = response.json();
-    assert_eq!(body["type"], "error", "Anthropic error shape: {body}");
-    let message = body["error"]["message"]
-        .as_str()
-        .expect("Anthropic error shape");
-    assert!(
-        message.contains(needle),
-        "{message:?} should mention {needle:?}"
-    );
-}
-
 /// No header of any request the mock received carries the Luthien key.
 fn assert_key_never_forwarded(mock: &MockUpstream) {
     for request in mock.requests() {
@@ -325,9 +298,9 @@ async fn models_go_to_the_provider_the_request_speaks() {
         &openai_client,
     )
     .await;
-    assert_openai_error(&climbing, 404, "not a model id");
+    climbing.assert_openai_error(404, "not a model id");
     let empty = get(&format!("{}/v1/models/", proxy.url), &openai_client).await;
-    assert_openai_error(&empty, 404, "/v1/models/");
+    empty.assert_openai_error(404, "/v1/models/");
     assert_eq!(
         openai
             .requests()
@@ -346,7 +319,7 @@ async fn models_go_to_the_provider_the_request_speaks() {
         OPENAI,
     )
     .await;
-    assert_openai_error(&chat, 503, "control plane");
+    chat.assert_openai_error(503, "control plane");
 }
 
 #[tokio::test]
@@ -358,32 +331,26 @@ async fn client_key_is_required_when_configured() {
     .await;
     let count_tokens = format!("{}/v1/messages/count_tokens", stack.proxy);
     let models = format!("{}/v1/models", stack.proxy);
-    assert_anthropic_error(
-        &post(&count_tokens, &[VERSION], COUNT_TOKENS).await,
-        401,
-        "API key",
-    );
-    assert_anthropic_error(
-        &post(
-            &count_tokens,
-            &[VERSION, ("x-api-key", "wrong")],
-            COUNT_TOKENS,
-        )
-        .await,
-        401,
-        "API key",
-    );
-    assert_openai_error(&get(&models, &[]).await, 401, "API key");
-    assert_openai_error(
-        &get(
-            &format!("{models}/gpt-4o-mini"),
-            &[("authorization", "Bearer wrong")],
-        )
-        .await,
-        401,
-        "API key",
-    );
-    assert_anthropic_error(&get(&models, &[VERSION]).await, 401, "API key");
+    post(&count_tokens, &[VERSION], COUNT_TOKENS)
+        .await
+        .assert_anthropic_error(401, "API key");
+    post(
+        &count_tokens,
+        &[VERSION, ("x-api-key", "wrong")],
+        COUNT_TOKENS,
+    )
+    .await
+    .assert_anthropic_error(401, "API key");
+    get(&models, &[]).await.assert_openai_error(401, "API key");
+    get(
+        &format!("{models}/gpt-4o-mini"),
+        &[("authorization", "Bearer wrong")],
+    )
+    .await
+    .assert_openai_error(401, "API key");
+    get(&models, &[VERSION])
+        .await
+        .assert_anthropic_error(401, "API key");
     assert!(stack.mock.requests().is_empty(), "nothing reached upstream");
 
     // With the key, and no provider key configured: the Luthien key is
@@ -424,7 +391,7 @@ async fn oversized_count_tokens_body_is_the_main_routes_413() {
         &big,
     )
     .await;
-    assert_anthropic_error(&counted, 413, "1024 bytes");
+    counted.assert_anthropic_error(413, "1024 bytes");
     let message = post(&stack.anthropic_url(), &[VERSION], &big).await;
     assert_eq!(counted.status, message.status);
     assert_eq!(counted.body, message.body, "the same error as /v1/messages");
@@ -446,7 +413,7 @@ async fn oversized_count_tokens_body_is_the_main_routes_413() {
         .await
         .unwrap();
     let response = luthien_tests::client::read(chunked).await;
-    assert_anthropic_error(&response, 413, "1024 bytes");
+    response.assert_anthropic_error(413, "1024 bytes");
     assert!(stack.mock.requests().is_empty());
 }
 
@@ -458,51 +425,38 @@ async fn unreachable_upstream_is_a_502_and_a_slow_one_a_504() {
         ..StackOptions::default()
     })
     .await;
-    assert_anthropic_error(
-        &post(
-            &format!("{}/v1/messages/count_tokens", stack.proxy),
-            &[VERSION],
-            COUNT_TOKENS,
-        )
-        .await,
-        502,
-        "unreachable",
-    );
-    assert_openai_error(
-        &get(&format!("{}/v1/models", stack.proxy), &[]).await,
-        502,
-        "unreachable",
-    );
-    assert_anthropic_error(
-        &get(&format!("{}/v1/models/claude-x", stack.proxy), &[VERSION]).await,
-        502,
-        "unreachable",
-    );
+    post(
+        &format!("{}/v1/messages/count_tokens", stack.proxy),
+        &[VERSION],
+        COUNT_TOKENS,
+    )
+    .await
+    .assert_anthropic_error(502, "unreachable");
+    get(&format!("{}/v1/models", stack.proxy), &[])
+        .await
+        .assert_openai_error(502, "unreachable");
+    get(&format!("{}/v1/models/claude-x", stack.proxy), &[VERSION])
+        .await
+        .assert_anthropic_error(502, "unreachable");
 
     let stack = Stack::start(StackOptions {
         upstream_timeout: Duration::from_millis(300),
         ..StackOptions::default()
     })
     .await;
-    assert_anthropic_error(
-        &post(
-            &format!("{}/v1/messages/count_tokens", stack.proxy),
-            &[VERSION, ("x-mock-scenario", "hang")],
-            COUNT_TOKENS,
-        )
-        .await,
-        504,
-        "in time",
-    );
-    assert_openai_error(
-        &get(
-            &format!("{}/v1/models", stack.proxy),
-            &[("x-mock-scenario", "hang")],
-        )
-        .await,
-        504,
-        "in time",
-    );
+    post(
+        &format!("{}/v1/messages/count_tokens", stack.proxy),
+        &[VERSION, ("x-mock-scenario", "hang")],
+        COUNT_TOKENS,
+    )
+    .await
+    .assert_anthropic_error(504, "in time");
+    get(
+        &format!("{}/v1/models", stack.proxy),
+        &[("x-mock-scenario", "hang")],
+    )
+    .await
+    .assert_openai_error(504, "in time");
 }
 
 #[tokio::test]
@@ -516,30 +470,24 @@ async fn turned_off_they_are_404_and_other_paths_stay_404() {
         COUNT_TOKENS,
     )
     .await;
-    assert_anthropic_error(&counted, 404, "/v1/messages/count_tokens");
+    counted.assert_anthropic_error(404, "/v1/messages/count_tokens");
     assert!(
         !counted.text().contains("GET /v1/models"),
         "the 404 lists only what is served: {}",
         counted.text()
     );
-    assert_openai_error(
-        &get(
-            &format!("{}/v1/models", off.url),
-            &[("authorization", &bearer)],
-        )
-        .await,
-        404,
-        "no route",
-    );
-    assert_anthropic_error(
-        &get(
-            &format!("{}/v1/models/claude-sonnet-4-5-20250929", off.url),
-            &[VERSION],
-        )
-        .await,
-        404,
-        "no route",
-    );
+    get(
+        &format!("{}/v1/models", off.url),
+        &[("authorization", &bearer)],
+    )
+    .await
+    .assert_openai_error(404, "no route");
+    get(
+        &format!("{}/v1/models/claude-sonnet-4-5-20250929", off.url),
+        &[VERSION],
+    )
+    .await
+    .assert_anthropic_error(404, "no route");
     assert!(mock.requests().is_empty(), "nothing reached upstream");
 
     // On (the default): generation endpoints without a policy route stay
@@ -547,24 +495,19 @@ async fn turned_off_they_are_404_and_other_paths_stay_404() {
     let stack = Stack::start(StackOptions::default()).await;
     for path in ["/v1/responses", "/v1/embeddings", "/v1/completions"] {
         let response = post(&format!("{}{path}", stack.proxy), &[], "{}").await;
-        assert_openai_error(&response, 404, path);
-        assert_openai_error(&response, 404, "POST /v1/messages/count_tokens");
-        assert_openai_error(&response, 404, "GET /v1/models");
+        response.assert_openai_error(404, path);
+        response.assert_openai_error(404, "POST /v1/messages/count_tokens");
+        response.assert_openai_error(404, "GET /v1/models");
     }
-    assert_openai_error(
-        &post(&format!("{}/v1/models", stack.proxy), &[], "{}").await,
-        405,
-        "use GET",
-    );
-    assert_anthropic_error(
-        &get(
-            &format!("{}/v1/messages/count_tokens", stack.proxy),
-            &[VERSION],
-        )
-        .await,
-        405,
-        "use POST",
-    );
+    post(&format!("{}/v1/models", stack.proxy), &[], "{}")
+        .await
+        .assert_openai_error(405, "use GET");
+    get(
+        &format!("{}/v1/messages/count_tokens", stack.proxy),
+        &[VERSION],
+    )
+    .await
+    .assert_anthropic_error(405, "use POST");
     assert!(stack.mock.requests().is_empty());
 }
 

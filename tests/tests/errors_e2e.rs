@@ -3,39 +3,12 @@
 
 use std::time::Duration;
 
-use luthien_tests::{Client, Stack, StackOptions, TestResponse};
+use luthien_tests::{Client, Stack, StackOptions};
 use serde_json::json;
 
 const OPENAI: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
 const ANTHROPIC: &str =
     r#"{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"hi"}]}"#;
-
-fn assert_openai_error(response: &TestResponse, status: u16, needle: &str) {
-    assert_eq!(response.status, status, "{}", response.text());
-    let body = response.json();
-    let message = body["error"]["message"]
-        .as_str()
-        .expect("OpenAI error shape");
-    assert!(
-        message.contains(needle),
-        "{message:?} should mention {needle:?}"
-    );
-    assert!(body["error"]["type"].is_string());
-    assert_eq!(response.header("content-type"), Some("application/json"));
-}
-
-fn assert_anthropic_error(response: &TestResponse, status: u16, needle: &str) {
-    assert_eq!(response.status, status, "{}", response.text());
-    let body = response.json();
-    assert_eq!(body["type"], "error", "Anthropic error shape: {body}");
-    let message = body["error"]["message"]
-        .as_str()
-        .expect("Anthropic error shape");
-    assert!(
-        message.contains(needle),
-        "{message:?} should mention {needle:?}"
-    );
-}
 
 #[tokio::test]
 async fn malformed_json_is_a_400_in_each_api_format() {
@@ -48,12 +21,12 @@ async fn malformed_json_is_a_400_in_each_api_format() {
             r#"{"model": "gpt", "messages": [}"#,
         )
         .await;
-    assert_openai_error(&response, 400, "not valid JSON");
+    response.assert_openai_error(400, "not valid JSON");
     assert!(response.header("x-luthien-call-id").is_some());
     let response = client
         .post(&stack.anthropic_url(), &[], "not json at all")
         .await;
-    assert_anthropic_error(&response, 400, "not valid JSON");
+    response.assert_anthropic_error(400, "not valid JSON");
     let response = client
         .post(
             &stack.openai_url(),
@@ -61,7 +34,7 @@ async fn malformed_json_is_a_400_in_each_api_format() {
             r#"{"model":"gpt","stream":"yes"}"#,
         )
         .await;
-    assert_openai_error(&response, 400, "not valid JSON");
+    response.assert_openai_error(400, "not valid JSON");
     assert!(stack.mock.requests().is_empty(), "nothing reached upstream");
 }
 
@@ -75,11 +48,11 @@ async fn oversized_bodies_are_a_413() {
     let client = Client::new();
     let big = json!({"model": "gpt", "messages": [{"role": "user", "content": "x".repeat(4096)}]});
     let response = client.post(&stack.openai_url(), &[], big.to_string()).await;
-    assert_openai_error(&response, 413, "1024 bytes");
+    response.assert_openai_error(413, "1024 bytes");
     let response = client
         .post(&stack.anthropic_url(), &[], big.to_string())
         .await;
-    assert_anthropic_error(&response, 413, "1024 bytes");
+    response.assert_anthropic_error(413, "1024 bytes");
 
     // Without a content-length (chunked), the limit still holds.
     let stream = futures_util::stream::iter(
@@ -97,7 +70,7 @@ async fn oversized_bodies_are_a_413() {
         .await
         .unwrap();
     let response = luthien_tests::client::read(chunked).await;
-    assert_openai_error(&response, 413, "1024 bytes");
+    response.assert_openai_error(413, "1024 bytes");
     assert!(stack.mock.requests().is_empty());
 }
 
@@ -108,7 +81,7 @@ async fn unknown_paths_and_methods_answer_in_the_likely_api_format() {
     let response = client
         .post(&format!("{}/v1/embeddings", stack.proxy), &[], "{}")
         .await;
-    assert_openai_error(&response, 404, "/v1/embeddings");
+    response.assert_openai_error(404, "/v1/embeddings");
     let response = luthien_tests::client::read(
         client
             .send(
@@ -120,7 +93,7 @@ async fn unknown_paths_and_methods_answer_in_the_likely_api_format() {
             .await,
     )
     .await;
-    assert_anthropic_error(&response, 405, "use POST");
+    response.assert_anthropic_error(405, "use POST");
     let health = luthien_tests::client::read(
         client
             .send("GET", &format!("{}/health", stack.proxy), &[], "")
@@ -182,16 +155,14 @@ async fn unreachable_upstream_is_a_502() {
     })
     .await;
     let client = Client::new();
-    assert_openai_error(
-        &client.post(&stack.openai_url(), &[], OPENAI).await,
-        502,
-        "unreachable",
-    );
-    assert_anthropic_error(
-        &client.post(&stack.anthropic_url(), &[], ANTHROPIC).await,
-        502,
-        "unreachable",
-    );
+    client
+        .post(&stack.openai_url(), &[], OPENAI)
+        .await
+        .assert_openai_error(502, "unreachable");
+    client
+        .post(&stack.anthropic_url(), &[], ANTHROPIC)
+        .await
+        .assert_anthropic_error(502, "unreachable");
 }
 
 #[tokio::test]
@@ -203,16 +174,14 @@ async fn slow_upstream_is_a_504() {
     .await;
     let client = Client::new();
     let hang = [("x-mock-scenario", "hang")];
-    assert_openai_error(
-        &client.post(&stack.openai_url(), &hang, OPENAI).await,
-        504,
-        "in time",
-    );
-    assert_anthropic_error(
-        &client.post(&stack.anthropic_url(), &hang, ANTHROPIC).await,
-        504,
-        "in time",
-    );
+    client
+        .post(&stack.openai_url(), &hang, OPENAI)
+        .await
+        .assert_openai_error(504, "in time");
+    client
+        .post(&stack.anthropic_url(), &hang, ANTHROPIC)
+        .await
+        .assert_anthropic_error(504, "in time");
 }
 
 #[tokio::test]
@@ -226,11 +195,11 @@ async fn client_key_is_required_when_configured_and_never_forwarded() {
     .await;
     let client = Client::new();
     let response = client.post(&stack.openai_url(), &[], OPENAI).await;
-    assert_openai_error(&response, 401, "API key");
+    response.assert_openai_error(401, "API key");
     let response = client
         .post(&stack.anthropic_url(), &[("x-api-key", "wrong")], ANTHROPIC)
         .await;
-    assert_anthropic_error(&response, 401, "API key");
+    response.assert_anthropic_error(401, "API key");
     assert!(stack.mock.requests().is_empty());
 
     let response = client
