@@ -143,7 +143,7 @@ impl CallDriver {
     }
 
     /// The call after its `CallStart`, inside the call's span.
-    async fn drive(mut self, start: CallStart) {
+    async fn drive(mut self, mut start: CallStart) {
         let api = match start.api() {
             ApiKind::OpenaiChat => Api::OpenAiChat,
             ApiKind::AnthropicMessages => Api::AnthropicMessages,
@@ -164,7 +164,8 @@ impl CallDriver {
             api,
             model: start.model.clone(),
             stream: start.stream,
-            headers: Arc::from(start.headers.as_slice()),
+            // Moved, not copied: the record reads them from `info` too.
+            headers: Arc::from(std::mem::take(&mut start.headers)),
             trace,
         };
         let mut call = ActiveCall {
@@ -190,7 +191,7 @@ impl CallDriver {
         let answered = self.reply(ToData::RequestDecision(decision)).await;
         // Recording happens once the answer is on its way.
         call.recorder
-            .request(&start.body, rewritten.as_deref(), &start.headers);
+            .request(&start.body, rewritten.as_deref(), &call.info.headers);
         if let Some(body) = immediate {
             call.recorder.immediate_response(&body);
         }

@@ -152,6 +152,29 @@ impl Client {
     }
 }
 
+/// POSTs JSON sent as `chunks` without a `content-length` (chunked transfer encoding), as
+/// a client streaming its body would, and reads the whole response.
+pub async fn post_chunked(url: &str, headers: &[(&str, &str)], chunks: Vec<Bytes>) -> TestResponse {
+    let frames = futures_util::stream::iter(
+        chunks
+            .into_iter()
+            .map(|chunk| Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(chunk))),
+    );
+    let mut request = Request::post(url).header("content-type", "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
+        .body(http_body_util::StreamBody::new(frames))
+        .expect("valid test request");
+    let response = HyperClient::builder(TokioExecutor::new())
+        .build_http()
+        .request(request)
+        .await
+        .expect("request sent");
+    read(response).await
+}
+
 /// Reads a whole response.
 pub async fn read(response: http::Response<Incoming>) -> TestResponse {
     let (parts, body) = response.into_parts();

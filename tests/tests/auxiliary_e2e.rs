@@ -397,22 +397,12 @@ async fn oversized_count_tokens_body_is_the_main_routes_413() {
     assert_eq!(counted.body, message.body, "the same error as /v1/messages");
 
     // Without a content-length (chunked), the limit still holds.
-    let stream = futures_util::stream::iter(
-        (0..8).map(|_| Ok::<_, std::convert::Infallible>(bytes::Bytes::from(vec![b' '; 512]))),
-    );
-    let request = http::Request::post(format!("{}/v1/messages/count_tokens", stack.proxy))
-        .header("content-type", "application/json")
-        .header("anthropic-version", "2023-06-01")
-        .body(http_body_util::StreamBody::new(
-            futures_util::StreamExt::map(stream, |chunk| chunk.map(hyper::body::Frame::data)),
-        ))
-        .unwrap();
-    let chunked = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http()
-        .request(request)
-        .await
-        .unwrap();
-    let response = luthien_tests::client::read(chunked).await;
+    let response = luthien_tests::client::post_chunked(
+        &format!("{}/v1/messages/count_tokens", stack.proxy),
+        &[VERSION],
+        vec![bytes::Bytes::from(vec![b' '; 512]); 8],
+    )
+    .await;
     response.assert_anthropic_error(413, "1024 bytes");
     assert!(stack.mock.requests().is_empty());
 }

@@ -55,21 +55,12 @@ async fn oversized_bodies_are_a_413() {
     response.assert_anthropic_error(413, "1024 bytes");
 
     // Without a content-length (chunked), the limit still holds.
-    let stream = futures_util::stream::iter(
-        (0..8).map(|_| Ok::<_, std::convert::Infallible>(bytes::Bytes::from(vec![b' '; 512]))),
-    );
-    let request = http::Request::post(stack.openai_url())
-        .header("content-type", "application/json")
-        .body(http_body_util::StreamBody::new(
-            futures_util::StreamExt::map(stream, |chunk| chunk.map(hyper::body::Frame::data)),
-        ))
-        .unwrap();
-    let chunked = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http()
-        .request(request)
-        .await
-        .unwrap();
-    let response = luthien_tests::client::read(chunked).await;
+    let response = luthien_tests::client::post_chunked(
+        &stack.openai_url(),
+        &[],
+        vec![bytes::Bytes::from(vec![b' '; 512]); 8],
+    )
+    .await;
     response.assert_openai_error(413, "1024 bytes");
     assert!(stack.mock.requests().is_empty());
 }

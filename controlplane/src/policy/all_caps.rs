@@ -77,7 +77,7 @@ impl CallPolicy for AllCapsCall {
         let mut changed = 0u64;
         api::for_each_response_text(self.api, response, |text| {
             if !is_upper_case(text) {
-                upper_case_in_place(text);
+                *text = text.to_uppercase();
                 changed += 1;
             }
         });
