@@ -15,30 +15,12 @@ pub(crate) mod fixtures;
 mod openai;
 pub mod reply;
 
-use bytes::Bytes;
 use serde_json::Value;
 
 use crate::policy::ImmediateResponse;
 use crate::sse::SseEvent;
 
-/// A provider API; bodies always stay in this API's own format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Api {
-    /// OpenAI `POST /v1/chat/completions`.
-    OpenAiChat,
-    /// Anthropic `POST /v1/messages`.
-    AnthropicMessages,
-}
-
-impl Api {
-    /// The `api` label of metrics, the same on both planes.
-    pub fn metric_label(self) -> &'static str {
-        match self {
-            Api::OpenAiChat => "openai_chat",
-            Api::AnthropicMessages => "anthropic_messages",
-        }
-    }
-}
+pub use luthien_api::Api;
 
 /// Calls `visit` on every text of a request: OpenAI `messages[].content` (a string or its
 /// `text` parts); Anthropic `system` and `messages[].content` (a string or its `text` blocks).
@@ -133,51 +115,15 @@ pub fn text_delta_event(
     }
 }
 
-/// The API's error `type` for an HTTP status, e.g. `rate_limit_error` for 429.
-pub fn error_type(api: Api, status: u16) -> &'static str {
-    match (status, api) {
-        (400, _) => "invalid_request_error",
-        (401, _) => "authentication_error",
-        (403, _) => "permission_error",
-        (404, _) => "not_found_error",
-        (413, Api::AnthropicMessages) => "request_too_large",
-        (429, _) => "rate_limit_error",
-        (503, Api::OpenAiChat) => "service_unavailable",
-        (503 | 529, Api::AnthropicMessages) => "overloaded_error",
-        (500..=599, _) => "api_error",
-        _ => "invalid_request_error",
-    }
-}
-
-/// An error answer in the API's own JSON error format, with `message` also as the reason.
-///
-/// Errors are JSON even for streamed calls: both APIs answer a failed streaming request with a
-/// JSON body and a 4xx/5xx status, and their SDKs read it that way.
+/// An error answer in the API's own JSON error format (`luthien-api`'s, the same the data
+/// plane answers with), with `message` also as the reason.
 pub fn error_response(api: Api, status: u16, message: &str) -> ImmediateResponse {
-    let body = match api {
-        Api::OpenAiChat => openai::error_body(error_type(api, status), message),
-        Api::AnthropicMessages => anthropic::error_body(error_type(api, status), message),
-    };
     ImmediateResponse {
         status,
         content_type: "application/json",
-        body: Bytes::from(body.to_string()),
+        body: luthien_api::error_body(api, status, message),
         reason: message.to_owned(),
     }
-}
-
-/// An in-band error event that ends a stream whose first bytes were already sent: OpenAI
-/// `data: {"error":{...}}`, Anthropic `event: error` with an `api_error`.
-pub fn stream_error_event(api: Api, message: &str) -> Bytes {
-    let event = match api {
-        Api::OpenAiChat => {
-            SseEvent::from_json(None, openai::error_body(error_type(api, 500), message))
-        }
-        Api::AnthropicMessages => {
-            SseEvent::from_json(Some("error"), anthropic::error_body("api_error", message))
-        }
-    };
-    event.to_bytes()
 }
 
 /// Visits a `content` that is a string, or an array of blocks of which those with
@@ -223,50 +169,18 @@ fn as_index(value: Option<&Value>) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    fn parse(body: &Bytes) -> Value {
-        serde_json::from_slice(body).unwrap()
-    }
 
     #[test]
-    fn openai_errors_use_the_openai_shape() {
-        let response = error_response(Api::OpenAiChat, 429, "slow down");
-        assert_eq!(response.status, 429);
+    fn error_responses_carry_the_shared_body_and_the_reason() {
+        let response = error_response(Api::AnthropicMessages, 504, "judge timed out");
+        assert_eq!(response.status, 504);
         assert_eq!(response.content_type, "application/json");
-        assert_eq!(
-            parse(&response.body),
-            json!({"error": {"message": "slow down", "type": "rate_limit_error", "param": null, "code": null}})
-        );
-        assert_eq!(response.reason, "slow down");
-        assert_eq!(error_type(Api::OpenAiChat, 503), "service_unavailable");
-    }
-
-    #[test]
-    fn anthropic_errors_use_the_anthropic_shape() {
-        let response = error_response(Api::AnthropicMessages, 403, "blocked by policy");
-        assert_eq!(
-            parse(&response.body),
-            json!({"type": "error", "error": {"type": "permission_error", "message": "blocked by policy"}})
-        );
-        assert_eq!(error_type(Api::AnthropicMessages, 503), "overloaded_error");
-        assert_eq!(error_type(Api::AnthropicMessages, 500), "api_error");
-        assert_eq!(
-            error_type(Api::AnthropicMessages, 401),
-            "authentication_error"
-        );
-        assert_eq!(error_type(Api::AnthropicMessages, 404), "not_found_error");
-    }
-
-    #[test]
-    fn stream_errors_are_sse_events() {
-        assert_eq!(
-            stream_error_event(Api::OpenAiChat, "x\"y"),
-            "data: {\"error\":{\"message\":\"x\\\"y\",\"type\":\"api_error\",\"param\":null,\"code\":null}}\n\n".as_bytes()
-        );
-        assert_eq!(
-            stream_error_event(Api::AnthropicMessages, "boom"),
-            "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":\"boom\"}}\n\n".as_bytes()
-        );
+        assert_eq!(response.reason, "judge timed out");
+        let body: Value = serde_json::from_slice(&response.body).unwrap();
+        // The data plane's table: a policy's 504 looks like the data plane's own 504.
+        assert_eq!(body["error"]["type"], "timeout_error");
+        let body: Value =
+            serde_json::from_slice(&error_response(Api::OpenAiChat, 404, "gone").body).unwrap();
+        assert_eq!(body["error"]["type"], "invalid_request_error");
     }
 }

@@ -6,6 +6,7 @@
 //! a reader meeting a newer version than it knows reports it instead of
 //! misreading it.
 
+use luthien_api::Api;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -165,8 +166,7 @@ pub struct CallSummary {
     pub call_id: String,
     pub created_at_micros: i64,
     pub completed_at_micros: Option<i64>,
-    /// `openai` or `anthropic`.
-    pub api: String,
+    pub api: Api,
     pub model: String,
     pub stream: bool,
     pub status: CallStatus,

@@ -10,7 +10,6 @@
 //! ([`crate::store::redact`]), so nothing reaches the store unsanitised.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use luthien_proto::v1::{CallEnd, CallOutcome, Header};
 use serde_json::{Map, Value};
@@ -92,7 +91,7 @@ impl CallRecorder {
         let created_at_micros = if received_at_micros > 0 {
             received_at_micros
         } else {
-            now_micros()
+            luthien_api::time::unix_micros()
         };
         Self {
             recording,
@@ -260,7 +259,7 @@ impl CallRecorder {
         let mut summary = self.summary(status);
         summary.duration_ms = duration_ms;
         summary.time_to_first_chunk_ms = time_to_first_chunk_ms;
-        summary.completed_at_micros = Some(now_micros());
+        summary.completed_at_micros = Some(luthien_api::time::unix_micros());
         self.record(Record::Call(summary));
     }
 
@@ -269,7 +268,7 @@ impl CallRecorder {
             call_id: self.info.call_id.clone(),
             created_at_micros: self.created_at_micros,
             completed_at_micros: None,
-            api: api_name(self.info.api).to_owned(),
+            api: self.info.api,
             model: self.info.model.clone(),
             stream: self.info.stream,
             status,
@@ -286,13 +285,13 @@ impl CallRecorder {
         let event = CallEvent {
             call_id: self.info.call_id.clone(),
             sequence: self.next_sequence,
-            timestamp_micros: now_micros(),
+            timestamp_micros: luthien_api::time::unix_micros(),
             schema_version: SCHEMA_VERSION,
             payload,
         };
         self.next_sequence += 1;
         let message =
-            ActivityMessage::from_event(&event, &self.info.model, api_name(self.info.api));
+            ActivityMessage::from_event(&event, &self.info.model, self.info.api);
         self.recording.activity.publish(message);
         self.record(Record::Event(event));
     }
@@ -301,13 +300,6 @@ impl CallRecorder {
         if let Some(sink) = &self.recording.sink {
             sink.record(record);
         }
-    }
-}
-
-pub fn api_name(api: Api) -> &'static str {
-    match api {
-        Api::OpenAiChat => "openai",
-        Api::AnthropicMessages => "anthropic",
     }
 }
 
@@ -400,13 +392,6 @@ fn session_id(api: Api, request: &Value, headers: &[Header]) -> Option<String> {
         return (!session.is_empty()).then(|| session.to_owned());
     }
     None
-}
-
-fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX))
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -11,7 +11,6 @@
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::api::Api;
 use crate::debug::CallDetail;
 use crate::diff::{CallDiff, DiffOptions, diff_call};
 use crate::events::EventPayload;
@@ -37,10 +36,7 @@ pub struct ReplayOutcome {
 
 /// Replays `call` through `chain`.
 pub async fn replay(chain: &Chain, call: &CallDetail, diff_options: &DiffOptions) -> ReplayOutcome {
-    let api = match call.call.api.as_str() {
-        "anthropic" => Api::AnthropicMessages,
-        _ => Api::OpenAiChat,
-    };
+    let api = call.call.api;
     let mut recorded_request = (None, None);
     let mut recorded_response = (None, None);
     for event in &call.events {

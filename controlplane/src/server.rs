@@ -23,14 +23,11 @@ use crate::policy::Chain;
 use crate::policy_source::PolicySource;
 use crate::recorder::Recording;
 use crate::service::{CallSettings, ControlPlaneService};
+use luthien_api::limits;
 use crate::store::{
     RetentionHandle, RetentionOptions, Store, StoreError, StoreOptions, WriterHandle,
     WriterOptions, spawn_retention, spawn_writer,
 };
-
-/// Largest gRPC message accepted or sent; request and response bodies
-/// travel whole, so this must exceed the data plane's body limits.
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// How long shutdown waits for calls in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -214,8 +211,8 @@ pub async fn serve(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let control_plane = ControlPlaneServer::new(service)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(limits::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(limits::MAX_MESSAGE_BYTES);
 
     // Debug data is never open by accident: without an admin key the Debug
     // RPCs are only served when the gRPC port is on loopback.
@@ -265,9 +262,9 @@ pub async fn serve(
 
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
-        .initial_stream_window_size(1024 * 1024)
-        .initial_connection_window_size(16 * 1024 * 1024)
-        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .initial_stream_window_size(limits::STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(limits::CONNECTION_WINDOW_BYTES)
+        .http2_keepalive_interval(Some(limits::HTTP2_KEEPALIVE_INTERVAL))
         .max_concurrent_streams(Some(16 * 1024))
         .add_service(health_service)
         .add_service(reflection_v1)

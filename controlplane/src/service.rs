@@ -17,7 +17,7 @@ use luthien_proto::v1::control_plane_server::ControlPlane;
 use luthien_proto::v1::data_plane_message::Message as FromData;
 use luthien_proto::v1::request_decision::Action;
 use luthien_proto::v1::{
-    ApiKind, CallEnd, CallOutcome, CallStart, ChunkReply, ContinueRequest, ControlPlaneMessage,
+    CallEnd, CallOutcome, CallStart, ChunkReply, ContinueRequest, ControlPlaneMessage,
     DataPlaneMessage, Header, Keepalive, RequestDecision, ResponseDecision, ResponseMode,
 };
 use serde_json::Value;
@@ -144,14 +144,12 @@ impl CallDriver {
 
     /// The call after its `CallStart`, inside the call's span.
     async fn drive(mut self, mut start: CallStart) {
-        let api = match start.api() {
-            ApiKind::OpenaiChat => Api::OpenAiChat,
-            ApiKind::AnthropicMessages => Api::AnthropicMessages,
-            ApiKind::Unspecified => {
-                self.fail(Status::invalid_argument("CallStart.api is required"))
-                    .await;
-                return;
-            }
+        let Some(api) = Api::from_kind(start.api) else {
+            self.fail(Status::invalid_argument(
+                "CallStart.api is required and must be an API this control plane knows",
+            ))
+            .await;
+            return;
         };
         let trace = incoming_trace(&start);
         // The trace the call's spans belong to: this plane's own span when
@@ -474,10 +472,7 @@ impl CallDriver {
 /// span (its context travels in `CallStart.trace`), so both planes share one
 /// trace. The response-side GenAI attributes are filled by the recorder.
 fn call_span(start: &CallStart) -> tracing::Span {
-    let provider = match start.api() {
-        ApiKind::AnthropicMessages => "anthropic",
-        _ => "openai",
-    };
+    let provider = Api::from_kind(start.api).map_or("openai", Api::provider);
     let span = tracing::info_span!(
         "luthien.control_plane.call",
         otel.kind = "server",

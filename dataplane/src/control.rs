@@ -22,14 +22,12 @@ use tonic::Streaming;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::metrics::OpenStream;
+use luthien_api::limits;
 use luthien_telemetry::prometheus_client::metrics::gauge::Gauge;
 
 /// Messages a call may queue towards the control plane before the data plane
 /// waits; this is the backpressure bound of observe mode.
 const OUTBOUND_QUEUE: usize = 16;
-
-/// Largest gRPC message either side accepts (bodies travel whole).
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Why the control plane could not be used for a call.
 #[derive(Debug, thiserror::Error)]
@@ -71,14 +69,14 @@ impl ControlClient {
         let channel = Endpoint::from_shared(url.to_owned())?
             .connect_timeout(connect_timeout)
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(20))
+            .http2_keep_alive_interval(limits::HTTP2_KEEPALIVE_INTERVAL)
             .keep_alive_timeout(Duration::from_secs(10))
-            .initial_stream_window_size(1024 * 1024)
-            .initial_connection_window_size(16 * 1024 * 1024)
+            .initial_stream_window_size(limits::STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(limits::CONNECTION_WINDOW_BYTES)
             .connect_lazy();
         let client = ControlPlaneClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+            .max_decoding_message_size(limits::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(limits::MAX_MESSAGE_BYTES);
         Ok(Self {
             client,
             timeouts,

@@ -6,7 +6,7 @@
 //! leaves here as a response in the client's own API format.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -102,13 +102,13 @@ async fn proxy(state: Arc<AppState>, api: Api, request: Request) -> Response {
     metrics
         .calls
         .get_or_create(&CallLabels {
-            api: api.label(),
+            api: api.metric_label(),
             model: call.model.clone(),
             status: status.as_u16(),
         })
         .inc();
     if !call.streamed {
-        Metrics::observe(&metrics.overhead, api.label(), call.overhead());
+        Metrics::observe(&metrics.overhead, api.metric_label(), call.overhead());
     }
     if let Ok(value) = HeaderValue::from_str(&id.to_string()) {
         response.headers_mut().insert(CALL_ID_HEADER, value);
@@ -214,7 +214,7 @@ impl Call {
                 tracestate: self.trace.tracestate.clone(),
             }),
             body: body.clone(),
-            received_at_unix_micros: unix_micros(),
+            received_at_unix_micros: luthien_api::time::unix_micros(),
         };
 
         // Request phase: the control plane may rewrite, block, and picks the
@@ -279,7 +279,7 @@ impl Call {
                 upstream_span.record("http.response.status_code", response.status().as_u16());
                 Metrics::observe(
                     &self.state.metrics.upstream,
-                    self.api.label(),
+                    self.api.metric_label(),
                     upstream_elapsed,
                 );
                 response
@@ -621,7 +621,7 @@ fn forwardable_metadata(headers: &HeaderMap) -> Vec<Header> {
 fn metadata(headers: &HeaderMap) -> Vec<Header> {
     headers
         .iter()
-        .filter(|(name, _)| !upstream::is_credential(name))
+        .filter(|(name, _)| !luthien_api::is_credential(name.as_str()))
         .filter_map(|(name, value)| {
             Some(Header {
                 name: name.as_str().to_owned(),
@@ -650,12 +650,6 @@ pub(crate) fn micros(duration: Duration) -> u64 {
     u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
 
-fn unix_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX))
-        .unwrap_or_default()
-}
 
 #[cfg(test)]
 mod tests {

@@ -83,7 +83,7 @@ impl StreamPump {
                 (CallOutcome::ControlPlaneTimeout, error.to_string())
             }
         };
-        let api = self.api.label();
+        let api = self.api.metric_label();
         Metrics::observe(&self.metrics.overhead, api, self.overhead(&timing));
         if let Some(first_byte) = timing.first_byte {
             Metrics::observe(&self.metrics.first_chunk, api, first_byte);

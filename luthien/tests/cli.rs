@@ -61,7 +61,7 @@ async fn replay_reads_the_store_and_reports_what_would_change() {
         call_id: "call-1".into(),
         created_at_micros: 1_700_000_000_000_000,
         completed_at_micros: Some(1_700_000_000_100_000),
-        api: "openai".into(),
+        api: luthien_api::Api::OpenAiChat,
         model: "gpt-4o-mini".into(),
         stream: false,
         status: CallStatus::Completed,

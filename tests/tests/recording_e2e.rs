@@ -116,7 +116,7 @@ async fn calls_round_trip_through_the_store_on_sqlite_and_postgres() {
                 let (call, events) = recorded(&store, &call_id).await;
                 assert_eq!(call.status, CallStatus::Completed, "{context}");
                 assert_eq!(call.stream, stream);
-                assert_eq!(call.api, if openai { "openai" } else { "anthropic" });
+                assert_eq!(call.api.name(), if openai { "openai" } else { "anthropic" });
                 assert!(call.policy_changed, "{context}");
                 assert!(call.duration_ms.unwrap_or_default() > 0.0, "{context}");
                 assert!(
@@ -225,7 +225,7 @@ async fn calls_round_trip_through_the_store_on_sqlite_and_postgres() {
         assert_eq!(page.calls.len(), 4, "{backend}");
         let anthropic = store
             .list_calls(&CallFilter {
-                api: Some("anthropic".into()),
+                api: Some(luthien_api::Api::AnthropicMessages),
                 ..CallFilter::default()
             })
             .await

@@ -2,6 +2,7 @@
 //! of one call event. It is broadcast to dashboards and, in Redis mode, to
 //! every control plane sharing the Redis, so it never carries a payload.
 
+use luthien_api::Api;
 use serde::{Deserialize, Serialize};
 
 use crate::events::{CallEvent, EventPayload};
@@ -33,7 +34,7 @@ pub struct ActivityMessage {
     pub event_type: String,
     pub model: String,
     /// `openai` or `anthropic`.
-    pub api: String,
+    pub api: Api,
     /// Unix time of the event in microseconds.
     pub timestamp_micros: i64,
     /// One line, at most [`MAX_SUMMARY_CHARS`] characters; never a payload.
@@ -51,14 +52,14 @@ pub struct ActivityMessage {
 impl ActivityMessage {
     /// The activity view of `event`, a call to `model` through `api`.
     /// `control_plane` is left empty: the bus stamps it on publish.
-    pub fn from_event(event: &CallEvent, model: &str, api: &str) -> ActivityMessage {
+    pub fn from_event(event: &CallEvent, model: &str, api: Api) -> ActivityMessage {
         ActivityMessage {
             v: ACTIVITY_VERSION,
             call_id: event.call_id.clone(),
             sequence: event.sequence,
             event_type: event.payload.event_type().to_owned(),
             model: model.to_owned(),
-            api: api.to_owned(),
+            api,
             timestamp_micros: event.timestamp_micros,
             summary: one_line(&event.payload.summary(), MAX_SUMMARY_CHARS),
             status: status_of(&event.payload),
@@ -130,7 +131,7 @@ mod tests {
     #[test]
     fn response_event_becomes_a_one_line_message_with_status() {
         let message =
-            ActivityMessage::from_event(&event(response(CallStatus::Blocked)), "gpt-4o", "openai");
+            ActivityMessage::from_event(&event(response(CallStatus::Blocked)), "gpt-4o", luthien_api::Api::OpenAiChat);
         assert_eq!(message.v, ACTIVITY_VERSION);
         assert_eq!(message.call_id, "call-1");
         assert_eq!(message.sequence, 2);
@@ -150,7 +151,7 @@ mod tests {
             final_: json!({"messages": []}),
             headers: json!({}),
         };
-        let message = ActivityMessage::from_event(&event(payload), "claude", "anthropic");
+        let message = ActivityMessage::from_event(&event(payload), "claude", luthien_api::Api::AnthropicMessages);
         assert_eq!(message.event_type, "request");
         assert_eq!(message.status, None);
         let json = serde_json::to_value(&message).unwrap();
@@ -165,7 +166,7 @@ mod tests {
             summary: format!("line one\nline two\t{}", "é".repeat(500)),
             data: json!(null),
         };
-        let message = ActivityMessage::from_event(&event(payload), "m", "openai");
+        let message = ActivityMessage::from_event(&event(payload), "m", luthien_api::Api::OpenAiChat);
         assert!(!message.summary.contains('\n'));
         assert!(message.summary.starts_with("judge: line one line two é"));
         assert_eq!(message.summary.chars().count(), MAX_SUMMARY_CHARS);

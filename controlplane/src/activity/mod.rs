@@ -33,6 +33,7 @@ mod tests;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use luthien_api::Api;
 use serde::Serialize;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -223,7 +224,7 @@ impl ActivityBus {
     }
 
     /// [`ActivityMessage::from_event`] then [`ActivityBus::publish`].
-    pub fn publish_event(&self, event: &CallEvent, model: &str, api: &str) {
+    pub fn publish_event(&self, event: &CallEvent, model: &str, api: Api) {
         self.publish(ActivityMessage::from_event(event, model, api));
     }
 

@@ -24,7 +24,7 @@ fn message(call_id: &str) -> ActivityMessage {
         sequence: 0,
         event_type: "request".to_owned(),
         model: "gpt-4o".to_owned(),
-        api: "openai".to_owned(),
+        api: luthien_api::Api::OpenAiChat,
         timestamp_micros: 1_700_000_000_000_000,
         summary: "request".to_owned(),
         status: None,

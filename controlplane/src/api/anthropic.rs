@@ -92,10 +92,6 @@ pub(super) fn text_delta_event(index: usize, text: String) -> SseEvent {
     )
 }
 
-pub(super) fn error_body(error_type: &str, message: &str) -> Value {
-    json!({"type": "error", "error": {"type": error_type, "message": message}})
-}
-
 /// The event's JSON `type` (which repeats its SSE `event:` name).
 fn event_type(event: &Value) -> Option<&str> {
     event.get("type").and_then(Value::as_str)

@@ -98,10 +98,6 @@ pub(super) fn text_delta_event(envelope: Option<&Value>, index: usize, text: Str
     SseEvent::from_json(None, chunk)
 }
 
-pub(super) fn error_body(error_type: &str, message: &str) -> Value {
-    json!({"error": {"message": message, "type": error_type, "param": null, "code": null}})
-}
-
 /// A choice's `index`, or its position when the field is missing.
 fn choice_index(choice: &Value, position: usize) -> usize {
     as_index(choice.get("index")).unwrap_or(position)

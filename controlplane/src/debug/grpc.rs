@@ -85,7 +85,9 @@ impl Debug for DebugGrpc {
             since_micros: (request.since_micros != 0).then_some(request.since_micros),
             until_micros: (request.until_micros != 0).then_some(request.until_micros),
             model: text(request.model),
-            api: text(request.api),
+            api: text(request.api)
+                .map(|api| DebugService::parse_api(&api))
+                .transpose()?,
             status,
             session_id: text(request.session_id),
             event_type: text(request.event_type),
@@ -221,7 +223,7 @@ fn summary(call: CallSummary) -> ProtoCallSummary {
         call_id: call.call_id,
         created_at_micros: call.created_at_micros,
         completed_at_micros: call.completed_at_micros.unwrap_or_default(),
-        api: call.api,
+        api: call.api.name().to_owned(),
         model: call.model,
         stream: call.stream,
         status: call.status.as_str().to_owned(),
@@ -241,7 +243,7 @@ fn activity(message: ActivityMessage) -> ActivityEvent {
         sequence: message.sequence,
         event_type: message.event_type,
         model: message.model,
-        api: message.api,
+        api: message.api.name().to_owned(),
         timestamp_micros: message.timestamp_micros,
         summary: message.summary,
         status: message.status.unwrap_or_default(),

@@ -178,7 +178,9 @@ async fn list_calls(
         since_micros: number("since", query.since)?,
         until_micros: number("until", query.until)?,
         model: text(query.model),
-        api: text(query.api),
+        api: text(query.api)
+            .map(|api| DebugService::parse_api(&api))
+            .transpose()?,
         status,
         session_id: text(query.session_id),
         event_type: text(query.event_type),

@@ -117,13 +117,6 @@ impl DebugService {
     }
 
     pub async fn list_calls(&self, filter: CallFilter) -> Result<CallPage, DebugError> {
-        if let Some(api) = filter.api.as_deref()
-            && !matches!(api, "openai" | "anthropic")
-        {
-            return Err(DebugError::InvalidArgument(format!(
-                "unknown api `{api}`; use openai or anthropic"
-            )));
-        }
         if let Some(event_type) = filter.event_type.as_deref()
             && !matches!(event_type, "request" | "response" | "policy")
         {
@@ -158,10 +151,7 @@ impl DebugService {
 
     pub async fn call_diff(&self, call_id: &str) -> Result<CallDiff, DebugError> {
         let detail = self.get_call(call_id).await?;
-        let api = match detail.call.api.as_str() {
-            "anthropic" => Api::AnthropicMessages,
-            _ => Api::OpenAiChat,
-        };
+        let api = detail.call.api;
         let mut request = (None, None);
         let mut response = (None, None);
         for event in &detail.events {
@@ -246,6 +236,12 @@ impl DebugService {
         CallStatus::parse(status)
             .ok_or_else(|| DebugError::InvalidArgument(format!("unknown status `{status}`")))
     }
+
+    /// The `api` filter, by [`Api::name`].
+    pub fn parse_api(api: &str) -> Result<Api, DebugError> {
+        api.parse()
+            .map_err(|error: luthien_api::UnknownApi| DebugError::InvalidArgument(error.to_string()))
+    }
 }
 
 /// The active chain, as the policy routes show it.
@@ -294,7 +290,7 @@ mod tests {
             call_id: "c-1".to_owned(),
             created_at_micros: 1,
             completed_at_micros: None,
-            api: "openai".to_owned(),
+            api: luthien_api::Api::OpenAiChat,
             model: "m".to_owned(),
             stream: false,
             status: CallStatus::Completed,

@@ -72,6 +72,7 @@ use luthien_proto::v1::{
     PolicyCallStart, PolicyImmediateResponse, PolicyRequest, PolicyRequestPhase,
     PolicyResponsePhase, PolicyStreamEnd, PolicyStreamEvent,
 };
+use luthien_api::limits;
 use luthien_telemetry::propagation;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -87,7 +88,7 @@ pub use self::stats::{
 };
 use self::withhold::StreamCut;
 use super::{
-    Api, CallInfo, CallPolicy, FromConfig, ImmediateResponse, Policy, PolicyError, PolicyEvent,
+    CallInfo, CallPolicy, FromConfig, ImmediateResponse, Policy, PolicyError, PolicyEvent,
     RequestVerdict, SseEvent,
 };
 use crate::api;
@@ -315,8 +316,8 @@ fn endpoint(
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(false)
-        .initial_stream_window_size(1024 * 1024)
-        .initial_connection_window_size(16 * 1024 * 1024);
+        .initial_stream_window_size(limits::STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(limits::CONNECTION_WINDOW_BYTES);
     let scheme = endpoint.uri().scheme_str().unwrap_or_default().to_owned();
     let tls = match (scheme.as_str(), tls) {
         ("http", None) => return Ok(endpoint),
@@ -452,7 +453,12 @@ impl RemoteCall {
     fn start_message(&self, span: &tracing::Span) -> PolicyRequest {
         let trace = propagation::outgoing(span, &self.info.trace);
         let mut headers = HashMap::with_capacity(self.info.headers.len());
+        // The data plane already strips credentials; applying the rule again here keeps
+        // them from a third party whatever sent the call.
         for header in self.info.headers.iter() {
+            if luthien_api::is_credential(&header.name) {
+                continue;
+            }
             headers
                 .entry(header.name.clone())
                 .and_modify(|joined: &mut String| {
@@ -464,11 +470,7 @@ impl RemoteCall {
         PolicyRequest {
             message: Some(ToServer::Start(PolicyCallStart {
                 call_id: self.info.call_id.clone(),
-                api: match self.info.api {
-                    Api::OpenAiChat => "openai",
-                    Api::AnthropicMessages => "anthropic",
-                }
-                .to_owned(),
+                api: self.info.api.name().to_owned(),
                 model: self.info.model.clone(),
                 stream: self.info.stream,
                 headers,

@@ -87,7 +87,7 @@ fn upsert_calls(calls: &[(&CallSummary, i64)]) -> PgQuery {
         ids.push(call.call_id.clone());
         created.push(*earliest);
         completed.push(call.completed_at_micros);
-        apis.push(call.api.clone());
+        apis.push(call.api.name());
         models.push(call.model.clone());
         streams.push(call.stream);
         statuses.push(call.status.as_str().to_owned());

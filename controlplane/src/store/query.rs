@@ -3,6 +3,7 @@
 //! conversion of raw rows back into the shared event schema (with the
 //! schema-version check).
 
+use luthien_api::{Api, UnknownApi};
 use serde::{Deserialize, Serialize};
 use sqlx::{Database, Encode, QueryBuilder, Type};
 
@@ -24,8 +25,7 @@ pub struct CallFilter {
     /// Calls created strictly before this unix time (microseconds).
     pub until_micros: Option<i64>,
     pub model: Option<String>,
-    /// `openai` or `anthropic`.
-    pub api: Option<String>,
+    pub api: Option<Api>,
     pub status: Option<CallStatus>,
     pub session_id: Option<String>,
     /// Calls that have at least one event of this type (`request`,
@@ -142,9 +142,10 @@ pub(crate) fn push_conditions<DB>(
         qb.push("created_at < ");
         time(qb, until);
     }
+    let api = filter.api.map(|api| api.name().to_owned());
     let equal = [
         ("model", &filter.model),
-        ("api", &filter.api),
+        ("api", &api),
         ("session_id", &filter.session_id),
     ];
     for (column, value) in equal {
@@ -212,11 +213,15 @@ impl SummaryRow {
             what: format!("call {}", self.call_id),
             detail: format!("unknown status `{}`", self.status),
         })?;
+        let api = self.api.parse().map_err(|error: UnknownApi| StoreError::Corrupt {
+            what: format!("call {}", self.call_id),
+            detail: error.to_string(),
+        })?;
         Ok(CallSummary {
             call_id: self.call_id,
             created_at_micros: self.created_at,
             completed_at_micros: self.completed_at,
-            api: self.api,
+            api,
             model: self.model,
             stream: self.stream,
             status,

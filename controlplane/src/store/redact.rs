@@ -18,17 +18,6 @@ pub const TRUNCATED_KEY: &str = "luthien_truncated";
 /// Longest preview kept of a truncated value, in bytes of its JSON text.
 pub const PREVIEW_BYTES: usize = 1024;
 
-/// True for header names that carry credentials: the well-known ones plus
-/// anything named like a key, token, secret, password, cookie or auth
-/// (case-insensitive). Deliberately broad: a harmless header lost from the
-/// log (`idempotency-key`) costs less than a stored credential.
-pub fn is_secret_header(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    ["key", "token", "secret", "password", "cookie", "auth"]
-        .iter()
-        .any(|word| name.contains(word))
-}
-
 /// Removes credential headers from a headers value, in place, and returns
 /// how many were removed. Accepts the shapes headers take in JSON: an object
 /// `{name: value}`, or an array of `{"name": …, "value": …}` objects or of
@@ -37,7 +26,7 @@ pub fn redact_headers(headers: &mut Value) -> usize {
     match headers {
         Value::Object(map) => {
             let before = map.len();
-            map.retain(|name, _| !is_secret_header(name));
+            map.retain(|name, _| !luthien_api::is_credential(name));
             before - map.len()
         }
         Value::Array(items) => {
@@ -48,7 +37,7 @@ pub fn redact_headers(headers: &mut Value) -> usize {
                     Value::Array(pair) => pair.first().and_then(Value::as_str),
                     _ => None,
                 };
-                !name.is_some_and(is_secret_header)
+                !name.is_some_and(luthien_api::is_credential)
             });
             before - items.len()
         }

@@ -143,7 +143,7 @@ fn upsert_calls(calls: &[(&CallSummary, i64)]) -> SqliteQuery {
             .bind(call.call_id.clone())
             .bind(*earliest_created_micros)
             .bind(call.completed_at_micros)
-            .bind(call.api.clone())
+            .bind(call.api.name())
             .bind(call.model.clone())
             .bind(call.stream)
             .bind(call.status.as_str())

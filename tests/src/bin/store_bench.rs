@@ -96,7 +96,7 @@ fn call_records(index: usize) -> [Record; 4] {
         call_id: call_id.clone(),
         created_at_micros: now,
         completed_at_micros: completed,
-        api: "openai".into(),
+        api: luthien_api::Api::OpenAiChat,
         model: "gpt-4o-mini".into(),
         stream: false,
         status,

@@ -23,10 +23,8 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Status, Streaming};
 
 use super::stats::{RemoteStats, StatPhase};
+use luthien_api::limits;
 use crate::policy::PolicyEvent;
-
-/// Largest gRPC message either side accepts (bodies travel whole), as on the data plane.
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Messages a call may queue towards a server it waits for (it waits for each result, so a
 /// few are plenty).
@@ -181,8 +179,8 @@ impl Connection {
                     several => Channel::balance_list(several.iter().cloned()),
                 };
                 PolicyServiceClient::new(channel)
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_decoding_message_size(limits::MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(limits::MAX_MESSAGE_BYTES)
             })
             .clone()
     }

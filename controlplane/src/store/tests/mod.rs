@@ -229,7 +229,7 @@ fn started(call_id: &str, created: i64) -> CallSummary {
         call_id: call_id.to_owned(),
         created_at_micros: created,
         completed_at_micros: None,
-        api: "openai".to_owned(),
+        api: luthien_api::Api::OpenAiChat,
         model: "gpt-4o".to_owned(),
         stream: true,
         status: CallStatus::InProgress,

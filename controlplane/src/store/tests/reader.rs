@@ -146,7 +146,7 @@ async fn seeded(target: &Target) -> Store {
     ];
     for (id, api, model, status, session, created, kinds) in spec {
         let mut call = started(id, created);
-        call.api = api.to_owned();
+        call.api = api.parse().unwrap();
         call.model = model.to_owned();
         call.session_id = session.map(str::to_owned);
         records.push(Record::Call(call.clone()));
@@ -192,7 +192,7 @@ async fn list_filters_each_narrow_the_list() {
             ),
             (
                 CallFilter {
-                    api: Some("anthropic".into()),
+                    api: Some(luthien_api::Api::AnthropicMessages),
                     ..Default::default()
                 },
                 vec!["call-4", "call-2"],
@@ -258,7 +258,7 @@ async fn list_filters_each_narrow_the_list() {
             ),
             (
                 CallFilter {
-                    api: Some("openai".into()),
+                    api: Some(luthien_api::Api::OpenAiChat),
                     status: Some(CallStatus::Completed),
                     ..Default::default()
                 },
@@ -291,7 +291,7 @@ async fn cursor_pagination_has_no_duplicates_or_gaps() {
             .map(|i| {
                 let mut call = started(&format!("call-{i:02}"), 10_000 + i / 3);
                 if i % 2 == 0 {
-                    call.api = "anthropic".into();
+                    call.api = luthien_api::Api::AnthropicMessages;
                 }
                 Record::Call(call)
             })
@@ -330,7 +330,7 @@ async fn cursor_pagination_has_no_duplicates_or_gaps() {
 
         // Pagination combined with a filter.
         let mut filter = CallFilter {
-            api: Some("anthropic".into()),
+            api: Some(luthien_api::Api::AnthropicMessages),
             limit: Some(5),
             ..Default::default()
         };
