@@ -111,7 +111,11 @@ mod tests {
             json!({"error": {"message": "slow down", "type": "rate_limit_error", "param": null, "code": null}})
         );
         assert_eq!(
-            parse(&error_body(Api::AnthropicMessages, 403, "blocked by policy")),
+            parse(&error_body(
+                Api::AnthropicMessages,
+                403,
+                "blocked by policy"
+            )),
             json!({"type": "error", "error": {"type": "permission_error", "message": "blocked by policy"}})
         );
     }

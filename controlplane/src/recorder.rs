@@ -70,6 +70,8 @@ pub struct CallRecorder {
     /// A response a policy produced instead of calling upstream.
     immediate: Option<Value>,
     usage: TokenUsage,
+    /// Why the stream's record stops early, when it does.
+    truncated: Option<String>,
 }
 
 impl CallRecorder {
@@ -105,6 +107,7 @@ impl CallRecorder {
             response: None,
             immediate: None,
             usage: TokenUsage::default(),
+            truncated: None,
         }
     }
 
@@ -186,6 +189,16 @@ impl CallRecorder {
         self.client_event(event);
     }
 
+    /// The stream could not be decoded to its end (see `SseDecoder`): the reconstructed
+    /// response stops here and the record's `detail` says why.
+    pub fn stream_truncated(&mut self, reason: String) {
+        self.truncated.get_or_insert(reason);
+    }
+
+    pub fn is_truncated(&self) -> bool {
+        self.truncated.is_some()
+    }
+
     /// Something a policy wants on the record.
     pub fn policy_event(&mut self, policy: &str, action: &str, summary: &str, data: Value) {
         self.event(EventPayload::Policy {
@@ -237,9 +250,16 @@ impl CallRecorder {
         let millis = |micros: u64| (micros > 0).then(|| micros as f64 / 1000.0);
         let duration_ms = end.and_then(|end| millis(end.duration_micros));
         let time_to_first_chunk_ms = end.and_then(|end| millis(end.time_to_first_byte_micros));
-        let detail = end
+        let ended = end
             .map(|end| end.detail.clone())
             .filter(|detail| !detail.is_empty());
+        let detail = match (self.truncated.take(), ended) {
+            (Some(truncated), Some(ended)) => {
+                Some(format!("stream truncated: {truncated}; {ended}"))
+            }
+            (Some(truncated), None) => Some(format!("stream truncated: {truncated}")),
+            (None, ended) => ended,
+        };
         let upstream_status = end
             .and_then(|end| u16::try_from(end.upstream_status).ok())
             .filter(|status| *status > 0);
@@ -290,8 +310,7 @@ impl CallRecorder {
             payload,
         };
         self.next_sequence += 1;
-        let message =
-            ActivityMessage::from_event(&event, &self.info.model, self.info.api);
+        let message = ActivityMessage::from_event(&event, &self.info.model, self.info.api);
         self.recording.activity.publish(message);
         self.record(Record::Event(event));
     }

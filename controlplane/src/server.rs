@@ -23,11 +23,11 @@ use crate::policy::Chain;
 use crate::policy_source::PolicySource;
 use crate::recorder::Recording;
 use crate::service::{CallSettings, ControlPlaneService};
-use luthien_api::limits;
 use crate::store::{
     RetentionHandle, RetentionOptions, Store, StoreError, StoreOptions, WriterHandle,
     WriterOptions, spawn_retention, spawn_writer,
 };
+use luthien_api::limits;
 
 /// How long shutdown waits for calls in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -50,6 +50,12 @@ pub struct ControlPlaneConfig {
     /// Interval between keepalives while a policy works on a decision.
     #[arg(long = "keepalive-interval", env = "LUTHIEN_KEEPALIVE_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub keepalive_interval: Duration,
+
+    /// Largest unfinished SSE event held while reassembling a stream, in bytes. Past it, a
+    /// transformed stream ends with an in-band error and an observed one stops being
+    /// reconstructed; the call's record says which.
+    #[arg(long = "max-sse-event-bytes", env = "LUTHIEN_MAX_SSE_EVENT_BYTES", default_value_t = crate::sse::DEFAULT_MAX_EVENT_BYTES)]
+    pub max_sse_event_bytes: usize,
 
     /// Event store: `sqlite://FILE` (created if missing) or `postgres://…`.
     #[arg(
@@ -200,6 +206,7 @@ pub async fn serve(
         CallSettings {
             keepalive_interval: config.keepalive_interval,
             start_timeout: Duration::from_secs(10),
+            max_sse_event_bytes: config.max_sse_event_bytes,
         },
         recording,
     );

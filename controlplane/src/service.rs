@@ -46,6 +46,8 @@ pub struct CallSettings {
     pub keepalive_interval: Duration,
     /// How long a new stream may stay silent before its `CallStart`.
     pub start_timeout: Duration,
+    /// Cap on one unfinished SSE event ([`SseDecoder`]).
+    pub max_sse_event_bytes: usize,
 }
 
 /// The service; cheap to clone, shares the chain and the task tracker.
@@ -176,7 +178,7 @@ impl CallDriver {
             ),
             info,
             mode: ResponseMode::Observe,
-            decoder: SseDecoder::default(),
+            decoder: SseDecoder::new(self.settings.max_sse_event_bytes),
             emitted: Vec::new(),
             chain_failed: false,
         };
@@ -311,10 +313,11 @@ impl CallDriver {
                     answered
                 }
                 FromData::StreamChunk(chunk) if transform => {
-                    let chunks = self.transform_chunk(call, chunk.data).await;
+                    let (chunks, end_stream) = self.transform_chunk(call, chunk.data).await;
                     let reply = ChunkReply {
                         seq: chunk.seq,
                         chunks,
+                        end_stream,
                         ..ChunkReply::default()
                     };
                     self.reply(ToData::ChunkReply(reply)).await
@@ -386,11 +389,25 @@ impl CallDriver {
     }
 
     /// Reassembles SSE events from one upstream frame and runs each through
-    /// the chain; returns what the client gets now.
-    async fn transform_chunk(&self, call: &mut ActiveCall, frame: Bytes) -> Vec<Bytes> {
+    /// the chain; returns what the client gets now, and whether the stream
+    /// ends here: an event past the decoder's cap cannot be policed, so the
+    /// client gets the events before it and an in-band error instead.
+    async fn transform_chunk(&self, call: &mut ActiveCall, frame: Bytes) -> (Vec<Bytes>, bool) {
         let mut events = Vec::new();
-        call.decoder.push(frame, &mut events);
-        self.run_events(call, events).await
+        let decoded = call.decoder.push(frame, &mut events);
+        let mut chunks = self.run_events(call, events).await;
+        let Err(overflow) = decoded else {
+            return (chunks, false);
+        };
+        let reason = overflow.to_string();
+        tracing::warn!(call_id = %call.info.call_id, %reason, "stream ended with an error: an upstream event is too large to police");
+        chunks.push(luthien_api::stream_error_event(
+            call.info.api,
+            502,
+            &format!("the upstream response could not be checked by policy: {reason}"),
+        ));
+        call.recorder.stream_truncated(reason);
+        (chunks, true)
     }
 
     async fn finish_stream(&self, call: &mut ActiveCall) -> Vec<Bytes> {
@@ -516,11 +533,18 @@ fn observe_chunk(call: &mut ActiveCall, frame: Bytes) {
         return;
     }
     let mut events = std::mem::take(&mut call.emitted);
-    call.decoder.push(frame, &mut events);
+    let decoded = call.decoder.push(frame, &mut events);
     for event in events.drain(..) {
         call.recorder.observed_event(&event);
     }
     call.emitted = events;
+    // The client's stream is not ours to change: only the record stops here.
+    if let Err(overflow) = decoded
+        && !call.recorder.is_truncated()
+    {
+        tracing::warn!(call_id = %call.info.call_id, reason = %overflow, "stream no longer recorded: an upstream event is too large");
+        call.recorder.stream_truncated(overflow.to_string());
+    }
 }
 
 fn record_policy_events(call: &mut ActiveCall) {

@@ -10,28 +10,61 @@ use std::sync::OnceLock;
 use bytes::{Buf, Bytes, BytesMut};
 use serde_json::Value;
 
+/// Default of [`SseDecoder`]'s cap on one unfinished event (`--max-sse-event-bytes`): far above
+/// any real event (a large tool call's arguments arrive in many small deltas), far below what
+/// would hurt a control plane holding many streams.
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;
+
 /// Reassembles a `text/event-stream` body, fed frame by frame, into raw events.
-#[derive(Debug, Default)]
+///
+/// Holds at most `max_event_bytes` of one unfinished event: an upstream that never sends a
+/// blank line must not grow the control plane without limit. Past the cap the decoder drops
+/// what it held and decodes nothing more of the stream ([`EventTooLarge`]).
+#[derive(Debug)]
 pub struct SseDecoder {
     /// The start of an event whose terminating blank line has not arrived yet.
     partial: BytesMut,
     scanner: EventScanner,
+    max_event_bytes: usize,
+    overflowed: bool,
+}
+
+/// An event grew past the decoder's cap before it ended; the stream is no longer decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("upstream sent an SSE event larger than {limit} bytes (no blank line); decoding stopped")]
+pub struct EventTooLarge {
+    pub limit: usize,
+}
+
+impl Default for SseDecoder {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_EVENT_BYTES)
+    }
 }
 
 impl SseDecoder {
-    pub fn new() -> Self {
-        Self::default()
+    /// A decoder holding at most `max_event_bytes` of an unfinished event.
+    pub fn new(max_event_bytes: usize) -> Self {
+        Self {
+            partial: BytesMut::new(),
+            scanner: EventScanner::default(),
+            max_event_bytes,
+            overflowed: false,
+        }
     }
 
     /// Feeds the next body frame; pushes every event it completes to `out`, in order.
     ///
     /// Events lying wholly inside `frame` are slices of it, not copies; only the bytes of an
-    /// event split across frames are buffered.
-    pub fn push(&mut self, mut frame: Bytes, out: &mut Vec<SseEvent>) {
+    /// event split across frames are buffered. Once an unfinished event would exceed the cap,
+    /// every call returns [`EventTooLarge`] (events completed before it are still pushed).
+    pub fn push(&mut self, mut frame: Bytes, out: &mut Vec<SseEvent>) -> Result<(), EventTooLarge> {
+        if self.overflowed {
+            return Err(self.overflow());
+        }
         if !self.partial.is_empty() {
             let Some(end) = self.scanner.scan(&frame) else {
-                self.partial.extend_from_slice(&frame);
-                return;
+                return self.hold(&frame);
             };
             self.partial.extend_from_slice(&frame[..end]);
             out.push(SseEvent::from_wire(self.partial.split().freeze()));
@@ -42,16 +75,35 @@ impl SseDecoder {
             out.push(SseEvent::from_wire(frame.slice(start..start + len)));
             start += len;
         }
-        self.partial.extend_from_slice(&frame[start..]);
+        self.hold(&frame[start..])
     }
 
-    /// The body ended: returns what is left of an event that never got its blank line.
+    /// Keeps `rest` as part of the unfinished event, unless that passes the cap.
+    fn hold(&mut self, rest: &[u8]) -> Result<(), EventTooLarge> {
+        if self.partial.len() + rest.len() > self.max_event_bytes {
+            // Give the memory back now, not when the call ends.
+            self.partial = BytesMut::new();
+            self.overflowed = true;
+            return Err(self.overflow());
+        }
+        self.partial.extend_from_slice(rest);
+        Ok(())
+    }
+
+    fn overflow(&self) -> EventTooLarge {
+        EventTooLarge {
+            limit: self.max_event_bytes,
+        }
+    }
+
+    /// The body ended: returns what is left of an event that never got its blank line
+    /// (nothing after an overflow).
     pub fn finish(&mut self) -> Option<SseEvent> {
         self.scanner = EventScanner::default();
         (!self.partial.is_empty()).then(|| SseEvent::from_wire(self.partial.split().freeze()))
     }
 
-    /// Bytes held for an incomplete event; a caller can cap this against a runaway upstream.
+    /// Bytes held for an incomplete event.
     pub fn buffered_len(&self) -> usize {
         self.partial.len()
     }
@@ -340,10 +392,12 @@ mod tests {
     use serde_json::json;
 
     fn decode_frames<'a>(frames: impl IntoIterator<Item = &'a [u8]>) -> Vec<SseEvent> {
-        let mut decoder = SseDecoder::new();
+        let mut decoder = SseDecoder::default();
         let mut events = Vec::new();
         for frame in frames {
-            decoder.push(Bytes::copy_from_slice(frame), &mut events);
+            decoder
+                .push(Bytes::copy_from_slice(frame), &mut events)
+                .unwrap();
         }
         events.extend(decoder.finish());
         events
@@ -446,10 +500,46 @@ mod tests {
     }
 
     #[test]
+    fn an_event_past_the_cap_stops_decoding_and_frees_the_buffer() {
+        let mut decoder = SseDecoder::new(64);
+        let mut events = Vec::new();
+        // A complete event, then the start of one that never ends.
+        decoder
+            .push(Bytes::from_static(b"data: 1\n\ndata: "), &mut events)
+            .unwrap();
+        assert_eq!(events.len(), 1);
+        decoder
+            .push(Bytes::from(vec![b'x'; 50]), &mut events)
+            .unwrap();
+        assert_eq!(decoder.buffered_len(), 56);
+        let overflow = decoder.push(Bytes::from(vec![b'x'; 50]), &mut events);
+        assert_eq!(overflow, Err(EventTooLarge { limit: 64 }));
+        assert_eq!(decoder.buffered_len(), 0);
+        // Nothing more is decoded, even a well-formed event.
+        assert_eq!(
+            decoder.push(Bytes::from_static(b"\n\ndata: 2\n\n"), &mut events),
+            Err(EventTooLarge { limit: 64 })
+        );
+        assert_eq!(events.len(), 1);
+        assert!(decoder.finish().is_none());
+    }
+
+    #[test]
+    fn one_frame_larger_than_the_cap_is_never_copied() {
+        let mut decoder = SseDecoder::new(1024);
+        let mut events = Vec::new();
+        let frame = Bytes::from(vec![b'x'; 1_000_000]);
+        assert!(decoder.push(frame, &mut events).is_err());
+        assert_eq!(decoder.buffered_len(), 0);
+    }
+
+    #[test]
     fn whole_events_in_a_frame_are_not_copied() {
         let frame = Bytes::from_static(OPENAI.as_bytes());
         let mut events = Vec::new();
-        SseDecoder::new().push(frame.clone(), &mut events);
+        SseDecoder::default()
+            .push(frame.clone(), &mut events)
+            .unwrap();
         assert_eq!(events[0].to_bytes().as_ptr(), frame.as_ptr());
     }
 

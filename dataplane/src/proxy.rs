@@ -650,7 +650,6 @@ pub(crate) fn micros(duration: Duration) -> u64 {
     u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

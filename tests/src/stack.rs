@@ -45,6 +45,8 @@ pub struct StackOptions {
     pub max_payload_bytes: Option<usize>,
     /// Admin key guarding the debug API.
     pub admin_key: Option<String>,
+    /// The control plane's cap on one unfinished SSE event.
+    pub max_sse_event_bytes: usize,
 }
 
 impl Default for StackOptions {
@@ -64,6 +66,7 @@ impl Default for StackOptions {
             redis_url: None,
             max_payload_bytes: None,
             admin_key: None,
+            max_sse_event_bytes: luthien_controlplane::sse::DEFAULT_MAX_EVENT_BYTES,
         }
     }
 }
@@ -103,6 +106,7 @@ impl Stack {
             redis_url: options.redis_url.clone(),
             max_payload_bytes: options.max_payload_bytes,
             admin_key: options.admin_key.clone(),
+            max_sse_event_bytes: options.max_sse_event_bytes,
         };
         let (control_plane_url, debug_http) = match options.control_plane {
             ControlPlane::Chain(chain) => {
@@ -197,6 +201,7 @@ struct Recording {
     redis_url: Option<String>,
     max_payload_bytes: Option<usize>,
     admin_key: Option<String>,
+    max_sse_event_bytes: usize,
 }
 
 /// Starts a control plane; returns its gRPC and debug HTTP base URLs.
@@ -217,6 +222,7 @@ async fn start_control_plane(
         grpc_listen: address,
         policy_config: None,
         keepalive_interval: Duration::from_millis(200),
+        max_sse_event_bytes: recording.max_sse_event_bytes,
         database_url: recording.database_url.clone().unwrap_or_default(),
         no_store: recording.database_url.is_none(),
         skip_migrations: false,

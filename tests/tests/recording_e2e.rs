@@ -360,3 +360,122 @@ async fn activity_reaches_a_real_redis_subscriber() {
         seen[2]
     );
 }
+
+/// An OpenAI-compatible upstream whose stream sends one proper event, then an event that
+/// never ends: `frames` frames of 64 KiB without a blank line, then `[DONE]`.
+async fn endless_event_upstream(frames: usize) -> (String, tokio_util::sync::DropGuard) {
+    use axum::body::Body;
+    use axum::response::Response;
+    use bytes::Bytes;
+    let first = "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o-mini\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"hello\"},\"finish_reason\":null}]}\n\n";
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move || async move {
+            let mut pieces = vec![Bytes::from_static(first.as_bytes())];
+            pieces.push(Bytes::from_static(b"data: {\"filler\":\""));
+            pieces.extend((0..frames).map(|_| Bytes::from(vec![b'a'; 64 * 1024])));
+            pieces.push(Bytes::from_static(b"\"}\n\ndata: [DONE]\n\n"));
+            let body = futures_util::stream::iter(
+                pieces.into_iter().map(Ok::<_, std::convert::Infallible>),
+            );
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(Body::from_stream(body))
+                .unwrap()
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+    });
+    (url, shutdown.drop_guard())
+}
+
+/// One upstream event larger than `--max-sse-event-bytes`: the control plane holds at most
+/// the cap. Transforming, it ends the client's stream with an in-band error after the events
+/// it could police; observing, the client gets every byte and only the record stops. Both
+/// records say why.
+#[tokio::test]
+async fn an_endless_upstream_event_is_capped_and_the_record_says_why() {
+    const CAP: usize = 256 * 1024;
+    const FRAMES: usize = 32; // 2 MiB of one event, eight times the cap
+    let database = TestDatabase::sqlite().await;
+    let (upstream, _upstream) = endless_event_upstream(FRAMES).await;
+    let store = Store::open(&database.url, StoreOptions::default())
+        .await
+        .expect("open store");
+    for (chain, transform) in [
+        ("policies: [{type: all_caps}]", true),
+        ("policies: [{type: noop}]", false),
+    ] {
+        let stack = Stack::start(StackOptions {
+            database_url: Some(database.url.clone()),
+            upstream_override: Some(upstream.clone()),
+            max_sse_event_bytes: CAP,
+            ..StackOptions::yaml(chain)
+        })
+        .await;
+        let body = json!({"model": "gpt-4o-mini", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+        let response = Client::new()
+            .post(&stack.openai_url(), &[], body.to_string())
+            .await;
+        assert_eq!(response.status, 200, "{}", response.text());
+        let call_id = response.header("x-luthien-call-id").unwrap().to_owned();
+        let text = String::from_utf8_lossy(&response.body).into_owned();
+        if transform {
+            assert!(
+                text.starts_with("data: {"),
+                "{}",
+                &text[..200.min(text.len())]
+            );
+            assert!(
+                text.contains("\"content\":\"HELLO\""),
+                "the policed event arrives"
+            );
+            assert!(
+                !text.contains("aaaa"),
+                "nothing of the oversized event reaches the client unpoliced"
+            );
+            assert!(
+                text.trim_end().ends_with("}}"),
+                "ends with the in-band error: {text}"
+            );
+            let error: Value =
+                serde_json::from_str(text.trim_end().rsplit("data: ").next().unwrap()).unwrap();
+            assert_eq!(error["error"]["type"], "api_error");
+            assert!(
+                error["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("larger than 262144 bytes"),
+                "{error}"
+            );
+        } else {
+            assert_eq!(
+                response.body.len(),
+                text.find("data: {\"filler").unwrap() + 17 + FRAMES * 64 * 1024 + 18,
+                "observe mode: the client gets every byte"
+            );
+            assert!(text.ends_with("data: [DONE]\n\n"));
+        }
+        let (_, events) = recorded(&store, &call_id).await;
+        let detail = events
+            .iter()
+            .find_map(|event| match &event.payload {
+                EventPayload::Response { detail, .. } => detail.clone(),
+                _ => None,
+            })
+            .expect("the response record has a detail");
+        assert!(
+            detail.starts_with(
+                "stream truncated: upstream sent an SSE event larger than 262144 bytes"
+            ),
+            "transform={transform}: {detail}"
+        );
+    }
+}

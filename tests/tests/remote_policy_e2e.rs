@@ -894,6 +894,10 @@ async fn the_server_joins_the_calls_trace_and_sees_its_headers_but_no_credential
                 ("traceparent", &traceparent),
                 ("x-team", "blue"),
                 ("authorization", "Bearer sk-client-secret"),
+                // Named like a credential: the store's rule strips it, so a third party
+                // must not see it either.
+                ("x-password", "hunter2"),
+                ("x-session-token", "tok-123"),
             ],
             body(true, false, "text"),
         )
@@ -917,12 +921,13 @@ async fn the_server_joins_the_calls_trace_and_sees_its_headers_but_no_credential
         start.headers.get("x-team").map(String::as_str),
         Some("blue")
     );
-    assert!(!start.headers.contains_key("authorization"));
+    for credential in ["authorization", "x-password", "x-session-token"] {
+        assert!(!start.headers.contains_key(credential), "{credential}");
+    }
     assert!(
-        start
-            .headers
-            .values()
-            .all(|value| !value.contains("sk-client-secret")),
+        start.headers.values().all(|value| {
+            !value.contains("sk-client-secret") && value != "hunter2" && value != "tok-123"
+        }),
         "{:?}",
         start.headers
     );

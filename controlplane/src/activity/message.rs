@@ -130,8 +130,11 @@ mod tests {
 
     #[test]
     fn response_event_becomes_a_one_line_message_with_status() {
-        let message =
-            ActivityMessage::from_event(&event(response(CallStatus::Blocked)), "gpt-4o", luthien_api::Api::OpenAiChat);
+        let message = ActivityMessage::from_event(
+            &event(response(CallStatus::Blocked)),
+            "gpt-4o",
+            luthien_api::Api::OpenAiChat,
+        );
         assert_eq!(message.v, ACTIVITY_VERSION);
         assert_eq!(message.call_id, "call-1");
         assert_eq!(message.sequence, 2);
@@ -151,7 +154,11 @@ mod tests {
             final_: json!({"messages": []}),
             headers: json!({}),
         };
-        let message = ActivityMessage::from_event(&event(payload), "claude", luthien_api::Api::AnthropicMessages);
+        let message = ActivityMessage::from_event(
+            &event(payload),
+            "claude",
+            luthien_api::Api::AnthropicMessages,
+        );
         assert_eq!(message.event_type, "request");
         assert_eq!(message.status, None);
         let json = serde_json::to_value(&message).unwrap();
@@ -166,7 +173,8 @@ mod tests {
             summary: format!("line one\nline two\t{}", "é".repeat(500)),
             data: json!(null),
         };
-        let message = ActivityMessage::from_event(&event(payload), "m", luthien_api::Api::OpenAiChat);
+        let message =
+            ActivityMessage::from_event(&event(payload), "m", luthien_api::Api::OpenAiChat);
         assert!(!message.summary.contains('\n'));
         assert!(message.summary.starts_with("judge: line one line two é"));
         assert_eq!(message.summary.chars().count(), MAX_SUMMARY_CHARS);

@@ -8,9 +8,11 @@ use crate::sse::{SseDecoder, SseEvent};
 
 /// Decodes a whole SSE body.
 pub(crate) fn decode(stream: &str) -> Vec<SseEvent> {
-    let mut decoder = SseDecoder::new();
+    let mut decoder = SseDecoder::default();
     let mut events = Vec::new();
-    decoder.push(Bytes::copy_from_slice(stream.as_bytes()), &mut events);
+    decoder
+        .push(Bytes::copy_from_slice(stream.as_bytes()), &mut events)
+        .unwrap();
     events.extend(decoder.finish());
     events
 }

@@ -239,8 +239,9 @@ impl DebugService {
 
     /// The `api` filter, by [`Api::name`].
     pub fn parse_api(api: &str) -> Result<Api, DebugError> {
-        api.parse()
-            .map_err(|error: luthien_api::UnknownApi| DebugError::InvalidArgument(error.to_string()))
+        api.parse().map_err(|error: luthien_api::UnknownApi| {
+            DebugError::InvalidArgument(error.to_string())
+        })
     }
 }
 

@@ -65,6 +65,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use luthien_api::limits;
 use luthien_proto::v1::policy_request::Message as ToServer;
 use luthien_proto::v1::policy_request_result::Action;
 use luthien_proto::v1::policy_response::Message as FromServer;
@@ -72,7 +73,6 @@ use luthien_proto::v1::{
     PolicyCallStart, PolicyImmediateResponse, PolicyRequest, PolicyRequestPhase,
     PolicyResponsePhase, PolicyStreamEnd, PolicyStreamEvent,
 };
-use luthien_api::limits;
 use luthien_telemetry::propagation;
 use serde::Deserialize;
 use serde_json::{Value, json};

@@ -26,11 +26,13 @@ use crate::sse::{SseDecoder, SseEvent};
 /// Decodes an SSE body delivered in frames of `frame` bytes (0: one frame), as the proxy
 /// receives it, so event boundaries fall anywhere in a frame.
 fn decode(body: &[u8], frame: usize) -> Vec<SseEvent> {
-    let mut decoder = SseDecoder::new();
+    let mut decoder = SseDecoder::default();
     let mut events = Vec::new();
     let frame = if frame == 0 { body.len().max(1) } else { frame };
     for piece in body.chunks(frame) {
-        decoder.push(Bytes::copy_from_slice(piece), &mut events);
+        decoder
+            .push(Bytes::copy_from_slice(piece), &mut events)
+            .unwrap();
     }
     events.extend(decoder.finish());
     events

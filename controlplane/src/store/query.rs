@@ -213,10 +213,13 @@ impl SummaryRow {
             what: format!("call {}", self.call_id),
             detail: format!("unknown status `{}`", self.status),
         })?;
-        let api = self.api.parse().map_err(|error: UnknownApi| StoreError::Corrupt {
-            what: format!("call {}", self.call_id),
-            detail: error.to_string(),
-        })?;
+        let api = self
+            .api
+            .parse()
+            .map_err(|error: UnknownApi| StoreError::Corrupt {
+                what: format!("call {}", self.call_id),
+                detail: error.to_string(),
+            })?;
         Ok(CallSummary {
             call_id: self.call_id,
             created_at_micros: self.created_at,

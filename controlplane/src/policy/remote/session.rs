@@ -23,8 +23,8 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Status, Streaming};
 
 use super::stats::{RemoteStats, StatPhase};
-use luthien_api::limits;
 use crate::policy::PolicyEvent;
+use luthien_api::limits;
 
 /// Messages a call may queue towards a server it waits for (it waits for each result, so a
 /// few are plenty).
