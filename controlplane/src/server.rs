@@ -298,6 +298,9 @@ pub async fn serve(
             "shutdown grace period over; abandoning calls"
         );
     }
+    if !policies.chain().wait_background(SHUTDOWN_GRACE).await {
+        tracing::warn!("shutdown grace period over; abandoning remote policy streams");
+    }
     if let Some(retention) = retention {
         // Already stopping (its token is a child of `shutdown`); a batch in
         // flight is rolled back, so this is quick.

@@ -5,10 +5,11 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use luthien_telemetry::metrics::Label;
 use serde_json::Value;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::noop::Noop;
@@ -24,6 +25,21 @@ impl Chain {
     /// A chain running `policies` in this order (an empty chain passes everything through).
     pub fn new(policies: Vec<Arc<dyn Policy>>) -> Self {
         Self { policies }
+    }
+
+    /// Waits, at most `grace`, for the policies' [background tasks](Policy::background_tasks);
+    /// false when some were still running.
+    pub async fn wait_background(&self, grace: Duration) -> bool {
+        let trackers: Vec<&TaskTracker> = self
+            .policies
+            .iter()
+            .filter_map(|policy| policy.background_tasks())
+            .collect();
+        for tracker in &trackers {
+            tracker.close();
+        }
+        let all = futures_util::future::join_all(trackers.iter().map(|tracker| tracker.wait()));
+        tokio::time::timeout(grace, all).await.is_ok()
     }
 
     /// True when no policy can change anything, so calls can run in observe mode.

@@ -27,6 +27,7 @@ use luthien_telemetry::propagation::W3cContext;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use tokio_util::task::TaskTracker;
 
 pub use crate::api::Api;
 pub use crate::sse::SseEvent;
@@ -139,6 +140,11 @@ pub trait Policy: Send + Sync + 'static {
     }
     /// Creates the per-call state.
     fn start_call(&self, call: &CallInfo) -> Box<dyn CallPolicy>;
+    /// Tasks the policy runs beyond its calls (a remote server's stream finishing after the
+    /// call it served), each bounded in time; shutdown waits for them.
+    fn background_tasks(&self) -> Option<&TaskTracker> {
+        None
+    }
 }
 
 /// One policy's state for one call. Every hook has a pass-through default.

@@ -76,6 +76,7 @@ use luthien_proto::v1::{
 use luthien_telemetry::propagation;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio_util::task::TaskTracker;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 use tracing::Instrument;
@@ -364,6 +365,10 @@ impl Policy for Remote {
     /// Only with the request phase allowed; `Describe` can only narrow it.
     fn inspects_requests(&self) -> bool {
         self.settings.phases.request
+    }
+
+    fn background_tasks(&self) -> Option<&TaskTracker> {
+        Some(&self.settings.connection.background)
     }
 
     fn start_call(&self, call: &CallInfo) -> Box<dyn CallPolicy> {

@@ -18,6 +18,7 @@ use luthien_proto::v1::{DescribeRequest, Phase, PolicyRecord, PolicyRequest, Pol
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, timeout_at};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::task::TaskTracker;
 use tonic::metadata::{AsciiMetadataValue, MetadataMap};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Status, Streaming};
@@ -147,6 +148,12 @@ pub struct Connection {
     description: ArcSwapOption<Description>,
     pub timeouts: Timeouts,
     pub stats: Arc<RemoteStats>,
+    /// Streams that outlive their call: a read-only server's, read until it ends, and a
+    /// finished call's, read until the server closes its side (each bounded by the
+    /// per-message timeout). Shutdown waits for them through [`Policy::background_tasks`].
+    ///
+    /// [`Policy::background_tasks`]: crate::policy::Policy::background_tasks
+    pub background: TaskTracker,
 }
 
 impl Connection {
@@ -165,6 +172,7 @@ impl Connection {
             description: ArcSwapOption::empty(),
             timeouts,
             stats,
+            background: TaskTracker::new(),
         }
     }
 
@@ -256,6 +264,7 @@ impl Connection {
             })),
             timeouts: self.timeouts,
             records: Vec::new(),
+            background: self.background.clone(),
         }
     }
 
@@ -275,7 +284,7 @@ impl Connection {
         let linger = self.timeouts.message;
         let stats = Arc::clone(&self.stats);
         self.stats.stream_opened();
-        tokio::spawn(async move {
+        self.background.spawn(async move {
             let drain = async {
                 let mut inbound = client.process_call(request).await?.into_inner();
                 while let Some(message) = inbound.message().await? {
@@ -330,6 +339,8 @@ pub struct Session {
     timeouts: Timeouts,
     /// Records received since the last [`Session::take_records`].
     records: Vec<PolicyEvent>,
+    /// The connection's [`Connection::background`], for the stream's end after the call.
+    background: TaskTracker,
 }
 
 impl Session {
@@ -421,12 +432,15 @@ impl Drop for Session {
         };
         let linger = self.timeouts.message;
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let _ = tokio::time::timeout(linger, async {
-                    while let Ok(Some(_)) = inbound.message().await {}
-                })
-                .await;
-            });
+            self.background.spawn_on(
+                async move {
+                    let _ = tokio::time::timeout(linger, async {
+                        while let Ok(Some(_)) = inbound.message().await {}
+                    })
+                    .await;
+                },
+                &runtime,
+            );
         }
     }
 }

@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::*;
 use crate::api::Api;
+use crate::policy::Chain;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Mode {
@@ -520,4 +521,36 @@ fn non_json_events_from_the_server_keep_their_framing() {
         None,
     );
     assert!(bad.is_err());
+}
+
+/// A call's stream outlives the call (the server finishes its side, or a read-only server is
+/// read to its end); those tasks belong to the policy, and shutdown waits for them.
+#[tokio::test]
+async fn streams_that_outlive_their_call_are_owned_and_awaited() {
+    let server = serve(Script::new(Mode::Rewrite)).await;
+    let policy = Arc::new(remote(&format!("{{endpoint: '{}'}}", server.url)).unwrap());
+    let tasks = policy
+        .background_tasks()
+        .expect("a remote policy has tasks");
+    let mut call_policy = call(&policy, Api::OpenAiChat, false);
+    call_policy.on_request(&mut json!({})).await.unwrap();
+    assert_eq!(tasks.len(), 0, "nothing outlives a call in progress");
+    drop(call_policy);
+    assert_eq!(tasks.len(), 1, "the stream's end is tracked");
+
+    let audited = serve(Script {
+        read_only: true,
+        ..Script::new(Mode::Rewrite)
+    })
+    .await;
+    let auditor = Arc::new(remote(&format!("{{endpoint: '{}'}}", audited.url)).unwrap());
+    let mut audit_call = call(&auditor, Api::OpenAiChat, false);
+    audit_call.on_request(&mut json!({})).await.unwrap();
+    drop(audit_call);
+    let audit_tasks = auditor.background_tasks().unwrap();
+    assert_eq!(audit_tasks.len(), 1, "the read-only stream is tracked");
+
+    let chain = Chain::new(vec![policy.clone(), auditor.clone()]);
+    assert!(chain.wait_background(Duration::from_secs(5)).await);
+    assert_eq!((tasks.len(), audit_tasks.len()), (0, 0));
 }
