@@ -27,6 +27,8 @@ pub enum CallStatus {
     UpstreamUnreachable,
     UpstreamTimeout,
     ControlPlaneTimeout,
+    /// The control plane failed fast (unreachable, closed the stream, broke the protocol).
+    ControlPlaneError,
     Rejected,
     /// The data plane vanished without saying how the call ended.
     Abandoned,
@@ -43,6 +45,7 @@ impl CallStatus {
             CallStatus::UpstreamUnreachable => "upstream_unreachable",
             CallStatus::UpstreamTimeout => "upstream_timeout",
             CallStatus::ControlPlaneTimeout => "control_plane_timeout",
+            CallStatus::ControlPlaneError => "control_plane_error",
             CallStatus::Rejected => "rejected",
             CallStatus::Abandoned => "abandoned",
         }

@@ -331,6 +331,7 @@ pub fn status_of(outcome: CallOutcome) -> CallStatus {
         CallOutcome::UpstreamUnreachable => CallStatus::UpstreamUnreachable,
         CallOutcome::UpstreamTimeout => CallStatus::UpstreamTimeout,
         CallOutcome::ControlPlaneTimeout => CallStatus::ControlPlaneTimeout,
+        CallOutcome::ControlPlaneError => CallStatus::ControlPlaneError,
         CallOutcome::Rejected => CallStatus::Rejected,
         CallOutcome::Unspecified => CallStatus::Abandoned,
     }

@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use luthien_proto::v1::CallOutcome;
 use luthien_proto::v1::control_plane_client::ControlPlaneClient;
 use luthien_proto::v1::control_plane_message::Message as FromControl;
 use luthien_proto::v1::data_plane_message::Message as ToControl;
@@ -40,6 +41,19 @@ pub enum ControlError {
     Closed,
     #[error("control plane protocol violation: {0}")]
     Protocol(String),
+}
+
+impl ControlError {
+    /// How a call that lost its control plane this way ended: a timeout only when a deadline
+    /// passed, so a record tells a slow control plane from a broken one.
+    pub fn outcome(&self) -> CallOutcome {
+        match self {
+            ControlError::Timeout(_) => CallOutcome::ControlPlaneTimeout,
+            ControlError::Unavailable(_) | ControlError::Closed | ControlError::Protocol(_) => {
+                CallOutcome::ControlPlaneError
+            }
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]

@@ -500,7 +500,7 @@ impl Call {
     /// Tells a failing control plane, best effort, why the call stops using it.
     fn end_failed_session(&self, session: Option<CallSession>, error: &ControlError) {
         if let Some(session) = session {
-            session.end(self.call_end(CallOutcome::ControlPlaneTimeout, error.to_string()));
+            session.end(self.call_end(error.outcome(), error.to_string()));
         }
     }
 

@@ -80,7 +80,7 @@ impl StreamPump {
                 let error_event = ApiError::new(self.api, StatusCode::SERVICE_UNAVAILABLE, message)
                     .stream_event();
                 let _ = self.write_event(error_event, &mut timing).await;
-                (CallOutcome::ControlPlaneTimeout, error.to_string())
+                (error.outcome(), error.to_string())
             }
         };
         let api = self.api.metric_label();
@@ -244,7 +244,7 @@ impl StreamPump {
                 tracing::warn!(%error, "control plane failed mid-stream; fail-open: rest of the stream passes unmodified");
                 if let Some(session) = self.session.take() {
                     session.end(CallEnd {
-                        outcome: CallOutcome::ControlPlaneTimeout.into(),
+                        outcome: error.outcome().into(),
                         detail: error.to_string(),
                         ..CallEnd::default()
                     });

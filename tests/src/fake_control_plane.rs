@@ -1,7 +1,9 @@
 //! A scripted control plane that misbehaves on purpose: goes silent, stalls
 //! with keepalives, or dies mid-stream. Used to test the data plane's
-//! deadlines and fail modes against the real protocol.
+//! deadlines and fail modes against the real protocol. Every `CallEnd` it
+//! receives is kept, so a test can read how the data plane says a call ended.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use luthien_proto::v1::control_plane_message::Message as ToData;
@@ -9,8 +11,8 @@ use luthien_proto::v1::control_plane_server::{ControlPlane, ControlPlaneServer};
 use luthien_proto::v1::data_plane_message::Message as FromData;
 use luthien_proto::v1::request_decision::Action;
 use luthien_proto::v1::{
-    ChunkReply, ContinueRequest, ControlPlaneMessage, DataPlaneMessage, Keepalive, RequestDecision,
-    ResponseMode,
+    CallEnd, ChunkReply, ContinueRequest, ControlPlaneMessage, DataPlaneMessage, Keepalive,
+    RequestDecision, ResponseMode,
 };
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -29,12 +31,18 @@ pub enum Script {
     /// Continues in transform mode, echoes `chunks` stream chunks unchanged,
     /// then fails the call stream.
     DieAfterChunks { chunks: u64 },
+    /// Answers `CallStart` at once with a message that is not a decision,
+    /// then keeps listening.
+    AnswerOutOfTurn,
 }
 
 #[derive(Clone)]
 struct Fake {
     script: Script,
+    ends: CallEnds,
 }
+
+type CallEnds = Arc<Mutex<Vec<CallEnd>>>;
 
 type Replies = mpsc::Sender<Result<ControlPlaneMessage, Status>>;
 
@@ -47,20 +55,44 @@ impl ControlPlane for Fake {
         request: Request<Streaming<DataPlaneMessage>>,
     ) -> Result<Response<Self::ProcessCallStream>, Status> {
         let (replies, stream) = mpsc::channel(8);
-        tokio::spawn(run(self.script, request.into_inner(), replies));
+        tokio::spawn(run(
+            self.script,
+            request.into_inner(),
+            replies,
+            self.ends.clone(),
+        ));
         Ok(Response::new(ReceiverStream::new(stream)))
     }
 }
 
-async fn run(script: Script, mut inbound: Streaming<DataPlaneMessage>, replies: Replies) {
+async fn run(
+    script: Script,
+    mut inbound: Streaming<DataPlaneMessage>,
+    replies: Replies,
+    ends: CallEnds,
+) {
     // The CallStart.
     let Ok(Some(_)) = inbound.message().await else {
         return;
     };
+    // Reads until the data plane leaves, keeping its CallEnd.
+    let listen = |mut inbound: Streaming<DataPlaneMessage>| async move {
+        while let Ok(Some(message)) = inbound.message().await {
+            if let Some(FromData::CallEnd(end)) = message.message
+                && let Ok(mut ends) = ends.lock()
+            {
+                ends.push(end);
+            }
+        }
+    };
     match script {
         Script::Silent => {
             // Hold the stream open without a word until the data plane leaves.
-            while let Ok(Some(_)) = inbound.message().await {}
+            listen(inbound).await;
+        }
+        Script::AnswerOutOfTurn => {
+            send(&replies, ToData::ChunkReply(ChunkReply::default())).await;
+            listen(inbound).await;
         }
         Script::KeepaliveThenContinue { every, for_ } => {
             let until = tokio::time::Instant::now() + for_;
@@ -69,7 +101,7 @@ async fn run(script: Script, mut inbound: Streaming<DataPlaneMessage>, replies: 
                 tokio::time::sleep(every).await;
             }
             send(&replies, continue_call(ResponseMode::Observe)).await;
-            while let Ok(Some(_)) = inbound.message().await {}
+            listen(inbound).await;
         }
         Script::DieAfterChunks { chunks } => {
             send(&replies, continue_call(ResponseMode::Transform)).await;
@@ -114,6 +146,7 @@ async fn send(replies: &Replies, message: ToData) {
 /// A running fake; stops when dropped.
 pub struct FakeControlPlane {
     pub url: String,
+    ends: CallEnds,
     shutdown: CancellationToken,
 }
 
@@ -124,14 +157,31 @@ impl FakeControlPlane {
             .expect("bind fake control plane");
         let url = format!("http://{}", listener.local_addr().expect("address"));
         let shutdown = CancellationToken::new();
+        let ends = CallEnds::default();
+        let fake = Fake {
+            script,
+            ends: ends.clone(),
+        };
         let server = tonic::transport::Server::builder()
-            .add_service(ControlPlaneServer::new(Fake { script }))
+            .add_service(ControlPlaneServer::new(fake))
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(listener),
                 shutdown.clone().cancelled_owned(),
             );
         tokio::spawn(server);
-        FakeControlPlane { url, shutdown }
+        FakeControlPlane {
+            url,
+            ends,
+            shutdown,
+        }
+    }
+
+    /// The `CallEnd`s received so far, oldest first.
+    pub fn call_ends(&self) -> Vec<CallEnd> {
+        self.ends
+            .lock()
+            .map(|ends| ends.clone())
+            .unwrap_or_default()
     }
 }
 

@@ -12,6 +12,7 @@ use luthien_controlplane::policy::{
     CallInfo, CallPolicy, Chain, ImmediateResponse, Policy, PolicyError, RequestVerdict,
 };
 use luthien_dataplane::FailMode;
+use luthien_proto::v1::CallOutcome;
 use luthien_tests::fake_control_plane::{FakeControlPlane, Script};
 use luthien_tests::stack::ControlPlane;
 use luthien_tests::wire::{events, openai_stream_text};
@@ -288,6 +289,34 @@ async fn a_silent_control_plane_hits_the_inactivity_deadline() {
                 response.text()
             );
         }
+    }
+}
+
+/// A control plane that fails fast is not reported as slow: the `CallEnd` says
+/// `CONTROL_PLANE_ERROR` for a protocol violation, `CONTROL_PLANE_TIMEOUT`
+/// only when a deadline passed.
+#[tokio::test]
+async fn call_ends_tell_a_broken_control_plane_from_a_slow_one() {
+    for (script, expected) in [
+        (Script::AnswerOutOfTurn, CallOutcome::ControlPlaneError),
+        (Script::Silent, CallOutcome::ControlPlaneTimeout),
+    ] {
+        let fake = FakeControlPlane::start(script).await;
+        let stack = Stack::start(StackOptions {
+            control_plane: ControlPlane::External(fake.url.clone()),
+            cp_inactivity_timeout: Duration::from_millis(300),
+            ..StackOptions::default()
+        })
+        .await;
+        let response = Client::new().post(&stack.openai_url(), &[], OPENAI).await;
+        assert_eq!(response.status, 503, "{script:?}: {}", response.text());
+        let end = luthien_tests::wait::eventually(
+            &format!("{script:?}: CallEnd reaches the control plane"),
+            Duration::from_secs(5),
+            || async { fake.call_ends().pop() },
+        )
+        .await;
+        assert_eq!(end.outcome(), expected, "{script:?}: {}", end.detail);
     }
 }
 
