@@ -107,20 +107,35 @@ async fn up(
     data_plane.control_plane = format!("http://{}", grpc_listener.local_addr()?);
     let proxy_listener = tokio::net::TcpListener::bind(data_plane.listen).await?;
 
-    let shutdown = CancellationToken::new();
-    tokio::spawn(luthien_telemetry::cancel_on_signal(shutdown.clone()));
-    let control = tokio::spawn(luthien_controlplane::serve(
+    // A signal stops the data plane only. It drains (calls in flight may
+    // still open their control-plane stream: a slow client body, a retry),
+    // and only then is the control plane told to stop, finishing its streams
+    // and flushing its writer. One shared token would have the control plane
+    // refuse the streams of calls the data plane is still draining.
+    let data_stop = CancellationToken::new();
+    tokio::spawn(luthien_telemetry::cancel_on_signal(data_stop.clone()));
+    let control_stop = CancellationToken::new();
+    let mut control = tokio::spawn(luthien_controlplane::serve(
         control_plane,
         policies,
         grpc_listener,
         Some(http_listener),
-        shutdown.clone(),
+        control_stop.clone(),
     ));
-    // The data plane drains first; the control plane keeps serving the
-    // streams it still has until they end.
-    let data = luthien_dataplane::serve(data_plane, proxy_listener, shutdown.clone()).await;
-    shutdown.cancel();
-    let control = control.await?;
+    let data = luthien_dataplane::serve(data_plane, proxy_listener, data_stop.clone());
+    tokio::pin!(data);
+    let (data, control) = tokio::select! {
+        data = &mut data => {
+            control_stop.cancel();
+            (data, control.await?)
+        }
+        // The control plane stopped by itself (a failed start, a lost
+        // store): nothing could be policed any more, so the data plane stops too.
+        control = &mut control => {
+            data_stop.cancel();
+            (data.await, control?)
+        }
+    };
     // Export whatever spans are still buffered before the process exits.
     luthien_telemetry::shutdown();
     data?;

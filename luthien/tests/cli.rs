@@ -158,3 +158,98 @@ async fn replay_reads_the_store_and_reports_what_would_change() {
     assert!(!ok);
     assert!(stderr.contains("no call with id `nope`"), "{stderr}");
 }
+
+/// Addresses on which nothing listens yet (bound, then released).
+fn free_addresses<const N: usize>() -> [String; N] {
+    let listeners: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| listeners[i].local_addr().unwrap().to_string())
+}
+
+/// `luthien up` stops its data plane first on SIGTERM: a call still reading its client's body
+/// when the signal arrives opens its control-plane stream afterwards, and the control plane is
+/// still there to take it. The process then exits cleanly.
+#[tokio::test]
+async fn up_drains_the_data_plane_before_stopping_the_control_plane() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::Frame;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use std::time::Duration;
+
+    let mock = luthien_mock_upstream::MockUpstream::start().await.unwrap();
+    let [listen, grpc, http] = free_addresses();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_luthien"))
+        .args([
+            "up",
+            "--listen",
+            &listen,
+            "--grpc-listen",
+            &grpc,
+            "--http-listen",
+            &http,
+            "--no-store",
+            "--openai-base-url",
+            &mock.openai_base_url(),
+        ])
+        .env("RUST_LOG", "warn")
+        .env_remove("DATABASE_URL")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start luthien up");
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let url = format!("http://{listen}/v1/chat/completions");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(&listen).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "luthien up did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The body arrives in two parts, the signal between them.
+    let (parts, body) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(2);
+    let request = hyper::Request::post(&url)
+        .header("content-type", "application/json")
+        .body(StreamBody::new(
+            tokio_stream::wrappers::ReceiverStream::new(body),
+        ))
+        .unwrap();
+    let call = tokio::spawn(client.request(request));
+    parts
+        .send(Ok(Frame::data(Bytes::from_static(
+            b"{\"model\":\"gpt-4o\",",
+        ))))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    parts
+        .send(Ok(Frame::data(Bytes::from_static(
+            b"\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}",
+        ))))
+        .await
+        .unwrap();
+    drop(parts);
+    let response = call.await.unwrap().expect("response");
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+
+    let exit = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("luthien up exits after draining")
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+}
