@@ -288,8 +288,10 @@ impl CallDriver {
     /// Response phase: answers the data plane's response messages until
     /// `CallEnd` (returned) or until the data plane goes away (`None`).
     async fn serve_response(&mut self, call: &mut ActiveCall) -> Option<CallEnd> {
-        let transform = call.mode == ResponseMode::Transform;
         loop {
+            // Re-read each time: a stream can go from transform to observe
+            // (`pass_through_rest`).
+            let transform = call.mode == ResponseMode::Transform;
             let message = match self.inbound.message().await {
                 Ok(Some(DataPlaneMessage {
                     message: Some(message),
@@ -313,13 +315,8 @@ impl CallDriver {
                     answered
                 }
                 FromData::StreamChunk(chunk) if transform => {
-                    let (chunks, end_stream) = self.transform_chunk(call, chunk.data).await;
-                    let reply = ChunkReply {
-                        seq: chunk.seq,
-                        chunks,
-                        end_stream,
-                        ..ChunkReply::default()
-                    };
+                    let mut reply = self.transform_chunk(call, chunk.data).await;
+                    reply.seq = chunk.seq;
                     self.reply(ToData::ChunkReply(reply)).await
                 }
                 FromData::StreamEnd(end) if transform => {
@@ -389,15 +386,36 @@ impl CallDriver {
     }
 
     /// Reassembles SSE events from one upstream frame and runs each through
-    /// the chain; returns what the client gets now, and whether the stream
-    /// ends here: an event past the decoder's cap cannot be policed, so the
-    /// client gets the events before it and an in-band error instead.
-    async fn transform_chunk(&self, call: &mut ActiveCall, frame: Bytes) -> (Vec<Bytes>, bool) {
+    /// the chain; answers with what the client gets now (`seq` left to the
+    /// caller).
+    ///
+    /// - An event past the decoder's cap cannot be policed: the client gets
+    ///   the events before it and an in-band error, and the stream ends.
+    /// - Once the chain has failed, nothing more will change: the reply says
+    ///   `pass_through_rest` (with the bytes of an event begun in this frame),
+    ///   and the rest of the stream is observed, saving a round trip per chunk.
+    async fn transform_chunk(&self, call: &mut ActiveCall, frame: Bytes) -> ChunkReply {
         let mut events = Vec::new();
         let decoded = call.decoder.push(frame, &mut events);
         let mut chunks = self.run_events(call, events).await;
         let Err(overflow) = decoded else {
-            return (chunks, false);
+            if !call.chain_failed {
+                return ChunkReply {
+                    chunks,
+                    ..ChunkReply::default()
+                };
+            }
+            // The client has every byte before the unfinished event; the
+            // data plane forwards every byte after this frame.
+            if call.decoder.buffered_len() > 0 {
+                chunks.push(call.decoder.pending());
+            }
+            call.mode = ResponseMode::Observe;
+            return ChunkReply {
+                chunks,
+                pass_through_rest: true,
+                ..ChunkReply::default()
+            };
         };
         let reason = overflow.to_string();
         tracing::warn!(call_id = %call.info.call_id, %reason, "stream ended with an error: an upstream event is too large to police");
@@ -407,7 +425,11 @@ impl CallDriver {
             &format!("the upstream response could not be checked by policy: {reason}"),
         ));
         call.recorder.stream_truncated(reason);
-        (chunks, true)
+        ChunkReply {
+            chunks,
+            end_stream: true,
+            ..ChunkReply::default()
+        }
     }
 
     async fn finish_stream(&self, call: &mut ActiveCall) -> Vec<Bytes> {

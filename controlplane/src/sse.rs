@@ -107,6 +107,12 @@ impl SseDecoder {
     pub fn buffered_len(&self) -> usize {
         self.partial.len()
     }
+
+    /// A copy of the bytes held for the incomplete event, which stay held: for a caller that
+    /// stops policing mid-stream and must still send what it withheld.
+    pub fn pending(&self) -> Bytes {
+        Bytes::copy_from_slice(&self.partial)
+    }
 }
 
 /// Finds where events end in a byte stream that arrives in pieces.

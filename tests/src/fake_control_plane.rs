@@ -34,6 +34,9 @@ pub enum Script {
     /// Answers `CallStart` at once with a message that is not a decision,
     /// then keeps listening.
     AnswerOutOfTurn,
+    /// Continues in transform mode, echoes the first stream chunk with
+    /// `pass_through_rest`, and answers nothing after it.
+    PassThroughAfterFirstChunk,
 }
 
 #[derive(Clone)]
@@ -92,6 +95,22 @@ async fn run(
         }
         Script::AnswerOutOfTurn => {
             send(&replies, ToData::ChunkReply(ChunkReply::default())).await;
+            listen(inbound).await;
+        }
+        Script::PassThroughAfterFirstChunk => {
+            send(&replies, continue_call(ResponseMode::Transform)).await;
+            while let Ok(Some(message)) = inbound.message().await {
+                if let Some(FromData::StreamChunk(chunk)) = message.message {
+                    let reply = ChunkReply {
+                        seq: chunk.seq,
+                        chunks: vec![chunk.data],
+                        pass_through_rest: true,
+                        ..ChunkReply::default()
+                    };
+                    send(&replies, ToData::ChunkReply(reply)).await;
+                    break;
+                }
+            }
             listen(inbound).await;
         }
         Script::KeepaliveThenContinue { every, for_ } => {

@@ -393,3 +393,104 @@ async fn control_plane_dying_mid_stream_follows_the_fail_mode() {
     assert_eq!(response.body, direct.body);
     assert_eq!(openai_stream_text(&response.body), TEXT);
 }
+
+/// `pass_through_rest` turns the rest of a transformed stream into an observed one: the data
+/// plane stops waiting for replies. The fake answers only the first chunk; the stream outlasts
+/// the per-message timeout many times over, so a data plane still waiting would cut it.
+#[tokio::test]
+async fn the_data_plane_honours_pass_through_rest() {
+    let fake = FakeControlPlane::start(Script::PassThroughAfterFirstChunk).await;
+    let stack = Stack::start(StackOptions {
+        control_plane: ControlPlane::External(fake.url.clone()),
+        cp_message_timeout: Duration::from_millis(200),
+        cp_inactivity_timeout: Duration::from_millis(200),
+        ..StackOptions::default()
+    })
+    .await;
+    let headers = [("x-mock-chunks", "10"), ("x-mock-delay-ms", "60")];
+    let direct = Client::new()
+        .post(&stack.direct_openai_url(), &headers, OPENAI_STREAM)
+        .await;
+    let proxied = Client::new()
+        .post(&stack.openai_url(), &headers, OPENAI_STREAM)
+        .await;
+    assert_eq!(proxied.status, 200);
+    assert_eq!(openai_stream_text(&proxied.body), TEXT);
+    assert_eq!(proxied.body.len(), direct.body.len(), "every byte arrives");
+    let end = luthien_tests::wait::eventually(
+        "the call ends completed",
+        Duration::from_secs(5),
+        || async { fake.call_ends().pop() },
+    )
+    .await;
+    assert_eq!(end.outcome(), CallOutcome::Completed, "{}", end.detail);
+}
+
+/// Once the chain has failed on a stream, the control plane says so with `pass_through_rest`
+/// instead of answering every remaining chunk, and hands back the bytes it withheld of an
+/// event begun in that chunk. Spoken to in the protocol itself, as a data plane would.
+#[tokio::test]
+async fn a_failed_chain_hands_the_stream_back_with_pass_through_rest() {
+    use luthien_proto::v1::control_plane_client::ControlPlaneClient;
+    use luthien_proto::v1::control_plane_message::Message as FromControl;
+    use luthien_proto::v1::data_plane_message::Message as ToControl;
+    use luthien_proto::v1::{ApiKind, CallStart, DataPlaneMessage, StreamChunk};
+
+    let stack = Stack::start(StackOptions {
+        control_plane: chain(Broken { in_request: false }),
+        ..StackOptions::default()
+    })
+    .await;
+    let mut client = ControlPlaneClient::connect(stack.control_plane.clone().unwrap())
+        .await
+        .unwrap();
+    let (outbound, queue) = tokio::sync::mpsc::channel(4);
+    let message = |message| DataPlaneMessage {
+        message: Some(message),
+    };
+    outbound
+        .send(message(ToControl::CallStart(CallStart {
+            call_id: "pass-through-test".into(),
+            api: ApiKind::OpenaiChat.into(),
+            stream: true,
+            body: Bytes::from_static(OPENAI_STREAM.as_bytes()),
+            ..CallStart::default()
+        })))
+        .await
+        .unwrap();
+    let mut inbound = client
+        .process_call(tokio_stream::wrappers::ReceiverStream::new(queue))
+        .await
+        .unwrap()
+        .into_inner();
+    let decision = inbound.message().await.unwrap().unwrap();
+    assert!(matches!(
+        decision.message,
+        Some(FromControl::RequestDecision(_))
+    ));
+
+    let whole = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\n";
+    let begun = "data: {\"choices\":[{\"ind";
+    outbound
+        .send(message(ToControl::StreamChunk(StreamChunk {
+            seq: 0,
+            data: Bytes::from(format!("{whole}{begun}")),
+        })))
+        .await
+        .unwrap();
+    let reply = loop {
+        match inbound.message().await.unwrap().unwrap().message {
+            Some(FromControl::ChunkReply(reply)) => break reply,
+            Some(FromControl::Keepalive(_)) => continue,
+            other => panic!("expected a chunk reply, got {other:?}"),
+        }
+    };
+    assert_eq!(reply.seq, 0);
+    assert!(reply.pass_through_rest, "{reply:?}");
+    assert!(!reply.end_stream);
+    assert_eq!(
+        reply.chunks.concat(),
+        format!("{whole}{begun}").as_bytes(),
+        "the failed event passes unchanged, the begun one is handed back"
+    );
+}
