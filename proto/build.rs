@@ -1,13 +1,14 @@
-//! Compiles `luthien/v1/*.proto` with protox (pure Rust; no system `protoc`).
+//! Compiles `proto/luthien/**/*.proto` with protox (pure Rust; no system `protoc`).
 
 use prost::Message;
 use std::path::PathBuf;
 
 const PROTOS: &[&str] = &[
-    "luthien/v1/control_plane.proto",
-    "luthien/v1/debug.proto",
-    "luthien/v1/policies.proto",
-    "luthien/v1/policy_service.proto",
+    "luthien/common/v1/api.proto",
+    "luthien/dataplane/v1/control_plane.proto",
+    "luthien/policy/v1/policy_service.proto",
+    "luthien/admin/v1/debug.proto",
+    "luthien/admin/v1/policies.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -21,7 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         descriptors.encode_to_vec(),
     )?;
     tonic_prost_build::configure()
-        .bytes(".luthien.v1")
+        .bytes(".luthien")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use luthien_proto::v1::ApiKind;
+use luthien_proto::common::v1::Api as ProtoApi;
 
 /// A provider API. Bodies always stay in the API's own format; nothing converts between them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -41,20 +41,20 @@ impl Api {
     }
 
     /// The protocol's name for this API.
-    pub fn kind(self) -> ApiKind {
+    pub fn kind(self) -> ProtoApi {
         match self {
-            Api::OpenAiChat => ApiKind::OpenaiChat,
-            Api::AnthropicMessages => ApiKind::AnthropicMessages,
+            Api::OpenAiChat => ProtoApi::OpenaiChat,
+            Api::AnthropicMessages => ProtoApi::AnthropicMessages,
         }
     }
 
     /// The API a protocol message names; `None` for `UNSPECIFIED` or a value this build does
     /// not know (a newer data plane).
     pub fn from_kind(kind: i32) -> Option<Api> {
-        match ApiKind::try_from(kind).ok()? {
-            ApiKind::OpenaiChat => Some(Api::OpenAiChat),
-            ApiKind::AnthropicMessages => Some(Api::AnthropicMessages),
-            ApiKind::Unspecified => None,
+        match ProtoApi::try_from(kind).ok()? {
+            ProtoApi::OpenaiChat => Some(Api::OpenAiChat),
+            ProtoApi::AnthropicMessages => Some(Api::AnthropicMessages),
+            ProtoApi::Unspecified => None,
         }
     }
 

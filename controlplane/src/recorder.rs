@@ -11,7 +11,8 @@
 
 use std::sync::Arc;
 
-use luthien_proto::v1::{CallEnd, CallOutcome, Header};
+use luthien_proto::common::v1::Header;
+use luthien_proto::dataplane::v1::{CallEnd, CallOutcome};
 use serde_json::{Map, Value};
 
 use crate::activity::{ActivityBus, ActivityMessage};

@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use axum::serve::ListenerExt;
-use luthien_proto::v1::control_plane_server::ControlPlaneServer;
-use luthien_proto::v1::debug_server::DebugServer;
-use luthien_proto::v1::policies_server::PoliciesServer;
+use luthien_proto::admin::v1::debug_service_server::DebugServiceServer;
+use luthien_proto::admin::v1::policies_service_server::PoliciesServiceServer;
+use luthien_proto::dataplane::v1::control_plane_service_server::ControlPlaneServiceServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
@@ -213,11 +213,11 @@ pub async fn serve(
     let calls = service.calls().clone();
     let (health, health_service) = tonic_health::server::health_reporter();
     health
-        .set_serving::<ControlPlaneServer<ControlPlaneService>>()
+        .set_serving::<ControlPlaneServiceServer<ControlPlaneService>>()
         .await;
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
-    let control_plane = ControlPlaneServer::new(service)
+    let control_plane = ControlPlaneServiceServer::new(service)
         .max_decoding_message_size(limits::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(limits::MAX_MESSAGE_BYTES);
 
@@ -228,11 +228,11 @@ pub async fn serve(
             tracing::info!("no admin key: the Debug API is served on loopback only");
         }
         (
-            Some(DebugServer::with_interceptor(
+            Some(DebugServiceServer::with_interceptor(
                 DebugGrpc::new(debug.clone()),
                 grpc::interceptor(admin_key.clone()),
             )),
-            Some(PoliciesServer::with_interceptor(
+            Some(PoliciesServiceServer::with_interceptor(
                 PoliciesGrpc::new(debug.clone()),
                 grpc::interceptor(admin_key.clone()),
             )),

@@ -2,7 +2,7 @@
 //! messages through the policy chain and answers the data plane.
 //!
 //! The driver follows the protocol's state machine (see
-//! `proto/luthien/v1/control_plane.proto`): a `CallStart` first, then
+//! `proto/luthien/dataplane/v1/control_plane.proto`): a `CallStart` first, then
 //! response messages, then `CallEnd`. It answers only what transform mode
 //! asks for, sends keepalives while a policy is slow, and always logs how
 //! the call ended — also when the data plane vanished without saying.
@@ -12,13 +12,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use luthien_proto::v1::control_plane_message::Message as ToData;
-use luthien_proto::v1::control_plane_server::ControlPlane;
-use luthien_proto::v1::data_plane_message::Message as FromData;
-use luthien_proto::v1::request_decision::Action;
-use luthien_proto::v1::{
+use luthien_proto::common::v1::Header;
+use luthien_proto::dataplane::v1::control_plane_message::Message as ToData;
+use luthien_proto::dataplane::v1::control_plane_service_server::ControlPlaneService as ControlPlane;
+use luthien_proto::dataplane::v1::data_plane_message::Message as FromData;
+use luthien_proto::dataplane::v1::request_decision::Action;
+use luthien_proto::dataplane::v1::{
     CallEnd, CallOutcome, CallStart, ChunkReply, ContinueRequest, ControlPlaneMessage,
-    DataPlaneMessage, Header, Keepalive, RequestDecision, ResponseDecision, ResponseMode,
+    DataPlaneMessage, Keepalive, RequestDecision, ResponseDecision, ResponseMode,
 };
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -608,7 +609,7 @@ fn continue_unchanged(mode: ResponseMode) -> RequestDecision {
 fn immediate(response: ImmediateResponse) -> RequestDecision {
     RequestDecision {
         action: Some(Action::ImmediateResponse(
-            luthien_proto::v1::ImmediateResponse {
+            luthien_proto::dataplane::v1::ImmediateResponse {
                 status: u32::from(response.status),
                 headers: vec![Header {
                     name: "content-type".into(),

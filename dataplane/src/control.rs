@@ -7,11 +7,11 @@
 
 use std::time::Duration;
 
-use luthien_proto::v1::CallOutcome;
-use luthien_proto::v1::control_plane_client::ControlPlaneClient;
-use luthien_proto::v1::control_plane_message::Message as FromControl;
-use luthien_proto::v1::data_plane_message::Message as ToControl;
-use luthien_proto::v1::{
+use luthien_proto::dataplane::v1::CallOutcome;
+use luthien_proto::dataplane::v1::control_plane_message::Message as FromControl;
+use luthien_proto::dataplane::v1::control_plane_service_client::ControlPlaneServiceClient;
+use luthien_proto::dataplane::v1::data_plane_message::Message as ToControl;
+use luthien_proto::dataplane::v1::{
     CallEnd, CallStart, ChunkReply, ControlPlaneMessage, DataPlaneMessage, RequestDecision,
     ResponseDecision,
 };
@@ -65,7 +65,7 @@ pub struct Timeouts {
 /// Shared handle to the control plane.
 #[derive(Clone)]
 pub struct ControlClient {
-    client: ControlPlaneClient<Channel>,
+    client: ControlPlaneServiceClient<Channel>,
     timeouts: Timeouts,
     tasks: TaskTracker,
     open_streams: Gauge,
@@ -88,7 +88,7 @@ impl ControlClient {
             .initial_stream_window_size(limits::STREAM_WINDOW_BYTES)
             .initial_connection_window_size(limits::CONNECTION_WINDOW_BYTES)
             .connect_lazy();
-        let client = ControlPlaneClient::new(channel)
+        let client = ControlPlaneServiceClient::new(channel)
             .max_decoding_message_size(limits::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(limits::MAX_MESSAGE_BYTES);
         Ok(Self {
@@ -244,7 +244,7 @@ impl Drop for CallSession {
             // the control plane still sees the stream end without a CallEnd.
             let _ = self.outbound.try_send(DataPlaneMessage {
                 message: Some(ToControl::CallEnd(CallEnd {
-                    outcome: luthien_proto::v1::CallOutcome::ClientDisconnected.into(),
+                    outcome: luthien_proto::dataplane::v1::CallOutcome::ClientDisconnected.into(),
                     detail: "client disconnected".into(),
                     ..CallEnd::default()
                 })),

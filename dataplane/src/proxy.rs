@@ -14,10 +14,11 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
-use luthien_proto::v1::data_plane_message::Message as ToControl;
-use luthien_proto::v1::request_decision::Action;
-use luthien_proto::v1::{
-    CallEnd, CallOutcome, CallStart, Header, ResponseBody, ResponseMode, TraceContext,
+use luthien_proto::common::v1::Header;
+use luthien_proto::dataplane::v1::data_plane_message::Message as ToControl;
+use luthien_proto::dataplane::v1::request_decision::Action;
+use luthien_proto::dataplane::v1::{
+    CallEnd, CallOutcome, CallStart, ResponseBody, ResponseMode, TraceContext,
 };
 use luthien_telemetry::metrics::Label;
 use luthien_telemetry::propagation::{self, W3cContext};
@@ -456,7 +457,8 @@ impl Call {
     async fn open_session(
         &self,
         start: CallStart,
-    ) -> Result<Option<(CallSession, luthien_proto::v1::RequestDecision)>, ApiError> {
+    ) -> Result<Option<(CallSession, luthien_proto::dataplane::v1::RequestDecision)>, ApiError>
+    {
         let opened = async {
             match self.state.control.open(start).await {
                 Ok(mut session) => match session.request_decision().await {

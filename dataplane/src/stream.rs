@@ -13,8 +13,8 @@ use axum::http::StatusCode;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use luthien_proto::v1::data_plane_message::Message as ToControl;
-use luthien_proto::v1::{CallEnd, CallOutcome, StreamChunk, StreamEnd};
+use luthien_proto::dataplane::v1::data_plane_message::Message as ToControl;
+use luthien_proto::dataplane::v1::{CallEnd, CallOutcome, StreamChunk, StreamEnd};
 use tokio::sync::mpsc;
 
 use crate::api::{Api, ApiError};

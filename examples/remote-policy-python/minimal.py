@@ -29,7 +29,7 @@ class BlockWord(pb_grpc.PolicyServiceServicer):
         api = "openai"
         for message in requests:  # start, then request; one result per phase
             if message.HasField("start"):
-                api = message.start.api
+                api = stubs.api_name(message.start.api)
             elif message.HasField("request"):
                 body = json.loads(message.request.body)
                 if self.word not in last_user_text(body).lower():

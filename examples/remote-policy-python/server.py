@@ -270,7 +270,7 @@ class PathGuardServicer(pb_grpc.PolicyServiceServicer):
             kind = message.WhichOneof("message")
             removed = []
             if kind == "start":
-                api = message.start.api
+                api = stubs.api_name(message.start.api)
                 continue
             if kind == "request":  # not asked for; answered unchanged anyway
                 result = pb.PolicyResponse(request_result=pb.PolicyRequestResult(

@@ -1,10 +1,11 @@
-"""Generates the Python gRPC stubs of luthien.v1.PolicyService into ./gen.
+"""Generates the Python gRPC stubs of luthien.policy.v1.PolicyService into ./gen.
 
     python3 examples/remote-policy-python/stubs.py
 
 `server.py` and `minimal.py` call `load()`, which (re)generates them when they are missing
 or older than the proto, then imports them. Outside this repository, point LUTHIEN_PROTO_DIR
-at a folder holding `luthien/v1/policy_service.proto`.
+at a folder holding `luthien/policy/v1/policy_service.proto` and the
+`luthien/common/v1/api.proto` it imports.
 """
 
 import os
@@ -12,7 +13,8 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROTO_DIR = os.environ.get("LUTHIEN_PROTO_DIR", os.path.join(HERE, "..", "..", "proto"))
-PROTO = "luthien/v1/policy_service.proto"
+PROTO = "luthien/policy/v1/policy_service.proto"
+COMMON = "luthien/common/v1/api.proto"
 OUT = os.path.join(HERE, "gen")
 
 
@@ -34,6 +36,7 @@ def generate():
         "--python_out=" + OUT,
         "--grpc_python_out=" + OUT,
         PROTO,
+        COMMON,
     ])
     if status != 0:
         sys.exit(f"protoc failed ({status}) on {os.path.join(PROTO_DIR, PROTO)}")
@@ -41,22 +44,29 @@ def generate():
 
 def load():
     """Returns (policy_service_pb2, policy_service_pb2_grpc), generating them when stale."""
-    stub = os.path.join(OUT, "luthien", "v1", "policy_service_pb2_grpc.py")
-    source = os.path.join(PROTO_DIR, PROTO)
-    if not os.path.exists(stub) or (
+    stub = os.path.join(OUT, "luthien", "policy", "v1", "policy_service_pb2_grpc.py")
+    sources = [os.path.join(PROTO_DIR, proto) for proto in (PROTO, COMMON)]
+    if not os.path.exists(stub) or any(
         os.path.exists(source) and os.path.getmtime(source) > os.path.getmtime(stub)
+        for source in sources
     ):
         generate()
     if OUT not in sys.path:
         sys.path.insert(0, OUT)
     try:
-        from luthien.v1 import policy_service_pb2, policy_service_pb2_grpc
+        from luthien.policy.v1 import policy_service_pb2, policy_service_pb2_grpc
     except ImportError as error:
         sys.exit(
             f"cannot import the generated stubs ({error}): python3 -m pip install -r "
             + os.path.join(HERE, "requirements.txt")
         )
     return policy_service_pb2, policy_service_pb2_grpc
+
+
+def api_name(api):
+    """`PolicyCallStart.api` as the short name the examples branch on: `openai` or `anthropic`."""
+    from luthien.common.v1 import api_pb2
+    return "anthropic" if api == api_pb2.API_ANTHROPIC_MESSAGES else "openai"
 
 
 if __name__ == "__main__":

@@ -6,11 +6,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use luthien_proto::v1::control_plane_message::Message as ToData;
-use luthien_proto::v1::control_plane_server::{ControlPlane, ControlPlaneServer};
-use luthien_proto::v1::data_plane_message::Message as FromData;
-use luthien_proto::v1::request_decision::Action;
-use luthien_proto::v1::{
+use luthien_proto::dataplane::v1::control_plane_message::Message as ToData;
+use luthien_proto::dataplane::v1::control_plane_service_server::{
+    ControlPlaneService, ControlPlaneServiceServer,
+};
+use luthien_proto::dataplane::v1::data_plane_message::Message as FromData;
+use luthien_proto::dataplane::v1::request_decision::Action;
+use luthien_proto::dataplane::v1::{
     CallEnd, ChunkReply, ContinueRequest, ControlPlaneMessage, DataPlaneMessage, Keepalive,
     RequestDecision, ResponseMode,
 };
@@ -50,7 +52,7 @@ type CallEnds = Arc<Mutex<Vec<CallEnd>>>;
 type Replies = mpsc::Sender<Result<ControlPlaneMessage, Status>>;
 
 #[tonic::async_trait]
-impl ControlPlane for Fake {
+impl ControlPlaneService for Fake {
     type ProcessCallStream = ReceiverStream<Result<ControlPlaneMessage, Status>>;
 
     async fn process_call(
@@ -182,7 +184,7 @@ impl FakeControlPlane {
             ends: ends.clone(),
         };
         let server = tonic::transport::Server::builder()
-            .add_service(ControlPlaneServer::new(fake))
+            .add_service(ControlPlaneServiceServer::new(fake))
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(listener),
                 shutdown.clone().cancelled_owned(),

@@ -12,7 +12,7 @@ use luthien_controlplane::policy::{
     CallInfo, CallPolicy, Chain, ImmediateResponse, Policy, PolicyError, RequestVerdict,
 };
 use luthien_dataplane::FailMode;
-use luthien_proto::v1::CallOutcome;
+use luthien_proto::dataplane::v1::CallOutcome;
 use luthien_tests::fake_control_plane::{FakeControlPlane, Script};
 use luthien_tests::stack::ControlPlane;
 use luthien_tests::wire::{events, openai_stream_text};
@@ -431,17 +431,18 @@ async fn the_data_plane_honours_pass_through_rest() {
 /// event begun in that chunk. Spoken to in the protocol itself, as a data plane would.
 #[tokio::test]
 async fn a_failed_chain_hands_the_stream_back_with_pass_through_rest() {
-    use luthien_proto::v1::control_plane_client::ControlPlaneClient;
-    use luthien_proto::v1::control_plane_message::Message as FromControl;
-    use luthien_proto::v1::data_plane_message::Message as ToControl;
-    use luthien_proto::v1::{ApiKind, CallStart, DataPlaneMessage, StreamChunk};
+    use luthien_proto::common::v1::Api as ProtoApi;
+    use luthien_proto::dataplane::v1::control_plane_message::Message as FromControl;
+    use luthien_proto::dataplane::v1::control_plane_service_client::ControlPlaneServiceClient;
+    use luthien_proto::dataplane::v1::data_plane_message::Message as ToControl;
+    use luthien_proto::dataplane::v1::{CallStart, DataPlaneMessage, StreamChunk};
 
     let stack = Stack::start(StackOptions {
         control_plane: chain(Broken { in_request: false }),
         ..StackOptions::default()
     })
     .await;
-    let mut client = ControlPlaneClient::connect(stack.control_plane.clone().unwrap())
+    let mut client = ControlPlaneServiceClient::connect(stack.control_plane.clone().unwrap())
         .await
         .unwrap();
     let (outbound, queue) = tokio::sync::mpsc::channel(4);
@@ -451,7 +452,7 @@ async fn a_failed_chain_hands_the_stream_back_with_pass_through_rest() {
     outbound
         .send(message(ToControl::CallStart(CallStart {
             call_id: "pass-through-test".into(),
-            api: ApiKind::OpenaiChat.into(),
+            api: ProtoApi::OpenaiChat.into(),
             stream: true,
             body: Bytes::from_static(OPENAI_STREAM.as_bytes()),
             ..CallStart::default()

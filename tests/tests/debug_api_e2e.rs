@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use luthien_proto::v1::debug_client::DebugClient;
-use luthien_proto::v1::{
+use luthien_proto::admin::v1::debug_service_client::DebugServiceClient;
+use luthien_proto::admin::v1::{
     GetCallDiffRequest, GetCallRequest, ListCallsRequest, StreamActivityRequest,
 };
 use luthien_tests::databases::TestDatabase;
@@ -80,7 +80,7 @@ async fn reflection_lists_every_service_in_v1_and_v1alpha() {
         ServerReflectionRequest {
             host: String::new(),
             message_request: Some(MessageRequest::FileContainingSymbol(
-                "luthien.v1.Debug".into(),
+                "luthien.admin.v1.DebugService".into(),
             )),
         },
     ]);
@@ -100,8 +100,8 @@ async fn reflection_lists_every_service_in_v1_and_v1alpha() {
         .map(|service| service.name)
         .collect();
     for expected in [
-        "luthien.v1.ControlPlane",
-        "luthien.v1.Debug",
+        "luthien.dataplane.v1.ControlPlaneService",
+        "luthien.admin.v1.DebugService",
         "grpc.health.v1.Health",
         "grpc.reflection.v1.ServerReflection",
     ] {
@@ -142,7 +142,7 @@ async fn reflection_lists_every_service_in_v1_and_v1alpha() {
     assert!(
         list.service
             .iter()
-            .any(|service| service.name == "luthien.v1.Debug")
+            .any(|service| service.name == "luthien.admin.v1.DebugService")
     );
 }
 
@@ -153,7 +153,7 @@ async fn grpc_debug_lists_gets_and_diffs_calls() {
     let first = recorded_call(&stack, "gpt-4o-mini", false).await;
     let traceparent = format!("00-{CLIENT_TRACE_ID}-00f067aa0ba902b7-01");
     let second = traced_call(&stack, "gpt-4o", true, &[("traceparent", &traceparent)]).await;
-    let mut client = DebugClient::new(channel(&stack).await);
+    let mut client = DebugServiceClient::new(channel(&stack).await);
 
     let page = client
         .list_calls(ListCallsRequest::default())
@@ -273,7 +273,7 @@ async fn grpc_debug_lists_gets_and_diffs_calls() {
 async fn activity_is_pushed_over_grpc_and_sse_with_filters() {
     let database = TestDatabase::sqlite().await;
     let stack = stack(&database, None).await;
-    let mut client = DebugClient::new(channel(&stack).await);
+    let mut client = DebugServiceClient::new(channel(&stack).await);
     let mut grpc_tail = client
         .stream_activity(StreamActivityRequest {
             model: "tail-model".into(),
@@ -453,7 +453,7 @@ async fn the_admin_key_guards_grpc_and_http() {
     .await;
     assert_eq!(bad_login.status, 401);
 
-    let mut client = DebugClient::new(channel(&stack).await);
+    let mut client = DebugServiceClient::new(channel(&stack).await);
     let status = client
         .list_calls(ListCallsRequest::default())
         .await

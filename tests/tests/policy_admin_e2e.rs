@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use luthien_proto::v1::policies_client::PoliciesClient;
-use luthien_proto::v1::{GetPolicyRequest, ReplayCallRequest};
+use luthien_proto::admin::v1::policies_service_client::PoliciesServiceClient;
+use luthien_proto::admin::v1::{GetPolicyRequest, ReplayCallRequest};
 use luthien_tests::databases::TestDatabase;
 use luthien_tests::stack::ControlPlane;
 use luthien_tests::wire::openai_stream_text;
@@ -17,16 +17,16 @@ use tonic::transport::Channel;
 
 const TEXT: &str = "Hello from the mock upstream. The quick brown fox jumps over the lazy dog.";
 
-async fn policies_client(stack: &Stack) -> PoliciesClient<Channel> {
+async fn policies_client(stack: &Stack) -> PoliciesServiceClient<Channel> {
     let channel = Channel::from_shared(stack.control_plane.clone().unwrap())
         .unwrap()
         .connect()
         .await
         .unwrap();
-    PoliciesClient::new(channel)
+    PoliciesServiceClient::new(channel)
 }
 
-async fn policy_names(client: &mut PoliciesClient<Channel>) -> Vec<String> {
+async fn policy_names(client: &mut PoliciesServiceClient<Channel>) -> Vec<String> {
     client
         .get_policy(GetPolicyRequest {})
         .await
@@ -38,7 +38,7 @@ async fn policy_names(client: &mut PoliciesClient<Channel>) -> Vec<String> {
         .collect()
 }
 
-async fn wait_for_policy(client: &mut PoliciesClient<Channel>, expected: &[&str]) {
+async fn wait_for_policy(client: &mut PoliciesServiceClient<Channel>, expected: &[&str]) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while policy_names(client).await != expected {
         assert!(

@@ -15,11 +15,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use luthien_proto::v1::policy_request::Message as FromLuthien;
-use luthien_proto::v1::policy_request_result::Action;
-use luthien_proto::v1::policy_response::Message as ToLuthien;
-use luthien_proto::v1::policy_service_server::{PolicyService, PolicyServiceServer};
-use luthien_proto::v1::{
+use luthien_proto::common::v1::Api as ProtoApi;
+use luthien_proto::policy::v1::policy_request::Message as FromLuthien;
+use luthien_proto::policy::v1::policy_request_result::Action;
+use luthien_proto::policy::v1::policy_response::Message as ToLuthien;
+use luthien_proto::policy::v1::policy_service_server::{PolicyService, PolicyServiceServer};
+use luthien_proto::policy::v1::{
     DescribeRequest, Phase, PolicyCallStart, PolicyContinue, PolicyDescription, PolicyEventResult,
     PolicyKeepalive, PolicyRequest, PolicyRequestResult, PolicyResponse, PolicyResponseResult,
     PolicyStreamEndResult,
@@ -514,7 +515,7 @@ impl PolicyService for Fake {
         let (replies, stream) = mpsc::channel(16);
         let fake = self.clone();
         tokio::spawn(async move {
-            let mut api = String::new();
+            let mut api = ProtoApi::Unspecified;
             let mut answered_events = 0;
             while let Ok(Some(PolicyRequest {
                 message: Some(message),
@@ -525,7 +526,7 @@ impl PolicyService for Fake {
                     fake.starts.lock().unwrap().push(start);
                 }
                 let (kind, body) = match &message {
-                    FromLuthien::Start(start) => ("start", start.api.clone()),
+                    FromLuthien::Start(start) => ("start", start.api().as_str_name().to_owned()),
                     FromLuthien::Request(r) => ("request", String::from_utf8_lossy(&r.body).into()),
                     FromLuthien::Response(r) => {
                         ("response", String::from_utf8_lossy(&r.body).into())
@@ -547,7 +548,7 @@ impl PolicyService for Fake {
                 }
                 let answer = match message {
                     FromLuthien::Start(start) => {
-                        api = start.api;
+                        api = start.api();
                         continue;
                     }
                     FromLuthien::Request(_) if fake.fault == Fault::WrongKind => {
@@ -564,7 +565,7 @@ impl PolicyService for Fake {
                     FromLuthien::Response(response) => {
                         let body = fake.tag.then(|| {
                             let mut body: Value = serde_json::from_slice(&response.body).unwrap();
-                            let text = if api == "openai" {
+                            let text = if api == ProtoApi::OpenaiChat {
                                 &mut body["choices"][0]["message"]["content"]
                             } else {
                                 &mut body["content"][0]["text"]
@@ -909,7 +910,7 @@ async fn the_server_joins_the_calls_trace_and_sees_its_headers_but_no_credential
     assert_eq!(starts.len(), 1, "one stream for the call");
     let (start, metadata) = &starts[0];
     assert_eq!(start.call_id, call_id);
-    assert_eq!((start.api.as_str(), start.stream), ("openai", false));
+    assert_eq!((start.api(), start.stream), (ProtoApi::OpenaiChat, false));
     // The server's spans continue the client's trace: the context travels
     // in the start message and in the stream's gRPC metadata.
     let fields: Vec<&str> = start.traceparent.split('-').collect();
@@ -917,15 +918,20 @@ async fn the_server_joins_the_calls_trace_and_sees_its_headers_but_no_credential
     assert_eq!(fields[1], client_trace);
     assert_eq!(metadata.as_deref(), Some(start.traceparent.as_str()));
     // Headers arrive, credentials never do.
-    assert_eq!(
-        start.headers.get("x-team").map(String::as_str),
-        Some("blue")
-    );
+    let header = |name: &str| {
+        start
+            .headers
+            .iter()
+            .find(|header| header.name == name)
+            .map(|header| header.value.as_str())
+    };
+    assert_eq!(header("x-team"), Some("blue"));
     for credential in ["authorization", "x-password", "x-session-token"] {
-        assert!(!start.headers.contains_key(credential), "{credential}");
+        assert_eq!(header(credential), None, "{credential}");
     }
     assert!(
-        start.headers.values().all(|value| {
+        start.headers.iter().all(|header| {
+            let value = &header.value;
             !value.contains("sk-client-secret") && value != "hunter2" && value != "tok-123"
         }),
         "{:?}",

@@ -12,11 +12,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use luthien_controlplane::store::{Store, StoreOptions};
-use luthien_proto::v1::policy_request::Message as ToServer;
-use luthien_proto::v1::policy_request_result::Action;
-use luthien_proto::v1::policy_response::Message as FromServer;
-use luthien_proto::v1::policy_service_server::{PolicyService, PolicyServiceServer};
-use luthien_proto::v1::{
+use luthien_proto::policy::v1::policy_request::Message as ToServer;
+use luthien_proto::policy::v1::policy_request_result::Action;
+use luthien_proto::policy::v1::policy_response::Message as FromServer;
+use luthien_proto::policy::v1::policy_service_server::{PolicyService, PolicyServiceServer};
+use luthien_proto::policy::v1::{
     DescribeRequest, Phase, PolicyContinue, PolicyDescription, PolicyRequest, PolicyRequestResult,
     PolicyResponse,
 };

@@ -1,18 +1,19 @@
-//! `luthien.v1.Debug` over gRPC: a thin adapter from protobuf messages to
+//! `luthien.admin.v1.DebugService` over gRPC: a thin adapter from protobuf messages to
 //! [`DebugService`] and back. Payloads travel as `google.protobuf.Struct`,
 //! the same JSON the HTTP routes return.
 
 use std::pin::Pin;
 
 use futures_util::{Stream, StreamExt};
-use luthien_proto::v1::debug_server::Debug;
-use luthien_proto::v1::policies_server::Policies;
-use luthien_proto::v1::{
+use luthien_api::Api;
+use luthien_proto::admin::v1::debug_service_server::DebugService as Debug;
+use luthien_proto::admin::v1::policies_service_server::PoliciesService as Policies;
+use luthien_proto::admin::v1::{
     ActivityEvent, CallEvent as ProtoCallEvent, CallSummary as ProtoCallSummary,
     GetCallDiffRequest, GetCallDiffResponse, GetCallRequest, GetCallResponse, ListCallsRequest,
     ListCallsResponse, StreamActivityRequest,
 };
-use luthien_proto::v1::{
+use luthien_proto::admin::v1::{
     GetPolicyRequest, GetPolicyResponse, PolicyEntry, ReplayCallRequest, ReplayCallResponse,
 };
 use prost_types::value::Kind;
@@ -81,20 +82,24 @@ impl Debug for DebugGrpc {
             Some(status) => Some(DebugService::parse_status(&status)?),
             None => None,
         };
-        let filter = CallFilter {
-            since_micros: (request.since_micros != 0).then_some(request.since_micros),
-            until_micros: (request.until_micros != 0).then_some(request.until_micros),
-            model: text(request.model),
-            api: text(request.api)
-                .map(|api| DebugService::parse_api(&api))
-                .transpose()?,
-            status,
-            session_id: text(request.session_id),
-            event_type: text(request.event_type),
-            call_id_contains: text(request.call_id_contains),
-            limit: (request.limit != 0).then_some(request.limit),
-            cursor: text(request.cursor),
-        };
+        let filter =
+            CallFilter {
+                since_micros: (request.since_micros != 0).then_some(request.since_micros),
+                until_micros: (request.until_micros != 0).then_some(request.until_micros),
+                model: text(request.model),
+                api: match request.api {
+                    0 => None,
+                    kind => Some(Api::from_kind(kind).ok_or_else(|| {
+                        DebugError::InvalidArgument(format!("unknown api {kind}"))
+                    })?),
+                },
+                status,
+                session_id: text(request.session_id),
+                event_type: text(request.event_type),
+                call_id_contains: text(request.call_id_contains),
+                limit: (request.limit != 0).then_some(request.limit),
+                cursor: text(request.cursor),
+            };
         let page = self.service.list_calls(filter).await?;
         Ok(Response::new(ListCallsResponse {
             calls: page.calls.into_iter().map(summary).collect(),
@@ -223,7 +228,7 @@ fn summary(call: CallSummary) -> ProtoCallSummary {
         call_id: call.call_id,
         created_at_micros: call.created_at_micros,
         completed_at_micros: call.completed_at_micros.unwrap_or_default(),
-        api: call.api.name().to_owned(),
+        api: call.api.kind().into(),
         model: call.model,
         stream: call.stream,
         status: call.status.as_str().to_owned(),
@@ -243,7 +248,7 @@ fn activity(message: ActivityMessage) -> ActivityEvent {
         sequence: message.sequence,
         event_type: message.event_type,
         model: message.model,
-        api: message.api.name().to_owned(),
+        api: message.api.kind().into(),
         timestamp_micros: message.timestamp_micros,
         summary: message.summary,
         status: message.status.unwrap_or_default(),

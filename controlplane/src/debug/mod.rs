@@ -1,7 +1,7 @@
 //! The debug API: one implementation answering two transports.
 //!
 //! [`DebugService`] holds the logic (queries, diffs, the activity tail);
-//! [`grpc`] adapts it to the `luthien.v1.Debug` gRPC service and [`http`]
+//! [`grpc`] adapts it to the `luthien.admin.v1.DebugService` gRPC service and [`http`]
 //! to the JSON routes under `/debug`. Both check the admin key through
 //! [`auth`], so neither can drift from the other.
 

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use luthien_proto::v1::Header;
+use luthien_proto::common::v1::Header;
 use luthien_telemetry::propagation::W3cContext;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;

@@ -1,5 +1,5 @@
 //! `remote`: a policy that runs in a separate server, written in any language, speaking
-//! `luthien.v1.PolicyService` (see `proto/luthien/v1/policy_service.proto`, the contract).
+//! `luthien.policy.v1.PolicyService` (see `proto/luthien/policy/v1/policy_service.proto`, the contract).
 //!
 //! ```yaml
 //! - type: remote
@@ -59,17 +59,16 @@ mod session;
 mod stats;
 mod withhold;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use luthien_api::limits;
-use luthien_proto::v1::policy_request::Message as ToServer;
-use luthien_proto::v1::policy_request_result::Action;
-use luthien_proto::v1::policy_response::Message as FromServer;
-use luthien_proto::v1::{
+use luthien_proto::policy::v1::policy_request::Message as ToServer;
+use luthien_proto::policy::v1::policy_request_result::Action;
+use luthien_proto::policy::v1::policy_response::Message as FromServer;
+use luthien_proto::policy::v1::{
     PolicyCallStart, PolicyImmediateResponse, PolicyRequest, PolicyRequestPhase,
     PolicyResponsePhase, PolicyStreamEnd, PolicyStreamEvent,
 };
@@ -457,25 +456,19 @@ impl RemoteCall {
     /// server's own spans become children of.
     fn start_message(&self, span: &tracing::Span) -> PolicyRequest {
         let trace = propagation::outgoing(span, &self.info.trace);
-        let mut headers = HashMap::with_capacity(self.info.headers.len());
         // The data plane already strips credentials; applying the rule again here keeps
         // them from a third party whatever sent the call.
-        for header in self.info.headers.iter() {
-            if luthien_api::is_credential(&header.name) {
-                continue;
-            }
-            headers
-                .entry(header.name.clone())
-                .and_modify(|joined: &mut String| {
-                    joined.push_str(", ");
-                    joined.push_str(&header.value);
-                })
-                .or_insert_with(|| header.value.clone());
-        }
+        let headers = self
+            .info
+            .headers
+            .iter()
+            .filter(|header| !luthien_api::is_credential(&header.name))
+            .cloned()
+            .collect();
         PolicyRequest {
             message: Some(ToServer::Start(PolicyCallStart {
                 call_id: self.info.call_id.clone(),
-                api: self.info.api.name().to_owned(),
+                api: self.info.api.kind().into(),
                 model: self.info.model.clone(),
                 stream: self.info.stream,
                 headers,

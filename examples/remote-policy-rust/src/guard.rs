@@ -13,7 +13,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use luthien_proto::v1::PolicyStreamEvent;
+use luthien_proto::common::v1::Api as ProtoApi;
+use luthien_proto::policy::v1::PolicyStreamEvent;
 use serde_json::{Map, Value, json};
 
 use crate::paths::paths_outside;
@@ -39,11 +40,12 @@ pub enum Api {
 }
 
 impl Api {
-    pub fn parse(api: &str) -> Option<Api> {
-        match api {
-            "openai" => Some(Api::OpenAi),
-            "anthropic" => Some(Api::Anthropic),
-            _ => None,
+    /// `PolicyCallStart.api`; `None` for an API this server does not know.
+    pub fn parse(api: i32) -> Option<Api> {
+        match ProtoApi::try_from(api).ok()? {
+            ProtoApi::OpenaiChat => Some(Api::OpenAi),
+            ProtoApi::AnthropicMessages => Some(Api::Anthropic),
+            ProtoApi::Unspecified => None,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! An example Luthien remote policy server: removes tool calls that touch paths outside an
 //! allowed directory (see [`guard`] for what it does, [`paths`] for how paths are found).
 //!
-//! It implements `luthien.v1.PolicyService`: `Describe` asks for the response and stream
+//! It implements `luthien.policy.v1.PolicyService`: `Describe` asks for the response and stream
 //! phases only (it never sees requests), and `ProcessCall` answers each phase with exactly one
 //! result, sending a `PolicyRecord` for every removed call.
 //!
@@ -14,11 +14,11 @@ use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use luthien_proto::v1::policy_request::Message as FromLuthien;
-use luthien_proto::v1::policy_request_result::Action;
-use luthien_proto::v1::policy_response::Message as ToLuthien;
-use luthien_proto::v1::policy_service_server::{PolicyService, PolicyServiceServer};
-use luthien_proto::v1::{
+use luthien_proto::policy::v1::policy_request::Message as FromLuthien;
+use luthien_proto::policy::v1::policy_request_result::Action;
+use luthien_proto::policy::v1::policy_response::Message as ToLuthien;
+use luthien_proto::policy::v1::policy_service_server::{PolicyService, PolicyServiceServer};
+use luthien_proto::policy::v1::{
     DescribeRequest, Phase, PolicyContinue, PolicyDescription, PolicyEventResult, PolicyRecord,
     PolicyRequest, PolicyRequestResult, PolicyResponse, PolicyResponseResult,
     PolicyStreamEndResult,
@@ -124,7 +124,7 @@ impl Call {
             let mut removed = Vec::new();
             let reply = match message {
                 FromLuthien::Start(start) => {
-                    api = Api::parse(&start.api);
+                    api = Api::parse(start.api);
                     tracing::debug!(call_id = %start.call_id, api = %start.api, "call started");
                     continue;
                 }

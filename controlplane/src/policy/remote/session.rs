@@ -11,10 +11,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use luthien_proto::v1::policy_request::Message as ToServer;
-use luthien_proto::v1::policy_response::Message as FromServer;
-use luthien_proto::v1::policy_service_client::PolicyServiceClient;
-use luthien_proto::v1::{DescribeRequest, Phase, PolicyRecord, PolicyRequest, PolicyResponse};
+use luthien_proto::policy::v1::policy_request::Message as ToServer;
+use luthien_proto::policy::v1::policy_response::Message as FromServer;
+use luthien_proto::policy::v1::policy_service_client::PolicyServiceClient;
+use luthien_proto::policy::v1::{
+    DescribeRequest, Phase, PolicyRecord, PolicyRequest, PolicyResponse,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, timeout_at};
 use tokio_stream::wrappers::ReceiverStream;

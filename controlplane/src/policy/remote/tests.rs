@@ -3,9 +3,9 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use luthien_proto::v1::policy_response::Message as Reply;
-use luthien_proto::v1::policy_service_server::{PolicyService, PolicyServiceServer};
-use luthien_proto::v1::{
+use luthien_proto::policy::v1::policy_response::Message as Reply;
+use luthien_proto::policy::v1::policy_service_server::{PolicyService, PolicyServiceServer};
+use luthien_proto::policy::v1::{
     DescribeRequest, Phase, PolicyContinue, PolicyDescription, PolicyEventResult, PolicyKeepalive,
     PolicyRecord, PolicyRequestResult, PolicyResponse, PolicyResponseResult, PolicyStreamEndResult,
 };
