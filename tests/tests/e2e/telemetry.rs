@@ -1,8 +1,9 @@
 //! Traces and metrics end to end, against a real data plane + control plane.
 //!
-//! Telemetry is process-global, so this file (its own test binary, its own
-//! process) installs the OTLP exporter once, pointed at an in-process test
-//! receiver: the collector's gRPC `TraceService`, served with tonic on port 0.
+//! Telemetry is process-global, so this suite installs the OTLP exporter once
+//! per test process, pointed at an in-process test receiver: the collector's
+//! gRPC `TraceService`, served with tonic on port 0. Spans of other suites in
+//! the same process reach it too; every check here selects its own calls.
 //! The tests then check what a real run emits: one trace per call across both
 //! planes, its parent/child structure and attributes, the `/metrics` of both
 //! planes, and that the Grafana dashboards only query names the code emits.
