@@ -6,7 +6,7 @@
 //! without it they fail saying so.
 //!
 //! `remote_policy_overhead` (ignored) is the benchmark of `docs/BENCHMARKS.md`:
-//! `cargo test --release -p luthien-tests --test remote_policy_e2e -- --ignored --nocapture remote_policy_overhead`
+//! `cargo test --release -p luthien-tests --test e2e -- --ignored --nocapture remote_policy::remote_policy_overhead`
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
