@@ -3,15 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// What to do when the control plane cannot be reached, times out or errors.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum FailMode {
-    /// Refuse the call: 503 before any response byte was sent, an in-band
-    /// error event in the client's protocol after.
-    Closed,
-    /// Let the call proceed unmodified and log that it did.
-    Open,
-}
+pub use crate::fail_mode::FailMode;
 
 /// Data plane settings, usable as a standalone command line or flattened
 /// into the all-in-one `luthien up`.

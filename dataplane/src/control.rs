@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use luthien_proto::dataplane::v1::CallOutcome;
 use luthien_proto::dataplane::v1::control_plane_message::Message as FromControl;
 use luthien_proto::dataplane::v1::control_plane_service_client::ControlPlaneServiceClient;
@@ -46,14 +47,56 @@ pub enum ControlError {
 impl ControlError {
     /// How a call that lost its control plane this way ended: a timeout only when a deadline
     /// passed, so a record tells a slow control plane from a broken one.
-    pub fn outcome(&self) -> CallOutcome {
-        match self {
+    pub fn ending(&self) -> Ending {
+        let outcome = match self {
             ControlError::Timeout(_) => CallOutcome::ControlPlaneTimeout,
             ControlError::Unavailable(_) | ControlError::Closed | ControlError::Protocol(_) => {
                 CallOutcome::ControlPlaneError
             }
+        };
+        Ending::new(outcome, self.to_string())
+    }
+}
+
+/// How a call ended, as its `CallEnd` tells the control plane.
+#[derive(Debug, Default)]
+pub struct Ending {
+    pub outcome: CallOutcome,
+    /// Why, for anything but a completed call.
+    pub detail: String,
+    /// The upstream's HTTP status, when it answered.
+    pub upstream_status: u16,
+    /// The start of a non-2xx upstream body.
+    pub upstream_error_body: Bytes,
+}
+
+impl Ending {
+    pub fn new(outcome: CallOutcome, detail: impl Into<String>) -> Self {
+        Self {
+            outcome,
+            detail: detail.into(),
+            ..Self::default()
         }
     }
+
+    /// A call whose response from upstream (with this status) reached the client.
+    pub fn completed(upstream_status: u16) -> Self {
+        Self {
+            upstream_status,
+            ..Self::new(CallOutcome::Completed, "")
+        }
+    }
+}
+
+/// A call's clock at its end.
+#[derive(Clone, Copy, Debug)]
+pub struct Times {
+    /// From the request received to the call's end.
+    pub duration: Duration,
+    /// From the request received to the first response byte sent.
+    pub first_byte: Duration,
+    /// Time spent in Luthien rather than waiting for upstream or the client.
+    pub overhead: Duration,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -213,9 +256,18 @@ impl CallSession {
 
     /// Sends the call's last message in the background, half-closes the
     /// stream and lets the control plane finish its side. The client never
-    /// waits for this.
-    pub fn end(mut self, end: CallEnd) {
+    /// waits for this. The only place a data plane builds a `CallEnd`.
+    pub fn end(mut self, ending: Ending, times: Times) {
         self.ended = true;
+        let end = CallEnd {
+            outcome: ending.outcome.into(),
+            upstream_status: u32::from(ending.upstream_status),
+            upstream_error_body: ending.upstream_error_body,
+            detail: ending.detail,
+            time_to_first_byte_micros: micros(times.first_byte),
+            duration_micros: micros(times.duration),
+            overhead_micros: micros(times.overhead),
+        };
         let tasks = self.tasks.clone();
         tasks.spawn(async move {
             // Best effort: a control plane that is gone cannot learn anything more.
@@ -251,6 +303,11 @@ impl Drop for CallSession {
             });
         }
     }
+}
+
+/// A duration in whole microseconds, as the protocol carries them.
+pub fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
 
 fn unexpected(wanted: &str, got: &FromControl) -> ControlError {

@@ -14,6 +14,7 @@ pub mod api;
 mod auxiliary;
 pub mod config;
 mod control;
+mod fail_mode;
 mod metrics;
 mod proxy;
 mod stream;

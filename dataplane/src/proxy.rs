@@ -14,11 +14,12 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
 use luthien_proto::common::v1::Header;
 use luthien_proto::dataplane::v1::data_plane_message::Message as ToControl;
 use luthien_proto::dataplane::v1::request_decision::Action;
 use luthien_proto::dataplane::v1::{
-    CallEnd, CallOutcome, CallStart, ResponseBody, ResponseMode, TraceContext,
+    CallOutcome, CallStart, RequestDecision, ResponseBody, ResponseMode, TraceContext,
 };
 use luthien_telemetry::metrics::Label;
 use luthien_telemetry::propagation::{self, W3cContext};
@@ -31,8 +32,8 @@ use uuid::Uuid;
 
 use crate::AppState;
 use crate::api::{Api, ApiError};
-use crate::config::FailMode;
-use crate::control::{CallSession, ControlError};
+use crate::control::{CallSession, ControlError, Ending, Times};
+use crate::fail_mode::{Ruling, Stage};
 use crate::metrics::{CallLabels, Metrics};
 use crate::stream::{StreamMode, StreamPump};
 use crate::upstream::{self, SendError};
@@ -91,6 +92,7 @@ async fn proxy(state: Arc<AppState>, api: Api, request: Request) -> Response {
         client_trace,
         trace,
         model,
+        session: None,
         streamed: false,
     };
     let mut response = call.run(request).instrument(span.clone()).await;
@@ -144,8 +146,49 @@ struct Call {
     trace: W3cContext,
     /// The model's metrics label (bounded).
     model: Label,
+    /// The call's control-plane stream, from the decision phase until the call ends (or the
+    /// stream pump takes it); `None` when running without one (fail-open, or it failed).
+    session: Option<CallSession>,
     /// Handed to the stream pump, which reports the overhead itself.
     streamed: bool,
+}
+
+/// A phase that ends the call before the normal end: what the client gets, and how the call
+/// ended for the control plane.
+struct Early {
+    response: Response,
+    ending: Ending,
+}
+
+impl Early {
+    fn new(response: Response, outcome: CallOutcome, detail: impl Into<String>) -> Box<Self> {
+        Self::ending(response, Ending::new(outcome, detail))
+    }
+
+    fn ending(response: Response, ending: Ending) -> Box<Self> {
+        Box::new(Self { response, ending })
+    }
+}
+
+/// Each phase returns what the next needs, or the call's early end (boxed: the happy path
+/// should not move a response around).
+type Phase<T> = Result<T, Box<Early>>;
+
+/// The request as the request phase accepted it.
+struct Accepted {
+    parts: http::request::Parts,
+    body: Bytes,
+    /// The body's `model` ("" when absent).
+    model: String,
+    stream: bool,
+    /// The header that carried the Luthien key; never forwarded upstream.
+    stripped_credential: Option<HeaderName>,
+}
+
+/// What the decision phase settled: the body upstream gets and how the response is treated.
+struct Decided {
+    body: Bytes,
+    mode: StreamMode,
 }
 
 impl Call {
@@ -157,40 +200,66 @@ impl Call {
         self.received.elapsed().saturating_sub(self.upstream_wait)
     }
 
-    fn call_end(&self, outcome: CallOutcome, detail: impl Into<String>) -> CallEnd {
-        let elapsed = self.received.elapsed();
-        CallEnd {
-            outcome: outcome.into(),
-            detail: detail.into(),
-            duration_micros: micros(elapsed),
-            time_to_first_byte_micros: micros(elapsed),
-            overhead_micros: micros(self.overhead()),
-            ..CallEnd::default()
+    /// The call, phase by phase: request, decision, upstream, then the stream or the whole
+    /// response. A phase that ends the call early says how; the session is ended here.
+    async fn run(&mut self, request: Request) -> Response {
+        match self.phases(request).await {
+            Ok(response) => response,
+            Err(early) => {
+                self.end(early.ending);
+                early.response
+            }
         }
     }
 
-    async fn run(&mut self, request: Request) -> Response {
+    async fn phases(&mut self, request: Request) -> Phase<Response> {
+        let accepted = self.request_phase(request).await?;
+        let decided = self.decision_phase(&accepted).await?;
+        let upstream = self.upstream_phase(&accepted, decided.body).await?;
+        if accepted.stream && upstream.status().is_success() {
+            return Ok(self.stream_phase(upstream, decided.mode));
+        }
+        self.response_phase(upstream, decided.mode).await
+    }
+
+    /// Ends the control-plane session, if the call still has one; the one place it happens
+    /// outside the stream pump.
+    fn end(&mut self, ending: Ending) {
+        if let Some(session) = self.session.take() {
+            let elapsed = self.received.elapsed();
+            session.end(
+                ending,
+                Times {
+                    duration: elapsed,
+                    first_byte: elapsed,
+                    overhead: self.overhead(),
+                },
+            );
+        }
+    }
+
+    /// Request phase: the client's key, the body within its limit, and the few fields of it
+    /// the data plane reads (checking the whole document is JSON).
+    async fn request_phase(&mut self, request: Request) -> Phase<Accepted> {
         let config = &self.state.config;
         let (parts, body) = request.into_parts();
-
+        let rejected = |error: ApiError| {
+            let detail = error.message.clone();
+            Early::new(error.into_response(), CallOutcome::Rejected, detail)
+        };
         let stripped_credential =
-            match authenticate(config.client_api_key.as_deref(), self.api, &parts.headers) {
-                Ok(header) => header,
-                Err(error) => return error.into_response(),
-            };
-        let body = match read_body(self.api, config.max_body_bytes, &parts.headers, body).await {
-            Ok(body) => body,
-            Err(error) => return error.into_response(),
-        };
-        let probe: RequestProbe = match serde_json::from_slice(&body) {
-            Ok(probe) => probe,
-            Err(error) => {
-                return self.error(
-                    StatusCode::BAD_REQUEST,
-                    format!("request body is not valid JSON for this API: {error}"),
-                );
-            }
-        };
+            authenticate(config.client_api_key.as_deref(), self.api, &parts.headers)
+                .map_err(rejected)?;
+        let body = read_body(self.api, config.max_body_bytes, &parts.headers, body)
+            .await
+            .map_err(rejected)?;
+        let probe: RequestProbe = serde_json::from_slice(&body).map_err(|error| {
+            rejected(ApiError::new(
+                self.api,
+                StatusCode::BAD_REQUEST,
+                format!("request body is not valid JSON for this API: {error}"),
+            ))
+        })?;
         let stream = probe.stream.unwrap_or(false);
         let span = tracing::Span::current();
         if let Some(model) = probe.model.as_deref() {
@@ -202,54 +271,75 @@ impl Call {
         if let Some(max_tokens) = probe.max_completion_tokens.or(probe.max_tokens) {
             span.record("gen_ai.request.max_tokens", max_tokens);
         }
+        Ok(Accepted {
+            parts,
+            body,
+            model: probe.model.unwrap_or_default(),
+            stream,
+            stripped_credential,
+        })
+    }
 
+    /// Decision phase: the control plane may rewrite the request, answer it itself, and picks
+    /// the response mode. Without a control plane the fail mode decides.
+    async fn decision_phase(&mut self, accepted: &Accepted) -> Phase<Decided> {
         let start = CallStart {
             call_id: self.id.to_string(),
             api: self.api.kind().into(),
-            path: parts.uri.path().to_owned(),
-            model: probe.model.unwrap_or_default(),
-            stream,
-            headers: forwardable_metadata(&parts.headers),
+            path: accepted.parts.uri.path().to_owned(),
+            model: accepted.model.clone(),
+            stream: accepted.stream,
+            headers: forwardable_metadata(&accepted.parts.headers),
             trace: Some(TraceContext {
                 traceparent: self.trace.traceparent.clone(),
                 tracestate: self.trace.tracestate.clone(),
             }),
-            body: body.clone(),
+            body: accepted.body.clone(),
             received_at_unix_micros: luthien_api::time::unix_micros(),
         };
-
-        // Request phase: the control plane may rewrite, block, and picks the
-        // response mode.
-        let (mut session, upstream_body, mode) = match self.open_session(start).await {
-            Ok(Some((session, decision))) => match (decision.response_mode(), decision.action) {
-                (_, Some(Action::ImmediateResponse(immediate))) => {
-                    let response =
-                        immediate_response(immediate.status, immediate.headers, immediate.body);
-                    session.end(self.call_end(CallOutcome::Blocked, immediate.reason));
-                    return self.with_overhead(response);
-                }
-                (response_mode, Some(Action::ContinueRequest(continued))) => {
-                    let mode = match response_mode {
-                        ResponseMode::Observe => StreamMode::Observe,
-                        ResponseMode::Transform | ResponseMode::Unspecified => {
-                            StreamMode::Transform
-                        }
-                    };
-                    (Some(session), continued.body.unwrap_or(body), mode)
-                }
-                (_, None) => {
-                    let error = ControlError::Protocol("RequestDecision without an action".into());
-                    match self.control_failed(error) {
-                        Ok(()) => (None, body, StreamMode::PassThrough),
-                        Err(error) => return error.into_response(),
-                    }
-                }
-            },
-            Ok(None) => (None, body, StreamMode::PassThrough),
-            Err(error) => return error.into_response(),
+        let unpoliced = Decided {
+            body: accepted.body.clone(),
+            mode: StreamMode::PassThrough,
         };
+        let decision = match self.open_session(start).await {
+            Ok(decision) => decision,
+            Err(error) => {
+                self.control_failed(Stage::BeforeResponse, error)?;
+                return Ok(unpoliced);
+            }
+        };
+        let mode = match decision.response_mode() {
+            ResponseMode::Observe => StreamMode::Observe,
+            ResponseMode::Transform | ResponseMode::Unspecified => StreamMode::Transform,
+        };
+        match decision.action {
+            Some(Action::ImmediateResponse(immediate)) => {
+                let response = self.with_overhead(immediate_response(
+                    immediate.status,
+                    immediate.headers,
+                    immediate.body,
+                ));
+                Err(Early::new(response, CallOutcome::Blocked, immediate.reason))
+            }
+            Some(Action::ContinueRequest(continued)) => Ok(Decided {
+                body: continued.body.unwrap_or_else(|| accepted.body.clone()),
+                mode,
+            }),
+            None => {
+                let error = ControlError::Protocol("RequestDecision without an action".into());
+                self.control_failed(Stage::BeforeResponse, error)?;
+                Ok(unpoliced)
+            }
+        }
+    }
 
-        // Upstream.
+    /// Upstream phase: sends the (possibly rewritten) body and waits for the response head.
+    async fn upstream_phase(
+        &mut self,
+        accepted: &Accepted,
+        body: Bytes,
+    ) -> Phase<http::Response<Incoming>> {
+        let config = &self.state.config;
         let upstream_span = tracing::info_span!(
             "luthien.upstream",
             otel.kind = "client",
@@ -259,90 +349,95 @@ impl Call {
         let upstream_trace = config
             .propagate_trace_upstream
             .then(|| propagation::outgoing(&upstream_span, &self.client_trace));
-        let upstream_started = Instant::now();
+        let started = Instant::now();
         let sent = tokio::time::timeout(
             config.upstream_timeout,
             self.state.upstream.send(
                 self.api,
-                parts.uri.query(),
-                &parts.headers,
-                stripped_credential.as_ref(),
-                upstream_body,
+                accepted.parts.uri.query(),
+                &accepted.parts.headers,
+                accepted.stripped_credential.as_ref(),
+                body,
                 upstream_trace.as_ref(),
             ),
         )
         .instrument(upstream_span.clone())
         .await;
-        let upstream_elapsed = upstream_started.elapsed();
-        self.upstream_wait += upstream_elapsed;
-        let upstream_response = match sent {
+        let elapsed = started.elapsed();
+        self.upstream_wait += elapsed;
+        match sent {
             Ok(Ok(response)) => {
                 upstream_span.record("http.response.status_code", response.status().as_u16());
-                Metrics::observe(
-                    &self.state.metrics.upstream,
-                    self.api.metric_label(),
-                    upstream_elapsed,
-                );
-                response
+                let metric = &self.state.metrics.upstream;
+                Metrics::observe(metric, self.api.metric_label(), elapsed);
+                Ok(response)
             }
             Ok(Err(SendError::InvalidUri)) => {
-                return self.reject(
-                    session,
-                    StatusCode::BAD_REQUEST,
-                    "the query string is not valid",
-                );
+                let message = "the query string is not valid";
+                let response = self.error(StatusCode::BAD_REQUEST, message);
+                Err(Early::new(response, CallOutcome::Rejected, message))
             }
             Ok(Err(SendError::Failed(error))) => {
                 tracing::warn!(call_id = %self.id, %error, "upstream unreachable");
                 let response = self.error(StatusCode::BAD_GATEWAY, "upstream provider unreachable");
-                if let Some(session) = session.take() {
-                    session.end(self.call_end(CallOutcome::UpstreamUnreachable, error.to_string()));
-                }
-                return response;
+                let outcome = CallOutcome::UpstreamUnreachable;
+                Err(Early::new(response, outcome, error.to_string()))
             }
             Err(_) => {
                 let response = self.error(
                     StatusCode::GATEWAY_TIMEOUT,
                     "upstream provider did not answer in time",
                 );
-                if let Some(session) = session.take() {
-                    session.end(self.call_end(CallOutcome::UpstreamTimeout, "no response headers"));
-                }
-                return response;
+                let outcome = CallOutcome::UpstreamTimeout;
+                Err(Early::new(response, outcome, "no response headers"))
             }
+        }
+    }
+
+    /// Stream phase: answers with the response head at once and hands the body, and the
+    /// session, to a [`StreamPump`] task.
+    fn stream_phase(&mut self, upstream: http::Response<Incoming>, mode: StreamMode) -> Response {
+        let config = &self.state.config;
+        let (upstream_parts, upstream_body) = upstream.into_parts();
+        let (client, client_body) = tokio::sync::mpsc::channel(CLIENT_QUEUE);
+        let mut response = Response::new(Body::from_stream(ReceiverStream::new(client_body)));
+        *response.status_mut() = upstream_parts.status;
+        upstream::copy_forwardable(&upstream_parts.headers, response.headers_mut());
+        let response = self.with_overhead(response);
+        let pump = StreamPump {
+            api: self.api,
+            status: upstream_parts.status.as_u16(),
+            session: self.session.take(),
+            mode,
+            fail_mode: config.fail_mode,
+            upstream: upstream_body,
+            upstream_timeout: config.upstream_timeout,
+            client,
+            received: self.received,
+            upstream_wait: self.upstream_wait,
+            metrics: Arc::clone(&self.state.metrics),
         };
-        let (upstream_parts, upstream_body) = upstream_response.into_parts();
+        self.streamed = true;
+        self.state
+            .control
+            .tasks()
+            .spawn(pump.run().instrument(tracing::Span::current()));
+        response
+    }
+
+    /// Response phase: reads the whole upstream response (an error is never streamed), lets
+    /// the control plane see or transform a 2xx, and ends the call.
+    async fn response_phase(
+        &mut self,
+        upstream: http::Response<Incoming>,
+        mode: StreamMode,
+    ) -> Phase<Response> {
+        let config = &self.state.config;
+        let (upstream_parts, upstream_body) = upstream.into_parts();
         let status = upstream_parts.status;
         let mut headers = HeaderMap::with_capacity(upstream_parts.headers.len());
         upstream::copy_forwardable(&upstream_parts.headers, &mut headers);
 
-        if stream && status.is_success() {
-            let (client, client_body) = tokio::sync::mpsc::channel(CLIENT_QUEUE);
-            let mut response = Response::new(Body::from_stream(ReceiverStream::new(client_body)));
-            *response.status_mut() = status;
-            *response.headers_mut() = headers;
-            let response = self.with_overhead(response);
-            let pump = StreamPump {
-                api: self.api,
-                session,
-                mode,
-                fail_mode: config.fail_mode,
-                upstream: upstream_body,
-                upstream_timeout: config.upstream_timeout,
-                client,
-                received: self.received,
-                upstream_wait: self.upstream_wait,
-                metrics: Arc::clone(&self.state.metrics),
-            };
-            self.streamed = true;
-            self.state
-                .control
-                .tasks()
-                .spawn(pump.run().instrument(tracing::Span::current()));
-            return response;
-        }
-
-        // Non-streamed (or an upstream error, which is never streamed).
         let read_started = Instant::now();
         let read = tokio::time::timeout(
             config.upstream_timeout,
@@ -353,164 +448,102 @@ impl Call {
         let body = match read {
             Ok(Ok(collected)) => collected.to_bytes(),
             Ok(Err(error)) => {
-                let too_large = error.is::<http_body_util::LengthLimitError>();
-                let (outcome, message) = if too_large {
-                    (
-                        CallOutcome::UpstreamUnreachable,
-                        "upstream response exceeds --max-response-bytes",
-                    )
+                let message = if error.is::<http_body_util::LengthLimitError>() {
+                    "upstream response exceeds --max-response-bytes"
                 } else {
-                    (
-                        CallOutcome::UpstreamUnreachable,
-                        "upstream connection failed mid-response",
-                    )
+                    "upstream connection failed mid-response"
                 };
-                if let Some(session) = session.take() {
-                    session.end(self.call_end(outcome, message));
-                }
-                return self.error(StatusCode::BAD_GATEWAY, message);
+                let response = self.error(StatusCode::BAD_GATEWAY, message);
+                return Err(Early::new(
+                    response,
+                    CallOutcome::UpstreamUnreachable,
+                    message,
+                ));
             }
             Err(_) => {
-                if let Some(session) = session.take() {
-                    session
-                        .end(self.call_end(CallOutcome::UpstreamTimeout, "response body too slow"));
-                }
-                return self.error(
+                let response = self.error(
                     StatusCode::GATEWAY_TIMEOUT,
                     "upstream provider did not answer in time",
                 );
+                let outcome = CallOutcome::UpstreamTimeout;
+                return Err(Early::new(response, outcome, "response body too slow"));
             }
         };
 
         if !status.is_success() {
-            if let Some(session) = session.take() {
-                let mut end = self.call_end(
-                    CallOutcome::UpstreamError,
-                    format!("upstream answered {status}"),
-                );
-                end.upstream_status = u32::from(status.as_u16());
-                end.upstream_error_body = body.slice(..body.len().min(MAX_RECORDED_ERROR_BODY));
-                session.end(end);
-            }
-            return self.respond(status, headers, body);
+            let mut ending = Ending::new(
+                CallOutcome::UpstreamError,
+                format!("upstream answered {status}"),
+            );
+            ending.upstream_status = status.as_u16();
+            ending.upstream_error_body = body.slice(..body.len().min(MAX_RECORDED_ERROR_BODY));
+            let response = self.respond(status, headers, body);
+            return Err(Early::ending(response, ending));
         }
 
-        // Response phase.
-        let body = match (session.as_mut(), mode) {
-            (Some(active), StreamMode::Transform) => {
-                let cp_started = Instant::now();
-                let decided = async {
-                    match active
-                        .send(ToControl::ResponseBody(response_message(
-                            status,
-                            &headers,
-                            body.clone(),
-                        )))
-                        .await
-                    {
-                        Ok(()) => active.response_decision().await,
-                        Err(error) => Err(error),
-                    }
-                }
-                .instrument(tracing::info_span!("luthien.control_plane.response"))
-                .await;
-                tracing::trace!(call_id = %self.id, waited = ?cp_started.elapsed(), "response decision");
-                match decided {
-                    Ok(decision) => decision.body.unwrap_or(body),
-                    Err(error) => {
-                        self.end_failed_session(session.take(), &error);
-                        if let Err(refusal) = self.control_failed(error) {
-                            return refusal.into_response();
-                        }
-                        body
-                    }
-                }
-            }
-            (Some(active), _) => {
-                let sent = active
-                    .send(ToControl::ResponseBody(response_message(
-                        status,
-                        &headers,
-                        body.clone(),
-                    )))
-                    .await;
-                if let Err(error) = sent {
-                    self.end_failed_session(session.take(), &error);
-                    if let Err(refusal) = self.control_failed(error) {
-                        return refusal.into_response();
-                    }
-                }
-                body
-            }
-            (None, _) => body,
-        };
-        if let Some(session) = session {
-            let mut end = self.call_end(CallOutcome::Completed, "");
-            end.upstream_status = u32::from(status.as_u16());
-            session.end(end);
-        }
-        self.respond(status, headers, body)
+        let body = self.policed_response(status, &headers, body, mode).await?;
+        self.end(Ending::completed(status.as_u16()));
+        Ok(self.respond(status, headers, body))
     }
 
-    /// Opens the control-plane stream and waits for the request decision.
-    /// `Ok(None)` means fail-open: proceed without the control plane.
-    async fn open_session(
-        &self,
-        start: CallStart,
-    ) -> Result<Option<(CallSession, luthien_proto::dataplane::v1::RequestDecision)>, ApiError>
-    {
-        let opened = async {
-            match self.state.control.open(start).await {
-                Ok(mut session) => match session.request_decision().await {
-                    Ok(decision) => Ok((session, decision)),
-                    Err(error) => {
-                        self.end_failed_session(Some(session), &error);
-                        Err(error)
-                    }
-                },
-                Err(error) => Err(error),
+    /// Shows a complete 2xx response to the control plane: in transform mode its answer is
+    /// what the client gets; in observe mode it gets a copy.
+    async fn policed_response(
+        &mut self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: Bytes,
+        mode: StreamMode,
+    ) -> Phase<Bytes> {
+        let Some(session) = self.session.as_mut() else {
+            return Ok(body);
+        };
+        let message = ToControl::ResponseBody(response_message(status, headers, body.clone()));
+        let decided = if mode == StreamMode::Transform {
+            async {
+                session.send(message).await?;
+                session.response_decision().await.map(Some)
             }
+            .instrument(tracing::info_span!("luthien.control_plane.response"))
+            .await
+        } else {
+            session.send(message).await.map(|()| None)
+        };
+        match decided {
+            Ok(Some(decision)) => Ok(decision.body.unwrap_or(body)),
+            Ok(None) => Ok(body),
+            Err(error) => {
+                self.control_failed(Stage::BeforeResponse, error)?;
+                Ok(body)
+            }
+        }
+    }
+
+    /// Opens the control-plane stream and waits for the request decision; the session is
+    /// kept on the call.
+    async fn open_session(&mut self, start: CallStart) -> Result<RequestDecision, ControlError> {
+        async {
+            let mut session = self.state.control.open(start).await?;
+            let decision = session.request_decision().await;
+            // Kept even when the decision failed, so the failure is ended on it.
+            self.session = Some(session);
+            decision
         }
         .instrument(tracing::info_span!("luthien.control_plane.request"))
-        .await;
-        let opened = match opened {
-            Ok(decided) => return Ok(Some(decided)),
-            Err(error) => error,
-        };
-        self.control_failed(opened).map(|()| None)
+        .await
     }
 
-    /// Applies the fail mode to a control-plane failure that happened before
-    /// any response byte was sent. `Ok` means carry on without it.
-    fn control_failed(&self, error: ControlError) -> Result<(), ApiError> {
-        match self.state.config.fail_mode {
-            FailMode::Open => {
-                tracing::warn!(call_id = %self.id, %error, "control plane failed; fail-open: call proceeds unmodified");
+    /// A control-plane failure before any response byte: the session, if any, is told how
+    /// the call stops using it, and the fail mode rules.
+    fn control_failed(&mut self, stage: Stage, error: ControlError) -> Phase<()> {
+        let ending = error.ending();
+        match self.state.config.fail_mode.rule(self.api, stage, &error) {
+            Ruling::Proceed => {
+                self.end(ending);
                 Ok(())
             }
-            FailMode::Closed => {
-                tracing::warn!(call_id = %self.id, %error, "control plane failed; fail-closed: call refused");
-                Err(ApiError::new(
-                    self.api,
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("policy control plane unavailable: {error}"),
-                ))
-            }
+            Ruling::Refuse(refusal) => Err(Early::ending(refusal.into_response(), ending)),
         }
-    }
-
-    /// Tells a failing control plane, best effort, why the call stops using it.
-    fn end_failed_session(&self, session: Option<CallSession>, error: &ControlError) {
-        if let Some(session) = session {
-            session.end(self.call_end(error.outcome(), error.to_string()));
-        }
-    }
-
-    fn reject(&self, session: Option<CallSession>, status: StatusCode, message: &str) -> Response {
-        if let Some(session) = session {
-            session.end(self.call_end(CallOutcome::Rejected, message));
-        }
-        self.error(status, message)
     }
 
     fn respond(&self, status: StatusCode, headers: HeaderMap, body: Bytes) -> Response {
@@ -646,10 +679,6 @@ pub(crate) fn trace_context(headers: &HeaderMap) -> W3cContext {
         traceparent: text("traceparent"),
         tracestate: text("tracestate"),
     }
-}
-
-pub(crate) fn micros(duration: Duration) -> u64 {
-    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

@@ -14,14 +14,13 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use luthien_proto::dataplane::v1::data_plane_message::Message as ToControl;
-use luthien_proto::dataplane::v1::{CallEnd, CallOutcome, StreamChunk, StreamEnd};
+use luthien_proto::dataplane::v1::{CallOutcome, StreamChunk, StreamEnd};
 use tokio::sync::mpsc;
 
 use crate::api::{Api, ApiError};
-use crate::config::FailMode;
-use crate::control::{CallSession, ControlError};
+use crate::control::{CallSession, ControlError, Ending, Times};
+use crate::fail_mode::{FailMode, Ruling, Stage};
 use crate::metrics::Metrics;
-use crate::proxy::micros;
 
 /// How the pump treats upstream frames.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,6 +35,8 @@ pub enum StreamMode {
 
 pub struct StreamPump {
     pub api: Api,
+    /// The upstream's (2xx) status, for the call's end.
+    pub status: u16,
     pub session: Option<CallSession>,
     pub mode: StreamMode,
     pub fail_mode: FailMode,
@@ -50,37 +51,34 @@ pub struct StreamPump {
 /// Why the pump stopped early.
 enum Stop {
     ClientGone,
-    /// The control plane failed and the fail mode is closed.
-    ControlFailed(ControlError),
+    /// The control plane failed and the fail mode refused the rest of the call.
+    Refused {
+        refusal: ApiError,
+        ending: Ending,
+    },
 }
 
 impl StreamPump {
     pub async fn run(mut self) {
         let mut timing = Timing::default();
-        let outcome = self.pump(&mut timing).await;
-        let (outcome, detail) = match outcome {
-            Ok(Finish::Completed) => (CallOutcome::Completed, String::new()),
-            Ok(Finish::EndedByControlPlane) => (
-                CallOutcome::Completed,
-                "control plane ended the stream".to_owned(),
-            ),
+        let ending = match self.pump(&mut timing).await {
+            Ok(Finish::Completed) => Ending::completed(self.status),
+            Ok(Finish::EndedByControlPlane) => Ending {
+                detail: "control plane ended the stream".to_owned(),
+                ..Ending::completed(self.status)
+            },
             Ok(Finish::Upstream(outcome, detail)) => {
                 let error = ApiError::new(self.api, StatusCode::BAD_GATEWAY, detail.clone());
                 // The client already has a 200: tell it in-band.
                 let _ = self.write_event(error.stream_event(), &mut timing).await;
-                (outcome, detail)
+                Ending::new(outcome, detail)
             }
-            Err(Stop::ClientGone) => (
-                CallOutcome::ClientDisconnected,
-                "client disconnected".to_owned(),
-            ),
-            Err(Stop::ControlFailed(error)) => {
-                tracing::warn!(%error, "control plane failed mid-stream; fail-closed: ending the stream");
-                let message = format!("policy control plane unavailable: {error}");
-                let error_event = ApiError::new(self.api, StatusCode::SERVICE_UNAVAILABLE, message)
-                    .stream_event();
-                let _ = self.write_event(error_event, &mut timing).await;
-                (error.outcome(), error.to_string())
+            Err(Stop::ClientGone) => {
+                Ending::new(CallOutcome::ClientDisconnected, "client disconnected")
+            }
+            Err(Stop::Refused { refusal, ending }) => {
+                let _ = self.write_event(refusal.stream_event(), &mut timing).await;
+                ending
             }
         };
         let api = self.api.metric_label();
@@ -96,17 +94,22 @@ impl StreamPump {
         }
         // Dropping `upstream` here (end of scope) cancels the upstream
         // request when it is still running.
+        self.end(ending, &timing);
+    }
+
+    /// Ends the control-plane session, if the stream still has one; the one place it happens
+    /// once the pump has the call.
+    fn end(&mut self, mut ending: Ending, timing: &Timing) {
         if let Some(session) = self.session.take() {
-            let elapsed = self.received.elapsed();
-            session.end(CallEnd {
-                outcome: outcome.into(),
-                detail,
-                upstream_status: 200,
-                time_to_first_byte_micros: timing.first_byte.map(micros).unwrap_or_default(),
-                duration_micros: micros(elapsed),
-                overhead_micros: micros(self.overhead(&timing)),
-                ..CallEnd::default()
-            });
+            ending.upstream_status = self.status;
+            session.end(
+                ending,
+                Times {
+                    duration: self.received.elapsed(),
+                    first_byte: timing.first_byte.unwrap_or_default(),
+                    overhead: self.overhead(timing),
+                },
+            );
         }
     }
 
@@ -147,7 +150,7 @@ impl StreamPump {
                 StreamMode::PassThrough => self.write(data, timing).await?,
                 StreamMode::Observe => {
                     self.write(data.clone(), timing).await?;
-                    self.observe(ToControl::StreamChunk(StreamChunk { seq, data }))
+                    self.observe(ToControl::StreamChunk(StreamChunk { seq, data }), timing)
                         .await?;
                 }
                 StreamMode::Transform => {
@@ -162,7 +165,7 @@ impl StreamPump {
         let end = ToControl::StreamEnd(StreamEnd { chunks: seq });
         match self.mode {
             StreamMode::PassThrough => {}
-            StreamMode::Observe => self.observe(end).await?,
+            StreamMode::Observe => self.observe(end, timing).await?,
             StreamMode::Transform => {
                 let reply = match self.session.as_mut() {
                     Some(session) => match session.send(end).await {
@@ -179,7 +182,7 @@ impl StreamPump {
                     }
                     // Whatever the control plane held is lost; the client
                     // still gets a clean end in fail-open mode.
-                    Err(error) => self.control_failed(error)?,
+                    Err(error) => self.control_failed(error, timing)?,
                 }
             }
         }
@@ -217,7 +220,7 @@ impl StreamPump {
                 Ok(reply.end_stream)
             }
             Err(error) => {
-                self.control_failed(error)?;
+                self.control_failed(error, timing)?;
                 // Fail-open: this frame was never answered, so it goes out
                 // as upstream sent it.
                 self.write(data, timing).await?;
@@ -226,29 +229,24 @@ impl StreamPump {
         }
     }
 
-    async fn observe(&mut self, message: ToControl) -> Result<(), Stop> {
+    async fn observe(&mut self, message: ToControl, timing: &Timing) -> Result<(), Stop> {
         let Some(session) = self.session.as_ref() else {
             return Ok(());
         };
         match session.send(message).await {
             Ok(()) => Ok(()),
-            Err(error) => self.control_failed(error),
+            Err(error) => self.control_failed(error, timing),
         }
     }
 
-    /// Fail-open drops the control plane and carries on; fail-closed stops.
-    fn control_failed(&mut self, error: ControlError) -> Result<(), Stop> {
-        match self.fail_mode {
-            FailMode::Closed => Err(Stop::ControlFailed(error)),
-            FailMode::Open => {
-                tracing::warn!(%error, "control plane failed mid-stream; fail-open: rest of the stream passes unmodified");
-                if let Some(session) = self.session.take() {
-                    session.end(CallEnd {
-                        outcome: error.outcome().into(),
-                        detail: error.to_string(),
-                        ..CallEnd::default()
-                    });
-                }
+    /// The fail mode rules: refused, the stream ends with an in-band error; allowed, the
+    /// session ends and the rest of the stream passes unmodified.
+    fn control_failed(&mut self, error: ControlError, timing: &Timing) -> Result<(), Stop> {
+        let ending = error.ending();
+        match self.fail_mode.rule(self.api, Stage::MidStream, &error) {
+            Ruling::Refuse(refusal) => Err(Stop::Refused { refusal, ending }),
+            Ruling::Proceed => {
+                self.end(ending, timing);
                 self.mode = StreamMode::PassThrough;
                 Ok(())
             }
