@@ -5,7 +5,8 @@
 //! - [`error`]: the error bodies, error types and in-band stream errors in each API's format;
 //! - [`headers`]: which headers are credentials;
 //! - [`limits`]: sizes and HTTP/2 settings both ends of a gRPC channel must agree on;
-//! - [`time`]: the timestamp unit shared by the protocol and the records.
+//! - [`time`]: the timestamp unit shared by the protocol and the records;
+//! - [`TokenUsage`]: the tokens a provider reported, in one shape for both APIs.
 //!
 //! Nothing here does I/O; both planes depend on it, so it must stay small and free of any
 //! server or database client.
@@ -16,7 +17,9 @@ pub mod limits;
 pub mod time;
 
 mod kind;
+mod usage;
 
 pub use error::{error_body, error_type, stream_error_event};
 pub use headers::is_credential;
 pub use kind::{Api, UnknownApi};
+pub use usage::TokenUsage;

@@ -56,12 +56,8 @@ impl CallStatus {
     }
 }
 
-/// Token usage of a call, when the provider reported it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TokenUsage {
-    pub input_tokens: Option<u64>,
-    pub output_tokens: Option<u64>,
-}
+/// Part of the schema, defined with the APIs that report it.
+pub use luthien_api::TokenUsage;
 
 /// What happened in a call. Stored as JSON with a `type` tag.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -2,26 +2,21 @@
 //! bidirectional gRPC stream per call, and runs it through the configured
 //! policy chain.
 //!
-//! Code map: [`server`] (settings, gRPC server, shutdown) → [`service`] (the
-//! per-call state machine) → [`policy`] (the chain and the built-in
-//! policies), which read provider shapes through [`api`] and streams through
-//! [`sse`]. [`config`] turns the YAML policy file into a chain.
+//! It wires the other crates together: [`server`] (settings, gRPC server, shutdown) →
+//! [`service`] (the per-call state machine) → the chain of `luthien-policy`, with
+//! [`recorder`] turning each call into records for `luthien-store`, [`activity`] publishing
+//! them live, and [`debug`] answering questions about them.
 
 pub mod activity;
-pub mod api;
-pub mod config;
 pub mod debug;
 pub mod diff;
 pub mod events;
 pub mod metrics;
-pub mod policy;
 pub mod policy_source;
-pub mod reconstruct;
 pub mod recorder;
 pub mod replay;
 pub mod server;
 pub mod service;
-pub mod sse;
 pub mod store;
 
 pub use server::{ControlPlaneConfig, serve};

@@ -9,14 +9,14 @@
 //! the request path. Policy names are bounded labels (see
 //! `luthien_telemetry::metrics::BoundedLabels`).
 
-use std::sync::OnceLock;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use luthien_policy::PolicyMetrics;
 use luthien_telemetry::metrics::{self as shared, BoundedLabels, Label};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -30,15 +30,6 @@ use tokio_util::task::TaskTracker;
 use crate::activity::ActivityBus;
 use crate::events::TokenUsage;
 use crate::store::EventSink;
-
-/// Most distinct policy names labelled; later ones are counted as `other`.
-const MAX_POLICY_LABELS: usize = 200;
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PolicyLabels {
-    pub policy: Label,
-    pub phase: &'static str,
-}
 
 /// `token_type` follows the GenAI conventions' `gen_ai.token.type`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -57,9 +48,8 @@ pub struct CallLabels {
 /// Process-wide control-plane metrics.
 #[derive(Debug)]
 pub struct Global {
-    pub policy_names: BoundedLabels,
-    pub policy_latency: Family<PolicyLabels, Histogram, fn() -> Histogram>,
-    pub policy_errors: Family<PolicyLabels, Counter>,
+    /// Handed to every chain the control plane runs.
+    pub policy: Arc<PolicyMetrics>,
     pub calls: Family<CallLabels, Counter>,
     pub model_names: BoundedLabels,
     pub tokens: Family<TokenLabels, Counter>,
@@ -71,17 +61,11 @@ pub struct Global {
     pub retention_failures: Counter,
 }
 
-fn policy_histogram() -> Histogram {
-    Histogram::new(shared::overhead_buckets())
-}
-
 /// The process's metrics.
 pub fn global() -> &'static Global {
     static GLOBAL: OnceLock<Global> = OnceLock::new();
     GLOBAL.get_or_init(|| Global {
-        policy_names: BoundedLabels::new(MAX_POLICY_LABELS),
-        policy_latency: Family::new_with_constructor(policy_histogram),
-        policy_errors: Family::default(),
+        policy: Arc::default(),
         calls: Family::default(),
         model_names: BoundedLabels::new(shared::MAX_MODEL_LABELS),
         tokens: Family::default(),
@@ -107,20 +91,6 @@ impl Global {
                 };
                 self.tokens.get_or_create(&labels).inc_by(count);
             }
-        }
-    }
-
-    /// Records one policy hook's run.
-    pub fn policy(&self, policy: &Label, phase: &'static str, took: Duration, failed: bool) {
-        let labels = PolicyLabels {
-            policy: policy.clone(),
-            phase,
-        };
-        self.policy_latency
-            .get_or_create(&labels)
-            .observe(took.as_secs_f64());
-        if failed {
-            self.policy_errors.get_or_create(&labels).inc();
         }
     }
 }
@@ -160,16 +130,7 @@ pub fn render(sources: &MetricsSources) -> String {
         "Tokens the provider reported, by API, requested model and token_type (input, output). Streamed calls count only when the event store is on (their usage comes from reconstruction).",
         global.tokens.clone(),
     );
-    registry.register(
-        "luthien_policy_duration_seconds",
-        "Time one policy took on one hook, by policy and phase (request, response, stream_event, stream_end).",
-        global.policy_latency.clone(),
-    );
-    registry.register(
-        "luthien_policy_errors",
-        "Policy hooks that failed, by policy and phase.",
-        global.policy_errors.clone(),
-    );
+    global.policy.register(&mut registry);
     registry.register(
         "luthien_event_batch_duration_seconds",
         "Time successful event batches took to write.",
@@ -195,7 +156,7 @@ pub fn render(sources: &MetricsSources) -> String {
     // Remote policies keep their own counters and render them in the same
     // text format; they go before the exposition's closing `# EOF`.
     let mut remote = String::new();
-    crate::policy::remote::render_prometheus(&crate::policy::remote::all_stats(), &mut remote);
+    global.policy.render_remote(&mut remote);
     if !remote.is_empty() {
         let end = text.rfind("# EOF").unwrap_or(text.len());
         text.insert_str(end, &remote);

@@ -4,7 +4,8 @@
 //! takes the chain once when it starts and keeps it to the end, so a reload
 //! never changes a call in flight. A reload (SIGHUP, or the file changing on
 //! disk) validates the new file first; a bad file is rejected with a log
-//! line and the old chain stays.
+//! line and the old chain stays. Every chain it holds measures into the
+//! control plane's policy metrics.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,8 +14,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{self, ConfigError};
-use crate::policy::Chain;
+use luthien_policy::Chain;
+use luthien_policy::config::{self, ConfigError};
 
 /// How often the policy file is checked for changes.
 const WATCH_INTERVAL: Duration = Duration::from_secs(1);
@@ -46,7 +47,7 @@ impl PolicySource {
     /// A fixed chain (no file to reload from).
     pub fn fixed(chain: Chain) -> Self {
         Self::from_loaded(LoadedChain {
-            chain: Arc::new(chain),
+            chain: Arc::new(measured(chain)),
             path: None,
             yaml: String::new(),
             loaded_at_micros: now_micros(),
@@ -124,6 +125,10 @@ impl PolicySource {
     }
 }
 
+fn measured(chain: Chain) -> Chain {
+    chain.with_metrics(Arc::clone(&crate::metrics::global().policy))
+}
+
 fn load(path: &Path) -> Result<LoadedChain, ConfigError> {
     let yaml = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
         path: path.display().to_string(),
@@ -131,7 +136,7 @@ fn load(path: &Path) -> Result<LoadedChain, ConfigError> {
     })?;
     let chain = config::parse_chain(&yaml, &path.display().to_string())?;
     Ok(LoadedChain {
-        chain: Arc::new(chain),
+        chain: Arc::new(measured(chain)),
         path: Some(path.to_owned()),
         yaml,
         loaded_at_micros: now_micros(),

@@ -16,12 +16,12 @@ use luthien_proto::dataplane::v1::{CallEnd, CallOutcome};
 use serde_json::{Map, Value};
 
 use crate::activity::{ActivityBus, ActivityMessage};
-use crate::api::Api;
 use crate::events::{CallEvent, CallStatus, CallSummary, EventPayload, SCHEMA_VERSION, TokenUsage};
-use crate::policy::CallInfo;
-use crate::reconstruct::Reconstructor;
-use crate::sse::SseEvent;
 use crate::store::{EventSink, Record};
+use luthien_policy::CallInfo;
+use luthien_policy::reconstruct::Reconstructor;
+use luthien_policy::shapes::Api;
+use luthien_policy::sse::SseEvent;
 
 /// Where finished records go; shared by all calls.
 #[derive(Clone)]

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use crate::debug::CallDetail;
 use crate::diff::{CallDiff, DiffOptions, diff_call};
 use crate::events::EventPayload;
-use crate::policy::{CallInfo, Chain, RequestVerdict};
+use luthien_policy::{CallInfo, Chain, RequestVerdict};
 
 /// What a chain made of one recorded call.
 #[derive(Clone, Debug, Serialize)]

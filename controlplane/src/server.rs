@@ -14,12 +14,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 
 use crate::activity::{ActivityBus, ActivityError};
-use crate::config::ConfigError;
 use crate::debug::auth::AdminKey;
 use crate::debug::grpc::{self, DebugGrpc, PoliciesGrpc};
 use crate::debug::{self, DebugService};
 use crate::metrics::{self, MetricsSources};
-use crate::policy::Chain;
 use crate::policy_source::PolicySource;
 use crate::recorder::Recording;
 use crate::service::{CallSettings, ControlPlaneService};
@@ -28,6 +26,8 @@ use crate::store::{
     WriterOptions, spawn_retention, spawn_writer,
 };
 use luthien_api::limits;
+use luthien_policy::Chain;
+use luthien_policy::config::ConfigError;
 
 /// How long shutdown waits for calls in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -54,7 +54,7 @@ pub struct ControlPlaneConfig {
     /// Largest unfinished SSE event held while reassembling a stream, in bytes. Past it, a
     /// transformed stream ends with an in-band error and an observed one stops being
     /// reconstructed; the call's record says which.
-    #[arg(long = "max-sse-event-bytes", env = "LUTHIEN_MAX_SSE_EVENT_BYTES", default_value_t = crate::sse::DEFAULT_MAX_EVENT_BYTES)]
+    #[arg(long = "max-sse-event-bytes", env = "LUTHIEN_MAX_SSE_EVENT_BYTES", default_value_t = luthien_policy::sse::DEFAULT_MAX_EVENT_BYTES)]
     pub max_sse_event_bytes: usize,
 
     /// Event store: `sqlite://FILE` (created if missing) or `postgres://…`.

@@ -29,11 +29,11 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 use tracing::field::Empty;
 
-use crate::api::{self, Api};
-use crate::policy::{CallChain, CallInfo, Chain, ImmediateResponse, RequestVerdict, SseEvent};
 use crate::policy_source::PolicySource;
 use crate::recorder::{CallRecorder, Recording};
-use crate::sse::SseDecoder;
+use luthien_policy::shapes::{self, Api};
+use luthien_policy::sse::SseDecoder;
+use luthien_policy::{CallChain, CallInfo, Chain, ImmediateResponse, RequestVerdict, SseEvent};
 use luthien_telemetry::propagation::{self, W3cContext};
 
 /// Replies a call may queue towards its data plane. The data plane waits for
@@ -250,7 +250,7 @@ impl CallDriver {
             Ok(body) => body,
             Err(error) => {
                 let message = format!("request body is not valid JSON: {error}");
-                return immediate(api::error_response(call.info.api, 400, &message));
+                return immediate(shapes::error_response(call.info.api, 400, &message));
             }
         };
         let original = body.clone();
@@ -271,7 +271,7 @@ impl CallDriver {
                 },
                 Err(error) => {
                     let message = format!("rewritten request could not be encoded: {error}");
-                    immediate(api::error_response(call.info.api, 500, &message))
+                    immediate(shapes::error_response(call.info.api, 500, &message))
                 }
             },
             Ok(RequestVerdict::Respond(response)) => {
@@ -281,7 +281,7 @@ impl CallDriver {
             Err(error) => {
                 tracing::warn!(call_id = %call.info.call_id, %error, "request policy failed; call rejected");
                 let message = format!("request rejected: {error}");
-                immediate(api::error_response(call.info.api, 500, &message))
+                immediate(shapes::error_response(call.info.api, 500, &message))
             }
         }
     }

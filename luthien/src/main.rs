@@ -144,7 +144,7 @@ async fn up(
 }
 
 fn check(file: &std::path::Path) -> anyhow::Result<ExitCode> {
-    match luthien_controlplane::config::load_chain_file(file) {
+    match luthien_policy::config::load_chain_file(file) {
         Ok(chain) => {
             let mode = if chain.read_only() {
                 "observe (every policy is read-only)"

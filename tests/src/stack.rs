@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use luthien_controlplane::ControlPlaneConfig;
-use luthien_controlplane::policy::Chain;
 use luthien_dataplane::{DataPlaneConfig, FailMode};
 use luthien_mock_upstream::MockUpstream;
+use luthien_policy::Chain;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -66,7 +66,7 @@ impl Default for StackOptions {
             redis_url: None,
             max_payload_bytes: None,
             admin_key: None,
-            max_sse_event_bytes: luthien_controlplane::sse::DEFAULT_MAX_EVENT_BYTES,
+            max_sse_event_bytes: luthien_policy::sse::DEFAULT_MAX_EVENT_BYTES,
         }
     }
 }
@@ -114,7 +114,7 @@ impl Stack {
                 (Some(grpc), Some(http))
             }
             ControlPlane::Yaml(yaml) => {
-                let chain = luthien_controlplane::config::parse_chain(&yaml, "test policy")
+                let chain = luthien_policy::config::parse_chain(&yaml, "test policy")
                     .expect("test policy YAML is valid");
                 let (grpc, http) = start_control_plane(chain, &recording, &shutdown).await;
                 (Some(grpc), Some(http))

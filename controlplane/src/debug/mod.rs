@@ -18,13 +18,13 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 
 use crate::activity::{ActivityBus, ActivityMessage};
-use crate::api::Api;
-use crate::config;
 use crate::diff::{CallDiff, DiffOptions, diff_call};
 use crate::events::{CallEvent, CallStatus, CallSummary, EventPayload};
 use crate::policy_source::PolicySource;
 use crate::replay::{self, ReplayOutcome};
 use crate::store::{CallFilter, CallPage, Store, StoreError};
+use luthien_policy::config;
+use luthien_policy::shapes::Api;
 
 /// What went wrong answering a debug query; each transport maps it to its
 /// own status (404 / NOT_FOUND, …).

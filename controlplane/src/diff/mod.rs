@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::api::Api;
+use luthien_policy::shapes::Api;
 
 /// Tuning for [`diff_call`].
 #[derive(Debug, Clone, PartialEq, Eq)]

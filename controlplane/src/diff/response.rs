@@ -13,7 +13,7 @@ use super::messages::content_text;
 use super::request::{array, field};
 use super::text::text_change;
 use super::{Budget, Op, ResponseDiff, ToolCall, ToolCallDiff, ValueChange, param_changes};
-use crate::api::Api;
+use luthien_policy::shapes::Api;
 
 /// Anthropic content blocks that are neither text nor tool calls, listed as one param.
 const OTHER_BLOCKS: &str = "content (other blocks)";

@@ -8,10 +8,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use luthien_controlplane::policy::{
+use luthien_dataplane::FailMode;
+use luthien_policy::{
     CallInfo, CallPolicy, Chain, ImmediateResponse, Policy, PolicyError, RequestVerdict,
 };
-use luthien_dataplane::FailMode;
 use luthien_proto::dataplane::v1::CallOutcome;
 use luthien_tests::fake_control_plane::{FakeControlPlane, Script};
 use luthien_tests::stack::ControlPlane;
@@ -110,8 +110,8 @@ impl CallPolicy for BrokenCall {
 
     async fn on_event(
         &mut self,
-        _event: luthien_controlplane::policy::SseEvent,
-        _out: &mut Vec<luthien_controlplane::policy::SseEvent>,
+        _event: luthien_policy::SseEvent,
+        _out: &mut Vec<luthien_policy::SseEvent>,
     ) -> Result<(), PolicyError> {
         Err(PolicyError {
             policy: "broken".into(),

@@ -500,7 +500,7 @@ policies:
 #[test]
 fn bad_configs_are_rejected_naming_the_policy_and_key() {
     let error = |yaml: &str| {
-        luthien_controlplane::config::parse_chain(yaml, "policies.yaml")
+        luthien_policy::config::parse_chain(yaml, "policies.yaml")
             .unwrap_err()
             .to_string()
     };

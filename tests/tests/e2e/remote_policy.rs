@@ -1163,8 +1163,8 @@ async fn measure(stack: &BenchStack, openai: bool, stream: bool, calls: usize) -
 
 /// The events of a streamed OpenAI answer like the mock's `text` scenario: role, 10 text
 /// deltas, finish, `[DONE]`.
-fn openai_stream_events() -> Vec<luthien_controlplane::policy::SseEvent> {
-    use luthien_controlplane::policy::SseEvent;
+fn openai_stream_events() -> Vec<luthien_policy::SseEvent> {
+    use luthien_policy::SseEvent;
     let chunk = |delta: Value, finish: Value| {
         SseEvent::from_wire(Bytes::from(format!(
             "data: {}\n\n",
@@ -1190,13 +1190,9 @@ fn openai_stream_events() -> Vec<luthien_controlplane::policy::SseEvent> {
 
 /// Runs calls through a chain the way the control plane does (request, then every event and
 /// the stream end when `stream`); returns (p50, p99) per call in ms.
-async fn measure_chain(
-    chain: &luthien_controlplane::policy::Chain,
-    stream: bool,
-    calls: usize,
-) -> (f64, f64) {
-    use luthien_controlplane::api::Api;
-    use luthien_controlplane::policy::CallInfo;
+async fn measure_chain(chain: &luthien_policy::Chain, stream: bool, calls: usize) -> (f64, f64) {
+    use luthien_policy::CallInfo;
+    use luthien_policy::shapes::Api;
     let events = openai_stream_events();
     let request: Value = serde_json::from_str(&body(true, stream, "hello")).unwrap();
     let mut times = Vec::with_capacity(calls);
@@ -1265,7 +1261,7 @@ async fn remote_policy_overhead() {
     println!("| chain | call | p50 ms | p99 ms |");
     println!("| --- | --- | ---: | ---: |");
     for (label, yaml) in &chains {
-        let chain = luthien_controlplane::config::parse_chain(yaml, "bench").unwrap();
+        let chain = luthien_policy::config::parse_chain(yaml, "bench").unwrap();
         for stream in [false, true] {
             let (p50, p99) = measure_chain(&chain, stream, chain_calls).await;
             let shape = if stream {
@@ -1347,7 +1343,7 @@ impl BenchStack {
             "--keepalive-interval",
             "200ms",
         ]);
-        let chain = luthien_controlplane::config::parse_chain(yaml, "bench").unwrap();
+        let chain = luthien_policy::config::parse_chain(yaml, "bench").unwrap();
         tokio::spawn(luthien_controlplane::serve(
             config,
             chain,

@@ -1,0 +1,757 @@
+//! The shared tool-call machinery, with an inspector that blocks tools by name.
+//!
+//! The first group checks, on every tool scenario of the mock provider, that a filtered stream
+//! reconstructs to exactly the filtered non-streamed answer (the mock renders both from one
+//! reply, so they must agree), and that kept tool calls leave byte-identical. The second group
+//! covers shapes the mock never sends, with hand-written events.
+
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use luthien_mock_upstream::reply::{Reply, RequestBody};
+use luthien_mock_upstream::scenario::{Controls, Scenario};
+use luthien_mock_upstream::{anthropic as mock_anthropic, openai as mock_openai};
+use serde_json::json;
+
+use super::*;
+use crate::reconstruct::Reconstructor;
+use crate::shapes::fixtures::{
+    ANTHROPIC_RESPONSE, ANTHROPIC_STREAM, OPENAI_TOOL_RESPONSE, OPENAI_TOOL_STREAM, data_event,
+    decode, encode, openai_chunk, openai_chunk_for_choice, openai_usage_chunk, run_stream,
+    streamed_text,
+};
+
+/// Blocks the tools it names, and text containing `text_word` (when set, text is inspected).
+struct BlockNames {
+    names: Vec<&'static str>,
+    text_word: Option<&'static str>,
+    /// Every subject it was asked about: tool name and arguments, or `text:` and the text.
+    asked: Mutex<Vec<String>>,
+}
+
+impl BlockNames {
+    fn new(names: &[&'static str]) -> Arc<Self> {
+        Arc::new(Self {
+            names: names.to_vec(),
+            text_word: None,
+            asked: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn with_text(names: &[&'static str], word: &'static str) -> Arc<Self> {
+        Arc::new(Self {
+            names: names.to_vec(),
+            text_word: Some(word),
+            asked: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn asked(&self) -> Vec<String> {
+        self.asked.lock().unwrap().clone()
+    }
+}
+
+#[async_trait]
+impl Inspector for BlockNames {
+    fn inspects_text(&self) -> bool {
+        self.text_word.is_some()
+    }
+
+    async fn inspect(&self, subject: Subject<'_>) -> Decision {
+        match subject {
+            Subject::ToolCall(call) => {
+                self.asked
+                    .lock()
+                    .unwrap()
+                    .push(format!("{} {}", call.name, call.arguments));
+                if !self.names.contains(&call.name.as_str()) {
+                    return Decision::keep();
+                }
+                Decision {
+                    replacement: Some(format!("[{} blocked]", call.name)),
+                    event: Some(PolicyEvent {
+                        action: "blocked".to_owned(),
+                        summary: format!("blocked {}", call.name),
+                        data: json!({"tool": call.name, "id": call.id}),
+                    }),
+                }
+            }
+            Subject::Text(text) => {
+                self.asked.lock().unwrap().push(format!("text: {text}"));
+                match self.text_word {
+                    Some(word) if text.contains(word) => Decision {
+                        replacement: Some("[text blocked]".to_owned()),
+                        event: Some(PolicyEvent {
+                            action: "blocked".to_owned(),
+                            summary: "blocked text".to_owned(),
+                            data: json!({"target": "text"}),
+                        }),
+                    },
+                    _ => Decision::keep(),
+                }
+            }
+        }
+    }
+}
+
+fn guard(api: Api, inspector: &Arc<BlockNames>) -> GuardCall {
+    GuardCall::new(api, inspector.clone())
+}
+
+fn reconstruct(api: Api, events: &[SseEvent]) -> Value {
+    let mut reconstructor = Reconstructor::new(api);
+    for event in events {
+        reconstructor.push(event);
+    }
+    assert_eq!(reconstructor.skipped(), 0, "{}", encode(events));
+    reconstructor.finish().unwrap()
+}
+
+fn mock_reply(scenario: Scenario) -> Reply {
+    let controls = Controls {
+        scenario,
+        ..Controls::default()
+    };
+    let request = RequestBody {
+        model: "mock-model".to_owned(),
+        stream: true,
+        include_usage: true,
+        input_tokens: 7,
+    };
+    Reply::new(&controls, &request, false)
+}
+
+fn concat(events: &[Bytes]) -> String {
+    events
+        .iter()
+        .map(|event| String::from_utf8_lossy(event).into_owned())
+        .collect()
+}
+
+fn mock_stream(api: Api, reply: &Reply) -> String {
+    match api {
+        Api::OpenAiChat => concat(&mock_openai::stream_events(reply, true)),
+        Api::AnthropicMessages => concat(&mock_anthropic::stream_events(reply)),
+    }
+}
+
+fn mock_body(api: Api, reply: &Reply) -> Value {
+    let body = match api {
+        Api::OpenAiChat => mock_openai::completion(reply),
+        Api::AnthropicMessages => mock_anthropic::message_body(reply),
+    };
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// The wire bytes of the events of one tool call in a stream: OpenAI chunks whose tool-call
+/// deltas carry `index`, Anthropic events of block `index`.
+fn tool_call_bytes(api: Api, events: &[SseEvent], index: u64) -> Vec<Bytes> {
+    events
+        .iter()
+        .filter(|event| {
+            let Some(value) = event.json() else {
+                return false;
+            };
+            match api {
+                Api::OpenAiChat => {
+                    value
+                        .pointer("/choices/0/delta/tool_calls/0/index")
+                        .and_then(Value::as_u64)
+                        == Some(index)
+                }
+                Api::AnthropicMessages => {
+                    value["type"]
+                        .as_str()
+                        .is_some_and(|t| t.starts_with("content_block"))
+                        && value["index"] == index
+                }
+            }
+        })
+        .map(SseEvent::to_bytes)
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Against the mock provider
+
+#[tokio::test]
+async fn filtered_streams_reconstruct_to_the_filtered_non_streamed_answer() {
+    let mut checked = 0;
+    for api in [Api::OpenAiChat, Api::AnthropicMessages] {
+        for scenario in [Scenario::Tools, Scenario::TextAndTools, Scenario::Text] {
+            for blocked in [
+                &[][..],
+                &["bash"][..],
+                &["get_weather"][..],
+                &["get_weather", "bash"][..],
+            ] {
+                let label = format!("{api:?} {scenario:?} blocking {blocked:?}");
+                let reply = mock_reply(scenario);
+                let inspector = BlockNames::new(blocked);
+
+                let mut body = mock_body(api, &reply);
+                let original = body.clone();
+                let mut call = guard(api, &inspector);
+                call.on_response(&mut body).await.unwrap();
+                let response_events = call.take_events();
+
+                let mut call = guard(api, &inspector);
+                let streamed = run_stream(&mut call, &mock_stream(api, &reply)).await;
+                let stream_events = call.take_events();
+                assert_eq!(reconstruct(api, &streamed), body, "{label}");
+                assert_eq!(response_events, stream_events, "{label}");
+
+                let removed = reply
+                    .tool_calls
+                    .iter()
+                    .filter(|call| blocked.contains(&call.name))
+                    .count();
+                assert_eq!(stream_events.len(), removed, "{label}");
+                if removed == 0 {
+                    assert_eq!(body, original, "{label}");
+                    assert_eq!(encode(&streamed), mock_stream(api, &reply), "{label}");
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 24);
+}
+
+#[tokio::test]
+async fn removing_one_of_two_tool_calls_keeps_the_other_byte_for_byte_and_the_finish_reason() {
+    let reply = mock_reply(Scenario::Tools);
+    for api in [Api::OpenAiChat, Api::AnthropicMessages] {
+        let upstream = decode(&mock_stream(api, &reply));
+        let inspector = BlockNames::new(&["bash"]);
+        let mut call = guard(api, &inspector);
+        let out = run_stream(&mut call, &mock_stream(api, &reply)).await;
+
+        // get_weather (index 0) is untouched, every byte of every event.
+        let kept = tool_call_bytes(api, &out, 0);
+        assert!(!kept.is_empty());
+        assert_eq!(kept, tool_call_bytes(api, &upstream, 0), "{api:?}");
+        assert!(out[..2].iter().all(|event| !event.is_modified()));
+
+        let text = streamed_text(api, &out);
+        assert_eq!(text, "[bash blocked]", "{api:?}");
+        let finished = reconstruct(api, &out);
+        match api {
+            Api::OpenAiChat => {
+                assert_eq!(finished["choices"][0]["finish_reason"], "tool_calls");
+                let calls = finished["choices"][0]["message"]["tool_calls"]
+                    .as_array()
+                    .unwrap();
+                assert_eq!(calls.len(), 1);
+                assert_eq!(calls[0]["function"]["arguments"], r#"{"city":"Paris"}"#);
+            }
+            Api::AnthropicMessages => {
+                assert_eq!(finished["stop_reason"], "tool_use");
+                assert_eq!(finished["content"][0]["input"], json!({"city": "Paris"}));
+                assert_eq!(
+                    finished["content"][1],
+                    json!({"type": "text", "text": "[bash blocked]"})
+                );
+            }
+        }
+        // The bash arguments, split right after the backslash of an escaped quote, reached
+        // the inspector whole.
+        assert!(
+            inspector
+                .asked()
+                .contains(&r#"bash {"command":"ls -la /tmp && echo \"done\""}"#.to_owned()),
+            "{:?}",
+            inspector.asked()
+        );
+    }
+}
+
+#[tokio::test]
+async fn removing_every_tool_call_rewrites_the_finish_reason() {
+    let reply = mock_reply(Scenario::Tools);
+    for api in [Api::OpenAiChat, Api::AnthropicMessages] {
+        let inspector = BlockNames::new(&["bash", "get_weather"]);
+        let mut call = guard(api, &inspector);
+        let out = run_stream(&mut call, &mock_stream(api, &reply)).await;
+        let finished = reconstruct(api, &out);
+        match api {
+            Api::OpenAiChat => {
+                assert_eq!(finished["choices"][0]["finish_reason"], "stop");
+                assert!(
+                    finished["choices"][0]["message"]
+                        .get("tool_calls")
+                        .is_none()
+                );
+                assert_eq!(
+                    finished["choices"][0]["message"]["content"],
+                    "[get_weather blocked]\n\n[bash blocked]"
+                );
+                // The usage chunk and [DONE] still close the stream.
+                assert!(out.last().unwrap().is_done());
+                assert_eq!(
+                    out[out.len() - 2].json().unwrap()["usage"]["prompt_tokens"],
+                    7
+                );
+            }
+            Api::AnthropicMessages => {
+                assert_eq!(finished["stop_reason"], "end_turn");
+                assert_eq!(
+                    finished["content"],
+                    json!([
+                        {"type": "text", "text": "[get_weather blocked]"},
+                        {"type": "text", "text": "[bash blocked]"}
+                    ])
+                );
+            }
+        }
+        assert_eq!(call.take_events().len(), 2);
+    }
+}
+
+#[tokio::test]
+async fn openai_kept_tool_calls_are_renumbered_without_gaps() {
+    let reply = mock_reply(Scenario::Tools);
+    let inspector = BlockNames::new(&["get_weather"]);
+    let mut call = guard(Api::OpenAiChat, &inspector);
+    let out = run_stream(&mut call, &mock_stream(Api::OpenAiChat, &reply)).await;
+    assert!(tool_call_bytes(Api::OpenAiChat, &out, 1).is_empty());
+    let bash = tool_call_bytes(Api::OpenAiChat, &out, 0);
+    // Only the index changed.
+    let upstream = decode(&mock_stream(Api::OpenAiChat, &reply));
+    let original = tool_call_bytes(Api::OpenAiChat, &upstream, 1);
+    assert_eq!(bash.len(), original.len());
+    for (ours, theirs) in bash.iter().zip(&original) {
+        let mut theirs: Value =
+            serde_json::from_str(std::str::from_utf8(theirs).unwrap()[6..].trim()).unwrap();
+        theirs["choices"][0]["delta"]["tool_calls"][0]["index"] = json!(0);
+        let ours: Value =
+            serde_json::from_str(std::str::from_utf8(ours).unwrap()[6..].trim()).unwrap();
+        assert_eq!(ours, theirs);
+    }
+}
+
+#[tokio::test]
+async fn text_outside_tool_calls_is_not_delayed() {
+    for api in [Api::OpenAiChat, Api::AnthropicMessages] {
+        let reply = mock_reply(Scenario::TextAndTools);
+        let inspector = BlockNames::new(&["get_weather"]);
+        let mut call = guard(api, &inspector);
+        for event in decode(&mock_stream(api, &reply)) {
+            let carries_text = !streamed_text(api, std::slice::from_ref(&event)).is_empty();
+            let bytes = event.to_bytes();
+            let mut out = Vec::new();
+            call.on_event(event, &mut out).await.unwrap();
+            if carries_text {
+                assert_eq!(out.len(), 1, "{api:?}: text held");
+                assert_eq!(out[0].to_bytes(), bytes);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Non-streamed responses in the real APIs' shapes
+
+#[tokio::test]
+async fn openai_response_tool_call_removed_and_text_appended() {
+    let inspector = BlockNames::new(&["get_weather"]);
+    let mut response: Value = serde_json::from_str(OPENAI_TOOL_RESPONSE).unwrap();
+    let mut call = guard(Api::OpenAiChat, &inspector);
+    call.on_response(&mut response).await.unwrap();
+    let message = &response["choices"][0]["message"];
+    assert_eq!(message["content"], "Let me check.\n\n[get_weather blocked]");
+    assert!(message.get("tool_calls").is_none());
+    assert_eq!(message["annotations"], json!([]));
+    assert_eq!(response["choices"][0]["finish_reason"], "stop");
+    let events = call.take_events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        events[0].data,
+        json!({"tool": "get_weather", "id": "call_DdmO9pD3xa9XTPNJ32zg2hcA"})
+    );
+    assert!(call.take_events().is_empty());
+}
+
+#[tokio::test]
+async fn anthropic_response_tool_use_becomes_a_text_block_in_place() {
+    let inspector = BlockNames::new(&["get_weather"]);
+    let mut response: Value = serde_json::from_str(ANTHROPIC_RESPONSE).unwrap();
+    let original = response.clone();
+    let mut call = guard(Api::AnthropicMessages, &inspector);
+    call.on_response(&mut response).await.unwrap();
+    assert_eq!(response["content"][0], original["content"][0]);
+    assert_eq!(response["content"][1], original["content"][1]);
+    assert_eq!(
+        response["content"][2],
+        json!({"type": "text", "text": "[get_weather blocked]"})
+    );
+    assert_eq!(response["stop_reason"], "end_turn");
+    assert_eq!(
+        inspector.asked(),
+        [r#"get_weather {"city":"paris"}"#.to_owned()]
+    );
+}
+
+#[tokio::test]
+async fn responses_without_blocked_calls_are_untouched() {
+    let inspector = BlockNames::new(&["bash"]);
+    for (api, body) in [
+        (Api::OpenAiChat, OPENAI_TOOL_RESPONSE),
+        (Api::AnthropicMessages, ANTHROPIC_RESPONSE),
+    ] {
+        let mut response: Value = serde_json::from_str(body).unwrap();
+        let original = response.clone();
+        let mut call = guard(api, &inspector);
+        call.on_response(&mut response).await.unwrap();
+        assert_eq!(response, original);
+        assert!(call.take_events().is_empty());
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Streams in the real APIs' shapes, and shapes the mock never sends
+
+#[tokio::test]
+async fn anthropic_stream_with_thinking_text_and_tool_use() {
+    let inspector = BlockNames::new(&["get_weather"]);
+    let mut call = guard(Api::AnthropicMessages, &inspector);
+    let upstream = decode(ANTHROPIC_STREAM);
+    let out = run_stream(&mut call, ANTHROPIC_STREAM).await;
+    // Thinking, text (with its ping) and message_start pass byte-identical.
+    let same = 11;
+    assert_eq!(encode(&out[..same]), encode(&upstream[..same]));
+    assert!(out[..same].iter().all(|event| !event.is_modified()));
+    let rest: Vec<(Option<&str>, Value)> = out[same..]
+        .iter()
+        .map(|event| {
+            (
+                event.event_type(),
+                event.json().cloned().unwrap_or(Value::Null),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rest,
+        [
+            (
+                Some("content_block_start"),
+                json!({"type": "content_block_start", "index": 2, "content_block": {"type": "text", "text": ""}})
+            ),
+            (
+                Some("content_block_delta"),
+                json!({"type": "content_block_delta", "index": 2, "delta": {"type": "text_delta", "text": "[get_weather blocked]"}})
+            ),
+            (
+                Some("content_block_stop"),
+                json!({"type": "content_block_stop", "index": 2})
+            ),
+            (
+                Some("message_delta"),
+                json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": 89}})
+            ),
+            (Some("message_stop"), json!({"type": "message_stop"})),
+        ]
+    );
+    // The `partial_json` (with its space) was inspected as streamed.
+    assert_eq!(
+        inspector.asked(),
+        [r#"get_weather {"city": "paris"}"#.to_owned()]
+    );
+}
+
+#[tokio::test]
+async fn anthropic_events_behind_a_held_block_wait_for_it() {
+    let stream = concat!(
+        "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_1\",\"name\":\"bash\",\"input\":{}}}\n\n",
+        "event: ping\ndata: {\"type\": \"ping\"}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"command\\\": \\\"rm -rf /\\\"}\"}}\n\n",
+    );
+    let inspector = BlockNames::new(&["bash"]);
+    let mut call = guard(Api::AnthropicMessages, &inspector);
+    let mut out = Vec::new();
+    for event in decode(stream) {
+        call.on_event(event, &mut out).await.unwrap();
+    }
+    assert!(out.is_empty(), "nothing passes a held block");
+    // The stream is cut before the block stops: it is decided on what arrived.
+    call.on_stream_end(&mut out).await.unwrap();
+    let types: Vec<&str> = out.iter().filter_map(SseEvent::event_type).collect();
+    assert_eq!(
+        types,
+        [
+            "content_block_start",
+            "content_block_delta",
+            "content_block_stop",
+            "ping"
+        ]
+    );
+    assert_eq!(
+        streamed_text(Api::AnthropicMessages, &out),
+        "[bash blocked]"
+    );
+    assert_eq!(
+        inspector.asked(),
+        [r#"bash {"command": "rm -rf /"}"#.to_owned()]
+    );
+}
+
+#[tokio::test]
+async fn anthropic_tool_use_without_input_deltas_is_inspected_with_its_start_input() {
+    let stream = concat!(
+        "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_1\",\"name\":\"list_files\",\"input\":{}}}\n\n",
+        "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+    );
+    let inspector = BlockNames::new(&[]);
+    let mut call = guard(Api::AnthropicMessages, &inspector);
+    let out = run_stream(&mut call, stream).await;
+    assert_eq!(encode(&out), stream);
+    assert_eq!(inspector.asked(), ["list_files {}".to_owned()]);
+}
+
+#[tokio::test]
+async fn openai_stream_with_text_and_a_tool_call() {
+    let inspector = BlockNames::new(&["get_weather"]);
+    let mut call = guard(Api::OpenAiChat, &inspector);
+    let out = run_stream(&mut call, OPENAI_TOOL_STREAM).await;
+    let finished = reconstruct(Api::OpenAiChat, &out);
+    assert_eq!(
+        finished["choices"][0]["message"]["content"],
+        "Let me check.\n\n[get_weather blocked]"
+    );
+    assert_eq!(finished["choices"][0]["finish_reason"], "stop");
+    assert!(out.last().unwrap().is_done());
+    // Role and text went out first, unchanged.
+    assert_eq!(encode(&out[..1]), encode(&decode(OPENAI_TOOL_STREAM)[..1]));
+}
+
+#[tokio::test]
+async fn openai_chunks_with_several_parts_are_split() {
+    // Two tool calls in one chunk, then the last arguments with the finish reason.
+    let both = openai_chunk(
+        json!({"role": "assistant", "tool_calls": [
+            {"index": 0, "id": "call_a", "type": "function", "function": {"name": "bash", "arguments": "{\"command\":"}},
+            {"index": 1, "id": "call_b", "type": "function", "function": {"name": "read_file", "arguments": "{\"path\":\"/a\"}"}},
+        ]}),
+        None,
+    );
+    let last = openai_chunk(
+        json!({"tool_calls": [{"index": 0, "function": {"arguments": "\"rm -rf /\"}"}}]}),
+        Some("tool_calls"),
+    );
+    let stream = data_event(&both)
+        + &data_event(&last)
+        + &data_event(&openai_usage_chunk())
+        + "data: [DONE]\n\n";
+    let inspector = BlockNames::new(&["bash"]);
+    let mut call = guard(Api::OpenAiChat, &inspector);
+    let out = run_stream(&mut call, &stream).await;
+    let finished = reconstruct(Api::OpenAiChat, &out);
+    let message = &finished["choices"][0]["message"];
+    assert_eq!(message["role"], "assistant");
+    assert_eq!(message["content"], "[bash blocked]");
+    assert_eq!(
+        message["tool_calls"],
+        json!([{"id": "call_b", "type": "function", "function": {"name": "read_file", "arguments": "{\"path\":\"/a\"}"}}])
+    );
+    assert_eq!(finished["choices"][0]["finish_reason"], "tool_calls");
+    assert_eq!(
+        inspector.asked(),
+        [
+            r#"bash {"command":"rm -rf /"}"#.to_owned(),
+            r#"read_file {"path":"/a"}"#.to_owned()
+        ]
+    );
+    // The read_file call went out before the finish chunk, as index 0.
+    let finish = out
+        .iter()
+        .position(|e| {
+            e.json()
+                .is_some_and(|v| v["choices"][0]["finish_reason"] == "tool_calls")
+        })
+        .unwrap();
+    let read_file = out
+        .iter()
+        .position(|e| {
+            e.json()
+                .is_some_and(|v| v["choices"][0]["delta"]["tool_calls"][0]["id"] == "call_b")
+        })
+        .unwrap();
+    assert!(read_file < finish);
+    assert_eq!(
+        out[read_file].json().unwrap()["choices"][0]["delta"]["tool_calls"][0]["index"],
+        0
+    );
+}
+
+#[tokio::test]
+async fn openai_choices_are_decided_separately() {
+    let call_delta = |choice: usize, name: &str| {
+        openai_chunk_for_choice(
+            choice,
+            json!({"tool_calls": [{"index": 0, "id": format!("call_{choice}"), "type": "function", "function": {"name": name, "arguments": "{}"}}]}),
+            None,
+        )
+    };
+    let stream = data_event(&call_delta(0, "bash"))
+        + &data_event(&call_delta(1, "ls"))
+        + &data_event(&openai_chunk_for_choice(0, json!({}), Some("tool_calls")))
+        + &data_event(&openai_chunk_for_choice(1, json!({}), Some("tool_calls")))
+        + "data: [DONE]\n\n";
+    let inspector = BlockNames::new(&["bash"]);
+    let mut call = guard(Api::OpenAiChat, &inspector);
+    let out = run_stream(&mut call, &stream).await;
+    let finished = reconstruct(Api::OpenAiChat, &out);
+    assert_eq!(finished["choices"][0]["finish_reason"], "stop");
+    assert_eq!(
+        finished["choices"][0]["message"]["content"],
+        "[bash blocked]"
+    );
+    assert_eq!(finished["choices"][1]["finish_reason"], "tool_calls");
+    assert_eq!(
+        finished["choices"][1]["message"]["tool_calls"][0]["id"],
+        "call_1"
+    );
+}
+
+#[tokio::test]
+async fn openai_stream_error_releases_held_calls_before_the_error() {
+    let start = openai_chunk(
+        json!({"tool_calls": [{"index": 0, "id": "call_a", "type": "function", "function": {"name": "bash", "arguments": "{\"comm"}}]}),
+        None,
+    );
+    let error = json!({"error": {"message": "Overloaded", "type": "overloaded_error", "param": null, "code": null}});
+    let stream = data_event(&start) + &data_event(&error);
+    let inspector = BlockNames::new(&["bash"]);
+    let mut call = guard(Api::OpenAiChat, &inspector);
+    let out = run_stream(&mut call, &stream).await;
+    assert_eq!(out.len(), 2);
+    assert_eq!(streamed_text(Api::OpenAiChat, &out[..1]), "[bash blocked]");
+    assert_eq!(out[1].json(), Some(&error));
+    assert_eq!(inspector.asked(), [r#"bash {"comm"#.to_owned()]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Text inspection
+
+#[tokio::test]
+async fn held_text_is_released_unchanged_or_replaced_whole() {
+    for api in [Api::OpenAiChat, Api::AnthropicMessages] {
+        let reply = mock_reply(Scenario::TextAndTools);
+        // "fox" is split across deltas of 8 characters: only the whole text has it.
+        for (word, expected_text) in [
+            ("fox", "[text blocked]"),
+            (
+                "wolf",
+                "Hello from the mock upstream. The quick brown fox jumps over the lazy dog.",
+            ),
+        ] {
+            let inspector = BlockNames::with_text(&[], word);
+            let mut call = guard(api, &inspector);
+            let stream = mock_stream(api, &reply);
+            let out = run_stream(&mut call, &stream).await;
+            let finished = reconstruct(api, &out);
+            let mut body = mock_body(api, &reply);
+            guard(api, &inspector).on_response(&mut body).await.unwrap();
+            assert_eq!(finished, body, "{api:?} {word}");
+            assert_eq!(streamed_text(api, &out), expected_text, "{api:?} {word}");
+            if word == "wolf" {
+                assert_eq!(encode(&out), stream, "{api:?}: released byte-identical");
+            }
+            assert_eq!(
+                inspector.asked()[0],
+                format!(
+                    "text: {}",
+                    "Hello from the mock upstream. The quick brown fox jumps over the lazy dog."
+                )
+            );
+            // The finish reason stays: the tool call was kept.
+            match api {
+                Api::OpenAiChat => {
+                    assert_eq!(finished["choices"][0]["finish_reason"], "tool_calls")
+                }
+                Api::AnthropicMessages => assert_eq!(finished["stop_reason"], "tool_use"),
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn openai_text_and_tool_call_in_one_chunk_are_held_apart() {
+    let chunk = openai_chunk(
+        json!({"role": "assistant", "content": "run it", "tool_calls": [
+            {"index": 0, "id": "call_a", "type": "function", "function": {"name": "bash", "arguments": "{}"}}
+        ]}),
+        Some("tool_calls"),
+    );
+    let stream = data_event(&chunk) + "data: [DONE]\n\n";
+    let inspector = BlockNames::with_text(&["bash"], "run");
+    let mut call = guard(Api::OpenAiChat, &inspector);
+    let out = run_stream(&mut call, &stream).await;
+    let finished = reconstruct(Api::OpenAiChat, &out);
+    assert_eq!(
+        finished["choices"][0]["message"]["content"],
+        "[text blocked]\n\n[bash blocked]"
+    );
+    assert_eq!(finished["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(finished["choices"][0]["finish_reason"], "stop");
+    assert_eq!(call.take_events().len(), 2);
+}
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+
+#[test]
+fn templates_fill_known_placeholders_and_reject_unknown_ones() {
+    let template = Template::parse(
+        "Tool {name} blocked: {rule}. {\"json\": {x}}",
+        &["name", "rule", "x"],
+    )
+    .unwrap();
+    assert_eq!(
+        template.render(&[("name", "bash"), ("rule", "no-rm"), ("x", "1")]),
+        "Tool bash blocked: no-rm. {\"json\": 1}"
+    );
+    assert_eq!(template.render(&[]), "Tool  blocked: . {\"json\": }");
+    let error = Template::parse("{name} {tool}", &["name", "rule"]).unwrap_err();
+    assert_eq!(error, "unknown placeholder {tool}; known: {name}, {rule}");
+    assert_eq!(
+        Template::parse("a { b } {", &[]).unwrap().render(&[]),
+        "a { b } {"
+    );
+}
+
+#[test]
+fn tool_name_patterns() {
+    let names =
+        ToolNames::new(&["bash".to_owned(), "shell*".to_owned(), "fs.?".to_owned()]).unwrap();
+    for name in ["bash", "shell", "shell_exec", "fs.a"] {
+        assert!(names.matches(name), "{name}");
+    }
+    for name in ["Bash", "bash2", "my_shell", "fs.ab", "fsxa"] {
+        assert!(!names.matches(name), "{name}");
+    }
+    assert!(ToolNames::new(&[]).is_err());
+    assert_eq!(
+        ToolNames::new(&["a".to_owned(), String::new()]).unwrap_err(),
+        "[1]: must not be empty"
+    );
+}
+
+#[test]
+fn normalized_arguments_are_compact_json() {
+    let call = ToolCall {
+        id: None,
+        name: "x".to_owned(),
+        arguments: "{\"a\": [1, 2], \"b\": \"caf\\u00e9 \\\"q\\\"\"}".to_owned(),
+    };
+    assert_eq!(
+        call.normalized_arguments(),
+        r#"{"a":[1,2],"b":"café \"q\""}"#
+    );
+    let cut = ToolCall {
+        arguments: "{\"a\": ".to_owned(),
+        ..call
+    };
+    assert_eq!(cut.normalized_arguments(), "{\"a\": ");
+    assert!(cut.parsed_arguments().is_none());
+}
