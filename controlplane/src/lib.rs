@@ -10,13 +10,11 @@
 pub mod activity;
 pub mod debug;
 pub mod diff;
-pub mod events;
 pub mod metrics;
 pub mod policy_source;
 pub mod recorder;
 pub mod replay;
 pub mod server;
 pub mod service;
-pub mod store;
 
 pub use server::{ControlPlaneConfig, serve};

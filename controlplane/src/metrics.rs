@@ -17,19 +17,19 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use luthien_policy::PolicyMetrics;
+use luthien_store::StoreMetrics;
 use luthien_telemetry::metrics::{self as shared, BoundedLabels, Label};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio_util::task::TaskTracker;
 
 use crate::activity::ActivityBus;
-use crate::events::TokenUsage;
-use crate::store::EventSink;
+use luthien_store::EventSink;
+use luthien_store::events::TokenUsage;
 
 /// `token_type` follows the GenAI conventions' `gen_ai.token.type`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -53,12 +53,8 @@ pub struct Global {
     pub calls: Family<CallLabels, Counter>,
     pub model_names: BoundedLabels,
     pub tokens: Family<TokenLabels, Counter>,
-    pub batch_latency: Histogram,
-    /// Calls (and, below, their events) deleted by retention.
-    pub retention_deleted_calls: Counter,
-    pub retention_deleted_events: Counter,
-    /// Retention runs cut short by a database error.
-    pub retention_failures: Counter,
+    /// Handed to the event writer and retention.
+    pub store: Arc<StoreMetrics>,
 }
 
 /// The process's metrics.
@@ -69,10 +65,7 @@ pub fn global() -> &'static Global {
         calls: Family::default(),
         model_names: BoundedLabels::new(shared::MAX_MODEL_LABELS),
         tokens: Family::default(),
-        batch_latency: Histogram::new(shared::latency_buckets()),
-        retention_deleted_calls: Counter::default(),
-        retention_deleted_events: Counter::default(),
-        retention_failures: Counter::default(),
+        store: Arc::default(),
     })
 }
 
@@ -131,26 +124,7 @@ pub fn render(sources: &MetricsSources) -> String {
         global.tokens.clone(),
     );
     global.policy.register(&mut registry);
-    registry.register(
-        "luthien_event_batch_duration_seconds",
-        "Time successful event batches took to write.",
-        global.batch_latency.clone(),
-    );
-    registry.register(
-        "luthien_store_retention_deleted_calls",
-        "Calls deleted by event-store retention (--retention), with their events.",
-        global.retention_deleted_calls.clone(),
-    );
-    registry.register(
-        "luthien_store_retention_deleted_events",
-        "Events deleted by event-store retention with their calls.",
-        global.retention_deleted_events.clone(),
-    );
-    registry.register(
-        "luthien_store_retention_failures",
-        "Event-store retention runs cut short by a database error (retried at the next interval).",
-        global.retention_failures.clone(),
-    );
+    global.store.register(&mut registry);
     registry.register_collector(Box::new(Snapshots(sources.clone())));
     let mut text = shared::encode(&registry);
     // Remote policies keep their own counters and render them in the same

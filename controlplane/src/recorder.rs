@@ -7,7 +7,7 @@
 //! [`EventSink`] (bounded queue, batched writer) and the [`ActivityBus`].
 //! Both hand-offs are non-blocking; a full queue drops and counts. Secrets
 //! and oversized payloads are handled by the writer
-//! ([`crate::store::redact`]), so nothing reaches the store unsanitised.
+//! ([`luthien_store::redact`]), so nothing reaches the store unsanitised.
 
 use std::sync::Arc;
 
@@ -16,12 +16,14 @@ use luthien_proto::dataplane::v1::{CallEnd, CallOutcome};
 use serde_json::{Map, Value};
 
 use crate::activity::{ActivityBus, ActivityMessage};
-use crate::events::{CallEvent, CallStatus, CallSummary, EventPayload, SCHEMA_VERSION, TokenUsage};
-use crate::store::{EventSink, Record};
 use luthien_policy::CallInfo;
 use luthien_policy::reconstruct::Reconstructor;
 use luthien_policy::shapes::Api;
 use luthien_policy::sse::SseEvent;
+use luthien_store::events::{
+    CallEvent, CallStatus, CallSummary, EventPayload, SCHEMA_VERSION, TokenUsage,
+};
+use luthien_store::{EventSink, Record};
 
 /// Where finished records go; shared by all calls.
 #[derive(Clone)]

@@ -13,8 +13,8 @@ use serde_json::{Value, json};
 
 use crate::debug::CallDetail;
 use crate::diff::{CallDiff, DiffOptions, diff_call};
-use crate::events::EventPayload;
 use luthien_policy::{CallInfo, Chain, RequestVerdict};
+use luthien_store::events::EventPayload;
 
 /// What a chain made of one recorded call.
 #[derive(Clone, Debug, Serialize)]

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::serve::ListenerExt;
@@ -21,13 +22,13 @@ use crate::metrics::{self, MetricsSources};
 use crate::policy_source::PolicySource;
 use crate::recorder::Recording;
 use crate::service::{CallSettings, ControlPlaneService};
-use crate::store::{
-    RetentionHandle, RetentionOptions, Store, StoreError, StoreOptions, WriterHandle,
-    WriterOptions, spawn_retention, spawn_writer,
-};
 use luthien_api::limits;
 use luthien_policy::Chain;
 use luthien_policy::config::ConfigError;
+use luthien_store::{
+    RetentionHandle, RetentionOptions, Store, StoreError, StoreOptions, WriterHandle,
+    WriterOptions, spawn_retention, spawn_writer,
+};
 
 /// How long shutdown waits for calls in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -369,6 +370,7 @@ async fn start_recording(
     let writer_options = WriterOptions {
         queue_capacity: config.event_queue_capacity,
         max_payload_bytes: config.max_payload_bytes,
+        metrics: Arc::clone(&crate::metrics::global().store),
         ..WriterOptions::default()
     };
     // The writer gets its own token: it must outlive the calls and drain
@@ -392,7 +394,10 @@ fn start_retention(
         tracing::info!("--retention is set but the event store is disabled; nothing to delete");
         return None;
     };
-    let options = RetentionOptions::new(max_age, config.retention_interval);
+    let options = RetentionOptions {
+        metrics: Arc::clone(&crate::metrics::global().store),
+        ..RetentionOptions::new(max_age, config.retention_interval)
+    };
     tracing::info!(
         backend = store.backend(),
         retention = %humantime::format_duration(options.max_age),

@@ -12,7 +12,7 @@ use luthien_controlplane::debug::DebugService;
 use luthien_controlplane::diff::{Op, Segment, SegmentOp, TextChange};
 use luthien_controlplane::policy_source::PolicySource;
 use luthien_controlplane::replay::ReplayOutcome;
-use luthien_controlplane::store::{CallFilter, Store, StoreOptions};
+use luthien_store::{CallFilter, Store, StoreOptions};
 
 #[derive(Debug, clap::Args)]
 pub struct ReplayArgs {

@@ -5,10 +5,10 @@
 
 use std::process::Command;
 
-use luthien_controlplane::events::{
+use luthien_store::events::{
     CallEvent, CallStatus, CallSummary, EventPayload, SCHEMA_VERSION, TokenUsage,
 };
-use luthien_controlplane::store::{Record, Store, StoreOptions};
+use luthien_store::{Record, Store, StoreOptions};
 use serde_json::json;
 
 fn luthien(args: &[&str]) -> (bool, String, String) {

@@ -4,8 +4,8 @@
 use std::future::Future;
 use std::time::Duration;
 
-use luthien_controlplane::events::{CallEvent, CallStatus, CallSummary};
-use luthien_controlplane::store::Store;
+use luthien_store::Store;
+use luthien_store::events::{CallEvent, CallStatus, CallSummary};
 use serde_json::Value;
 
 use crate::client::{Client, read};

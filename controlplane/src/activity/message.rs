@@ -5,7 +5,7 @@
 use luthien_api::Api;
 use serde::{Deserialize, Serialize};
 
-use crate::events::{CallEvent, EventPayload};
+use luthien_store::events::{CallEvent, EventPayload};
 
 /// Version of [`ActivityMessage`]'s JSON shape, sent as its `v` field. Bump
 /// it on any change an older reader would misread; readers skip messages
@@ -20,7 +20,7 @@ pub const MAX_SUMMARY_CHARS: usize = 200;
 /// One event of one call, as live-activity consumers see it.
 ///
 /// `event_type` and `status` are plain strings rather than the enums of
-/// [`crate::events`] so that a reader survives a newer writer adding a
+/// [`luthien_store::events`] so that a reader survives a newer writer adding a
 /// variant.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ActivityMessage {
@@ -100,7 +100,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::events::{CallStatus, SCHEMA_VERSION, TokenUsage};
+    use luthien_store::events::{CallStatus, SCHEMA_VERSION, TokenUsage};
 
     fn event(payload: EventPayload) -> CallEvent {
         CallEvent {

@@ -38,7 +38,7 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::events::CallEvent;
+use luthien_store::events::CallEvent;
 
 pub use message::{ACTIVITY_VERSION, ActivityMessage, MAX_SUMMARY_CHARS};
 pub use redis_backend::{

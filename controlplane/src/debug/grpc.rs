@@ -23,8 +23,8 @@ use tonic::{Request, Response, Status};
 use super::auth::AdminKey;
 use super::{ActivityFilter, DebugError, DebugService, payload_json};
 use crate::activity::ActivityMessage;
-use crate::events::CallSummary;
-use crate::store::CallFilter;
+use luthien_store::CallFilter;
+use luthien_store::events::CallSummary;
 
 /// The gRPC face of the debug service.
 #[derive(Clone)]

@@ -19,7 +19,7 @@ use serde_json::json;
 
 use super::auth::{AdminKey, COOKIE};
 use super::{ActivityFilter, DebugError, DebugService};
-use crate::store::CallFilter;
+use luthien_store::CallFilter;
 
 /// How often the activity stream sends a heartbeat comment, so proxies and
 /// browsers keep an idle stream open.

@@ -19,12 +19,12 @@ use tokio_stream::wrappers::BroadcastStream;
 
 use crate::activity::{ActivityBus, ActivityMessage};
 use crate::diff::{CallDiff, DiffOptions, diff_call};
-use crate::events::{CallEvent, CallStatus, CallSummary, EventPayload};
 use crate::policy_source::PolicySource;
 use crate::replay::{self, ReplayOutcome};
-use crate::store::{CallFilter, CallPage, Store, StoreError};
 use luthien_policy::config;
 use luthien_policy::shapes::Api;
+use luthien_store::events::{CallEvent, CallStatus, CallSummary, EventPayload};
+use luthien_store::{CallFilter, CallPage, Store, StoreError};
 
 /// What went wrong answering a debug query; each transport maps it to its
 /// own status (404 / NOT_FOUND, …).
@@ -284,7 +284,7 @@ fn trace_url(template: &str, call: &CallSummary) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::TokenUsage;
+    use luthien_store::events::TokenUsage;
 
     fn call(trace_id: Option<&str>) -> CallSummary {
         CallSummary {

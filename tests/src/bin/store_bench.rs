@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use luthien_controlplane::events::{
+use luthien_store::events::{
     CallEvent, CallStatus, CallSummary, EventPayload, SCHEMA_VERSION, TokenUsage,
 };
-use luthien_controlplane::store::{Record, Store, StoreOptions, WriterOptions, spawn_writer};
+use luthien_store::{Record, Store, StoreOptions, WriterOptions, spawn_writer};
 use luthien_tests::databases::TestDatabase;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;

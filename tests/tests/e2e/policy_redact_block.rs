@@ -2,8 +2,8 @@
 //! provider: what upstream receives, what the client receives (both APIs, streamed and not),
 //! calls that never reach upstream, a chain, and what the call record says.
 
-use luthien_controlplane::events::{CallStatus, EventPayload};
-use luthien_controlplane::store::{Store, StoreOptions};
+use luthien_store::events::{CallStatus, EventPayload};
+use luthien_store::{Store, StoreOptions};
 use luthien_tests::databases::TestDatabase;
 use luthien_tests::wire::{self, anthropic_stream_text, openai_stream_text};
 use luthien_tests::{Client, Stack, StackOptions, TestResponse, wait};

@@ -9,8 +9,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use luthien_controlplane::events::EventPayload;
-use luthien_controlplane::store::{Store, StoreOptions};
+use luthien_store::events::EventPayload;
+use luthien_store::{Store, StoreOptions};
 use luthien_tests::databases::TestDatabase;
 use luthien_tests::wire::{
     anthropic_stream_text, anthropic_stream_tool_inputs, events, openai_stream_text,

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use luthien_controlplane::events::{CallEvent, CallStatus, CallSummary, EventPayload};
-use luthien_controlplane::store::{CallFilter, Store, StoreOptions};
+use luthien_store::events::{CallEvent, CallStatus, CallSummary, EventPayload};
+use luthien_store::{CallFilter, Store, StoreOptions};
 use luthien_tests::databases::{TestDatabase, redis_url};
 use luthien_tests::{Client, Stack, StackOptions, wait};
 use serde_json::{Value, json};

@@ -12,7 +12,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use luthien_controlplane::store::{Store, StoreOptions};
 use luthien_proto::policy::v1::policy_request::Message as ToServer;
 use luthien_proto::policy::v1::policy_request_result::Action;
 use luthien_proto::policy::v1::policy_response::Message as FromServer;
@@ -21,6 +20,7 @@ use luthien_proto::policy::v1::{
     DescribeRequest, Phase, PolicyContinue, PolicyDescription, PolicyRequest, PolicyRequestResult,
     PolicyResponse,
 };
+use luthien_store::{Store, StoreOptions};
 use luthien_telemetry::LogFormat;
 use luthien_tests::client::{Client, TestResponse};
 use luthien_tests::databases::TestDatabase;

@@ -16,7 +16,10 @@
 //! Schema: `migrations/{postgres,sqlite}/`, embedded at compile time and run
 //! by [`Store::open`] when [`StoreOptions::migrate`] is set.
 
+pub mod events;
+
 mod error;
+mod metrics;
 mod postgres;
 mod query;
 pub mod redact;
@@ -36,6 +39,7 @@ use sqlx::sqlite::SqlitePool;
 use crate::events::{CallEvent, CallSummary};
 
 pub use error::StoreError;
+pub use metrics::StoreMetrics;
 pub use query::{CallFilter, CallPage, DEFAULT_LIMIT, MAX_LIMIT};
 pub use retention::{RetentionHandle, RetentionOptions, RetentionStats, spawn_retention};
 pub use writer::{

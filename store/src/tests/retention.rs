@@ -3,7 +3,9 @@
 //! busy writer, and the background task with its counters and outages.
 
 use super::*;
-use crate::store::retention::{RetentionOptions, spawn_retention};
+use std::sync::Arc;
+
+use crate::retention::{RetentionOptions, spawn_retention};
 
 /// A call as the recorder hands it over: its start, `events` events and its
 /// completion.
@@ -288,6 +290,7 @@ fn quick_retention() -> RetentionOptions {
         interval: Duration::from_millis(100),
         batch_size: 4,
         pause: Duration::from_millis(1),
+        metrics: Arc::default(),
     }
 }
 
@@ -306,10 +309,9 @@ async fn the_retention_task_deletes_old_calls_every_interval_and_counts_them() {
         }
         records.extend(call_records("recent", now - HOUR_MICROS / 2, 2));
         write_through_writer(&store, records).await;
-        let metric = || crate::metrics::global().retention_deleted_calls.get();
-        let metric_before = metric();
-
-        let retention = spawn_retention(store.clone(), quick_retention(), CancellationToken::new());
+        let options = quick_retention();
+        let metrics = Arc::clone(&options.metrics);
+        let retention = spawn_retention(store.clone(), options, CancellationToken::new());
         wait_until("the first run", || retention.stats().deleted_calls == 10).await;
         let stats = retention.stats();
         assert_eq!(stats.deleted_events, 20);
@@ -319,15 +321,13 @@ async fn the_retention_task_deletes_old_calls_every_interval_and_counts_them() {
             count(&store, "SELECT COUNT(*) FROM conversation_events").await,
             2
         );
-        // Other tests in this process may count too: at least ours.
-        assert!(metric() >= metric_before + 10);
-        let rendered = crate::metrics::render(&crate::metrics::MetricsSources {
-            sink: None,
-            activity: crate::activity::ActivityBus::in_process(),
-            calls: tokio_util::task::TaskTracker::new(),
-        });
+        assert_eq!(metrics.retention_deleted_calls.get(), 10);
+        assert_eq!(metrics.retention_deleted_events.get(), 20);
+        let mut registry = prometheus_client::registry::Registry::default();
+        metrics.register(&mut registry);
+        let rendered = luthien_telemetry::metrics::encode(&registry);
         assert!(
-            rendered.contains("luthien_store_retention_deleted_calls_total "),
+            rendered.contains("luthien_store_retention_deleted_calls_total 10"),
             "{rendered}"
         );
 
@@ -364,14 +364,14 @@ async fn the_retention_task_survives_an_outage_and_catches_up() {
             ));
         }
         store.write_batch(&records).await.unwrap();
-        let failures_before = crate::metrics::global().retention_failures.get();
-
         let outage = target.break_writes().await;
         let cancel = CancellationToken::new();
-        let retention = spawn_retention(store.clone(), quick_retention(), cancel.clone());
+        let options = quick_retention();
+        let metrics = Arc::clone(&options.metrics);
+        let retention = spawn_retention(store.clone(), options, cancel.clone());
         wait_until("a failed run", || retention.stats().failed_runs >= 1).await;
         assert_eq!(retention.stats().deleted_calls, 0);
-        assert!(crate::metrics::global().retention_failures.get() > failures_before);
+        assert!(metrics.retention_failures.get() >= 1);
         outage.end().await;
         wait_until("recovery", || retention.stats().deleted_calls == 6).await;
         assert!(call_ids(&store).await.is_empty());

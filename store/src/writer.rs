@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::redact;
-use super::{Record, Store, StoreError};
+use super::{Record, Store, StoreError, StoreMetrics};
 
 /// Shortest pause between two "records dropped" warnings.
 const DROP_WARN_EVERY: Duration = Duration::from_secs(10);
@@ -47,6 +47,8 @@ pub struct WriterOptions {
     /// Cap on each payload value of a stored event (see
     /// [`redact::sanitize_payload`]); `None` keeps everything.
     pub max_payload_bytes: Option<usize>,
+    /// Where batch latency is measured for `/metrics`.
+    pub metrics: Arc<StoreMetrics>,
 }
 
 impl Default for WriterOptions {
@@ -58,6 +60,7 @@ impl Default for WriterOptions {
             retry_initial: Duration::from_millis(100),
             retry_max: Duration::from_secs(5),
             max_payload_bytes: None,
+            metrics: Arc::default(),
         }
     }
 }
@@ -383,7 +386,8 @@ impl Writer {
             match result {
                 Ok(()) => {
                     let elapsed = started.elapsed();
-                    crate::metrics::global()
+                    self.options
+                        .metrics
                         .batch_latency
                         .observe(elapsed.as_secs_f64());
                     let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);

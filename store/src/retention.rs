@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{Purged, Store, StoreError};
+use super::{Purged, Store, StoreError, StoreMetrics};
 
 /// When and how much retention deletes.
 #[derive(Clone, Debug)]
@@ -36,6 +36,8 @@ pub struct RetentionOptions {
     /// Pause between two batches of a run, in which the writer gets the
     /// lock (SQLite) and the rows (PostgreSQL).
     pub pause: Duration,
+    /// Where deletions and failures are counted for `/metrics`.
+    pub metrics: Arc<StoreMetrics>,
 }
 
 impl RetentionOptions {
@@ -52,6 +54,7 @@ impl RetentionOptions {
             interval,
             batch_size: Self::DEFAULT_BATCH_SIZE,
             pause: Self::DEFAULT_PAUSE,
+            metrics: Arc::default(),
         }
     }
 }
@@ -92,9 +95,6 @@ impl Counters {
             .fetch_add(purged.calls, Ordering::Relaxed);
         self.deleted_events
             .fetch_add(purged.events, Ordering::Relaxed);
-        let metrics = crate::metrics::global();
-        metrics.retention_deleted_calls.inc_by(purged.calls);
-        metrics.retention_deleted_events.inc_by(purged.events);
     }
 }
 
@@ -169,7 +169,7 @@ async fn run(
             }
             Err((purged, error)) => {
                 counters.failed_runs.fetch_add(1, Ordering::Relaxed);
-                crate::metrics::global().retention_failures.inc();
+                options.metrics.retention_failures.inc();
                 tracing::warn!(
                     %error,
                     backend = store.backend(),
@@ -212,6 +212,11 @@ async fn purge(
         let purged = result.map_err(|error| (total, error))?;
         batches += 1;
         counters.add(purged);
+        options.metrics.retention_deleted_calls.inc_by(purged.calls);
+        options
+            .metrics
+            .retention_deleted_events
+            .inc_by(purged.events);
         total.calls += purged.calls;
         total.events += purged.events;
         if purged.calls < u64::from(batch) {
