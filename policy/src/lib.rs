@@ -22,6 +22,7 @@ pub mod noop;
 pub mod reconstruct;
 pub mod regex_redact;
 pub mod remote;
+pub mod server;
 pub mod shapes;
 pub mod sse;
 pub mod string_replace;

@@ -674,11 +674,7 @@ impl RemoteCall {
         }
         let seq = self.seq;
         self.seq += 1;
-        let message = ToServer::Event(PolicyStreamEvent {
-            seq,
-            event_type: event.event_type().unwrap_or_default().to_owned(),
-            data: Bytes::copy_from_slice(event.data().as_bytes()),
-        });
+        let message = ToServer::Event(event_to_remote(seq, event));
         if plan.read_only {
             self.audit(StatPhase::Stream, message);
             return Ok(false);
@@ -892,7 +888,17 @@ fn immediate_response(response: PolicyImmediateResponse) -> Result<ImmediateResp
 
 /// Turns a server's event into one for the client. An event the server sent back unchanged
 /// is the original, so it leaves byte-identical.
-fn event_from_remote(
+/// An event as the policy protocol carries it.
+pub(crate) fn event_to_remote(seq: u64, event: &SseEvent) -> PolicyStreamEvent {
+    PolicyStreamEvent {
+        seq,
+        event_type: event.event_type().unwrap_or_default().to_owned(),
+        data: Bytes::copy_from_slice(event.data().as_bytes()),
+    }
+}
+
+/// An event the policy protocol carried; `original` is reused when it comes back unchanged.
+pub(crate) fn event_from_remote(
     remote: PolicyStreamEvent,
     original: Option<&SseEvent>,
 ) -> Result<SseEvent, RemoteError> {
