@@ -169,7 +169,17 @@ async fn pass(
             Ok(header) => header,
             Err(error) => return error.into_response(),
         };
-    let body = match proxy::read_body(api, config.max_body_bytes, &parts.headers, body).await {
+    let body = match proxy::read_body(
+        api,
+        proxy::BodyLimits {
+            max_bytes: config.max_body_bytes,
+            read_timeout: config.edge.body_read_timeout,
+        },
+        &parts.headers,
+        body,
+    )
+    .await
+    {
         Ok(body) => body,
         Err(error) => return error.into_response(),
     };

@@ -103,6 +103,74 @@ pub struct DataPlaneConfig {
     /// them 404 so that no byte bypasses the policies.
     #[arg(long = "auxiliary-endpoints", env = "LUTHIEN_AUXILIARY_ENDPOINTS", default_value_t = true, action = clap::ArgAction::Set)]
     pub auxiliary_endpoints: bool,
+
+    #[command(flatten)]
+    pub edge: EdgeLimits,
+}
+
+/// What a client may hold of the data plane: the bounds that keep slow or hostile clients
+/// from starving the others.
+#[derive(Clone, Debug, clap::Args)]
+pub struct EdgeLimits {
+    /// Open client connections at most; past it, new connections wait in the listen backlog.
+    /// Far above the idle keep-alive connections a busy client pool holds.
+    #[arg(
+        long = "max-connections",
+        env = "LUTHIEN_MAX_CONNECTIONS",
+        default_value_t = 10_000
+    )]
+    pub max_connections: usize,
+
+    /// Calls in progress at most (streams included); past it, a 503 in the client's format.
+    #[arg(
+        long = "max-concurrent-calls",
+        env = "LUTHIEN_MAX_CONCURRENT_CALLS",
+        default_value_t = 4_096
+    )]
+    pub max_concurrent_calls: usize,
+
+    /// Time a connection gets to send a request's head, counted from when it is ready for one:
+    /// accepted, or idle after a response. So it is also the idle keep-alive timeout.
+    #[arg(long = "header-read-timeout", env = "LUTHIEN_HEADER_READ_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// Time a client gets to send a whole request body (a 10 MiB body at 1 MiB/s fits).
+    #[arg(long = "body-read-timeout", env = "LUTHIEN_BODY_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub body_read_timeout: Duration,
+
+    /// Request headers at most, in count and in total bytes of names and values; past either,
+    /// a 431 in the client's format.
+    #[arg(
+        long = "max-headers",
+        env = "LUTHIEN_MAX_HEADERS",
+        default_value_t = 100
+    )]
+    pub max_headers: usize,
+    #[arg(long = "max-header-bytes", env = "LUTHIEN_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
+    pub max_header_bytes: usize,
+
+    /// Client headers forwarded upstream although they carry another party's credentials
+    /// (`cookie`, `proxy-authorization`, `api-key`, `x-goog-api-key`); comma-separated.
+    #[arg(
+        long = "forward-headers",
+        env = "LUTHIEN_FORWARD_HEADERS",
+        value_delimiter = ','
+    )]
+    pub forward_headers: Vec<String>,
+}
+
+impl Default for EdgeLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            max_concurrent_calls: 4_096,
+            header_read_timeout: Duration::from_secs(20),
+            body_read_timeout: Duration::from_secs(30),
+            max_headers: 100,
+            max_header_bytes: 64 * 1024,
+            forward_headers: Vec::new(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -126,6 +194,17 @@ mod tests {
         assert_eq!(config.max_body_bytes, 10 * 1024 * 1024);
         assert!(config.propagate_trace_upstream);
         assert!(config.auxiliary_endpoints);
+        let edge = config.edge;
+        let documented = EdgeLimits::default();
+        assert_eq!(edge.max_connections, documented.max_connections);
+        assert_eq!(edge.max_concurrent_calls, documented.max_concurrent_calls);
+        assert_eq!(edge.header_read_timeout, documented.header_read_timeout);
+        assert_eq!(edge.body_read_timeout, documented.body_read_timeout);
+        assert_eq!(
+            (edge.max_headers, edge.max_header_bytes),
+            (documented.max_headers, documented.max_header_bytes)
+        );
+        assert!(edge.forward_headers.is_empty());
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod api;
 mod auxiliary;
 pub mod config;
 mod control;
+mod edge;
 mod fail_mode;
 mod metrics;
 mod proxy;
@@ -25,10 +26,9 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -45,6 +45,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Shared by every request handler.
 pub struct AppState {
     config: DataPlaneConfig,
+    calls: edge::CallSlots,
     control: ControlClient,
     upstream: Upstream,
     metrics: Arc<metrics::Metrics>,
@@ -77,6 +78,7 @@ pub fn app(config: DataPlaneConfig) -> Result<(Router, Arc<AppState>), StartErro
     let upstream = Upstream::new(&config)?;
     upstream.validate().map_err(StartError::Config)?;
     let state = Arc::new(AppState {
+        calls: edge::CallSlots::new(config.edge.max_concurrent_calls),
         config,
         control,
         upstream,
@@ -96,7 +98,11 @@ pub fn app(config: DataPlaneConfig) -> Result<(Router, Arc<AppState>), StartErro
         .route("/metrics", get(metrics::handler))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(Arc::clone(&state));
+        .with_state(Arc::clone(&state))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(state.config.edge.clone()),
+            edge::limit_headers,
+        ));
     Ok((router, state))
 }
 
@@ -116,16 +122,7 @@ pub async fn serve(
         auxiliary_endpoints = state.config.auxiliary_endpoints,
         "data plane listening"
     );
-    // Streams write many small chunks: without TCP_NODELAY, Nagle holds each
-    // one until the client's delayed ACK of the previous (tens of ms).
-    let listener = listener.tap_io(|stream| {
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY on a client connection");
-        }
-    });
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
+    edge::serve(listener, router, &state.config.edge, shutdown).await;
     let tasks = state.control.tasks();
     tasks.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
@@ -151,7 +148,7 @@ async fn not_found(State(state): State<Arc<AppState>>, request: Request) -> Resp
     } else {
         "POST /v1/chat/completions and POST /v1/messages"
     };
-    ApiError::new(
+    with_call_id(ApiError::new(
         api,
         StatusCode::NOT_FOUND,
         format!(
@@ -159,8 +156,7 @@ async fn not_found(State(state): State<Arc<AppState>>, request: Request) -> Resp
             request.method(),
             request.uri().path()
         ),
-    )
-    .into_response()
+    ))
 }
 
 async fn method_not_allowed(request: Request) -> Response {
@@ -171,13 +167,24 @@ async fn method_not_allowed(request: Request) -> Response {
     } else {
         "POST"
     };
-    ApiError::new(
+    with_call_id(ApiError::new(
         api,
         StatusCode::METHOD_NOT_ALLOWED,
         format!(
             "{} is not allowed on {path}; use {allowed}",
             request.method()
         ),
-    )
-    .into_response()
+    ))
+}
+
+/// An error answered before any call began (no route, bad head), under a call id of its own
+/// like every answer, so a client's report can be found in the logs.
+pub(crate) fn with_call_id(error: ApiError) -> Response {
+    let id = uuid::Uuid::now_v7();
+    tracing::info!(call_id = %id, status = error.status.as_u16(), message = %error.message, "request refused");
+    let mut response = error.into_response();
+    if let Ok(value) = HeaderValue::from_str(&id.to_string()) {
+        response.headers_mut().insert(CALL_ID_HEADER, value);
+    }
+    response
 }

@@ -33,6 +33,7 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::api::{Api, ApiError};
 use crate::control::{CallSession, ControlError, Ending, Times};
+use crate::edge::CallSlot;
 use crate::fail_mode::{Ruling, Stage};
 use crate::metrics::{CallLabels, Metrics};
 use crate::stream::{StreamMode, StreamPump};
@@ -83,6 +84,7 @@ async fn proxy(state: Arc<AppState>, api: Api, request: Request) -> Response {
         span.record("trace_id", trace_id);
     }
     let model = state.metrics.models.get("");
+    let slot = state.calls.take(api);
     let mut call = Call {
         id,
         api,
@@ -93,9 +95,16 @@ async fn proxy(state: Arc<AppState>, api: Api, request: Request) -> Response {
         trace,
         model,
         session: None,
+        slot: None,
         streamed: false,
     };
-    let mut response = call.run(request).instrument(span.clone()).await;
+    let mut response = match slot {
+        Ok(slot) => {
+            call.slot = Some(slot);
+            call.run(request).instrument(span.clone()).await
+        }
+        Err(refused) => refused.into_response(),
+    };
     let status = response.status();
     span.record("http.response.status_code", status.as_u16());
     if status.is_server_error() {
@@ -149,6 +158,8 @@ struct Call {
     /// The call's control-plane stream, from the decision phase until the call ends (or the
     /// stream pump takes it); `None` when running without one (fail-open, or it failed).
     session: Option<CallSession>,
+    /// The call's place among `--max-concurrent-calls`; the stream pump takes it over.
+    slot: Option<CallSlot>,
     /// Handed to the stream pump, which reports the overhead itself.
     streamed: bool,
 }
@@ -250,9 +261,16 @@ impl Call {
         let stripped_credential =
             authenticate(config.client_api_key.as_deref(), self.api, &parts.headers)
                 .map_err(rejected)?;
-        let body = read_body(self.api, config.max_body_bytes, &parts.headers, body)
+        let limits = BodyLimits {
+            max_bytes: config.max_body_bytes,
+            read_timeout: config.edge.body_read_timeout,
+        };
+        let body = read_body(self.api, limits, &parts.headers, body)
             .await
             .map_err(rejected)?;
+        check_json_text(&body).map_err(|problem| {
+            rejected(ApiError::new(self.api, StatusCode::BAD_REQUEST, problem))
+        })?;
         let probe: RequestProbe = serde_json::from_slice(&body).map_err(|error| {
             rejected(ApiError::new(
                 self.api,
@@ -405,6 +423,7 @@ impl Call {
         upstream::copy_forwardable(&upstream_parts.headers, response.headers_mut());
         let response = self.with_overhead(response);
         let pump = StreamPump {
+            slot: self.slot.take(),
             api: self.api,
             status: upstream_parts.status.as_u16(),
             session: self.session.take(),
@@ -572,15 +591,19 @@ pub(crate) fn authenticate(
     let Some(expected) = expected else {
         return Ok(None);
     };
+    let matches = |key: &[u8]| bool::from(key.ct_eq(expected.as_bytes()));
+    // The scheme is case-insensitive (RFC 9110 §11.1): `bearer` is `Bearer`.
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
-    if bearer.is_some_and(|key| bool::from(key.as_bytes().ct_eq(expected.as_bytes()))) {
+        .and_then(|value| value.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, key)| key.trim_start());
+    if bearer.is_some_and(|key| matches(key.as_bytes())) {
         return Ok(Some(header::AUTHORIZATION));
     }
     let api_key = headers.get("x-api-key").map(HeaderValue::as_bytes);
-    if api_key.is_some_and(|key| bool::from(key.ct_eq(expected.as_bytes()))) {
+    if api_key.is_some_and(matches) {
         return Ok(Some(HeaderName::from_static("x-api-key")));
     }
     Err(ApiError::new(
@@ -590,14 +613,31 @@ pub(crate) fn authenticate(
     ))
 }
 
-/// Reads a request body of at most `limit` bytes (`--max-body-bytes`); a
-/// larger one, declared or not, is a 413.
+/// How much of a request body the data plane reads, and for how long.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BodyLimits {
+    /// `--max-body-bytes`.
+    pub max_bytes: usize,
+    /// `--body-read-timeout`.
+    pub read_timeout: Duration,
+}
+
+/// After refusing an oversized body, how long and how much of it is still read and thrown
+/// away before the connection closes, so that a client writing its whole body before reading
+/// (Python's `http.client`) reads the 413 instead of a broken pipe (RFC 9112 §9.6, nginx's
+/// lingering close).
+const LINGER_TIME: Duration = Duration::from_secs(5);
+const LINGER_BYTES: usize = 64 * 1024 * 1024;
+
+/// Reads a request body of at most `limits.max_bytes` within `limits.read_timeout`; a larger
+/// one, declared or not, is a 413 (after a bounded lingering read), a slower one a 408.
 pub(crate) async fn read_body(
     api: Api,
-    limit: usize,
+    limits: BodyLimits,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Bytes, ApiError> {
+    let limit = limits.max_bytes;
     let too_large = || {
         ApiError::new(
             api,
@@ -610,17 +650,99 @@ pub(crate) async fn read_body(
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<usize>().ok());
     if declared_length.is_some_and(|length| length > limit) {
+        linger(body).await;
         return Err(too_large());
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(error) => Err(ApiError::new(
+    let mut stream = body.into_data_stream();
+    let mut collected = bytes::BytesMut::new();
+    let read = tokio::time::timeout(limits.read_timeout, async {
+        while let Some(frame) = futures_util::StreamExt::next(&mut stream).await {
+            let frame = frame.map_err(|error| {
+                ApiError::new(
+                    api,
+                    StatusCode::BAD_REQUEST,
+                    format!("could not read the request body: {error}"),
+                )
+            })?;
+            if collected.len() + frame.len() > limit {
+                return Err(too_large());
+            }
+            collected.extend_from_slice(&frame);
+        }
+        Ok(())
+    })
+    .await;
+    match read {
+        Ok(Ok(())) => Ok(collected.freeze()),
+        Ok(Err(error)) => {
+            if error.status == StatusCode::PAYLOAD_TOO_LARGE {
+                linger(Body::from_stream(stream)).await;
+            }
+            Err(error)
+        }
+        Err(_) => Err(ApiError::new(
             api,
-            StatusCode::BAD_REQUEST,
-            format!("could not read the request body: {error}"),
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "request body not received within {}",
+                humantime::format_duration(limits.read_timeout)
+            ),
         )),
     }
+}
+
+/// Reads and discards what is left of a refused body, within [`LINGER_TIME`] and
+/// [`LINGER_BYTES`].
+async fn linger(body: Body) {
+    let mut stream = body.into_data_stream();
+    let _ = tokio::time::timeout(LINGER_TIME, async {
+        let mut discarded = 0;
+        while let Some(Ok(frame)) = futures_util::StreamExt::next(&mut stream).await {
+            discarded += frame.len();
+            if discarded > LINGER_BYTES {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// The checks every request body gets whatever the chain, before anything reads its fields:
+/// UTF-8 (RFC 8259 §8.1) and a nesting depth no parser downstream chokes on. A scan, not a
+/// parse: the probe that follows validates the JSON itself.
+fn check_json_text(body: &[u8]) -> Result<(), String> {
+    /// Deeper than any real request; serde_json itself stops at 128.
+    const MAX_DEPTH: usize = 64;
+    if let Err(error) = std::str::from_utf8(body) {
+        return Err(format!(
+            "request body is not valid UTF-8 (at byte {})",
+            error.valid_up_to()
+        ));
+    }
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &byte in body {
+        if in_string {
+            match (escaped, byte) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(format!("request body nests deeper than {MAX_DEPTH} levels"));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 fn response_message(status: StatusCode, headers: &HeaderMap, body: Bytes) -> ResponseBody {

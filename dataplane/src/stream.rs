@@ -34,6 +34,8 @@ pub enum StreamMode {
 }
 
 pub struct StreamPump {
+    /// The call's place among `--max-concurrent-calls`, held until the stream ends.
+    pub slot: Option<crate::edge::CallSlot>,
     pub api: Api,
     /// The upstream's (2xx) status, for the call's end.
     pub status: u16,
@@ -95,6 +97,8 @@ impl StreamPump {
         // Dropping `upstream` here (end of scope) cancels the upstream
         // request when it is still running.
         self.end(ending, &timing);
+        // The call is over: its slot goes to the next one.
+        drop(self.slot.take());
     }
 
     /// Ends the control-plane session, if the stream still has one; the one place it happens

@@ -28,6 +28,12 @@ const HOP_BY_HOP: &[&str] = &[
     "content-length",
 ];
 
+/// Client headers that carry credentials for parties other than the provider called: a proxy
+/// (`proxy-authorization`), a browser session (`cookie`), other providers' SDKs (`api-key` as
+/// Azure's send it, `x-goog-api-key`). Not forwarded unless `--forward-headers` names them.
+const OTHER_PARTIES_CREDENTIALS: [&str; 4] =
+    ["proxy-authorization", "cookie", "api-key", "x-goog-api-key"];
+
 /// The pooled client and the upstream endpoints.
 #[derive(Clone)]
 pub struct Upstream {
@@ -39,6 +45,8 @@ pub struct Upstream {
     anthropic_url: String,
     openai_key: Option<HeaderValue>,
     anthropic_key: Option<HeaderValue>,
+    /// [`OTHER_PARTIES_CREDENTIALS`] but those `--forward-headers` names.
+    withheld: Vec<HeaderName>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +104,17 @@ impl Upstream {
             anthropic_base,
             openai_key: bearer(&config.openai_api_key, "OPENAI_API_KEY")?,
             anthropic_key: plain(&config.anthropic_api_key, "ANTHROPIC_API_KEY")?,
+            withheld: OTHER_PARTIES_CREDENTIALS
+                .iter()
+                .filter(|name| {
+                    !config
+                        .edge
+                        .forward_headers
+                        .iter()
+                        .any(|forwarded| forwarded.trim().eq_ignore_ascii_case(name))
+                })
+                .map(|name| HeaderName::from_static(name))
+                .collect(),
         })
     }
 
@@ -174,6 +193,9 @@ impl Upstream {
         let mut headers = HeaderMap::with_capacity(client_headers.len() + 2);
         copy_forwardable(client_headers, &mut headers);
         if let Some(name) = stripped_credential {
+            headers.remove(name);
+        }
+        for name in &self.withheld {
             headers.remove(name);
         }
         match api {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use luthien_controlplane::ControlPlaneConfig;
+use luthien_dataplane::config::EdgeLimits;
 use luthien_dataplane::{DataPlaneConfig, FailMode};
 use luthien_mock_upstream::MockUpstream;
 use luthien_policy::Chain;
@@ -47,6 +48,8 @@ pub struct StackOptions {
     pub admin_key: Option<String>,
     /// The control plane's cap on one unfinished SSE event.
     pub max_sse_event_bytes: usize,
+    /// The data plane's limits on clients.
+    pub edge: EdgeLimits,
 }
 
 impl Default for StackOptions {
@@ -67,6 +70,7 @@ impl Default for StackOptions {
             max_payload_bytes: None,
             admin_key: None,
             max_sse_event_bytes: luthien_policy::sse::DEFAULT_MAX_EVENT_BYTES,
+            edge: EdgeLimits::default(),
         }
     }
 }
@@ -160,6 +164,7 @@ impl Stack {
             cp_connect_timeout: Duration::from_millis(500),
             propagate_trace_upstream: true,
             auxiliary_endpoints: true,
+            edge: options.edge,
         };
         tokio::spawn(luthien_dataplane::serve(config, listener, shutdown.clone()));
         Stack {

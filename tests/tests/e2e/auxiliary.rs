@@ -76,6 +76,7 @@ async fn data_plane(openai: &MockUpstream, anthropic: &MockUpstream, auxiliary: 
         cp_connect_timeout: Duration::from_millis(300),
         propagate_trace_upstream: true,
         auxiliary_endpoints: auxiliary,
+        edge: Default::default(),
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(luthien_dataplane::serve(config, listener, shutdown.clone()));
