@@ -12,6 +12,7 @@ mod auxiliary;
 mod control_plane;
 mod debug_api;
 mod debug_web;
+mod edge;
 mod errors;
 mod policies;
 mod policy_admin;
