@@ -7,8 +7,9 @@
 //! asks for, sends keepalives while a policy is slow, and always logs how
 //! the call ended — also when the data plane vanished without saying.
 
+use std::collections::HashSet;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -58,6 +59,37 @@ pub struct ControlPlaneService {
     settings: CallSettings,
     recording: Arc<Recording>,
     calls: TaskTracker,
+    in_flight: InFlight,
+}
+
+/// The ids of the calls this control plane is running: a second `CallStart` with one of them
+/// is refused, so no stream can write into another call's record. (The store refuses to
+/// rewrite a call that has ended, whichever control plane ran it.)
+#[derive(Clone, Default)]
+struct InFlight(Arc<Mutex<HashSet<String>>>);
+
+/// A call id held in [`InFlight`] until dropped.
+struct InFlightId {
+    ids: InFlight,
+    id: String,
+}
+
+impl InFlight {
+    fn claim(&self, id: &str) -> Option<InFlightId> {
+        let mut ids = self.0.lock().ok()?;
+        ids.insert(id.to_owned()).then(|| InFlightId {
+            ids: self.clone(),
+            id: id.to_owned(),
+        })
+    }
+}
+
+impl Drop for InFlightId {
+    fn drop(&mut self) {
+        if let Ok(mut ids) = self.ids.0.lock() {
+            ids.remove(&self.id);
+        }
+    }
 }
 
 impl ControlPlaneService {
@@ -67,6 +99,7 @@ impl ControlPlaneService {
             settings,
             recording: Arc::new(recording),
             calls: TaskTracker::new(),
+            in_flight: InFlight::default(),
         }
     }
 
@@ -92,6 +125,7 @@ impl ControlPlane for ControlPlaneService {
             settings: self.settings,
             inbound: request.into_inner(),
             replies,
+            in_flight: self.in_flight.clone(),
         };
         self.calls.spawn(driver.run());
         Ok(Response::new(ReceiverStream::new(reply_stream)))
@@ -104,6 +138,7 @@ struct CallDriver {
     settings: CallSettings,
     inbound: Streaming<DataPlaneMessage>,
     replies: mpsc::Sender<Result<ControlPlaneMessage, Status>>,
+    in_flight: InFlight,
 }
 
 /// A call's state once its request was decided.
@@ -141,6 +176,14 @@ impl CallDriver {
                     return;
                 }
             };
+        let Some(_claimed) = self.in_flight.claim(&start.call_id) else {
+            self.fail(Status::already_exists(format!(
+                "call {} is already in progress",
+                start.call_id
+            )))
+            .await;
+            return;
+        };
         let span = call_span(&start);
         self.drive(start).instrument(span).await;
     }

@@ -50,7 +50,9 @@ pub use writer::{
 #[derive(Clone, Debug, PartialEq)]
 pub enum Record {
     /// Upsert of the call's row: typically once at start (`in_progress`)
-    /// and once at completion; the later record wins.
+    /// and once at completion; the later record wins while the stored call is
+    /// in progress. A call that has ended is never rewritten: a stream that
+    /// reuses its id (a forged or replayed `CallStart`) cannot change history.
     Call(CallSummary),
     /// One event; storing the same (call_id, sequence) twice keeps the first.
     Event(CallEvent),

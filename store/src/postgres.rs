@@ -67,7 +67,8 @@ type PgQuery = sqlx::query::Query<'static, Postgres, sqlx::postgres::PgArguments
 /// One upsert for all the batch's call rows (at most one per call: a
 /// statement may not update the same row twice). `created_at` keeps the
 /// earliest value so a call does not move in the list when it completes;
-/// every other column takes the later record.
+/// every other column takes the later record, as long as the stored call is
+/// in progress (see [`Record::Call`]).
 fn upsert_calls(calls: &[(&CallSummary, i64)]) -> PgQuery {
     let mut ids = Vec::with_capacity(calls.len());
     let mut created = Vec::with_capacity(calls.len());
@@ -122,7 +123,8 @@ fn upsert_calls(calls: &[(&CallSummary, i64)]) -> PgQuery {
              input_tokens = EXCLUDED.input_tokens, output_tokens = EXCLUDED.output_tokens, \
              session_id = EXCLUDED.session_id, trace_id = EXCLUDED.trace_id, \
              policy_changed = EXCLUDED.policy_changed, \
-             schema_version = EXCLUDED.schema_version",
+             schema_version = EXCLUDED.schema_version \
+         WHERE calls.status = 'in_progress'",
     )
     .bind(ids)
     .bind(created)

@@ -119,7 +119,8 @@ fn values_sql(head: &str, rows: usize, columns: usize, tail: &str) -> sqlx::Asse
 type SqliteQuery = sqlx::query::Query<'static, Sqlite, sqlx::sqlite::SqliteArguments>;
 
 /// `created_at` keeps the earliest value so a call does not move in the
-/// list when it completes; every other column takes the later record.
+/// list when it completes; every other column takes the later record, as
+/// long as the stored call is in progress (see [`Record::Call`]).
 fn upsert_calls(calls: &[(&CallSummary, i64)]) -> SqliteQuery {
     let sql = values_sql(
         "INSERT INTO calls (call_id, created_at, completed_at, api, model, stream, status, \
@@ -135,7 +136,8 @@ fn upsert_calls(calls: &[(&CallSummary, i64)]) -> SqliteQuery {
              time_to_first_chunk_ms = excluded.time_to_first_chunk_ms, \
              input_tokens = excluded.input_tokens, output_tokens = excluded.output_tokens, \
              session_id = excluded.session_id, trace_id = excluded.trace_id, \
-             policy_changed = excluded.policy_changed, schema_version = excluded.schema_version",
+             policy_changed = excluded.policy_changed, schema_version = excluded.schema_version \
+         WHERE calls.status = 'in_progress'",
     );
     let mut query = sqlx::query(sql);
     for (call, earliest_created_micros) in calls {

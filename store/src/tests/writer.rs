@@ -223,3 +223,31 @@ async fn a_refused_record_is_dropped_without_blocking_the_others() {
     })
     .await;
 }
+
+/// A call that has ended is never rewritten, in the same batch or a later one: a record reusing
+/// its id (a forged or replayed `CallStart`) changes nothing.
+#[tokio::test]
+async fn an_ended_call_is_never_rewritten() {
+    on_each_backend(|target| async move {
+        let store = target.open().await;
+        let start = started("call-ended", 1_000);
+        let done = completed(start.clone(), CallStatus::Completed);
+        store
+            .write_batch(&[Record::Call(start.clone())])
+            .await
+            .unwrap();
+        store
+            .write_batch(&[Record::Call(done.clone())])
+            .await
+            .unwrap();
+        let mut forged = completed(start.clone(), CallStatus::Blocked);
+        forged.model = "forged".to_owned();
+        for record in [started("call-ended", 2_000), forged] {
+            store.write_batch(&[Record::Call(record)]).await.unwrap();
+        }
+        let (call, _) = store.get_call("call-ended").await.unwrap().unwrap();
+        assert_eq!(call, done, "{}", target.backend());
+        store.close().await;
+    })
+    .await;
+}

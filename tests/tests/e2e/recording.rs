@@ -479,3 +479,109 @@ async fn an_endless_upstream_event_is_capped_and_the_record_says_why() {
         );
     }
 }
+
+/// A `CallStart` reusing a real call's id, as anyone who reaches the port could send: while
+/// the call runs, the same control plane refuses the stream; once it has ended, the stored call
+/// is never rewritten.
+#[tokio::test]
+async fn a_call_id_cannot_be_reused_to_rewrite_a_record() {
+    use luthien_proto::common::v1::Api as ProtoApi;
+    use luthien_proto::dataplane::v1::control_plane_service_client::ControlPlaneServiceClient;
+    use luthien_proto::dataplane::v1::data_plane_message::Message as ToControl;
+    use luthien_proto::dataplane::v1::{CallEnd, CallOutcome, CallStart, DataPlaneMessage};
+
+    let database = TestDatabase::sqlite().await;
+    let stack = Stack::start(StackOptions {
+        database_url: Some(database.url.clone()),
+        ..StackOptions::yaml("policies: [{type: noop}]")
+    })
+    .await;
+    let store = Store::open(&database.url, StoreOptions::default())
+        .await
+        .unwrap();
+    let client = Client::new();
+    let real = client
+        .post(
+            &stack.openai_url(),
+            &[],
+            request_body(true, false).to_string(),
+        )
+        .await;
+    assert_eq!(real.status, 200);
+    let call_id = real.header("x-luthien-call-id").unwrap().to_owned();
+    let (stored, _) = recorded(&store, &call_id).await;
+    assert_eq!(stored.status, CallStatus::Completed);
+
+    let channel = tonic::transport::Endpoint::from_shared(stack.control_plane.clone().unwrap())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let start = |call_id: &str| DataPlaneMessage {
+        message: Some(ToControl::CallStart(CallStart {
+            call_id: call_id.to_owned(),
+            api: ProtoApi::OpenaiChat.into(),
+            model: "forged-model".into(),
+            body: bytes::Bytes::from_static(b"{\"model\":\"forged-model\",\"messages\":[]}"),
+            ..CallStart::default()
+        })),
+    };
+    // A forged stream for the ended call: it runs, and its records change nothing.
+    let forged = vec![
+        start(&call_id),
+        DataPlaneMessage {
+            message: Some(ToControl::CallEnd(CallEnd {
+                outcome: CallOutcome::Blocked.into(),
+                detail: "forged".into(),
+                ..CallEnd::default()
+            })),
+        },
+    ];
+    let mut inbound = ControlPlaneServiceClient::new(channel.clone())
+        .process_call(tokio_stream::iter(forged))
+        .await
+        .unwrap()
+        .into_inner();
+    while let Ok(Some(_)) = inbound.message().await {}
+
+    // Two streams with one id on one control plane: the second is refused at once.
+    let (held, queue) = tokio::sync::mpsc::channel(1);
+    held.send(start("in-flight-id")).await.unwrap();
+    let mut first = ControlPlaneServiceClient::new(channel.clone())
+        .process_call(tokio_stream::wrappers::ReceiverStream::new(queue))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        first.message().await.unwrap().is_some(),
+        "the first gets its decision"
+    );
+    let mut second = ControlPlaneServiceClient::new(channel)
+        .process_call(tokio_stream::iter([start("in-flight-id")]))
+        .await
+        .unwrap()
+        .into_inner();
+    let refused = second.message().await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::AlreadyExists, "{refused}");
+    drop(held);
+
+    // The writer keeps order: once a later call is stored, the forged records were handled.
+    let later = client
+        .post(
+            &stack.openai_url(),
+            &[],
+            request_body(true, false).to_string(),
+        )
+        .await;
+    recorded(&store, later.header("x-luthien-call-id").unwrap()).await;
+    let (call, events) = store.get_call(&call_id).await.unwrap().unwrap();
+    assert_eq!(call.status, CallStatus::Completed);
+    assert_eq!(call.model, "gpt-4o-mini");
+    assert_eq!(call, stored, "the stored call is unchanged");
+    assert!(
+        events
+            .iter()
+            .all(|event| !format!("{:?}", event.payload).contains("forged")),
+        "{events:?}"
+    );
+}
