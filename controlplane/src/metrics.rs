@@ -221,6 +221,12 @@ impl Collector for Snapshots {
                 "Time the last successful event batch took to write.",
                 stats.last_batch_micros,
             )?;
+            gauge(
+                e,
+                "luthien_event_writer_retry_backoff_microseconds",
+                "While event writes fail, the pause before the next attempt (doubling per failure; 0 while the store keeps up).",
+                stats.retry_backoff_micros,
+            )?;
         }
         let activity = sources.activity.stats();
         let e = &mut encoder;

@@ -165,7 +165,7 @@ impl ControlClient {
             .map_err(|status| ControlError::Unavailable(status.message().to_owned()))?;
         Ok(CallSession {
             outbound,
-            inbound: response.into_inner(),
+            inbound: Some(response.into_inner()),
             timeouts: self.timeouts,
             tasks: self.tasks.clone(),
             ended: false,
@@ -178,7 +178,8 @@ impl ControlClient {
 /// control plane the client went away.
 pub struct CallSession {
     outbound: mpsc::Sender<DataPlaneMessage>,
-    inbound: Streaming<ControlPlaneMessage>,
+    /// Taken by the task that ends the call.
+    inbound: Option<Streaming<ControlPlaneMessage>>,
     timeouts: Timeouts,
     tasks: TaskTracker,
     ended: bool,
@@ -210,7 +211,10 @@ impl CallSession {
             } else {
                 self.timeouts.inactivity
             };
-            let next = timeout_at(deadline, self.inbound.message())
+            let Some(inbound) = self.inbound.as_mut() else {
+                return Err(ControlError::Closed);
+            };
+            let next = timeout_at(deadline, inbound.message())
                 .await
                 .map_err(|_| ControlError::Timeout(waited))?;
             match next {
@@ -258,6 +262,11 @@ impl CallSession {
     /// stream and lets the control plane finish its side. The client never
     /// waits for this. The only place a data plane builds a `CallEnd`.
     pub fn end(mut self, ending: Ending, times: Times) {
+        self.close(ending, times);
+    }
+
+    /// [`CallSession::end`], from `&mut self` so that `Drop` ends the same way.
+    fn close(&mut self, ending: Ending, times: Times) {
         self.ended = true;
         let end = CallEnd {
             outcome: ending.outcome.into(),
@@ -268,23 +277,38 @@ impl CallSession {
             duration_micros: micros(times.duration),
             overhead_micros: micros(times.overhead),
         };
-        let tasks = self.tasks.clone();
-        tasks.spawn(async move {
+        // The session's own sender goes with it; once this clone is dropped
+        // too, the stream is half-closed.
+        let outbound = self.outbound.clone();
+        let inbound = self.inbound.take();
+        let linger = self.timeouts.message;
+        // `Drop` may run while the runtime winds down, where nothing can be spawned.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let ending = async move {
+            let message = DataPlaneMessage {
+                message: Some(ToControl::CallEnd(end)),
+            };
             // Best effort: a control plane that is gone cannot learn anything more.
-            if self.send(ToControl::CallEnd(end)).await.is_err() {
+            if !matches!(
+                tokio::time::timeout(linger, outbound.send(message)).await,
+                Ok(Ok(()))
+            ) {
                 return;
             }
-            let (outbound, _) = mpsc::channel(1);
-            drop(std::mem::replace(&mut self.outbound, outbound));
+            drop(outbound);
             // Keep the response stream open until the control plane closes
             // it; dropping it early would reset the HTTP/2 stream and could
             // discard the CallEnd still in flight.
-            let linger = self.timeouts.message;
-            let _ = tokio::time::timeout(linger, async {
-                while let Ok(Some(_)) = self.inbound.message().await {}
-            })
-            .await;
-        });
+            if let Some(mut inbound) = inbound {
+                let _ = tokio::time::timeout(linger, async {
+                    while let Ok(Some(_)) = inbound.message().await {}
+                })
+                .await;
+            }
+        };
+        self.tasks.spawn_on(ending, &runtime);
     }
 }
 
@@ -292,15 +316,16 @@ impl Drop for CallSession {
     fn drop(&mut self) {
         if !self.ended {
             // The handler was dropped mid-call: hyper does that when the
-            // client disconnects. Never block in drop; if the queue is full
-            // the control plane still sees the stream end without a CallEnd.
-            let _ = self.outbound.try_send(DataPlaneMessage {
-                message: Some(ToControl::CallEnd(CallEnd {
-                    outcome: luthien_proto::dataplane::v1::CallOutcome::ClientDisconnected.into(),
-                    detail: "client disconnected".into(),
-                    ..CallEnd::default()
-                })),
-            });
+            // client disconnects. The end goes out like any other (in the
+            // background, the stream kept open until it is delivered); the
+            // durations are unknown here.
+            let ending = Ending::new(CallOutcome::ClientDisconnected, "client disconnected");
+            let unknown = Times {
+                duration: Duration::ZERO,
+                first_byte: Duration::ZERO,
+                overhead: Duration::ZERO,
+            };
+            self.close(ending, unknown);
         }
     }
 }

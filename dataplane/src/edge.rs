@@ -104,6 +104,8 @@ pub async fn serve(
         tracing::warn!("client connections still open after the grace period; closing them");
     }
     tasks.close();
+    // Past the grace period hyper has been told to close; what is left ends with the runtime.
+    let _ = tokio::time::timeout(Duration::from_secs(1), tasks.wait()).await;
 }
 
 /// Concurrent calls, bounded by `--max-concurrent-calls`. A call holds its slot until it ends,

@@ -84,6 +84,10 @@ pub struct WriterStats {
     pub in_flight: u64,
     /// Time the last successful batch took to write, in microseconds.
     pub last_batch_micros: u64,
+    /// While writes fail: the pause before the next attempt, in microseconds (0 while the store
+    /// keeps up). It doubles with each failure, so it also says how long the store has been
+    /// behind.
+    pub retry_backoff_micros: u64,
 }
 
 #[derive(Debug)]
@@ -95,6 +99,7 @@ struct Counters {
     batches: AtomicU64,
     in_flight: AtomicU64,
     last_batch_micros: AtomicU64,
+    retry_backoff_micros: AtomicU64,
     /// Milliseconds since `origin` of the last drop warning, plus one (0:
     /// never warned).
     last_drop_warn: AtomicU64,
@@ -161,6 +166,7 @@ impl EventSink {
             queue_depth: (self.tx.max_capacity() - self.tx.capacity()) as u64,
             in_flight: c.in_flight.load(Ordering::Relaxed),
             last_batch_micros: c.last_batch_micros.load(Ordering::Relaxed),
+            retry_backoff_micros: c.retry_backoff_micros.load(Ordering::Relaxed),
         }
     }
 }
@@ -230,6 +236,7 @@ pub fn spawn_writer(
         batches: AtomicU64::new(0),
         in_flight: AtomicU64::new(0),
         last_batch_micros: AtomicU64::new(0),
+        retry_backoff_micros: AtomicU64::new(0),
         last_drop_warn: AtomicU64::new(0),
         origin: std::time::Instant::now(),
     });
@@ -396,11 +403,18 @@ impl Writer {
                         .store(micros, Ordering::Relaxed);
                     self.counters.batches.fetch_add(1, Ordering::Relaxed);
                     self.counters.in_flight.store(0, Ordering::Relaxed);
+                    self.counters
+                        .retry_backoff_micros
+                        .store(0, Ordering::Relaxed);
                     batch.clear();
                     return true;
                 }
                 Err(error) => {
                     self.counters.failed_batches.fetch_add(1, Ordering::Relaxed);
+                    let waits = u64::try_from(backoff.as_micros()).unwrap_or(u64::MAX);
+                    self.counters
+                        .retry_backoff_micros
+                        .store(waits, Ordering::Relaxed);
                     tracing::warn!(
                         %error,
                         backend = self.store.backend(),

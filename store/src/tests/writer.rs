@@ -46,9 +46,16 @@ async fn records_queued_during_an_outage_land_after_recovery() {
         sink.record(Record::Call(started("call-o", 7)));
         wait_until("failed writes", || writer.stats().failed_batches >= 2).await;
         assert_eq!(writer.stats().written, 0);
+        // The backoff shows how far behind the store is: it doubles per failure.
+        let behind = writer.stats().retry_backoff_micros;
+        assert!(
+            behind >= 2 * fast_writer().retry_initial.as_micros() as u64,
+            "{behind}"
+        );
         outage.end().await;
         wait_until("recovery", || writer.stats().written == 201).await;
         let stats = writer.stats();
+        assert_eq!(stats.retry_backoff_micros, 0, "caught up");
         assert_eq!(
             (stats.dropped, stats.rejected, stats.queue_depth),
             (0, 0, 0)

@@ -585,3 +585,45 @@ async fn a_call_id_cannot_be_reused_to_rewrite_a_record() {
         "{events:?}"
     );
 }
+
+/// A client that leaves before the upstream answered is recorded as gone, not abandoned: the
+/// data plane's end of the call reaches the control plane before the stream closes.
+#[tokio::test]
+async fn a_client_leaving_before_the_upstream_answers_is_recorded_as_gone() {
+    let database = TestDatabase::sqlite().await;
+    let stack = Stack::start(StackOptions {
+        database_url: Some(database.url.clone()),
+        ..StackOptions::yaml("policies: [{type: all_caps}]")
+    })
+    .await;
+    let store = Store::open(&database.url, StoreOptions::default())
+        .await
+        .unwrap();
+    let client = Client::new();
+    let url = stack.openai_url();
+    let body = request_body(true, false).to_string();
+    let call = tokio::spawn(async move {
+        client
+            .send(
+                "POST",
+                &url,
+                &[
+                    ("content-type", "application/json"),
+                    ("x-mock-scenario", "hang"),
+                ],
+                body,
+            )
+            .await
+    });
+    // The upstream never answers; the client gives up.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    call.abort();
+    let listed = wait::eventually("the call is listed", Duration::from_secs(10), || async {
+        let page = store.list_calls(&CallFilter::default()).await.unwrap();
+        page.calls
+            .into_iter()
+            .find(|call| call.status != CallStatus::InProgress)
+    })
+    .await;
+    assert_eq!(listed.status, CallStatus::ClientGone, "{listed:?}");
+}
