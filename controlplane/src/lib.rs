@@ -12,6 +12,7 @@ pub mod debug;
 pub mod diff;
 pub mod metrics;
 pub mod policy_source;
+pub mod probes;
 pub mod recorder;
 pub mod replay;
 pub mod server;

@@ -20,6 +20,7 @@ use crate::debug::grpc::{self, DebugGrpc, PoliciesGrpc};
 use crate::debug::{self, DebugService};
 use crate::metrics::{self, MetricsSources};
 use crate::policy_source::PolicySource;
+use crate::probes;
 use crate::recorder::Recording;
 use crate::service::{CallSettings, ControlPlaneService};
 use luthien_api::limits;
@@ -196,6 +197,7 @@ pub async fn serve(
     let admin_key = AdminKey::new(config.admin_key.clone());
     let recording_sink = recording.sink().cloned();
     let activity = recording.activity().clone();
+    let readiness = probes::Readiness::new(store.clone());
     let debug = DebugService::new(
         store,
         recording.activity().clone(),
@@ -254,7 +256,9 @@ pub async fn serve(
                 activity: activity.clone(),
                 calls: calls.clone(),
             });
-            let app = debug::http::router(debug, admin_key).merge(metrics);
+            let app = debug::http::router(debug, admin_key)
+                .merge(metrics)
+                .merge(probes::router(readiness.clone()));
             let shutdown = shutdown.clone();
             Some(tokio::spawn(async move {
                 let listener = listener.tap_io(|stream| {
@@ -268,7 +272,8 @@ pub async fn serve(
         None => None,
     };
 
-    tonic::transport::Server::builder()
+    let stop_serving = CancellationToken::new();
+    let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .initial_stream_window_size(limits::STREAM_WINDOW_BYTES)
         .initial_connection_window_size(limits::CONNECTION_WINDOW_BYTES)
@@ -285,9 +290,28 @@ pub async fn serve(
             // reach a listener handed in, and Nagle + delayed ACK would add
             // ~40 ms to every reply.
             TcpIncoming::from(grpc).with_nodelay(Some(true)),
-            shutdown.cancelled_owned(),
-        )
-        .await?;
+            stop_serving.clone().cancelled_owned(),
+        );
+    // On shutdown: not ready and NOT_SERVING first, so that data planes send new calls
+    // elsewhere, then GOAWAY; streams in flight get the grace period, long-lived ones (health
+    // watches, activity tails) are closed after it.
+    let leaving = async {
+        shutdown.cancelled().await;
+        readiness.stop();
+        health
+            .set_not_serving::<ControlPlaneServiceServer<ControlPlaneService>>()
+            .await;
+        health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        tracing::info!("shutting down: NOT_SERVING, refusing new streams");
+        stop_serving.cancel();
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        served = server => served?,
+        () = leaving => tracing::warn!("gRPC streams still open after the grace period; closing them"),
+    }
 
     calls.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, calls.wait())

@@ -104,6 +104,16 @@ pub struct DataPlaneConfig {
     #[arg(long = "auxiliary-endpoints", env = "LUTHIEN_AUXILIARY_ENDPOINTS", default_value_t = true, action = clap::ArgAction::Set)]
     pub auxiliary_endpoints: bool,
 
+    /// On SIGTERM, how long the data plane keeps accepting calls after `/readyz` turned false,
+    /// so that load balancers notice before it stops.
+    #[arg(long = "drain-delay", env = "LUTHIEN_DRAIN_DELAY", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub drain_delay: Duration,
+
+    /// Then, how long calls in flight (streams included) get to finish before the process
+    /// exits anyway.
+    #[arg(long = "drain-timeout", env = "LUTHIEN_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+
     #[command(flatten)]
     pub edge: EdgeLimits,
 }

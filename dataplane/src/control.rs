@@ -109,6 +109,7 @@ pub struct Timeouts {
 #[derive(Clone)]
 pub struct ControlClient {
     client: ControlPlaneServiceClient<Channel>,
+    channel: Channel,
     timeouts: Timeouts,
     tasks: TaskTracker,
     open_streams: Gauge,
@@ -131,15 +132,21 @@ impl ControlClient {
             .initial_stream_window_size(limits::STREAM_WINDOW_BYTES)
             .initial_connection_window_size(limits::CONNECTION_WINDOW_BYTES)
             .connect_lazy();
-        let client = ControlPlaneServiceClient::new(channel)
+        let client = ControlPlaneServiceClient::new(channel.clone())
             .max_decoding_message_size(limits::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(limits::MAX_MESSAGE_BYTES);
         Ok(Self {
             client,
+            channel,
             timeouts,
             tasks: TaskTracker::new(),
             open_streams,
         })
+    }
+
+    /// The channel to the control plane, shared with its health watch.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
     }
 
     /// Background call endings still running; shutdown waits for them.

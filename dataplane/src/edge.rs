@@ -36,15 +36,14 @@ use crate::config::EdgeLimits;
 const HYPER_MAX_HEADERS: usize = 1_000;
 const HYPER_MAX_HEAD_BYTES: usize = 1024 * 1024;
 
-/// How long connections get to finish their request in flight once shutdown starts.
-const CLOSE_GRACE: Duration = Duration::from_secs(10);
-
-/// Serves `router` on `listener` until `shutdown`, within `limits`.
+/// Serves `router` on `listener` within `limits` until `shutdown`; then connections get
+/// `grace` to finish their requests in flight.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: &EdgeLimits,
     shutdown: CancellationToken,
+    grace: Duration,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -97,7 +96,7 @@ pub async fn serve(
         });
     }
     drop(listener);
-    if tokio::time::timeout(CLOSE_GRACE, graceful.shutdown())
+    if tokio::time::timeout(grace, graceful.shutdown())
         .await
         .is_err()
     {

@@ -18,11 +18,11 @@ mod edge;
 mod fail_mode;
 mod metrics;
 mod proxy;
+mod readiness;
 mod stream;
 mod upstream;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -31,6 +31,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use config::{DataPlaneConfig, FailMode};
 pub use proxy::{CALL_ID_HEADER, OVERHEAD_HEADER};
@@ -39,12 +40,10 @@ use api::{Api, ApiError};
 use control::{ControlClient, Timeouts};
 use upstream::Upstream;
 
-/// How long shutdown waits for streams in flight before giving up.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
 /// Shared by every request handler.
 pub struct AppState {
     config: DataPlaneConfig,
+    readiness: Arc<readiness::Readiness>,
     calls: edge::CallSlots,
     control: ControlClient,
     upstream: Upstream,
@@ -78,6 +77,7 @@ pub fn app(config: DataPlaneConfig) -> Result<(Router, Arc<AppState>), StartErro
     let upstream = Upstream::new(&config)?;
     upstream.validate().map_err(StartError::Config)?;
     let state = Arc::new(AppState {
+        readiness: Arc::default(),
         calls: edge::CallSlots::new(config.edge.max_concurrent_calls),
         config,
         control,
@@ -94,7 +94,9 @@ pub fn app(config: DataPlaneConfig) -> Result<(Router, Arc<AppState>), StartErro
             .route(auxiliary::MODEL_ROUTE, get(auxiliary::model));
     }
     let router = router
-        .route("/health", get(health))
+        .route("/health", get(readiness::healthz))
+        .route("/healthz", get(readiness::healthz))
+        .route("/readyz", get(readiness::readyz))
         .route("/metrics", get(metrics::handler))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -106,8 +108,9 @@ pub fn app(config: DataPlaneConfig) -> Result<(Router, Arc<AppState>), StartErro
     Ok((router, state))
 }
 
-/// Serves the data plane on `listener` until `shutdown` is cancelled, then
-/// lets streams in flight finish (bounded by a grace period).
+/// Serves the data plane on `listener` until `shutdown` is cancelled, then drains: `/readyz`
+/// turns false at once, calls are still accepted for `--drain-delay`, then the listener closes
+/// and calls in flight get `--drain-timeout` to finish, their `CallEnd`s included.
 pub async fn serve(
     config: DataPlaneConfig,
     listener: TcpListener,
@@ -122,23 +125,53 @@ pub async fn serve(
         auxiliary_endpoints = state.config.auxiliary_endpoints,
         "data plane listening"
     );
-    edge::serve(listener, router, &state.config.edge, shutdown).await;
+    let background = TaskTracker::new();
+    let watching = CancellationToken::new();
+    state
+        .readiness
+        .watch(state.control.channel(), &background, watching.clone());
+    let stop_accepting = CancellationToken::new();
+    let drain = {
+        let state = Arc::clone(&state);
+        let stop_accepting = stop_accepting.clone();
+        async move {
+            shutdown.cancelled().await;
+            state.readiness.start_draining();
+            tracing::info!(
+                delay = %humantime::format_duration(state.config.drain_delay),
+                "draining: /readyz is false; still accepting calls while load balancers notice"
+            );
+            tokio::time::sleep(state.config.drain_delay).await;
+            stop_accepting.cancel();
+        }
+    };
+    let drain = tokio::spawn(drain);
+    let drain_timeout = state.config.drain_timeout;
+    edge::serve(
+        listener,
+        router,
+        &state.config.edge,
+        stop_accepting,
+        drain_timeout,
+    )
+    .await;
+    drain.abort();
     let tasks = state.control.tasks();
     tasks.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
+    if tokio::time::timeout(drain_timeout, tasks.wait())
         .await
         .is_err()
     {
         tracing::warn!(
             remaining = tasks.len(),
-            "shutdown grace period over; abandoning streams"
+            "drain timeout over; abandoning streams"
         );
     }
+    watching.cancel();
+    background.close();
+    background.wait().await;
+    tracing::info!("data plane drained");
     Ok(())
-}
-
-async fn health() -> &'static str {
-    "ok"
 }
 
 async fn not_found(State(state): State<Arc<AppState>>, request: Request) -> Response {

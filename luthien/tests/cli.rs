@@ -193,6 +193,8 @@ async fn up_drains_the_data_plane_before_stopping_the_control_plane() {
             "--no-store",
             "--openai-base-url",
             &mock.openai_base_url(),
+            "--drain-delay",
+            "100ms",
         ])
         .env("RUST_LOG", "warn")
         .env_remove("DATABASE_URL")

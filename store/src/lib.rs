@@ -188,6 +188,16 @@ impl Store {
         }
     }
 
+    /// Whether the store can serve: reachable, and migrated (the `calls` table answers).
+    pub async fn check(&self) -> Result<(), StoreError> {
+        const PROBE: &str = "SELECT 1 FROM calls LIMIT 1";
+        match self {
+            Store::Postgres(pool) => sqlx::query(PROBE).fetch_optional(pool).await.map(drop)?,
+            Store::Sqlite(pool) => sqlx::query(PROBE).fetch_optional(pool).await.map(drop)?,
+        }
+        Ok(())
+    }
+
     /// Closes the pool, waiting for connections in use to be returned.
     pub async fn close(&self) {
         match self {

@@ -205,8 +205,19 @@ fn exporter_on_own_runtime(
 }
 
 /// Cancels `shutdown` on Ctrl-C or SIGTERM, the signals that ask a service
-/// to drain and stop.
+/// to drain and stop. A second one exits at once: whoever asked twice does
+/// not want to wait for the drain.
 pub async fn cancel_on_signal(shutdown: tokio_util::sync::CancellationToken) {
+    next_signal().await;
+    tracing::info!("shutdown requested; a second signal exits at once");
+    shutdown.cancel();
+    next_signal().await;
+    tracing::warn!("second shutdown signal: exiting without finishing the drain");
+    flush();
+    std::process::exit(130);
+}
+
+async fn next_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -215,12 +226,8 @@ pub async fn cancel_on_signal(shutdown: tokio_util::sync::CancellationToken) {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = terminate.recv() => {}
             }
-            tracing::info!("shutdown requested");
-            shutdown.cancel();
             return;
         }
     }
     let _ = tokio::signal::ctrl_c().await;
-    tracing::info!("shutdown requested");
-    shutdown.cancel();
 }

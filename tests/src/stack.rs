@@ -50,6 +50,8 @@ pub struct StackOptions {
     pub max_sse_event_bytes: usize,
     /// The data plane's limits on clients.
     pub edge: EdgeLimits,
+    /// How long the data plane keeps accepting calls once shutdown starts.
+    pub drain_delay: Duration,
 }
 
 impl Default for StackOptions {
@@ -71,6 +73,7 @@ impl Default for StackOptions {
             admin_key: None,
             max_sse_event_bytes: luthien_policy::sse::DEFAULT_MAX_EVENT_BYTES,
             edge: EdgeLimits::default(),
+            drain_delay: Duration::ZERO,
         }
     }
 }
@@ -93,7 +96,10 @@ pub struct Stack {
     pub control_plane: Option<String>,
     /// `http://127.0.0.1:PORT` of the control plane's debug HTTP API and UI.
     pub debug_http: Option<String>,
+    /// Stops the data plane.
     shutdown: CancellationToken,
+    /// Stops the control plane.
+    control_shutdown: CancellationToken,
 }
 
 impl Stack {
@@ -105,6 +111,7 @@ impl Stack {
     /// Starts a stack in front of an existing mock (several stacks can share one).
     pub async fn start_with_mock(options: StackOptions, mock: Arc<MockUpstream>) -> Stack {
         let shutdown = CancellationToken::new();
+        let control_shutdown = CancellationToken::new();
         let recording = Recording {
             database_url: options.database_url.clone(),
             redis_url: options.redis_url.clone(),
@@ -114,19 +121,20 @@ impl Stack {
         };
         let (control_plane_url, debug_http) = match options.control_plane {
             ControlPlane::Chain(chain) => {
-                let (grpc, http) = start_control_plane(chain, &recording, &shutdown).await;
+                let (grpc, http) = start_control_plane(chain, &recording, &control_shutdown).await;
                 (Some(grpc), Some(http))
             }
             ControlPlane::Yaml(yaml) => {
                 let chain = luthien_policy::config::parse_chain(&yaml, "test policy")
                     .expect("test policy YAML is valid");
-                let (grpc, http) = start_control_plane(chain, &recording, &shutdown).await;
+                let (grpc, http) = start_control_plane(chain, &recording, &control_shutdown).await;
                 (Some(grpc), Some(http))
             }
             ControlPlane::File(path) => {
                 let policies = luthien_controlplane::policy_source::PolicySource::from_file(&path)
                     .expect("test policy file is valid");
-                let (grpc, http) = start_control_plane(policies, &recording, &shutdown).await;
+                let (grpc, http) =
+                    start_control_plane(policies, &recording, &control_shutdown).await;
                 (Some(grpc), Some(http))
             }
             ControlPlane::External(url) => (Some(url), None),
@@ -164,6 +172,8 @@ impl Stack {
             cp_connect_timeout: Duration::from_millis(500),
             propagate_trace_upstream: true,
             auxiliary_endpoints: true,
+            drain_delay: options.drain_delay,
+            drain_timeout: Duration::from_secs(10),
             edge: options.edge,
         };
         tokio::spawn(luthien_dataplane::serve(config, listener, shutdown.clone()));
@@ -173,6 +183,7 @@ impl Stack {
             control_plane: control_plane_url,
             debug_http,
             shutdown,
+            control_shutdown,
         }
     }
 
@@ -192,11 +203,22 @@ impl Stack {
     pub fn direct_anthropic_url(&self) -> String {
         format!("{}/v1/messages", self.mock.anthropic_base_url())
     }
+
+    /// Starts draining the data plane, as SIGTERM does, without waiting.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Starts stopping the control plane, as SIGTERM does, without waiting.
+    pub fn stop_control_plane(&self) {
+        self.control_shutdown.cancel();
+    }
 }
 
 impl Drop for Stack {
     fn drop(&mut self) {
         self.shutdown.cancel();
+        self.control_shutdown.cancel();
     }
 }
 

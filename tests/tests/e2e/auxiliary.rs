@@ -76,6 +76,8 @@ async fn data_plane(openai: &MockUpstream, anthropic: &MockUpstream, auxiliary: 
         cp_connect_timeout: Duration::from_millis(300),
         propagate_trace_upstream: true,
         auxiliary_endpoints: auxiliary,
+        drain_delay: Duration::ZERO,
+        drain_timeout: Duration::from_secs(10),
         edge: Default::default(),
     };
     let shutdown = CancellationToken::new();

@@ -1,0 +1,111 @@
+//! `/healthz` (the process is alive) and `/readyz` (it should get traffic) of the data plane.
+//!
+//! Ready means: not draining, and a control plane to police calls — one that reports its
+//! `ControlPlaneService` as SERVING on `grpc.health.v1` — unless the fail mode is open, where
+//! calls go on without one. The control plane's health is watched (a server-streaming `Watch`,
+//! re-opened after a second when it breaks), never polled per call.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::AppState;
+use crate::fail_mode::FailMode;
+
+/// The service name the control plane reports on `grpc.health.v1`.
+const CONTROL_PLANE_SERVICE: &str = "luthien.dataplane.v1.ControlPlaneService";
+
+/// Pause before re-opening a broken health watch.
+const REWATCH_AFTER: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Default)]
+pub struct Readiness {
+    draining: AtomicBool,
+    control_plane_serving: AtomicBool,
+}
+
+impl Readiness {
+    /// From now on `/readyz` says no: the process is leaving.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Why the data plane should not get traffic now, if it should not.
+    fn not_ready(&self, fail_mode: FailMode) -> Option<&'static str> {
+        if self.draining.load(Ordering::Relaxed) {
+            return Some("draining");
+        }
+        let serving = self.control_plane_serving.load(Ordering::Relaxed);
+        (!serving && fail_mode == FailMode::Closed).then_some("no control plane is serving")
+    }
+
+    /// Follows the control plane's health on `channel` until `shutdown`.
+    pub fn watch(
+        self: &Arc<Self>,
+        channel: Channel,
+        tasks: &TaskTracker,
+        shutdown: CancellationToken,
+    ) {
+        let readiness = Arc::clone(self);
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = readiness.follow(channel.clone()) => {}
+                }
+                readiness.set_serving(false);
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(REWATCH_AFTER) => {}
+                }
+            }
+        });
+    }
+
+    /// One `Watch` stream, until it breaks.
+    async fn follow(&self, channel: Channel) {
+        let request = HealthCheckRequest {
+            service: CONTROL_PLANE_SERVICE.to_owned(),
+        };
+        let Ok(response) = HealthClient::new(channel).watch(request).await else {
+            return;
+        };
+        let mut updates = response.into_inner();
+        while let Ok(Some(update)) = updates.message().await {
+            let serving = update.status() == ServingStatus::Serving;
+            self.set_serving(serving);
+            if !serving {
+                // A control plane that is leaving waits for open streams: let this one go and
+                // ask again shortly (a passing NOT_SERVING is followed by SERVING then).
+                return;
+            }
+        }
+    }
+
+    fn set_serving(&self, serving: bool) {
+        let was = self.control_plane_serving.swap(serving, Ordering::Relaxed);
+        if was != serving {
+            tracing::info!(serving, "control plane health changed");
+        }
+    }
+}
+
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, &'static str) {
+    match state.readiness.not_ready(state.config.fail_mode) {
+        None => (StatusCode::OK, "ready"),
+        Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason),
+    }
+}
