@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use luthien_controlplane::ControlPlaneConfig;
-use luthien_telemetry::LogArgs;
+use luthien_telemetry::{ChannelTokenArgs, LogArgs};
 use tokio_util::sync::CancellationToken;
 
 /// Luthien control plane: runs the policy chain on every call the data
@@ -13,12 +13,15 @@ struct Cli {
     #[command(flatten)]
     config: ControlPlaneConfig,
     #[command(flatten)]
+    token: ChannelTokenArgs,
+    #[command(flatten)]
     log: LogArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    cli.config.control_plane_token = cli.token.control_plane_token;
     luthien_telemetry::init_service(&cli.log, "luthien-controlplane");
     // An invalid policy file stops the process before it listens.
     let policies = cli.config.load_policies()?;

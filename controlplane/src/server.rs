@@ -10,9 +10,12 @@ use axum::serve::ListenerExt;
 use luthien_proto::admin::v1::debug_service_server::DebugServiceServer;
 use luthien_proto::admin::v1::policies_service_server::PoliciesServiceServer;
 use luthien_proto::dataplane::v1::control_plane_service_server::ControlPlaneServiceServer;
+use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Status};
 
 use crate::activity::{ActivityBus, ActivityError};
 use crate::debug::auth::AdminKey;
@@ -120,6 +123,17 @@ pub struct ControlPlaneConfig {
     /// is replaced by the call's W3C trace id, `{call_id}` by its call id.
     #[arg(long = "trace-url-template", env = "LUTHIEN_TRACE_URL_TEMPLATE")]
     pub trace_url_template: Option<String>,
+
+    /// Serve the data-plane protocol on a non-loopback address without a
+    /// `--control-plane-token`: anyone who reaches the port can then run calls
+    /// and write records.
+    #[arg(long = "insecure", env = "LUTHIEN_INSECURE")]
+    pub insecure: bool,
+
+    /// `--control-plane-token` (`luthien_telemetry::ChannelTokenArgs`), required on every
+    /// call stream when set.
+    #[arg(skip)]
+    pub control_plane_token: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +150,10 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
+    #[error(
+        "refusing to serve the data-plane protocol on {0} without --control-plane-token: anyone who reaches the port could run calls and write records (pass --insecure to accept that)"
+    )]
+    Unauthenticated(SocketAddr),
 }
 
 /// `--retention`: a humantime duration, never zero (which would delete
@@ -183,6 +201,13 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let grpc_address = grpc.local_addr()?;
+    let channel_token = ChannelToken::new(config.control_plane_token.as_deref());
+    if !channel_token.is_set() && !grpc_address.ip().is_loopback() {
+        if !config.insecure {
+            return Err(ServeError::Unauthenticated(grpc_address));
+        }
+        tracing::warn!(grpc_listen = %grpc_address, "--insecure: the data-plane protocol is served without authentication");
+    }
     let policies = policies.into();
     let chain = policies.chain();
     tracing::info!(
@@ -223,6 +248,7 @@ pub async fn serve(
     let control_plane = ControlPlaneServiceServer::new(service)
         .max_decoding_message_size(limits::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(limits::MAX_MESSAGE_BYTES);
+    let control_plane = InterceptedService::new(control_plane, channel_token.interceptor());
 
     // Debug data is never open by accident: without an admin key the Debug
     // RPCs are only served when the gRPC port is on loopback.
@@ -478,5 +504,46 @@ mod tests {
             .to_string();
         assert!(error.contains("longer than zero"), "{error}");
         assert!(parse(&["--retention", "a month"]).is_err());
+    }
+}
+
+/// The data planes' token (`--control-plane-token`), checked on every call stream.
+#[derive(Clone)]
+struct ChannelToken(Option<Arc<str>>);
+
+impl ChannelToken {
+    fn new(token: Option<&str>) -> Self {
+        Self(token.filter(|token| !token.is_empty()).map(Arc::from))
+    }
+
+    fn is_set(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Refuses a stream without the token, before any of its messages is read.
+    fn interceptor(self) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+        move |request: Request<()>| {
+            let Some(expected) = self.0.as_deref() else {
+                return Ok(request);
+            };
+            let presented = request
+                .metadata()
+                .get("authorization")
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.split_once(' '))
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, token)| token.as_bytes());
+            if presented.is_some_and(|token| bool::from(token.ct_eq(expected.as_bytes()))) {
+                return Ok(request);
+            }
+            let peer = request.remote_addr();
+            tracing::warn!(
+                ?peer,
+                "call stream refused: missing or wrong control-plane token"
+            );
+            Err(Status::unauthenticated(
+                "the control plane needs `authorization: Bearer <control-plane token>`",
+            ))
+        }
     }
 }

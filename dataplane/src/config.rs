@@ -116,6 +116,11 @@ pub struct DataPlaneConfig {
 
     #[command(flatten)]
     pub edge: EdgeLimits,
+
+    /// `--control-plane-token` (`luthien_telemetry::ChannelTokenArgs`), presented on every call
+    /// stream.
+    #[arg(skip)]
+    pub control_plane_token: Option<String>,
 }
 
 /// What a client may hold of the data plane: the bounds that keep slow or hostile clients

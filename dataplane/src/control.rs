@@ -110,6 +110,8 @@ pub struct Timeouts {
 pub struct ControlClient {
     client: ControlPlaneServiceClient<Channel>,
     channel: Channel,
+    /// `authorization: Bearer <--control-plane-token>`, sent on every call stream.
+    token: Option<tonic::metadata::AsciiMetadataValue>,
     timeouts: Timeouts,
     tasks: TaskTracker,
     open_streams: Gauge,
@@ -122,6 +124,7 @@ impl ControlClient {
         url: &str,
         connect_timeout: Duration,
         timeouts: Timeouts,
+        token: Option<tonic::metadata::AsciiMetadataValue>,
         open_streams: Gauge,
     ) -> Result<Self, tonic::transport::Error> {
         let channel = Endpoint::from_shared(url.to_owned())?
@@ -138,6 +141,7 @@ impl ControlClient {
         Ok(Self {
             client,
             channel,
+            token,
             timeouts,
             tasks: TaskTracker::new(),
             open_streams,
@@ -166,7 +170,13 @@ impl ControlClient {
         let deadline = Instant::now() + self.timeouts.message.min(self.timeouts.inactivity);
         let open = OpenStream::new(&self.open_streams);
         let mut client = self.client.clone();
-        let response = timeout_at(deadline, client.process_call(ReceiverStream::new(queue)))
+        let mut request = tonic::Request::new(ReceiverStream::new(queue));
+        if let Some(token) = &self.token {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
+        let response = timeout_at(deadline, client.process_call(request))
             .await
             .map_err(|_| ControlError::Timeout(self.timeouts.inactivity))?
             .map_err(|status| ControlError::Unavailable(status.message().to_owned()))?;

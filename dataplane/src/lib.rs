@@ -65,6 +65,15 @@ pub enum StartError {
 /// Builds the HTTP application.
 pub fn app(config: DataPlaneConfig) -> Result<(Router, Arc<AppState>), StartError> {
     let metrics = Arc::new(metrics::Metrics::new());
+    let token = config
+        .control_plane_token
+        .as_deref()
+        .filter(|token| !token.is_empty())
+        .map(|token| format!("Bearer {token}").parse())
+        .transpose()
+        .map_err(|_| {
+            StartError::Config("--control-plane-token is not a valid header value".into())
+        })?;
     let control = ControlClient::new(
         &config.control_plane,
         config.cp_connect_timeout,
@@ -72,6 +81,7 @@ pub fn app(config: DataPlaneConfig) -> Result<(Router, Arc<AppState>), StartErro
             message: config.cp_message_timeout,
             inactivity: config.cp_inactivity_timeout,
         },
+        token,
         metrics.open_streams.clone(),
     )?;
     let upstream = Upstream::new(&config)?;

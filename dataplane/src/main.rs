@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use luthien_dataplane::DataPlaneConfig;
-use luthien_telemetry::LogArgs;
+use luthien_telemetry::{ChannelTokenArgs, LogArgs};
 use tokio_util::sync::CancellationToken;
 
 /// Luthien data plane: proxies OpenAI and Anthropic API calls through the
@@ -13,12 +13,15 @@ struct Cli {
     #[command(flatten)]
     config: DataPlaneConfig,
     #[command(flatten)]
+    token: ChannelTokenArgs,
+    #[command(flatten)]
     log: LogArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    cli.config.control_plane_token = cli.token.control_plane_token;
     luthien_telemetry::init_service(&cli.log, "luthien-dataplane");
     let listener = tokio::net::TcpListener::bind(cli.config.listen).await?;
     let shutdown = CancellationToken::new();

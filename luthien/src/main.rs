@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use luthien_controlplane::ControlPlaneConfig;
 use luthien_dataplane::DataPlaneConfig;
-use luthien_telemetry::LogArgs;
+use luthien_telemetry::{ChannelTokenArgs, LogArgs};
 use tokio_util::sync::CancellationToken;
 
 /// Luthien: an LLM policy gateway for OpenAI and Anthropic traffic.
@@ -49,6 +49,8 @@ struct UpArgs {
     #[command(flatten)]
     data_plane: DataPlaneConfig,
     #[command(flatten)]
+    token: ChannelTokenArgs,
+    #[command(flatten)]
     log: LogArgs,
 }
 
@@ -74,10 +76,13 @@ fn main() -> ExitCode {
         match command {
             Command::Up(args) => {
                 let UpArgs {
-                    control_plane,
-                    data_plane,
+                    mut control_plane,
+                    mut data_plane,
+                    token,
                     log,
                 } = *args;
+                control_plane.control_plane_token = token.control_plane_token.clone();
+                data_plane.control_plane_token = token.control_plane_token;
                 up(control_plane, data_plane, log).await
             }
             Command::Policy {

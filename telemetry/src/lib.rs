@@ -48,6 +48,20 @@ pub struct LogArgs {
     pub log_format: LogFormat,
 }
 
+/// The shared token of the data plane ⇄ control plane channel, flattened once into each
+/// binary's command line (`luthien up` runs both planes and gives both the same value).
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct ChannelTokenArgs {
+    /// Token the control plane requires on every call stream and the data plane presents
+    /// (`authorization: Bearer`); unset, the channel is not authenticated.
+    #[arg(
+        long = "control-plane-token",
+        env = "LUTHIEN_CONTROL_PLANE_TOKEN",
+        hide_env_values = true
+    )]
+    pub control_plane_token: Option<String>,
+}
+
 /// The tracer provider, kept to flush spans at shutdown.
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 

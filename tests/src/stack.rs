@@ -52,6 +52,10 @@ pub struct StackOptions {
     pub edge: EdgeLimits,
     /// How long the data plane keeps accepting calls once shutdown starts.
     pub drain_delay: Duration,
+    /// The token the control plane requires on call streams.
+    pub control_plane_token: Option<String>,
+    /// The token the data plane presents.
+    pub data_plane_token: Option<String>,
 }
 
 impl Default for StackOptions {
@@ -74,6 +78,8 @@ impl Default for StackOptions {
             max_sse_event_bytes: luthien_policy::sse::DEFAULT_MAX_EVENT_BYTES,
             edge: EdgeLimits::default(),
             drain_delay: Duration::ZERO,
+            control_plane_token: None,
+            data_plane_token: None,
         }
     }
 }
@@ -118,6 +124,7 @@ impl Stack {
             max_payload_bytes: options.max_payload_bytes,
             admin_key: options.admin_key.clone(),
             max_sse_event_bytes: options.max_sse_event_bytes,
+            control_plane_token: options.control_plane_token.clone(),
         };
         let (control_plane_url, debug_http) = match options.control_plane {
             ControlPlane::Chain(chain) => {
@@ -175,6 +182,7 @@ impl Stack {
             drain_delay: options.drain_delay,
             drain_timeout: Duration::from_secs(10),
             edge: options.edge,
+            control_plane_token: options.data_plane_token,
         };
         tokio::spawn(luthien_dataplane::serve(config, listener, shutdown.clone()));
         Stack {
@@ -229,6 +237,7 @@ struct Recording {
     max_payload_bytes: Option<usize>,
     admin_key: Option<String>,
     max_sse_event_bytes: usize,
+    control_plane_token: Option<String>,
 }
 
 /// Starts a control plane; returns its gRPC and debug HTTP base URLs.
@@ -261,6 +270,8 @@ async fn start_control_plane(
         http_listen: http_address,
         admin_key: recording.admin_key.clone(),
         trace_url_template: Some("http://traces.example/{trace_id}?call={call_id}".to_owned()),
+        insecure: false,
+        control_plane_token: recording.control_plane_token.clone(),
     };
     let server = tokio::spawn(luthien_controlplane::serve(
         config,

@@ -79,6 +79,7 @@ async fn data_plane(openai: &MockUpstream, anthropic: &MockUpstream, auxiliary: 
         drain_delay: Duration::ZERO,
         drain_timeout: Duration::from_secs(10),
         edge: Default::default(),
+        control_plane_token: None,
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(luthien_dataplane::serve(config, listener, shutdown.clone()));

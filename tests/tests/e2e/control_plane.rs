@@ -495,3 +495,79 @@ async fn a_failed_chain_hands_the_stream_back_with_pass_through_rest() {
         "the failed event passes unchanged, the begun one is handed back"
     );
 }
+
+/// With `--control-plane-token`, a call stream without the token, or with another one, is
+/// refused before any of its messages is read, and the data plane applies its fail mode.
+#[tokio::test]
+async fn the_control_plane_token_is_required_on_every_call_stream() {
+    for (presented, expected) in [(Some("s3cret"), 200), (Some("guess"), 503), (None, 503)] {
+        let stack = Stack::start(StackOptions {
+            control_plane_token: Some("s3cret".into()),
+            data_plane_token: presented.map(str::to_owned),
+            ..StackOptions::yaml("policies: [{type: all_caps}]")
+        })
+        .await;
+        let response = Client::new().post(&stack.openai_url(), &[], OPENAI).await;
+        assert_eq!(
+            response.status,
+            expected,
+            "{presented:?}: {}",
+            response.text()
+        );
+        if expected == 503 {
+            response.assert_openai_error(503, "control-plane token");
+            assert!(
+                stack.mock.requests().is_empty(),
+                "fail-closed: upstream never called"
+            );
+        }
+    }
+}
+
+/// A control plane asked to serve the data-plane protocol on a non-loopback address without a
+/// token refuses to start, unless told `--insecure`.
+#[tokio::test]
+async fn a_control_plane_without_a_token_refuses_a_non_loopback_address() {
+    use clap::Parser;
+    use luthien_controlplane::server::{ControlPlaneConfig, ServeError};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: ControlPlaneConfig,
+    }
+    let config = Cli::try_parse_from(["luthien-controlplane", "--no-store"])
+        .unwrap()
+        .config;
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let refused = luthien_controlplane::serve(
+        config.clone(),
+        Chain::default(),
+        listener,
+        None,
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await;
+    let Err(error @ ServeError::Unauthenticated(_)) = refused else {
+        panic!("expected a refusal, got {refused:?}");
+    };
+    assert!(error.to_string().contains("--insecure"), "{error}");
+
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let insecure = ControlPlaneConfig {
+        insecure: true,
+        ..config
+    };
+    let served = tokio::spawn(luthien_controlplane::serve(
+        insecure,
+        Chain::default(),
+        listener,
+        None,
+        stop.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!served.is_finished(), "--insecure serves");
+    stop.cancel();
+    served.await.unwrap().unwrap();
+}
