@@ -1,5 +1,6 @@
 //! `luthien-controlplane`: the policy engine, on its own.
 
+use anyhow::Context;
 use clap::Parser;
 use luthien_controlplane::ControlPlaneConfig;
 use luthien_telemetry::{ChannelTokenArgs, LogArgs};
@@ -25,8 +26,12 @@ async fn main() -> anyhow::Result<()> {
     luthien_telemetry::init_service(&cli.log, "luthien-controlplane");
     // An invalid policy file stops the process before it listens.
     let policies = cli.config.load_policies()?;
-    let grpc = tokio::net::TcpListener::bind(cli.config.grpc_listen).await?;
-    let http = luthien_controlplane::server::bind_debug_http(&cli.config).await?;
+    let grpc = tokio::net::TcpListener::bind(cli.config.grpc_listen)
+        .await
+        .with_context(|| format!("cannot listen on --grpc-listen {}", cli.config.grpc_listen))?;
+    let http = luthien_controlplane::server::bind_debug_http(&cli.config)
+        .await
+        .with_context(|| format!("cannot listen on --http-listen {}", cli.config.http_listen))?;
     let shutdown = CancellationToken::new();
     tokio::spawn(luthien_telemetry::cancel_on_signal(shutdown.clone()));
     let served =

@@ -12,6 +12,7 @@ mod replay;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use luthien_controlplane::ControlPlaneConfig;
 use luthien_dataplane::DataPlaneConfig;
@@ -107,10 +108,31 @@ async fn up(
 ) -> anyhow::Result<ExitCode> {
     luthien_telemetry::init_service(&log, "luthien");
     let policies = control_plane.load_policies()?;
-    let grpc_listener = tokio::net::TcpListener::bind(control_plane.grpc_listen).await?;
-    let http_listener = luthien_controlplane::server::bind_debug_http(&control_plane).await?;
+    let grpc_listener = tokio::net::TcpListener::bind(control_plane.grpc_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "control plane: cannot listen on --grpc-listen {}",
+                control_plane.grpc_listen
+            )
+        })?;
+    let http_listener = luthien_controlplane::server::bind_debug_http(&control_plane)
+        .await
+        .with_context(|| {
+            format!(
+                "control plane: cannot listen on --http-listen {}",
+                control_plane.http_listen
+            )
+        })?;
     data_plane.control_plane = format!("http://{}", grpc_listener.local_addr()?);
-    let proxy_listener = tokio::net::TcpListener::bind(data_plane.listen).await?;
+    let proxy_listener = tokio::net::TcpListener::bind(data_plane.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "data plane: cannot listen on --listen {}",
+                data_plane.listen
+            )
+        })?;
 
     // A signal stops the data plane only. It drains (calls in flight may
     // still open their control-plane stream: a slow client body, a retry),
@@ -137,14 +159,18 @@ async fn up(
         // The control plane stopped by itself (a failed start, a lost
         // store): nothing could be policed any more, so the data plane stops too.
         control = &mut control => {
+            let control = control?;
+            if let Err(error) = &control {
+                tracing::error!(%error, "control plane stopped; stopping the data plane");
+            }
             data_stop.cancel();
-            (data.await, control?)
+            (data.await, control)
         }
     };
     // Export whatever spans are still buffered before the process exits.
     luthien_telemetry::shutdown();
-    data?;
-    control?;
+    control.context("control plane")?;
+    data.context("data plane")?;
     Ok(ExitCode::SUCCESS)
 }
 

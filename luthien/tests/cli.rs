@@ -255,3 +255,47 @@ async fn up_drains_the_data_plane_before_stopping_the_control_plane() {
         .unwrap();
     assert!(exit.success(), "{exit:?}");
 }
+
+/// `luthien up` stops with the real error, naming the plane, when either cannot start: a port
+/// already in use, or an event store it cannot open.
+#[test]
+fn up_exits_with_the_reason_a_plane_cannot_start() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    let [grpc, http] = free_addresses();
+    let (ok, _, stderr) = luthien(&[
+        "up",
+        "--listen",
+        &taken,
+        "--grpc-listen",
+        &grpc,
+        "--http-listen",
+        &http,
+        "--no-store",
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!("data plane: cannot listen on --listen {taken}")),
+        "{stderr}"
+    );
+
+    let [listen, grpc, http] = free_addresses();
+    let started = std::time::Instant::now();
+    let (ok, _, stderr) = luthien(&[
+        "up",
+        "--listen",
+        &listen,
+        "--grpc-listen",
+        &grpc,
+        "--http-listen",
+        &http,
+        "--database-url",
+        "mysql://db/luthien",
+        "--drain-delay",
+        "0s",
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("control plane"), "{stderr}");
+    assert!(stderr.contains("mysql"), "the cause is named: {stderr}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(15));
+}
