@@ -9,9 +9,6 @@ use subtle::ConstantTimeEq;
 #[derive(Clone, Default)]
 pub struct AdminKey(Option<Arc<str>>);
 
-/// Cookie the web UI's login sets.
-pub const COOKIE: &str = "luthien_admin";
-
 impl AdminKey {
     pub fn new(key: Option<String>) -> Self {
         Self(key.filter(|key| !key.is_empty()).map(Arc::from))
@@ -21,7 +18,12 @@ impl AdminKey {
         self.0.is_some()
     }
 
-    /// Checks a presented key (from `authorization: Bearer` or the cookie).
+    /// The key itself, to derive other secrets from (the UI's session signing key).
+    pub fn secret(&self) -> Option<&str> {
+        self.0.as_deref()
+    }
+
+    /// Checks a presented key (from `authorization: Bearer`, or the UI's login form).
     pub fn accepts(&self, presented: Option<&str>) -> bool {
         match &self.0 {
             None => true,
@@ -34,14 +36,6 @@ impl AdminKey {
     /// The key in an `authorization` header value.
     pub fn from_bearer(header: Option<&str>) -> Option<&str> {
         header?.strip_prefix("Bearer ").map(str::trim)
-    }
-
-    /// The key in a `cookie` header value.
-    pub fn from_cookie(header: Option<&str>) -> Option<&str> {
-        header?.split(';').find_map(|pair| {
-            let (name, value) = pair.trim().split_once('=')?;
-            (name == COOKIE).then_some(value)
-        })
     }
 }
 
@@ -59,13 +53,8 @@ mod tests {
     }
 
     #[test]
-    fn keys_are_found_in_bearer_and_cookie_headers() {
+    fn keys_are_found_in_bearer_headers() {
         assert_eq!(AdminKey::from_bearer(Some("Bearer abc")), Some("abc"));
         assert_eq!(AdminKey::from_bearer(Some("Basic abc")), None);
-        assert_eq!(
-            AdminKey::from_cookie(Some("theme=dark; luthien_admin=abc; x=y")),
-            Some("abc")
-        );
-        assert_eq!(AdminKey::from_cookie(Some("theme=dark")), None);
     }
 }

@@ -3,7 +3,7 @@
 //! proper status (404 unknown call, 400 bad filter, 401 without the key).
 
 use std::convert::Infallible;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use axum::Json;
 use axum::Router;
@@ -17,7 +17,8 @@ use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::auth::{AdminKey, COOKIE};
+use super::auth::AdminKey;
+use super::session::{COOKIE, SESSION_TTL, Sessions};
 use super::{ActivityFilter, DebugError, DebugService};
 use luthien_store::CallFilter;
 
@@ -29,11 +30,18 @@ const HEARTBEAT: Duration = Duration::from_secs(15);
 struct HttpState {
     service: DebugService,
     key: AdminKey,
+    /// The UI's login sessions, when there is a key to log in with.
+    sessions: Option<Sessions>,
 }
 
 /// The `/debug` routes: JSON API (behind the admin key) and the UI pages.
 pub fn router(service: DebugService, key: AdminKey) -> Router {
-    let state = HttpState { service, key };
+    let sessions = key.secret().map(Sessions::new);
+    let state = HttpState {
+        service,
+        key,
+        sessions,
+    };
     let api = Router::new()
         .route("/debug/calls", get(list_calls))
         .route("/debug/calls/{call_id}", get(get_call))
@@ -43,6 +51,7 @@ pub fn router(service: DebugService, key: AdminKey) -> Router {
         .route("/debug/calls/{call_id}/replay", post(replay_call))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key))
         .route("/debug/login", post(login))
+        .route("/debug/logout", post(logout))
         .with_state(state);
     api.merge(luthien_debug_web::router())
 }
@@ -67,9 +76,19 @@ fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
 async fn require_key(State(state): State<HttpState>, request: Request, next: Next) -> Response {
     let headers = request.headers();
     let text = |name: header::HeaderName| headers.get(name).and_then(|value| value.to_str().ok());
-    let presented = AdminKey::from_bearer(text(header::AUTHORIZATION))
-        .or_else(|| AdminKey::from_cookie(text(header::COOKIE)));
-    if state.key.accepts(presented) {
+    let by_key = || {
+        state
+            .key
+            .accepts(AdminKey::from_bearer(text(header::AUTHORIZATION)))
+    };
+    let by_session = || {
+        let token = Sessions::from_cookie(text(header::COOKIE));
+        match (&state.sessions, token) {
+            (Some(sessions), Some(token)) => sessions.accepts(token, SystemTime::now()),
+            _ => false,
+        }
+    };
+    if by_key() || by_session() {
         next.run(request).await
     } else {
         error_response(
@@ -85,9 +104,13 @@ struct Login {
     key: String,
 }
 
-/// Exchanges the admin key for an HttpOnly cookie, so the browser UI never
-/// keeps the key in script-readable storage.
-async fn login(State(state): State<HttpState>, body: axum::body::Bytes) -> Response {
+/// Exchanges the admin key for a signed, expiring session in an `HttpOnly` cookie: the
+/// browser never keeps the key, in script-readable storage or in a cookie.
+async fn login(
+    State(state): State<HttpState>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     let Ok(login) = serde_json::from_slice::<Login>(&body) else {
         return error_response(
             StatusCode::BAD_REQUEST,
@@ -95,9 +118,9 @@ async fn login(State(state): State<HttpState>, body: axum::body::Bytes) -> Respo
             "send {\"key\": \"<admin key>\"}",
         );
     };
-    if !state.key.is_set() {
+    let Some(sessions) = &state.sessions else {
         return StatusCode::NO_CONTENT.into_response();
-    }
+    };
     if !state.key.accepts(Some(&login.key)) {
         return error_response(
             StatusCode::UNAUTHORIZED,
@@ -105,10 +128,25 @@ async fn login(State(state): State<HttpState>, body: axum::body::Bytes) -> Respo
             "wrong admin key",
         );
     }
-    let cookie = format!(
-        "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/debug",
-        login.key
-    );
+    let token = sessions.issue(SystemTime::now());
+    let max_age = SESSION_TTL.as_secs();
+    session_cookie(&headers, &format!("{token}; Max-Age={max_age}"))
+}
+
+/// Ends the browser's session: its cookie is cleared.
+async fn logout(headers: axum::http::HeaderMap) -> Response {
+    session_cookie(&headers, "; Max-Age=0")
+}
+
+/// A 204 setting the session cookie to `value` (with its attributes). `Secure` when the UI
+/// was reached over TLS (a proxy in front says so in `x-forwarded-proto`).
+fn session_cookie(request: &axum::http::HeaderMap, value: &str) -> Response {
+    let over_tls = request
+        .get("x-forwarded-proto")
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|proto| proto.eq_ignore_ascii_case("https"));
+    let secure = if over_tls { "; Secure" } else { "" };
+    let cookie = format!("{COOKIE}={value}; HttpOnly; SameSite=Strict; Path=/debug{secure}");
     let mut response = StatusCode::NO_CONTENT.into_response();
     match HeaderValue::from_str(&cookie) {
         Ok(value) => {
@@ -116,9 +154,9 @@ async fn login(State(state): State<HttpState>, body: axum::body::Bytes) -> Respo
             response
         }
         Err(_) => error_response(
-            StatusCode::BAD_REQUEST,
-            "invalid_argument",
-            "the key has characters a cookie cannot carry; use the authorization header",
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "could not build the session cookie",
         ),
     }
 }

@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod grpc;
 pub mod http;
+pub mod session;
 
 use std::time::Duration;
 

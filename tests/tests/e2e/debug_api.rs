@@ -421,7 +421,8 @@ async fn the_admin_key_guards_grpc_and_http() {
     .await;
     assert_eq!(allowed.status, 200);
 
-    // The UI's login exchanges the key for an HttpOnly cookie.
+    // The UI's login exchanges the key for a signed, expiring session in an HttpOnly,
+    // SameSite=Strict cookie that never holds the key.
     let client = Client::new();
     let login = luthien_tests::client::read(
         client
@@ -436,10 +437,58 @@ async fn the_admin_key_guards_grpc_and_http() {
     .await;
     assert_eq!(login.status, 204);
     let cookie = login.header("set-cookie").unwrap().to_owned();
-    assert!(cookie.contains("HttpOnly"));
+    for attribute in [
+        "HttpOnly",
+        "SameSite=Strict",
+        "Max-Age=43200",
+        "Path=/debug",
+    ] {
+        assert!(cookie.contains(attribute), "{attribute}: {cookie}");
+    }
+    assert!(
+        !cookie.contains("debug-secret"),
+        "the key stays out: {cookie}"
+    );
+    assert!(!cookie.contains("Secure"), "plain HTTP: {cookie}");
     let pair = cookie.split(';').next().unwrap();
     let with_cookie = get(&format!("{base}/debug/calls"), &[("cookie", pair)]).await;
     assert_eq!(with_cookie.status, 200);
+    // The raw key in a cookie, or a forged session, is not a login.
+    for forged in ["luthien_admin=debug-secret", "luthien_session=debug-secret"] {
+        let refused = get(&format!("{base}/debug/calls"), &[("cookie", forged)]).await;
+        assert_eq!(refused.status, 401, "{forged}");
+    }
+    let tampered = format!(
+        "{}0",
+        pair.trim_end_matches(|c: char| c.is_ascii_hexdigit())
+    );
+    let refused = get(&format!("{base}/debug/calls"), &[("cookie", &tampered)]).await;
+    assert_eq!(refused.status, 401, "{tampered}");
+    // Behind a TLS proxy the cookie is Secure; logging out clears it.
+    let over_tls = luthien_tests::client::read(
+        client
+            .send(
+                "POST",
+                &format!("{base}/debug/login"),
+                &[("x-forwarded-proto", "https")],
+                r#"{"key":"debug-secret"}"#,
+            )
+            .await,
+    )
+    .await;
+    assert!(over_tls.header("set-cookie").unwrap().contains("; Secure"));
+    let logout = luthien_tests::client::read(
+        client
+            .send("POST", &format!("{base}/debug/logout"), &[], "")
+            .await,
+    )
+    .await;
+    assert_eq!(logout.status, 204);
+    let cleared = logout.header("set-cookie").unwrap();
+    assert!(
+        cleared.starts_with("luthien_session=;") && cleared.contains("Max-Age=0"),
+        "{cleared}"
+    );
     let bad_login = luthien_tests::client::read(
         client
             .send(
