@@ -124,6 +124,20 @@ pub struct ControlPlaneConfig {
     #[arg(long = "trace-url-template", env = "LUTHIEN_TRACE_URL_TEMPLATE")]
     pub trace_url_template: Option<String>,
 
+    /// Require the admin key on `/metrics` (by default open, as Prometheus expects).
+    #[arg(
+        long = "metrics-require-admin-key",
+        env = "LUTHIEN_METRICS_REQUIRE_ADMIN_KEY"
+    )]
+    pub metrics_require_admin_key: bool,
+
+    /// Require the admin key on gRPC reflection (by default open, so grpcurl works without it).
+    #[arg(
+        long = "reflection-require-admin-key",
+        env = "LUTHIEN_REFLECTION_REQUIRE_ADMIN_KEY"
+    )]
+    pub reflection_require_admin_key: bool,
+
     /// Serve the data-plane protocol on a non-loopback address without a
     /// `--control-plane-token`: anyone who reaches the port can then run calls
     /// and write records.
@@ -245,6 +259,20 @@ pub async fn serve(
         .await;
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
+    // Either open or behind the admin key (`--reflection-require-admin-key`); the two arms
+    // are different types, so each is an optional service.
+    let guard_reflection = config.reflection_require_admin_key && admin_key.is_set();
+    let (open_v1, open_v1alpha, guarded_v1, guarded_v1alpha) = if guard_reflection {
+        let guard = grpc::interceptor(admin_key.clone());
+        (
+            None,
+            None,
+            Some(InterceptedService::new(reflection_v1, guard.clone())),
+            Some(InterceptedService::new(reflection_v1alpha, guard)),
+        )
+    } else {
+        (Some(reflection_v1), Some(reflection_v1alpha), None, None)
+    };
     let control_plane = ControlPlaneServiceServer::new(service)
         .max_decoding_message_size(limits::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(limits::MAX_MESSAGE_BYTES);
@@ -277,11 +305,14 @@ pub async fn serve(
     let http_task = match http {
         Some(listener) => {
             tracing::info!(http_listen = %listener.local_addr()?, admin_key = admin_key.is_set(), "debug HTTP API and UI listening");
-            let metrics = metrics::router(MetricsSources {
+            let mut metrics = metrics::router(MetricsSources {
                 sink: recording_sink.clone(),
                 activity: activity.clone(),
                 calls: calls.clone(),
             });
+            if config.metrics_require_admin_key {
+                metrics = debug::http::behind_admin_key(metrics, admin_key.clone());
+            }
             let app = debug::http::router(debug, admin_key)
                 .merge(metrics)
                 .merge(probes::router(readiness.clone()));
@@ -306,8 +337,10 @@ pub async fn serve(
         .http2_keepalive_interval(Some(limits::HTTP2_KEEPALIVE_INTERVAL))
         .max_concurrent_streams(Some(16 * 1024))
         .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
+        .add_optional_service(open_v1)
+        .add_optional_service(open_v1alpha)
+        .add_optional_service(guarded_v1)
+        .add_optional_service(guarded_v1alpha)
         .add_service(control_plane)
         .add_optional_service(debug_grpc)
         .add_optional_service(policies_grpc)

@@ -56,6 +56,8 @@ pub struct StackOptions {
     pub control_plane_token: Option<String>,
     /// The token the data plane presents.
     pub data_plane_token: Option<String>,
+    /// `/metrics` and gRPC reflection behind the admin key too.
+    pub guard_metrics_and_reflection: bool,
 }
 
 impl Default for StackOptions {
@@ -80,6 +82,7 @@ impl Default for StackOptions {
             drain_delay: Duration::ZERO,
             control_plane_token: None,
             data_plane_token: None,
+            guard_metrics_and_reflection: false,
         }
     }
 }
@@ -125,6 +128,7 @@ impl Stack {
             admin_key: options.admin_key.clone(),
             max_sse_event_bytes: options.max_sse_event_bytes,
             control_plane_token: options.control_plane_token.clone(),
+            guard_metrics_and_reflection: options.guard_metrics_and_reflection,
         };
         let (control_plane_url, debug_http) = match options.control_plane {
             ControlPlane::Chain(chain) => {
@@ -238,6 +242,7 @@ struct Recording {
     admin_key: Option<String>,
     max_sse_event_bytes: usize,
     control_plane_token: Option<String>,
+    guard_metrics_and_reflection: bool,
 }
 
 /// Starts a control plane; returns its gRPC and debug HTTP base URLs.
@@ -271,6 +276,8 @@ async fn start_control_plane(
         admin_key: recording.admin_key.clone(),
         trace_url_template: Some("http://traces.example/{trace_id}?call={call_id}".to_owned()),
         insecure: false,
+        metrics_require_admin_key: recording.guard_metrics_and_reflection,
+        reflection_require_admin_key: recording.guard_metrics_and_reflection,
         control_plane_token: recording.control_plane_token.clone(),
     };
     let server = tokio::spawn(luthien_controlplane::serve(

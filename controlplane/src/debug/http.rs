@@ -29,18 +29,29 @@ const HEARTBEAT: Duration = Duration::from_secs(15);
 #[derive(Clone)]
 struct HttpState {
     service: DebugService,
+    access: Access,
+}
+
+/// Who may use a guarded route: the admin key, or a UI session signed with it.
+#[derive(Clone)]
+struct Access {
     key: AdminKey,
     /// The UI's login sessions, when there is a key to log in with.
     sessions: Option<Sessions>,
 }
 
+impl Access {
+    fn new(key: AdminKey) -> Self {
+        let sessions = key.secret().map(Sessions::new);
+        Self { key, sessions }
+    }
+}
+
 /// The `/debug` routes: JSON API (behind the admin key) and the UI pages.
 pub fn router(service: DebugService, key: AdminKey) -> Router {
-    let sessions = key.secret().map(Sessions::new);
     let state = HttpState {
         service,
-        key,
-        sessions,
+        access: Access::new(key),
     };
     let api = Router::new()
         .route("/debug/calls", get(list_calls))
@@ -49,11 +60,22 @@ pub fn router(service: DebugService, key: AdminKey) -> Router {
         .route("/debug/activity/stream", get(activity_stream))
         .route("/debug/policy", get(policy))
         .route("/debug/calls/{call_id}/replay", post(replay_call))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_key))
+        .route_layer(middleware::from_fn_with_state(
+            state.access.clone(),
+            require_key,
+        ))
         .route("/debug/login", post(login))
         .route("/debug/logout", post(logout))
         .with_state(state);
     api.merge(luthien_debug_web::router())
+}
+
+/// `router` answering only requests with the admin key (or a UI session), like the debug API.
+pub fn behind_admin_key(router: Router, key: AdminKey) -> Router {
+    router.route_layer(middleware::from_fn_with_state(
+        Access::new(key),
+        require_key,
+    ))
 }
 
 impl IntoResponse for DebugError {
@@ -73,17 +95,17 @@ fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
     (status, Json(body)).into_response()
 }
 
-async fn require_key(State(state): State<HttpState>, request: Request, next: Next) -> Response {
+async fn require_key(State(access): State<Access>, request: Request, next: Next) -> Response {
     let headers = request.headers();
     let text = |name: header::HeaderName| headers.get(name).and_then(|value| value.to_str().ok());
     let by_key = || {
-        state
+        access
             .key
             .accepts(AdminKey::from_bearer(text(header::AUTHORIZATION)))
     };
     let by_session = || {
         let token = Sessions::from_cookie(text(header::COOKIE));
-        match (&state.sessions, token) {
+        match (&access.sessions, token) {
             (Some(sessions), Some(token)) => sessions.accepts(token, SystemTime::now()),
             _ => false,
         }
@@ -118,10 +140,10 @@ async fn login(
             "send {\"key\": \"<admin key>\"}",
         );
     };
-    let Some(sessions) = &state.sessions else {
+    let Some(sessions) = &state.access.sessions else {
         return StatusCode::NO_CONTENT.into_response();
     };
-    if !state.key.accepts(Some(&login.key)) {
+    if !state.access.key.accepts(Some(&login.key)) {
         return error_response(
             StatusCode::UNAUTHORIZED,
             "unauthenticated",

@@ -564,3 +564,58 @@ async fn metrics_expose_the_event_writer_and_activity_counters() {
     assert_eq!(value("luthien_events_dropped_total"), 0);
     assert!(value("luthien_activity_published_total") >= 2);
 }
+
+/// `--metrics-require-admin-key` and `--reflection-require-admin-key` put `/metrics` and gRPC
+/// reflection behind the admin key; by default both stay open.
+#[tokio::test]
+async fn metrics_and_reflection_can_require_the_admin_key() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+
+    let list = || ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    for guarded in [false, true] {
+        let stack = Stack::start(StackOptions {
+            admin_key: Some("metrics-secret".into()),
+            guard_metrics_and_reflection: guarded,
+            ..StackOptions::default()
+        })
+        .await;
+        let metrics = format!("{}/metrics", stack.debug_http.clone().unwrap());
+        let open = get(&metrics, &[]).await;
+        assert_eq!(
+            open.status,
+            if guarded { 401 } else { 200 },
+            "guarded={guarded}"
+        );
+        let with_key = get(&metrics, &[("authorization", "Bearer metrics-secret")]).await;
+        assert_eq!(with_key.status, 200);
+        assert!(
+            with_key.text().contains("# TYPE luthien_"),
+            "{}",
+            with_key.text()
+        );
+
+        let mut client = ServerReflectionClient::new(channel(&stack).await);
+        let answer = client
+            .server_reflection_info(tokio_stream::iter([list()]))
+            .await;
+        assert_eq!(answer.is_err(), guarded, "guarded={guarded}");
+        if guarded {
+            assert_eq!(answer.unwrap_err().code(), tonic::Code::Unauthenticated);
+            let mut request = tonic::Request::new(tokio_stream::iter([list()]));
+            request
+                .metadata_mut()
+                .insert("authorization", "Bearer metrics-secret".parse().unwrap());
+            let mut answers = client
+                .server_reflection_info(request)
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(answers.next().await.unwrap().is_ok());
+        }
+    }
+}
