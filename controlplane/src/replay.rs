@@ -15,6 +15,7 @@ use crate::debug::CallDetail;
 use crate::diff::{CallDiff, DiffOptions, diff_call};
 use luthien_policy::{CallInfo, Chain, RequestVerdict};
 use luthien_store::events::EventPayload;
+use luthien_store::redact;
 
 /// What a chain made of one recorded call.
 #[derive(Clone, Debug, Serialize)]
@@ -49,6 +50,30 @@ pub async fn replay(chain: &Chain, call: &CallDetail, diff_options: &DiffOptions
             } => recorded_response = (original.as_ref(), final_.as_ref()),
             EventPayload::Policy { .. } => {}
         }
+    }
+    // Without the original bodies there is nothing to run the chain on.
+    let withheld = [recorded_request.0, recorded_response.0]
+        .into_iter()
+        .flatten()
+        .find(|value| redact::is_not_stored_marker(value));
+    if let Some(marker) = withheld {
+        let unchanged = diff_call(
+            api,
+            (recorded_request.1, recorded_request.1),
+            (recorded_response.1, recorded_response.1),
+            diff_options,
+        );
+        return ReplayOutcome {
+            call_id: call.call.call_id.clone(),
+            blocked: None,
+            changed: false,
+            diff: unchanged,
+            policy_events: Vec::new(),
+            error: Some(format!(
+                "the call's original bodies were not stored ({}); it cannot be replayed",
+                marker["setting"].as_str().unwrap_or("--store-payloads")
+            )),
+        };
     }
     // Replies are built non-streamed: the replay compares bodies.
     let info = CallInfo::new(

@@ -29,6 +29,7 @@ use crate::service::{CallSettings, ControlPlaneService};
 use luthien_api::limits;
 use luthien_policy::Chain;
 use luthien_policy::config::ConfigError;
+use luthien_store::redact::StoredPayloads;
 use luthien_store::{
     RetentionHandle, RetentionOptions, Store, StoreError, StoreOptions, WriterHandle,
     WriterOptions, spawn_retention, spawn_writer,
@@ -90,6 +91,16 @@ pub struct ControlPlaneConfig {
     /// ones are replaced by a marked, truncated preview.
     #[arg(long = "max-payload-bytes", env = "LUTHIEN_MAX_PAYLOAD_BYTES")]
     pub max_payload_bytes: Option<usize>,
+
+    /// Which request and response bodies are stored: `all`, `original` (as the client sent
+    /// them and upstream answered), `final` (as they went upstream and reached the client,
+    /// after any redaction) or `none`. What is kept out is marked in the record.
+    #[arg(
+        long = "store-payloads",
+        env = "LUTHIEN_STORE_PAYLOADS",
+        default_value = "all"
+    )]
+    pub store_payloads: StoredPayloads,
 
     /// Delete stored calls (and their events) older than this, e.g. `30d`
     /// or `72h`, in small batches in the background; unset keeps them forever.
@@ -453,6 +464,7 @@ async fn start_recording(
     let writer_options = WriterOptions {
         queue_capacity: config.event_queue_capacity,
         max_payload_bytes: config.max_payload_bytes,
+        stored_payloads: config.store_payloads,
         metrics: Arc::clone(&crate::metrics::global().store),
         ..WriterOptions::default()
     };

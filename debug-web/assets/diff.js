@@ -295,7 +295,10 @@ function notices(call, request, response, diff, diffError) {
   for (const [label, event] of [['request', request], ['response', response]]) {
     for (const side of ['original', 'final']) {
       const value = event?.payload?.[side];
-      if (isTruncated(value)) {
+      if (isNotStored(value)) {
+        notice('info', h('strong', null, `The ${side} ${label} was not stored`),
+          ` (${value.setting ?? '--store-payloads'}): only what was kept can be compared.`);
+      } else if (isTruncated(value)) {
         notice('warn', h('strong', null, `The ${side} ${label} was too large to store. `),
           `Only a preview of its ${formatBytes(value.original_bytes)} was kept.`,
           h('details', null, h('summary', null, 'Preview'), h('pre', { class: 'json' }, String(value.preview ?? ''))));
@@ -314,6 +317,11 @@ function formatBytes(bytes) {
 
 function isTruncated(value) {
   return value !== null && typeof value === 'object' && value.luthien_truncated === true;
+}
+
+/** A body `--store-payloads` kept out of the store. */
+function isNotStored(value) {
+  return value !== null && typeof value === 'object' && value.luthien_not_stored === true;
 }
 
 function metadata(call, request, response) {
@@ -442,9 +450,12 @@ function responseDiffParts(d, columns) {
 }
 
 function nothingToCompare(payload) {
-  return h('p', { class: 'muted' }, isTruncated(payload.original) || isTruncated(payload.final)
-    ? 'Only a preview of this payload was stored (see above), so there is nothing to compare.'
-    : 'No text, messages, tools or parameters to compare.');
+  const withheld = [payload.original, payload.final];
+  return h('p', { class: 'muted' }, withheld.some(isNotStored)
+    ? 'One side of this payload was not stored (see above), so there is nothing to compare.'
+    : withheld.some(isTruncated)
+      ? 'Only a preview of this payload was stored (see above), so there is nothing to compare.'
+      : 'No text, messages, tools or parameters to compare.');
 }
 
 function usageRows(usage) {

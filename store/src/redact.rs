@@ -90,6 +90,85 @@ pub fn is_truncation_marker(value: &Value) -> bool {
         == Some(true)
 }
 
+/// Key of the object standing in for a payload `--store-payloads` keeps out of the store.
+pub const NOT_STORED_KEY: &str = "luthien_not_stored";
+
+/// Which request and response bodies are stored (`--store-payloads`): where raw prompts must
+/// not be kept, `final` stores only what went upstream and what the client received (after a
+/// redaction policy, say), `none` no body at all. Metadata, usage and policy events are kept.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StoredPayloads {
+    /// Original and final, as they were.
+    #[default]
+    All,
+    /// Only the bodies as the client sent them and as upstream answered.
+    Original,
+    /// Only the bodies as they went upstream and as the client received them.
+    Final,
+    /// No bodies.
+    None,
+}
+
+impl StoredPayloads {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoredPayloads::All => "all",
+            StoredPayloads::Original => "original",
+            StoredPayloads::Final => "final",
+            StoredPayloads::None => "none",
+        }
+    }
+
+    fn keeps(self, side: Side) -> bool {
+        matches!(
+            (self, side),
+            (StoredPayloads::All, _)
+                | (StoredPayloads::Original, Side::Original)
+                | (StoredPayloads::Final, Side::Final)
+        )
+    }
+
+    /// What stands in for a body this setting keeps out.
+    fn marker(self, side: Side) -> Value {
+        let side = match side {
+            Side::Original => "original",
+            Side::Final => "final",
+        };
+        json!({
+            NOT_STORED_KEY: true,
+            "side": side,
+            "setting": format!("--store-payloads {}", self.as_str()),
+        })
+    }
+}
+
+impl std::str::FromStr for StoredPayloads {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        [
+            StoredPayloads::All,
+            StoredPayloads::Original,
+            StoredPayloads::Final,
+            StoredPayloads::None,
+        ]
+        .into_iter()
+        .find(|setting| setting.as_str() == text)
+        .ok_or_else(|| format!("`{text}`: use all, original, final or none"))
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Side {
+    Original,
+    Final,
+}
+
+/// True for a value that stands in for a body `--store-payloads` kept out.
+pub fn is_not_stored_marker(value: &Value) -> bool {
+    value.get(NOT_STORED_KEY).and_then(Value::as_bool) == Some(true)
+}
+
 /// What [`sanitize_payload`] changed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Sanitized {
@@ -97,10 +176,38 @@ pub struct Sanitized {
     pub values_truncated: usize,
 }
 
-/// Removes credential headers from a request event and, with a cap, replaces
-/// each payload value (request/response original and final, policy data)
-/// larger than `max_payload_bytes` by a truncation marker.
-pub fn sanitize_payload(payload: &mut EventPayload, max_payload_bytes: Option<usize>) -> Sanitized {
+/// Removes credential headers from a request event, replaces the bodies `stored` keeps out by
+/// a marker and, with a cap, each payload value (request/response original and final, policy
+/// data) larger than `max_payload_bytes` by a truncation marker.
+pub fn sanitize_payload(
+    payload: &mut EventPayload,
+    max_payload_bytes: Option<usize>,
+    stored: StoredPayloads,
+) -> Sanitized {
+    let withhold = |value: &mut Value, side: Side| {
+        if !stored.keeps(side) {
+            *value = stored.marker(side);
+        }
+    };
+    match payload {
+        EventPayload::Request {
+            original, final_, ..
+        } => {
+            withhold(original, Side::Original);
+            withhold(final_, Side::Final);
+        }
+        EventPayload::Response {
+            original, final_, ..
+        } => {
+            original
+                .iter_mut()
+                .for_each(|value| withhold(value, Side::Original));
+            final_
+                .iter_mut()
+                .for_each(|value| withhold(value, Side::Final));
+        }
+        EventPayload::Policy { .. } => {}
+    }
     let mut done = Sanitized::default();
     let mut cap = |value: &mut Value| {
         if let Some(max) = max_payload_bytes
@@ -278,7 +385,7 @@ mod tests {
             final_: json!({"model": "m"}),
             headers: json!({"authorization": "Bearer x", "accept": "*/*"}),
         };
-        let done = sanitize_payload(&mut request, Some(200));
+        let done = sanitize_payload(&mut request, Some(200), StoredPayloads::All);
         assert_eq!(
             done,
             Sanitized {
@@ -312,7 +419,7 @@ mod tests {
             usage: TokenUsage::default(),
         };
         assert_eq!(
-            sanitize_payload(&mut response, Some(200)).values_truncated,
+            sanitize_payload(&mut response, Some(200), StoredPayloads::All).values_truncated,
             1
         );
 
@@ -323,7 +430,13 @@ mod tests {
             data: body.clone(),
         };
         // Without a cap only headers are touched.
-        assert_eq!(sanitize_payload(&mut policy, None), Sanitized::default());
-        assert_eq!(sanitize_payload(&mut policy, Some(200)).values_truncated, 1);
+        assert_eq!(
+            sanitize_payload(&mut policy, None, StoredPayloads::All),
+            Sanitized::default()
+        );
+        assert_eq!(
+            sanitize_payload(&mut policy, Some(200), StoredPayloads::All).values_truncated,
+            1
+        );
     }
 }

@@ -47,6 +47,8 @@ pub struct WriterOptions {
     /// Cap on each payload value of a stored event (see
     /// [`redact::sanitize_payload`]); `None` keeps everything.
     pub max_payload_bytes: Option<usize>,
+    /// Which bodies are stored (`--store-payloads`).
+    pub stored_payloads: redact::StoredPayloads,
     /// Where batch latency is measured for `/metrics`.
     pub metrics: Arc<StoreMetrics>,
 }
@@ -60,6 +62,7 @@ impl Default for WriterOptions {
             retry_initial: Duration::from_millis(100),
             retry_max: Duration::from_secs(5),
             max_payload_bytes: None,
+            stored_payloads: redact::StoredPayloads::All,
             metrics: Arc::default(),
         }
     }
@@ -314,7 +317,11 @@ impl Writer {
 
     fn take(&self, batch: &mut Vec<Record>, mut record: Record) {
         if let Record::Event(event) = &mut record {
-            redact::sanitize_payload(&mut event.payload, self.options.max_payload_bytes);
+            redact::sanitize_payload(
+                &mut event.payload,
+                self.options.max_payload_bytes,
+                self.options.stored_payloads,
+            );
         }
         batch.push(record);
     }

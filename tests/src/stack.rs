@@ -9,6 +9,7 @@ use luthien_dataplane::config::EdgeLimits;
 use luthien_dataplane::{DataPlaneConfig, FailMode};
 use luthien_mock_upstream::MockUpstream;
 use luthien_policy::Chain;
+use luthien_store::redact::StoredPayloads;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -58,6 +59,8 @@ pub struct StackOptions {
     pub data_plane_token: Option<String>,
     /// `/metrics` and gRPC reflection behind the admin key too.
     pub guard_metrics_and_reflection: bool,
+    /// Which bodies the control plane stores.
+    pub store_payloads: StoredPayloads,
 }
 
 impl Default for StackOptions {
@@ -83,6 +86,7 @@ impl Default for StackOptions {
             control_plane_token: None,
             data_plane_token: None,
             guard_metrics_and_reflection: false,
+            store_payloads: StoredPayloads::All,
         }
     }
 }
@@ -129,6 +133,7 @@ impl Stack {
             max_sse_event_bytes: options.max_sse_event_bytes,
             control_plane_token: options.control_plane_token.clone(),
             guard_metrics_and_reflection: options.guard_metrics_and_reflection,
+            store_payloads: options.store_payloads,
         };
         let (control_plane_url, debug_http) = match options.control_plane {
             ControlPlane::Chain(chain) => {
@@ -243,6 +248,7 @@ struct Recording {
     max_sse_event_bytes: usize,
     control_plane_token: Option<String>,
     guard_metrics_and_reflection: bool,
+    store_payloads: StoredPayloads,
 }
 
 /// Starts a control plane; returns its gRPC and debug HTTP base URLs.
@@ -276,6 +282,7 @@ async fn start_control_plane(
         admin_key: recording.admin_key.clone(),
         trace_url_template: Some("http://traces.example/{trace_id}?call={call_id}".to_owned()),
         insecure: false,
+        store_payloads: recording.store_payloads,
         metrics_require_admin_key: recording.guard_metrics_and_reflection,
         reflection_require_admin_key: recording.guard_metrics_and_reflection,
         control_plane_token: recording.control_plane_token.clone(),

@@ -151,6 +151,18 @@ impl DebugService {
     }
 
     pub async fn call_diff(&self, call_id: &str) -> Result<CallDiff, DebugError> {
+        // A side `--store-payloads` kept out is compared as the side that was kept: what
+        // the policies changed cannot be shown, and nothing else is claimed as changed.
+        fn comparable(pair: (Option<&Value>, Option<&Value>)) -> (Option<Value>, Option<Value>) {
+            fn kept(value: Option<&Value>) -> Option<&Value> {
+                value.filter(|value| !luthien_store::redact::is_not_stored_marker(value))
+            }
+            match (kept(pair.0), kept(pair.1)) {
+                (Some(original), Some(final_)) => (Some(original.clone()), Some(final_.clone())),
+                (Some(only), None) | (None, Some(only)) => (Some(only.clone()), Some(only.clone())),
+                (None, None) => (None, None),
+            }
+        }
         let detail = self.get_call(call_id).await?;
         let api = detail.call.api;
         let mut request = (None, None);
@@ -168,8 +180,8 @@ impl DebugService {
         }
         let options = self.diff_options.clone();
         let diff = tokio::task::spawn_blocking({
-            let request = (request.0.cloned(), request.1.cloned());
-            let response = (response.0.cloned(), response.1.cloned());
+            let request = comparable(request);
+            let response = comparable(response);
             move || {
                 diff_call(
                     api,

@@ -258,3 +258,56 @@ async fn an_ended_call_is_never_rewritten() {
     })
     .await;
 }
+
+/// `--store-payloads final` keeps what went upstream and what the client received, and marks
+/// the originals as not stored; `none` keeps no body; policy events stay.
+#[tokio::test]
+async fn stored_payloads_keep_out_what_the_setting_says() {
+    on_each_backend(|target| async move {
+        let store = target.open().await;
+        for (setting, original_kept, final_kept) in [
+            (crate::redact::StoredPayloads::Final, false, true),
+            (crate::redact::StoredPayloads::None, false, false),
+            (crate::redact::StoredPayloads::Original, true, false),
+        ] {
+            let id = format!("call-{}", setting.as_str());
+            let (sink, writer) = spawn_writer(
+                store.clone(),
+                WriterOptions {
+                    stored_payloads: setting,
+                    ..fast_writer()
+                },
+                CancellationToken::new(),
+            );
+            sink.record(Record::Call(started(&id, 1)));
+            sink.record(Record::Event(event(&id, 0, request_payload())));
+            sink.record(Record::Event(event(&id, 1, policy_payload())));
+            writer.shutdown(Duration::from_secs(5)).await;
+            let (_, events) = store.get_call(&id).await.unwrap().unwrap();
+            let EventPayload::Request {
+                original, final_, ..
+            } = &events[0].payload
+            else {
+                panic!("a request first");
+            };
+            let marked = |value: &serde_json::Value, kept: bool| {
+                assert_eq!(
+                    crate::redact::is_not_stored_marker(value),
+                    !kept,
+                    "{setting:?}: {value}"
+                );
+            };
+            marked(original, original_kept);
+            marked(final_, final_kept);
+            if !original_kept {
+                assert_eq!(
+                    original["setting"],
+                    format!("--store-payloads {}", setting.as_str())
+                );
+            }
+            assert!(matches!(events[1].payload, EventPayload::Policy { .. }));
+        }
+        store.close().await;
+    })
+    .await;
+}

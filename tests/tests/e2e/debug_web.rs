@@ -543,6 +543,64 @@ async fn diff_viewer_flags_truncated_payloads() {
     browser.quit().await;
 }
 
+/// With `--store-payloads final`, the page says the originals were not stored instead of
+/// showing them as missing, and the replay says why it cannot run.
+#[tokio::test]
+async fn diff_viewer_says_what_was_not_stored() {
+    let database = TestDatabase::sqlite().await;
+    let stack = Stack::start(StackOptions {
+        database_url: Some(database.url.clone()),
+        store_payloads: luthien_store::redact::StoredPayloads::Final,
+        ..StackOptions::yaml(POLICY)
+    })
+    .await;
+    let call = recorded_call(
+        &stack,
+        "gpt-4o",
+        "Is the quick brown fox awake?",
+        false,
+        None,
+    )
+    .await;
+    let browser = Browser::start().await;
+    browser
+        .goto(&format!("{}/debug/diff?call_id={call}", debug_url(&stack)))
+        .await;
+    wait_for_call(&browser, &call).await;
+    let notices = browser
+        .js(
+            "return [...document.querySelectorAll('.notice')].map(n => n.textContent).join('\\n')",
+            vec![],
+        )
+        .await;
+    let notices = notices.as_str().unwrap();
+    for side in ["original request", "original response"] {
+        assert!(
+            notices.contains(&format!(
+                "The {side} was not stored (--store-payloads final)"
+            )),
+            "{notices}"
+        );
+    }
+    browser.quit().await;
+    let replay = luthien_tests::Client::new()
+        .post(
+            &format!("{}/debug/calls/{call}/replay", debug_url(&stack)),
+            &[],
+            "{}",
+        )
+        .await;
+    assert_eq!(replay.status, 200, "{}", replay.text());
+    let error = replay.json()["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        error.contains("were not stored (--store-payloads final)"),
+        "{error}"
+    );
+}
+
 // ---- Replay ------------------------------------------------------------------------------
 
 #[tokio::test]
