@@ -503,13 +503,21 @@ async fn wait_for_call(browser: &Browser, call_id: &str) {
         .await;
 }
 
-#[tokio::test]
-async fn diff_viewer_flags_truncated_payloads() {
+/// A stack recording into its own SQLite store, the id of one call it recorded, and the
+/// notices the diff viewer shows above that call.
+struct Viewed {
+    _database: TestDatabase,
+    stack: Stack,
+    call: String,
+    notices: String,
+}
+
+/// Records one call on a stack with `options` and opens it in the diff viewer.
+async fn recorded_call_notices(options: StackOptions) -> Viewed {
     let database = TestDatabase::sqlite().await;
     let stack = Stack::start(StackOptions {
         database_url: Some(database.url.clone()),
-        max_payload_bytes: Some(64),
-        ..StackOptions::yaml(POLICY)
+        ..options
     })
     .await;
     let call = recorded_call(
@@ -531,7 +539,23 @@ async fn diff_viewer_flags_truncated_payloads() {
             vec![],
         )
         .await;
-    let notices = notices.as_str().unwrap();
+    let notices = notices.as_str().unwrap().to_owned();
+    browser.quit().await;
+    Viewed {
+        _database: database,
+        stack,
+        call,
+        notices,
+    }
+}
+
+#[tokio::test]
+async fn diff_viewer_flags_truncated_payloads() {
+    let Viewed { notices, .. } = recorded_call_notices(StackOptions {
+        max_payload_bytes: Some(64),
+        ..StackOptions::yaml(POLICY)
+    })
+    .await;
     assert!(
         notices.contains("original request was too large to store"),
         "{notices}"
@@ -540,40 +564,22 @@ async fn diff_viewer_flags_truncated_payloads() {
         notices.contains("final response was too large to store"),
         "{notices}"
     );
-    browser.quit().await;
 }
 
 /// With `--store-payloads final`, the page says the originals were not stored instead of
 /// showing them as missing, and the replay says why it cannot run.
 #[tokio::test]
 async fn diff_viewer_says_what_was_not_stored() {
-    let database = TestDatabase::sqlite().await;
-    let stack = Stack::start(StackOptions {
-        database_url: Some(database.url.clone()),
+    let Viewed {
+        _database,
+        stack,
+        call,
+        notices,
+    } = recorded_call_notices(StackOptions {
         store_payloads: luthien_store::redact::StoredPayloads::Final,
         ..StackOptions::yaml(POLICY)
     })
     .await;
-    let call = recorded_call(
-        &stack,
-        "gpt-4o",
-        "Is the quick brown fox awake?",
-        false,
-        None,
-    )
-    .await;
-    let browser = Browser::start().await;
-    browser
-        .goto(&format!("{}/debug/diff?call_id={call}", debug_url(&stack)))
-        .await;
-    wait_for_call(&browser, &call).await;
-    let notices = browser
-        .js(
-            "return [...document.querySelectorAll('.notice')].map(n => n.textContent).join('\\n')",
-            vec![],
-        )
-        .await;
-    let notices = notices.as_str().unwrap();
     for side in ["original request", "original response"] {
         assert!(
             notices.contains(&format!(
@@ -582,7 +588,6 @@ async fn diff_viewer_says_what_was_not_stored() {
             "{notices}"
         );
     }
-    browser.quit().await;
     let replay = luthien_tests::Client::new()
         .post(
             &format!("{}/debug/calls/{call}/replay", debug_url(&stack)),
