@@ -5,6 +5,8 @@
 //! the control plane is bounded twice: by the per-message timeout (total) and
 //! by the inactivity timeout, which each keepalive restarts.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -36,6 +38,8 @@ const OUTBOUND_QUEUE: usize = 16;
 pub enum ControlError {
     #[error("control plane unavailable: {0}")]
     Unavailable(String),
+    #[error("control plane refused the call: {0}")]
+    Refused(String),
     #[error("control plane did not answer within {0:?}")]
     Timeout(Duration),
     #[error("control plane closed the call stream")]
@@ -50,9 +54,10 @@ impl ControlError {
     pub fn ending(&self) -> Ending {
         let outcome = match self {
             ControlError::Timeout(_) => CallOutcome::ControlPlaneTimeout,
-            ControlError::Unavailable(_) | ControlError::Closed | ControlError::Protocol(_) => {
-                CallOutcome::ControlPlaneError
-            }
+            ControlError::Unavailable(_)
+            | ControlError::Refused(_)
+            | ControlError::Closed
+            | ControlError::Protocol(_) => CallOutcome::ControlPlaneError,
         };
         Ending::new(outcome, self.to_string())
     }
@@ -105,11 +110,13 @@ pub struct Timeouts {
     pub inactivity: Duration,
 }
 
-/// Shared handle to the control plane.
+/// Shared handle to the control planes: one lazily connected channel per endpoint of
+/// `--control-plane` (a comma-separated list), each call's stream on one of them.
 #[derive(Clone)]
 pub struct ControlClient {
-    client: ControlPlaneServiceClient<Channel>,
-    channel: Channel,
+    endpoints: Arc<[Arc<ControlEndpoint>]>,
+    /// Round-robin position.
+    next: Arc<AtomicUsize>,
     /// `authorization: Bearer <--control-plane-token>`, sent on every call stream.
     token: Option<tonic::metadata::AsciiMetadataValue>,
     timeouts: Timeouts,
@@ -117,30 +124,71 @@ pub struct ControlClient {
     open_streams: Gauge,
 }
 
+/// One control plane.
+pub struct ControlEndpoint {
+    url: String,
+    client: ControlPlaneServiceClient<Channel>,
+    channel: Channel,
+    /// As its `grpc.health.v1` watch last said (see `readiness`), and false from the moment a
+    /// call could not open a stream on it until the watch says SERVING again.
+    serving: AtomicBool,
+}
+
+impl ControlEndpoint {
+    /// The channel, shared with the health watch.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    pub fn is_serving(&self) -> bool {
+        self.serving.load(Ordering::Relaxed)
+    }
+
+    /// Records what the health watch or a call learned; logs each change.
+    pub fn set_serving(&self, serving: bool) {
+        if self.serving.swap(serving, Ordering::Relaxed) != serving {
+            tracing::info!(endpoint = %self.url, serving, "control plane health changed");
+        }
+    }
+}
+
 impl ControlClient {
-    /// Prepares a channel; the connection is made on first use, so a data
-    /// plane starts even while its control plane is down.
+    /// Prepares a channel per endpoint of `urls` (comma-separated); connections are made on
+    /// first use, so a data plane starts even while its control planes are down.
     pub fn new(
-        url: &str,
+        urls: &str,
         connect_timeout: Duration,
         timeouts: Timeouts,
         token: Option<tonic::metadata::AsciiMetadataValue>,
         open_streams: Gauge,
     ) -> Result<Self, tonic::transport::Error> {
-        let channel = Endpoint::from_shared(url.to_owned())?
-            .connect_timeout(connect_timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(limits::HTTP2_KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(Duration::from_secs(10))
-            .initial_stream_window_size(limits::STREAM_WINDOW_BYTES)
-            .initial_connection_window_size(limits::CONNECTION_WINDOW_BYTES)
-            .connect_lazy();
-        let client = ControlPlaneServiceClient::new(channel.clone())
-            .max_decoding_message_size(limits::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(limits::MAX_MESSAGE_BYTES);
+        let mut endpoints = Vec::new();
+        for url in urls.split(',').map(str::trim).filter(|url| !url.is_empty()) {
+            let channel = Endpoint::from_shared(url.to_owned())?
+                .connect_timeout(connect_timeout)
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(limits::HTTP2_KEEPALIVE_INTERVAL)
+                .keep_alive_timeout(Duration::from_secs(10))
+                .initial_stream_window_size(limits::STREAM_WINDOW_BYTES)
+                .initial_connection_window_size(limits::CONNECTION_WINDOW_BYTES)
+                .connect_lazy();
+            let client = ControlPlaneServiceClient::new(channel.clone())
+                .max_decoding_message_size(limits::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(limits::MAX_MESSAGE_BYTES);
+            endpoints.push(Arc::new(ControlEndpoint {
+                url: url.to_owned(),
+                client,
+                channel,
+                serving: AtomicBool::new(false),
+            }));
+        }
+        if endpoints.is_empty() {
+            // An empty list is a configuration error of the same kind as a bad URL.
+            Endpoint::from_shared(String::new())?;
+        }
         Ok(Self {
-            client,
-            channel,
+            endpoints: endpoints.into(),
+            next: Arc::default(),
             token,
             timeouts,
             tasks: TaskTracker::new(),
@@ -148,9 +196,13 @@ impl ControlClient {
         })
     }
 
-    /// The channel to the control plane, shared with its health watch.
-    pub fn channel(&self) -> Channel {
-        self.channel.clone()
+    pub fn endpoints(&self) -> &[Arc<ControlEndpoint>] {
+        &self.endpoints
+    }
+
+    /// Whether some control plane reports SERVING.
+    pub fn any_serving(&self) -> bool {
+        self.endpoints.iter().any(|endpoint| endpoint.is_serving())
     }
 
     /// Background call endings still running; shutdown waits for them.
@@ -158,8 +210,46 @@ impl ControlClient {
         &self.tasks
     }
 
-    /// Opens the call's stream with its first message.
+    /// The endpoints in the order a call tries them: round robin, those reported SERVING
+    /// first (the others remain a last resort: a watch may lag behind a control plane that
+    /// just came back).
+    fn order(&self) -> Vec<&Arc<ControlEndpoint>> {
+        let count = self.endpoints.len();
+        let first = self.next.fetch_add(1, Ordering::Relaxed) % count.max(1);
+        let mut order: Vec<&Arc<ControlEndpoint>> = self.endpoints[first..]
+            .iter()
+            .chain(&self.endpoints[..first])
+            .collect();
+        // Stable: the round-robin order holds within each group.
+        order.sort_by_key(|endpoint| !endpoint.is_serving());
+        order
+    }
+
+    /// Opens the call's stream with its first message, on the first control plane that takes
+    /// it. A control plane that cannot take the stream (unreachable, refusing new streams) is
+    /// passed over for the next: nothing of the call reached it, and nothing has gone upstream
+    /// yet. A timeout is not retried, since the control plane may have the call.
     pub async fn open(&self, start: CallStart) -> Result<CallSession, ControlError> {
+        let mut unavailable = None;
+        for endpoint in self.order() {
+            match self.open_on(endpoint, start.clone()).await {
+                Err(ControlError::Unavailable(reason)) => {
+                    tracing::debug!(endpoint = %endpoint.url, %reason, "control plane did not take the call; trying the next");
+                    endpoint.set_serving(false);
+                    unavailable = Some(ControlError::Unavailable(reason));
+                }
+                opened => return opened,
+            }
+        }
+        Err(unavailable
+            .unwrap_or_else(|| ControlError::Unavailable("no control plane configured".into())))
+    }
+
+    async fn open_on(
+        &self,
+        endpoint: &ControlEndpoint,
+        start: CallStart,
+    ) -> Result<CallSession, ControlError> {
         let (outbound, queue) = mpsc::channel(OUTBOUND_QUEUE);
         let first = DataPlaneMessage {
             message: Some(ToControl::CallStart(start)),
@@ -169,7 +259,7 @@ impl ControlClient {
             .map_err(|_| ControlError::Protocol("fresh queue refused the first message".into()))?;
         let deadline = Instant::now() + self.timeouts.message.min(self.timeouts.inactivity);
         let open = OpenStream::new(&self.open_streams);
-        let mut client = self.client.clone();
+        let mut client = endpoint.client.clone();
         let mut request = tonic::Request::new(ReceiverStream::new(queue));
         if let Some(token) = &self.token {
             request
@@ -179,7 +269,10 @@ impl ControlClient {
         let response = timeout_at(deadline, client.process_call(request))
             .await
             .map_err(|_| ControlError::Timeout(self.timeouts.inactivity))?
-            .map_err(|status| ControlError::Unavailable(status.message().to_owned()))?;
+            .map_err(|status| match status.code() {
+                tonic::Code::Unavailable => ControlError::Unavailable(status.message().to_owned()),
+                _ => ControlError::Refused(status.message().to_owned()),
+            })?;
         Ok(CallSession {
             outbound,
             inbound: Some(response.into_inner()),

@@ -137,9 +137,7 @@ pub async fn serve(
     );
     let background = TaskTracker::new();
     let watching = CancellationToken::new();
-    state
-        .readiness
-        .watch(state.control.channel(), &background, watching.clone());
+    readiness::watch(&state.control, &background, &watching);
     let stop_accepting = CancellationToken::new();
     let drain = {
         let state = Arc::clone(&state);

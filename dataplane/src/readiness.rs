@@ -2,8 +2,9 @@
 //!
 //! Ready means: not draining, and a control plane to police calls — one that reports its
 //! `ControlPlaneService` as SERVING on `grpc.health.v1` — unless the fail mode is open, where
-//! calls go on without one. The control plane's health is watched (a server-streaming `Watch`,
-//! re-opened after a second when it breaks), never polled per call.
+//! calls go on without one. Each control plane's health is watched (a server-streaming `Watch`,
+//! re-opened a second after it breaks or reports anything but SERVING), never polled per call;
+//! calls prefer the endpoints reported SERVING (see `control`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,12 +14,12 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 use crate::AppState;
+use crate::control::{ControlClient, ControlEndpoint};
 use crate::fail_mode::FailMode;
 
 /// The service name the control plane reports on `grpc.health.v1`.
@@ -30,7 +31,6 @@ const REWATCH_AFTER: Duration = Duration::from_secs(1);
 #[derive(Debug, Default)]
 pub struct Readiness {
     draining: AtomicBool,
-    control_plane_serving: AtomicBool,
 }
 
 impl Readiness {
@@ -40,29 +40,27 @@ impl Readiness {
     }
 
     /// Why the data plane should not get traffic now, if it should not.
-    fn not_ready(&self, fail_mode: FailMode) -> Option<&'static str> {
+    fn not_ready(&self, fail_mode: FailMode, control: &ControlClient) -> Option<&'static str> {
         if self.draining.load(Ordering::Relaxed) {
             return Some("draining");
         }
-        let serving = self.control_plane_serving.load(Ordering::Relaxed);
-        (!serving && fail_mode == FailMode::Closed).then_some("no control plane is serving")
+        (!control.any_serving() && fail_mode == FailMode::Closed)
+            .then_some("no control plane is serving")
     }
+}
 
-    /// Follows the control plane's health on `channel` until `shutdown`.
-    pub fn watch(
-        self: &Arc<Self>,
-        channel: Channel,
-        tasks: &TaskTracker,
-        shutdown: CancellationToken,
-    ) {
-        let readiness = Arc::clone(self);
+/// Follows the health of every control plane of `control` until `shutdown`.
+pub fn watch(control: &ControlClient, tasks: &TaskTracker, shutdown: &CancellationToken) {
+    for endpoint in control.endpoints() {
+        let endpoint = Arc::clone(endpoint);
+        let shutdown = shutdown.clone();
         tasks.spawn(async move {
             loop {
                 tokio::select! {
                     () = shutdown.cancelled() => return,
-                    () = readiness.follow(channel.clone()) => {}
+                    () = follow(&endpoint) => {}
                 }
-                readiness.set_serving(false);
+                endpoint.set_serving(false);
                 tokio::select! {
                     () = shutdown.cancelled() => return,
                     () = tokio::time::sleep(REWATCH_AFTER) => {}
@@ -70,31 +68,24 @@ impl Readiness {
             }
         });
     }
+}
 
-    /// One `Watch` stream, until it breaks.
-    async fn follow(&self, channel: Channel) {
-        let request = HealthCheckRequest {
-            service: CONTROL_PLANE_SERVICE.to_owned(),
-        };
-        let Ok(response) = HealthClient::new(channel).watch(request).await else {
+/// One `Watch` stream, until it breaks.
+async fn follow(endpoint: &ControlEndpoint) {
+    let request = HealthCheckRequest {
+        service: CONTROL_PLANE_SERVICE.to_owned(),
+    };
+    let Ok(response) = HealthClient::new(endpoint.channel()).watch(request).await else {
+        return;
+    };
+    let mut updates = response.into_inner();
+    while let Ok(Some(update)) = updates.message().await {
+        let serving = update.status() == ServingStatus::Serving;
+        endpoint.set_serving(serving);
+        if !serving {
+            // A control plane that is leaving waits for open streams: let this one go and
+            // ask again shortly (a passing NOT_SERVING is followed by SERVING then).
             return;
-        };
-        let mut updates = response.into_inner();
-        while let Ok(Some(update)) = updates.message().await {
-            let serving = update.status() == ServingStatus::Serving;
-            self.set_serving(serving);
-            if !serving {
-                // A control plane that is leaving waits for open streams: let this one go and
-                // ask again shortly (a passing NOT_SERVING is followed by SERVING then).
-                return;
-            }
-        }
-    }
-
-    fn set_serving(&self, serving: bool) {
-        let was = self.control_plane_serving.swap(serving, Ordering::Relaxed);
-        if was != serving {
-            tracing::info!(serving, "control plane health changed");
         }
     }
 }
@@ -104,7 +95,10 @@ pub async fn healthz() -> &'static str {
 }
 
 pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, &'static str) {
-    match state.readiness.not_ready(state.config.fail_mode) {
+    match state
+        .readiness
+        .not_ready(state.config.fail_mode, &state.control)
+    {
         None => (StatusCode::OK, "ready"),
         Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason),
     }

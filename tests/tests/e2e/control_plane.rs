@@ -571,3 +571,76 @@ async fn a_control_plane_without_a_token_refuses_a_non_loopback_address() {
     stop.cancel();
     served.await.unwrap().unwrap();
 }
+
+/// `--control-plane` takes a list: each call goes to one control plane, round robin, and a
+/// control plane that cannot take a call (here: nothing listens) is passed over for the next
+/// before anything went upstream, so no call fails and none reaches the upstream twice.
+#[tokio::test]
+async fn calls_spread_over_the_control_planes_and_skip_a_dead_one() {
+    use luthien_store::{CallFilter, Store, StoreOptions};
+    use luthien_tests::databases::TestDatabase;
+
+    let databases = [TestDatabase::sqlite().await, TestDatabase::sqlite().await];
+    let mut planes = Vec::new();
+    for database in &databases {
+        planes.push(
+            Stack::start(StackOptions {
+                database_url: Some(database.url.clone()),
+                ..StackOptions::default()
+            })
+            .await,
+        );
+    }
+    let dead = luthien_tests::stack::unused_address().await;
+    let list = format!(
+        "http://{dead}, {}, {}",
+        planes[0].control_plane.clone().unwrap(),
+        planes[1].control_plane.clone().unwrap()
+    );
+    let stack = Stack::start(StackOptions {
+        control_plane: ControlPlane::External(list),
+        ..StackOptions::default()
+    })
+    .await;
+    let client = Client::new();
+    for i in 0..12 {
+        let body = if i % 2 == 0 { OPENAI } else { OPENAI_STREAM };
+        let response = client.post(&stack.openai_url(), &[], body).await;
+        assert_eq!(response.status, 200, "call {i}: {}", response.text());
+    }
+    assert_eq!(
+        stack.mock.requests().len(),
+        12,
+        "each call reached upstream once"
+    );
+    let mut stores = Vec::new();
+    for database in &databases {
+        stores.push(
+            Store::open(&database.url, StoreOptions::default())
+                .await
+                .unwrap(),
+        );
+    }
+    let counts = luthien_tests::wait::eventually(
+        "all twelve calls recorded",
+        Duration::from_secs(10),
+        || async {
+            let mut counts = Vec::new();
+            for store in &stores {
+                let page = store.list_calls(&CallFilter::default()).await.unwrap();
+                let ended = page
+                    .calls
+                    .iter()
+                    .filter(|call| call.status != luthien_store::events::CallStatus::InProgress);
+                counts.push(ended.count());
+            }
+            (counts.iter().sum::<usize>() == 12).then_some(counts)
+        },
+    )
+    .await;
+    assert_eq!(counts.iter().sum::<usize>(), 12, "{counts:?}");
+    assert!(
+        counts.iter().all(|&count| count >= 4),
+        "both control planes take a share: {counts:?}"
+    );
+}
