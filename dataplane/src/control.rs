@@ -25,8 +25,10 @@ use tokio_util::task::TaskTracker;
 use tonic::Streaming;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::metrics::OpenStream;
+use crate::metrics::{ControlMetrics, EndpointLabels, OpenStream};
 use luthien_api::limits;
+use luthien_telemetry::metrics::Label;
+use luthien_telemetry::prometheus_client::metrics::counter::Counter;
 use luthien_telemetry::prometheus_client::metrics::gauge::Gauge;
 
 /// Messages a call may queue towards the control plane before the data plane
@@ -132,6 +134,9 @@ pub struct ControlEndpoint {
     /// As its `grpc.health.v1` watch last said (see `readiness`), and false from the moment a
     /// call could not open a stream on it until the watch says SERVING again.
     serving: AtomicBool,
+    streams: Counter,
+    unavailable: Counter,
+    serving_gauge: Gauge,
 }
 
 impl ControlEndpoint {
@@ -147,6 +152,7 @@ impl ControlEndpoint {
     /// Records what the health watch or a call learned; logs each change.
     pub fn set_serving(&self, serving: bool) {
         if self.serving.swap(serving, Ordering::Relaxed) != serving {
+            self.serving_gauge.set(i64::from(serving));
             tracing::info!(endpoint = %self.url, serving, "control plane health changed");
         }
     }
@@ -160,7 +166,7 @@ impl ControlClient {
         connect_timeout: Duration,
         timeouts: Timeouts,
         token: Option<tonic::metadata::AsciiMetadataValue>,
-        open_streams: Gauge,
+        metrics: ControlMetrics,
     ) -> Result<Self, tonic::transport::Error> {
         let mut endpoints = Vec::new();
         for url in urls.split(',').map(str::trim).filter(|url| !url.is_empty()) {
@@ -175,11 +181,17 @@ impl ControlClient {
             let client = ControlPlaneServiceClient::new(channel.clone())
                 .max_decoding_message_size(limits::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(limits::MAX_MESSAGE_BYTES);
+            let labels = EndpointLabels {
+                endpoint: Label::new(url),
+            };
             endpoints.push(Arc::new(ControlEndpoint {
                 url: url.to_owned(),
                 client,
                 channel,
                 serving: AtomicBool::new(false),
+                streams: metrics.streams.get_or_create(&labels).clone(),
+                unavailable: metrics.unavailable.get_or_create(&labels).clone(),
+                serving_gauge: metrics.serving.get_or_create(&labels).clone(),
             }));
         }
         if endpoints.is_empty() {
@@ -192,7 +204,7 @@ impl ControlClient {
             token,
             timeouts,
             tasks: TaskTracker::new(),
-            open_streams,
+            open_streams: metrics.open_streams,
         })
     }
 
@@ -234,6 +246,7 @@ impl ControlClient {
         for endpoint in self.order() {
             match self.open_on(endpoint, start.clone()).await {
                 Err(ControlError::Unavailable(reason)) => {
+                    endpoint.unavailable.inc();
                     tracing::debug!(endpoint = %endpoint.url, %reason, "control plane did not take the call; trying the next");
                     endpoint.set_serving(false);
                     unavailable = Some(ControlError::Unavailable(reason));
@@ -273,6 +286,7 @@ impl ControlClient {
                 tonic::Code::Unavailable => ControlError::Unavailable(status.message().to_owned()),
                 _ => ControlError::Refused(status.message().to_owned()),
             })?;
+        endpoint.streams.inc();
         Ok(CallSession {
             outbound,
             inbound: Some(response.into_inner()),

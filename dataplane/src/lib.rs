@@ -82,7 +82,7 @@ pub fn app(config: DataPlaneConfig) -> Result<(Router, Arc<AppState>), StartErro
             inactivity: config.cp_inactivity_timeout,
         },
         token,
-        metrics.open_streams.clone(),
+        metrics.control.clone(),
     )?;
     let upstream = Upstream::new(&config)?;
     upstream.validate().map_err(StartError::Config)?;

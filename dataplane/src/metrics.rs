@@ -42,6 +42,24 @@ pub struct PassthroughLabels {
     pub status: u16,
 }
 
+/// One control plane of `--control-plane` (a configured, so bounded, set).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub endpoint: Label,
+}
+
+/// What the data plane counts of its control planes.
+#[derive(Clone, Debug, Default)]
+pub struct ControlMetrics {
+    pub open_streams: Gauge,
+    /// Call streams opened, by control plane.
+    pub streams: Family<EndpointLabels, Counter>,
+    /// Calls a control plane could not take (they moved to the next one).
+    pub unavailable: Family<EndpointLabels, Counter>,
+    /// 1 while a control plane reports SERVING, else 0.
+    pub serving: Family<EndpointLabels, Gauge>,
+}
+
 type Histograms = Family<ApiLabels, Histogram, fn() -> Histogram>;
 
 /// The data plane's metrics.
@@ -54,7 +72,7 @@ pub struct Metrics {
     pub upstream: Histograms,
     pub first_chunk: Histograms,
     pub chunks: Family<ApiLabels, Counter>,
-    pub open_streams: Gauge,
+    pub control: ControlMetrics,
 }
 
 fn overhead_histogram() -> Histogram {
@@ -104,11 +122,26 @@ impl Metrics {
             "Upstream stream chunks moved to clients.",
             chunks.clone(),
         );
-        let open_streams = Gauge::default();
+        let control = ControlMetrics::default();
         registry.register(
             "luthien_data_plane_open_control_streams",
             "Control-plane call streams open on this data plane.",
-            open_streams.clone(),
+            control.open_streams.clone(),
+        );
+        registry.register(
+            "luthien_control_plane_streams",
+            "Call streams opened, by control plane.",
+            control.streams.clone(),
+        );
+        registry.register(
+            "luthien_control_plane_unavailable",
+            "Calls a control plane could not take, which moved to the next one, by control plane.",
+            control.unavailable.clone(),
+        );
+        registry.register(
+            "luthien_control_plane_serving",
+            "1 while a control plane reports SERVING on grpc.health.v1, else 0.",
+            control.serving.clone(),
         );
         Self {
             registry,
@@ -119,7 +152,7 @@ impl Metrics {
             upstream,
             first_chunk,
             chunks,
-            open_streams,
+            control,
         }
     }
 
