@@ -14,28 +14,32 @@ struct Cli {
     #[command(flatten)]
     config: ControlPlaneConfig,
     #[command(flatten)]
-    token: ChannelTokenArgs,
-    #[command(flatten)]
     log: LogArgs,
+    /// The token call streams must carry.
+    #[command(flatten)]
+    token: ChannelTokenArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut cli = Cli::parse();
-    cli.config.control_plane_token = cli.token.control_plane_token;
-    luthien_telemetry::init_service(&cli.log, "luthien-controlplane");
+    let Cli {
+        mut config,
+        log,
+        token,
+    } = Cli::parse();
+    luthien_telemetry::init_service(&log, "luthien-controlplane");
+    config.control_plane_token = token.control_plane_token;
     // An invalid policy file stops the process before it listens.
-    let policies = cli.config.load_policies()?;
-    let grpc = tokio::net::TcpListener::bind(cli.config.grpc_listen)
+    let policies = config.load_policies()?;
+    let grpc = tokio::net::TcpListener::bind(config.grpc_listen)
         .await
-        .with_context(|| format!("cannot listen on --grpc-listen {}", cli.config.grpc_listen))?;
-    let http = luthien_controlplane::server::bind_debug_http(&cli.config)
+        .with_context(|| format!("cannot listen on --grpc-listen {}", config.grpc_listen))?;
+    let http = luthien_controlplane::server::bind_debug_http(&config)
         .await
-        .with_context(|| format!("cannot listen on --http-listen {}", cli.config.http_listen))?;
+        .with_context(|| format!("cannot listen on --http-listen {}", config.http_listen))?;
     let shutdown = CancellationToken::new();
     tokio::spawn(luthien_telemetry::cancel_on_signal(shutdown.clone()));
-    let served =
-        luthien_controlplane::serve(cli.config, policies, grpc, Some(http), shutdown).await;
+    let served = luthien_controlplane::serve(config, policies, grpc, Some(http), shutdown).await;
     luthien_telemetry::shutdown();
     served?;
     Ok(())
