@@ -73,8 +73,8 @@ pub struct CallRecorder {
     /// A response a policy produced instead of calling upstream.
     immediate: Option<Value>,
     usage: TokenUsage,
-    /// Why the stream's record stops early, when it does.
-    truncated: Option<String>,
+    /// What went wrong with the stream itself, when something did.
+    fault: Option<StreamFault>,
 }
 
 impl CallRecorder {
@@ -110,7 +110,7 @@ impl CallRecorder {
             response: None,
             immediate: None,
             usage: TokenUsage::default(),
-            truncated: None,
+            fault: None,
         }
     }
 
@@ -195,11 +195,18 @@ impl CallRecorder {
     /// The stream could not be decoded to its end (see `SseDecoder`): the reconstructed
     /// response stops here and the record's `detail` says why.
     pub fn stream_truncated(&mut self, reason: String) {
-        self.truncated.get_or_insert(reason);
+        self.fault.get_or_insert(StreamFault::Truncated(reason));
     }
 
-    pub fn is_truncated(&self) -> bool {
-        self.truncated.is_some()
+    /// The upstream's stream is not server-sent events: the call is recorded as an upstream
+    /// error, whatever the data plane saw.
+    pub fn stream_not_sse(&mut self, reason: String) {
+        self.fault.get_or_insert(StreamFault::NotSse(reason));
+    }
+
+    /// Whether the stream already has a fault on its record.
+    pub fn has_stream_fault(&self) -> bool {
+        self.fault.is_some()
     }
 
     /// Something a policy wants on the record.
@@ -222,7 +229,7 @@ impl CallRecorder {
         self.finish_with(CallStatus::Abandoned, None);
     }
 
-    fn finish_with(&mut self, status: CallStatus, end: Option<&CallEnd>) {
+    fn finish_with(&mut self, mut status: CallStatus, end: Option<&CallEnd>) {
         let recorded = (
             self.stream.take(),
             self.response.take(),
@@ -256,12 +263,18 @@ impl CallRecorder {
         let ended = end
             .map(|end| end.detail.clone())
             .filter(|detail| !detail.is_empty());
-        let detail = match (self.truncated.take(), ended) {
-            (Some(truncated), Some(ended)) => {
-                Some(format!("stream truncated: {truncated}; {ended}"))
+        let fault = self.fault.take().map(|fault| match fault {
+            StreamFault::Truncated(reason) => format!("stream truncated: {reason}"),
+            StreamFault::NotSse(reason) => {
+                if status == CallStatus::Completed {
+                    status = CallStatus::UpstreamError;
+                }
+                format!("upstream stream is not server-sent events: {reason}")
             }
-            (Some(truncated), None) => Some(format!("stream truncated: {truncated}")),
-            (None, ended) => ended,
+        });
+        let detail = match (fault, ended) {
+            (Some(fault), Some(ended)) => Some(format!("{fault}; {ended}")),
+            (fault, ended) => fault.or(ended),
         };
         let upstream_status = end
             .and_then(|end| u16::try_from(end.upstream_status).ok())
@@ -323,6 +336,14 @@ impl CallRecorder {
             sink.record(record);
         }
     }
+}
+
+/// What went wrong with a stream itself (see `CallRecorder::stream_truncated` and
+/// `CallRecorder::stream_not_sse`).
+#[derive(Debug)]
+enum StreamFault {
+    Truncated(String),
+    NotSse(String),
 }
 
 pub fn status_of(outcome: CallOutcome) -> CallStatus {

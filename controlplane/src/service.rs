@@ -384,9 +384,8 @@ impl CallDriver {
                     true
                 }
                 FromData::StreamEnd(_) => {
-                    if let Some(event) = call.decoder.finish() {
-                        call.recorder.observed_event(&event);
-                    }
+                    let mut last: Vec<SseEvent> = call.decoder.finish().into_iter().collect();
+                    observe_events(call, &mut last);
                     true
                 }
                 FromData::CallEnd(end) => {
@@ -441,7 +440,11 @@ impl CallDriver {
     async fn transform_chunk(&self, call: &mut ActiveCall, frame: Bytes) -> ChunkReply {
         let mut events = Vec::new();
         let decoded = call.decoder.push(frame, &mut events);
+        let not_sse = split_not_sse(&mut events);
         let mut chunks = self.run_events(call, events).await;
+        if let Some(reason) = not_sse {
+            return self.end_not_sse(call, chunks, reason);
+        }
         let Err(overflow) = decoded else {
             if !call.chain_failed {
                 return ChunkReply {
@@ -476,9 +479,35 @@ impl CallDriver {
         }
     }
 
+    /// Ends a transformed stream whose upstream is not sending server-sent events: what was
+    /// policed goes out, then an in-band error; the call is recorded as an upstream error.
+    fn end_not_sse(
+        &self,
+        call: &mut ActiveCall,
+        mut chunks: Vec<Bytes>,
+        reason: String,
+    ) -> ChunkReply {
+        tracing::warn!(call_id = %call.info.call_id, %reason, "stream ended with an error: the upstream stream is not server-sent events");
+        chunks.push(luthien_api::stream_error_event(
+            call.info.api,
+            502,
+            "the upstream provider's stream is not server-sent events",
+        ));
+        call.recorder.stream_not_sse(reason);
+        ChunkReply {
+            chunks,
+            end_stream: true,
+            ..ChunkReply::default()
+        }
+    }
+
     async fn finish_stream(&self, call: &mut ActiveCall) -> Vec<Bytes> {
-        let events: Vec<SseEvent> = call.decoder.finish().into_iter().collect();
+        let mut events: Vec<SseEvent> = call.decoder.finish().into_iter().collect();
+        let not_sse = split_not_sse(&mut events);
         let mut chunks = self.run_events(call, events).await;
+        if let Some(reason) = not_sse {
+            return self.end_not_sse(call, chunks, reason).chunks;
+        }
         if call.chain_failed {
             return chunks;
         }
@@ -600,17 +629,44 @@ fn observe_chunk(call: &mut ActiveCall, frame: Bytes) {
     }
     let mut events = std::mem::take(&mut call.emitted);
     let decoded = call.decoder.push(frame, &mut events);
-    for event in events.drain(..) {
-        call.recorder.observed_event(&event);
-    }
+    observe_events(call, &mut events);
     call.emitted = events;
     // The client's stream is not ours to change: only the record stops here.
     if let Err(overflow) = decoded
-        && !call.recorder.is_truncated()
+        && !call.recorder.has_stream_fault()
     {
         tracing::warn!(call_id = %call.info.call_id, reason = %overflow, "stream no longer recorded: an upstream event is too large");
         call.recorder.stream_truncated(overflow.to_string());
     }
+}
+
+/// Observe mode: records `events` (leaving the vector empty); one that is not a server-sent
+/// event makes the call an upstream error on its record, and the rest is not reconstructed.
+fn observe_events(call: &mut ActiveCall, events: &mut Vec<SseEvent>) {
+    if call.recorder.has_stream_fault() {
+        events.clear();
+        return;
+    }
+    let not_sse = split_not_sse(events);
+    for event in events.drain(..) {
+        call.recorder.observed_event(&event);
+    }
+    if let Some(reason) = not_sse {
+        tracing::warn!(call_id = %call.info.call_id, %reason, "the upstream stream is not server-sent events");
+        call.recorder.stream_not_sse(reason);
+    }
+}
+
+/// Cuts `events` before the first one that is not a server-sent event (a JSON or HTML body
+/// sent as a stream), and says what it looked like.
+fn split_not_sse(events: &mut Vec<SseEvent>) -> Option<String> {
+    let position = events
+        .iter()
+        .position(|event| !event.is_server_sent_event())?;
+    let bytes = events[position].to_bytes();
+    events.truncate(position);
+    let start = String::from_utf8_lossy(&bytes[..bytes.len().min(80)]).into_owned();
+    Some(format!("it sent {start:?}"))
 }
 
 fn record_policy_events(call: &mut ActiveCall) {

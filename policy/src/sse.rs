@@ -227,6 +227,8 @@ struct WireFields {
     event_type: Option<String>,
     /// The `data:` lines joined by `\n`.
     data: String,
+    /// Some line is a comment or a field the spec defines (`data`, `event`, `id`, `retry`).
+    recognized: bool,
 }
 
 impl WireFields {
@@ -242,6 +244,9 @@ impl WireFields {
                 Some((name, value)) => (name, value.strip_prefix(' ').unwrap_or(value)),
                 None => (line, ""),
             };
+            if line.starts_with(':') || matches!(name, "event" | "data" | "id" | "retry") {
+                fields.recognized = true;
+            }
             match name {
                 "event" => fields.event_type = (!value.is_empty()).then(|| value.to_owned()),
                 "data" => {
@@ -286,6 +291,16 @@ impl SseEvent {
         match &self.repr {
             Repr::Wire { bytes, fields, .. } => wire_fields(bytes, fields).event_type.as_deref(),
             Repr::Json { event_type, .. } => event_type.as_deref(),
+        }
+    }
+
+    /// Whether the event is one by the SSE spec's lights: some line of it is a comment or a
+    /// field it defines (`data`, `event`, `id`, `retry`). A JSON body or an HTML error page
+    /// sent as a stream is not.
+    pub fn is_server_sent_event(&self) -> bool {
+        match &self.repr {
+            Repr::Wire { bytes, fields, .. } => wire_fields(bytes, fields).recognized,
+            Repr::Json { .. } => true,
         }
     }
 
@@ -528,6 +543,27 @@ mod tests {
         );
         assert_eq!(events.len(), 1);
         assert!(decoder.finish().is_none());
+    }
+
+    #[test]
+    fn events_are_recognised_by_their_fields() {
+        for wire in [
+            "data: {}\n\n",
+            "event: ping\ndata: {}\n\n",
+            ": keepalive\n\n",
+            "id: 7\n\n",
+            "retry: 1000\n\n",
+        ] {
+            let event = SseEvent::from_wire(Bytes::from(wire));
+            assert!(event.is_server_sent_event(), "{wire:?}");
+        }
+        for wire in [
+            "{\"error\": {\"message\": \"x\"}}",
+            "<html><body>502</body></html>\n\n",
+        ] {
+            let event = SseEvent::from_wire(Bytes::from(wire));
+            assert!(!event.is_server_sent_event(), "{wire:?}");
+        }
     }
 
     #[test]

@@ -361,27 +361,26 @@ async fn activity_reaches_a_real_redis_subscriber() {
     );
 }
 
-/// An OpenAI-compatible upstream whose stream sends one proper event, then an event that
-/// never ends: `frames` frames of 64 KiB without a blank line, then `[DONE]`.
-async fn endless_event_upstream(frames: usize) -> (String, tokio_util::sync::DropGuard) {
+/// An OpenAI-compatible upstream whose `/v1/chat/completions` answers every call with a
+/// `text/event-stream` body made of `pieces`, one frame each.
+async fn scripted_stream_upstream(
+    pieces: Vec<bytes::Bytes>,
+) -> (String, tokio_util::sync::DropGuard) {
     use axum::body::Body;
     use axum::response::Response;
-    use bytes::Bytes;
-    let first = "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o-mini\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"hello\"},\"finish_reason\":null}]}\n\n";
     let app = axum::Router::new().route(
         "/v1/chat/completions",
-        axum::routing::post(move || async move {
-            let mut pieces = vec![Bytes::from_static(first.as_bytes())];
-            pieces.push(Bytes::from_static(b"data: {\"filler\":\""));
-            pieces.extend((0..frames).map(|_| Bytes::from(vec![b'a'; 64 * 1024])));
-            pieces.push(Bytes::from_static(b"\"}\n\ndata: [DONE]\n\n"));
-            let body = futures_util::stream::iter(
-                pieces.into_iter().map(Ok::<_, std::convert::Infallible>),
-            );
-            Response::builder()
-                .header("content-type", "text/event-stream")
-                .body(Body::from_stream(body))
-                .unwrap()
+        axum::routing::post(move || {
+            let pieces = pieces.clone();
+            async move {
+                let body = futures_util::stream::iter(
+                    pieces.into_iter().map(Ok::<_, std::convert::Infallible>),
+                );
+                Response::builder()
+                    .header("content-type", "text/event-stream")
+                    .body(Body::from_stream(body))
+                    .unwrap()
+            }
         }),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -394,6 +393,75 @@ async fn endless_event_upstream(frames: usize) -> (String, tokio_util::sync::Dro
             .await
     });
     (url, shutdown.drop_guard())
+}
+
+/// One proper event, then an event that never ends: `frames` frames of 64 KiB without a blank
+/// line, then `[DONE]`.
+async fn endless_event_upstream(frames: usize) -> (String, tokio_util::sync::DropGuard) {
+    use bytes::Bytes;
+    let first = "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o-mini\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"hello\"},\"finish_reason\":null}]}\n\n";
+    let mut pieces = vec![Bytes::from_static(first.as_bytes())];
+    pieces.push(Bytes::from_static(b"data: {\"filler\":\""));
+    pieces.extend((0..frames).map(|_| Bytes::from(vec![b'a'; 64 * 1024])));
+    pieces.push(Bytes::from_static(b"\"}\n\ndata: [DONE]\n\n"));
+    scripted_stream_upstream(pieces).await
+}
+
+/// An upstream that answers a streamed call with something that is not server-sent events
+/// (here a JSON error body under `text/event-stream`): transforming, the client gets an
+/// in-band error instead; observing, it gets the bytes. Both are recorded as upstream errors.
+#[tokio::test]
+async fn a_stream_that_is_not_server_sent_events_is_an_upstream_error() {
+    let database = TestDatabase::sqlite().await;
+    let body = br#"{"error": {"message": "model overloaded", "type": "server_error"}}"#;
+    let (upstream, _upstream) =
+        scripted_stream_upstream(vec![bytes::Bytes::from_static(body)]).await;
+    let store = Store::open(&database.url, StoreOptions::default())
+        .await
+        .expect("open store");
+    for (chain, transform) in [
+        ("policies: [{type: all_caps}]", true),
+        ("policies: [{type: noop}]", false),
+    ] {
+        let stack = Stack::start(StackOptions {
+            database_url: Some(database.url.clone()),
+            upstream_override: Some(upstream.clone()),
+            ..StackOptions::yaml(chain)
+        })
+        .await;
+        let request = json!({"model": "gpt-4o-mini", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+        let response = Client::new()
+            .post(&stack.openai_url(), &[], request.to_string())
+            .await;
+        assert_eq!(response.status, 200);
+        let call_id = response.header("x-luthien-call-id").unwrap().to_owned();
+        let text = response.text().to_owned();
+        if transform {
+            assert!(text.starts_with("data: {\"error\""), "{text}");
+            assert!(text.contains("not server-sent events"), "{text}");
+            assert!(!text.contains("model overloaded"), "{text}");
+        } else {
+            assert_eq!(text.as_bytes(), body, "observe mode forwards the bytes");
+        }
+        let (call, events) = recorded(&store, &call_id).await;
+        assert_eq!(
+            call.status,
+            CallStatus::UpstreamError,
+            "transform={transform}"
+        );
+        let detail = events
+            .iter()
+            .find_map(|event| match &event.payload {
+                EventPayload::Response { detail, .. } => detail.clone(),
+                _ => None,
+            })
+            .unwrap_or_default();
+        assert!(
+            detail
+                .starts_with("upstream stream is not server-sent events: it sent \"{\\\"error\\\""),
+            "transform={transform}: {detail}"
+        );
+    }
 }
 
 /// One upstream event larger than `--max-sse-event-bytes`: the control plane holds at most
