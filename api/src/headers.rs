@@ -19,9 +19,27 @@ pub fn is_credential(name: &str) -> bool {
     })
 }
 
+/// The credential of an `authorization: Bearer <credential>` value. The scheme is
+/// case-insensitive (RFC 9110 §11.1): `bearer` is `Bearer`.
+pub fn bearer_token(authorization: &str) -> Option<&str> {
+    let (scheme, credential) = authorization.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| credential.trim())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bearer_tokens_are_read_whatever_the_schemes_case() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer  abc "), Some("abc"));
+        assert_eq!(bearer_token("BEARER abc"), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer"), None);
+    }
 
     #[test]
     fn credentials_are_recognised_in_any_case() {

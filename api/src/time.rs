@@ -1,4 +1,5 @@
-//! The timestamp unit shared by the protocol (`*_unix_micros`) and the records.
+//! The timestamp units shared by the protocol (`*_unix_micros`), the records and the
+//! providers' JSON (`created`, in seconds).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -8,4 +9,10 @@ pub fn unix_micros() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|elapsed| i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX))
         .unwrap_or_default()
+}
+
+/// `time` in whole seconds since the Unix epoch (0 if it is before it).
+pub fn unix_seconds(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
 }

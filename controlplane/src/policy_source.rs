@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
@@ -50,7 +50,7 @@ impl PolicySource {
             chain: Arc::new(measured(chain)),
             path: None,
             yaml: String::new(),
-            loaded_at_micros: now_micros(),
+            loaded_at_micros: luthien_api::time::unix_micros(),
         })
     }
 
@@ -139,7 +139,7 @@ fn load(path: &Path) -> Result<LoadedChain, ConfigError> {
         chain: Arc::new(measured(chain)),
         path: Some(path.to_owned()),
         yaml,
-        loaded_at_micros: now_micros(),
+        loaded_at_micros: luthien_api::time::unix_micros(),
     })
 }
 
@@ -169,13 +169,6 @@ async fn next_hangup(hangup: &mut Hangup) {
 #[cfg(not(unix))]
 async fn next_hangup(_: &mut Hangup) {
     std::future::pending().await
-}
-
-fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX))
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -575,9 +575,8 @@ impl ChannelToken {
                 .metadata()
                 .get("authorization")
                 .and_then(|value| value.to_str().ok())
-                .and_then(|value| value.split_once(' '))
-                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-                .map(|(_, token)| token.as_bytes());
+                .and_then(luthien_api::headers::bearer_token)
+                .map(str::as_bytes);
             if presented.is_some_and(|token| bool::from(token.ct_eq(expected.as_bytes()))) {
                 return Ok(request);
             }

@@ -242,9 +242,19 @@ impl ControlClient {
     /// passed over for the next: nothing of the call reached it, and nothing has gone upstream
     /// yet. A timeout is not retried, since the control plane may have the call.
     pub async fn open(&self, start: CallStart) -> Result<CallSession, ControlError> {
+        let order = self.order();
+        let last = order.len().saturating_sub(1);
+        let mut start = Some(start);
         let mut unavailable = None;
-        for endpoint in self.order() {
-            match self.open_on(endpoint, start.clone()).await {
+        for (attempt, endpoint) in order.into_iter().enumerate() {
+            // Only an attempt the call may move on from keeps a copy of its start.
+            let this = if attempt == last {
+                start.take()
+            } else {
+                start.clone()
+            };
+            let Some(this) = this else { break };
+            match self.open_on(endpoint, this).await {
                 Err(ControlError::Unavailable(reason)) => {
                     endpoint.unavailable.inc();
                     tracing::debug!(endpoint = %endpoint.url, %reason, "control plane did not take the call; trying the next");

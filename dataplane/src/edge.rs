@@ -55,7 +55,7 @@ pub async fn serve(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .keep_alive_interval(Some(Duration::from_secs(20)));
+        .keep_alive_interval(Some(luthien_api::limits::HTTP2_KEEPALIVE_INTERVAL));
     let service = TowerToHyperService::new(router);
     let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let tasks = TaskTracker::new();

@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
@@ -224,8 +224,6 @@ pub(crate) fn with_call_id(error: ApiError) -> Response {
     let id = uuid::Uuid::now_v7();
     tracing::info!(call_id = %id, status = error.status.as_u16(), message = %error.message, "request refused");
     let mut response = error.into_response();
-    if let Ok(value) = HeaderValue::from_str(&id.to_string()) {
-        response.headers_mut().insert(CALL_ID_HEADER, value);
-    }
+    proxy::set_call_id(&mut response, id);
     response
 }

@@ -122,10 +122,15 @@ async fn proxy(state: Arc<AppState>, api: Api, request: Request) -> Response {
     if !call.streamed {
         Metrics::observe(&metrics.overhead, api.metric_label(), call.overhead());
     }
+    set_call_id(&mut response, id);
+    response
+}
+
+/// Tells the client which call answered (`x-luthien-call-id`).
+pub(crate) fn set_call_id(response: &mut Response, id: Uuid) {
     if let Ok(value) = HeaderValue::from_str(&id.to_string()) {
         response.headers_mut().insert(CALL_ID_HEADER, value);
     }
-    response
 }
 
 /// The fields of a request body the data plane needs; everything else is
@@ -592,13 +597,10 @@ pub(crate) fn authenticate(
         return Ok(None);
     };
     let matches = |key: &[u8]| bool::from(key.ct_eq(expected.as_bytes()));
-    // The scheme is case-insensitive (RFC 9110 §11.1): `bearer` is `Bearer`.
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, key)| key.trim_start());
+        .and_then(luthien_api::headers::bearer_token);
     if bearer.is_some_and(|key| matches(key.as_bytes())) {
         return Ok(Some(header::AUTHORIZATION));
     }

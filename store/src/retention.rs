@@ -16,7 +16,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -149,7 +149,7 @@ async fn run(
 ) {
     loop {
         let started = Instant::now();
-        let cutoff = cutoff_micros(now_micros(), options.max_age);
+        let cutoff = cutoff_micros(luthien_api::time::unix_micros(), options.max_age);
         let outcome = purge(&store, cutoff, &options, &counters, &cancel).await;
         let took_ms = started.elapsed().as_millis() as u64;
         match outcome {
@@ -234,12 +234,6 @@ async fn purge(
 /// epoch deletes nothing).
 fn cutoff_micros(now: i64, max_age: Duration) -> i64 {
     now.saturating_sub(i64::try_from(max_age.as_micros()).unwrap_or(i64::MAX))
-}
-
-fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

@@ -35,7 +35,7 @@ impl AdminKey {
 
     /// The key in an `authorization` header value.
     pub fn from_bearer(header: Option<&str>) -> Option<&str> {
-        header?.strip_prefix("Bearer ").map(str::trim)
+        luthien_api::headers::bearer_token(header?)
     }
 }
 

@@ -6,9 +6,10 @@
 //! accepts the others' sessions, and changing the key ends them all. Logging out clears the
 //! cookie; the token itself stays valid until it expires (at most [`SESSION_TTL`]).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use hmac::{Hmac, KeyInit, Mac};
+use luthien_api::time::unix_seconds;
 use sha2::Sha256;
 
 /// Cookie holding the session token.
@@ -90,11 +91,6 @@ fn sign_with(key: &[u8], message: &[u8]) -> Vec<u8> {
         // HMAC takes keys of any length; this cannot happen.
         Err(_) => vec![0; 32],
     }
-}
-
-fn unix_seconds(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs())
 }
 
 #[cfg(test)]

@@ -10,9 +10,10 @@
 //! - Anthropic: a `message`, or the event sequence `message_start`, `content_block_start`,
 //!   `content_block_delta`, `content_block_stop`, `message_delta`, `message_stop`.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use bytes::Bytes;
+use luthien_api::time::unix_seconds;
 use serde_json::{Value, json};
 
 use super::Api;
@@ -52,7 +53,14 @@ impl ReplyShape {
 /// is logged and recorded as why the call was answered without upstream.
 pub fn assistant_reply(api: Api, request: &Value, text: &str, reason: &str) -> ImmediateResponse {
     let shape = ReplyShape::of_request(request);
-    reply_with_ids(api, &shape, text, reason, &fresh_id(api), unix_seconds())
+    reply_with_ids(
+        api,
+        &shape,
+        text,
+        reason,
+        &fresh_id(api),
+        unix_seconds(SystemTime::now()),
+    )
 }
 
 /// [`assistant_reply`] with a given id (`chatcmpl-…` / `msg_…`) and OpenAI `created` time.
@@ -103,12 +111,6 @@ pub fn fresh_id(api: Api) -> String {
         Api::OpenAiChat => format!("chatcmpl-{random}"),
         Api::AnthropicMessages => format!("msg_{random}"),
     }
-}
-
-fn unix_seconds() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_secs())
 }
 
 /// An OpenAI `chat.completion` with one choice carrying `text`.

@@ -361,6 +361,17 @@ async fn activity_reaches_a_real_redis_subscriber() {
     );
 }
 
+/// The `detail` of a call's response record ("" when it has none).
+fn response_detail(events: &[CallEvent]) -> String {
+    events
+        .iter()
+        .find_map(|event| match &event.payload {
+            EventPayload::Response { detail, .. } => detail.clone(),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
 /// An OpenAI-compatible upstream whose `/v1/chat/completions` answers every call with a
 /// `text/event-stream` body made of `pieces`, one frame each.
 async fn scripted_stream_upstream(
@@ -449,13 +460,7 @@ async fn a_stream_that_is_not_server_sent_events_is_an_upstream_error() {
             CallStatus::UpstreamError,
             "transform={transform}"
         );
-        let detail = events
-            .iter()
-            .find_map(|event| match &event.payload {
-                EventPayload::Response { detail, .. } => detail.clone(),
-                _ => None,
-            })
-            .unwrap_or_default();
+        let detail = response_detail(&events);
         assert!(
             detail
                 .starts_with("upstream stream is not server-sent events: it sent \"{\\\"error\\\""),
@@ -532,13 +537,7 @@ async fn an_endless_upstream_event_is_capped_and_the_record_says_why() {
             assert!(text.ends_with("data: [DONE]\n\n"));
         }
         let (_, events) = recorded(&store, &call_id).await;
-        let detail = events
-            .iter()
-            .find_map(|event| match &event.payload {
-                EventPayload::Response { detail, .. } => detail.clone(),
-                _ => None,
-            })
-            .expect("the response record has a detail");
+        let detail = response_detail(&events);
         assert!(
             detail.starts_with(
                 "stream truncated: upstream sent an SSE event larger than 262144 bytes"
