@@ -8,6 +8,7 @@
 //! them live, and [`debug`] answering questions about them.
 
 pub mod activity;
+pub mod cli;
 pub mod debug;
 pub mod diff;
 pub mod metrics;
@@ -17,5 +18,6 @@ pub mod recorder;
 pub mod replay;
 pub mod server;
 pub mod service;
+pub mod tls;
 
 pub use server::{ControlPlaneConfig, serve};

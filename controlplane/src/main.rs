@@ -2,23 +2,8 @@
 
 use anyhow::Context;
 use clap::Parser;
-use luthien_controlplane::ControlPlaneConfig;
-use luthien_telemetry::{ChannelTokenArgs, LogArgs};
+use luthien_controlplane::cli::Cli;
 use tokio_util::sync::CancellationToken;
-
-/// Luthien control plane: runs the policy chain on every call the data
-/// planes stream to it.
-#[derive(Parser)]
-#[command(version, about)]
-struct Cli {
-    #[command(flatten)]
-    config: ControlPlaneConfig,
-    #[command(flatten)]
-    log: LogArgs,
-    /// The token call streams must carry.
-    #[command(flatten)]
-    token: ChannelTokenArgs,
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

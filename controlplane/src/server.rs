@@ -26,6 +26,7 @@ use crate::policy_source::PolicySource;
 use crate::probes;
 use crate::recorder::Recording;
 use crate::service::{CallSettings, ControlPlaneService};
+use crate::tls::{ServerTls, TlsArgs};
 use luthien_api::limits;
 use luthien_policy::Chain;
 use luthien_policy::config::ConfigError;
@@ -150,10 +151,13 @@ pub struct ControlPlaneConfig {
     pub reflection_require_admin_key: bool,
 
     /// Serve the data-plane protocol on a non-loopback address without a
-    /// `--control-plane-token`: anyone who reaches the port can then run calls
-    /// and write records.
+    /// `--control-plane-token` or `--tls-client-ca`: anyone who reaches the port can then run
+    /// calls and write records.
     #[arg(long = "insecure", env = "LUTHIEN_INSECURE")]
     pub insecure: bool,
+
+    #[command(flatten)]
+    pub tls: TlsArgs,
 
     /// `--control-plane-token` (`luthien_telemetry::ChannelTokenArgs`), required on every
     /// call stream when set.
@@ -176,9 +180,11 @@ pub enum ServeError {
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
     #[error(
-        "refusing to serve the data-plane protocol on {0} without --control-plane-token: anyone who reaches the port could run calls and write records (pass --insecure to accept that)"
+        "refusing to serve the data-plane protocol on {0} without --control-plane-token or --tls-client-ca: anyone who reaches the port could run calls and write records (pass --insecure to accept that)"
     )]
     Unauthenticated(SocketAddr),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// `--retention`: a humantime duration, never zero (which would delete
@@ -227,7 +233,11 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let grpc_address = grpc.local_addr()?;
     let channel_token = ChannelToken::new(config.control_plane_token.as_deref());
-    if !channel_token.is_set() && !grpc_address.ip().is_loopback() {
+    let tls = ServerTls::load(&config.tls).map_err(ServeError::Tls)?;
+    let client_certificates = tls
+        .as_ref()
+        .is_some_and(|tls| tls.requires_client_certificates());
+    if !channel_token.is_set() && !client_certificates && !grpc_address.ip().is_loopback() {
         if !config.insecure {
             return Err(ServeError::Unauthenticated(grpc_address));
         }
@@ -237,6 +247,9 @@ pub async fn serve(
     let chain = policies.chain();
     tracing::info!(
         grpc_listen = %grpc_address,
+        tls = tls.is_some(),
+        client_certificates,
+        token = channel_token.is_set(),
         policies = ?chain.policy_names(),
         observe_only = chain.read_only(),
         "control plane listening"
@@ -341,7 +354,7 @@ pub async fn serve(
     };
 
     let stop_serving = CancellationToken::new();
-    let server = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .initial_stream_window_size(limits::STREAM_WINDOW_BYTES)
         .initial_connection_window_size(limits::CONNECTION_WINDOW_BYTES)
@@ -354,14 +367,23 @@ pub async fn serve(
         .add_optional_service(guarded_v1alpha)
         .add_service(control_plane)
         .add_optional_service(debug_grpc)
-        .add_optional_service(policies_grpc)
-        .serve_with_incoming_shutdown(
-            // Set per accepted socket: the builder's `tcp_nodelay` does not
-            // reach a listener handed in, and Nagle + delayed ACK would add
-            // ~40 ms to every reply.
+        .add_optional_service(policies_grpc);
+    let stopped = stop_serving.clone().cancelled_owned();
+    let server: std::pin::Pin<
+        Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>,
+    > = match tls {
+        Some(tls) => {
+            tls.spawn_reloader(shutdown.clone());
+            let incoming = tls.incoming(grpc, stop_serving.clone());
+            Box::pin(router.serve_with_incoming_shutdown(incoming, stopped))
+        }
+        // Set per accepted socket: the builder's `tcp_nodelay` does not reach a listener
+        // handed in, and Nagle + delayed ACK would add ~40 ms to every reply.
+        None => Box::pin(router.serve_with_incoming_shutdown(
             TcpIncoming::from(grpc).with_nodelay(Some(true)),
-            stop_serving.clone().cancelled_owned(),
-        );
+            stopped,
+        )),
+    };
     // On shutdown: not ready and NOT_SERVING first, so that data planes send new calls
     // elsewhere, then GOAWAY; streams in flight get the grace period, long-lived ones (health
     // watches, activity tails) are closed after it.

@@ -1,6 +1,7 @@
 //! Data plane configuration: every flag has an environment fallback.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 pub use crate::fail_mode::FailMode;
@@ -17,13 +18,32 @@ pub struct DataPlaneConfig {
     )]
     pub listen: SocketAddr,
 
-    /// Control plane gRPC endpoint.
+    /// Control planes, comma-separated: `http://ADDRESS:PORT`, `http://NAME:PORT` (every
+    /// address of NAME, e.g. a Kubernetes headless Service), `dns://SERVER/NAME:PORT` (asking
+    /// that DNS server); `https://` with --control-plane-ca.
     #[arg(
         long = "control-plane",
         env = "LUTHIEN_CONTROL_PLANE",
         default_value = "http://127.0.0.1:50051"
     )]
     pub control_plane: String,
+
+    /// How often the names in --control-plane are resolved again (and the TLS files read
+    /// again), so that control planes that come and go are followed.
+    #[arg(long = "control-plane-resolve-interval", env = "LUTHIEN_CONTROL_PLANE_RESOLVE_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub control_plane_resolve_interval: Duration,
+
+    /// Other control planes a call may move to when the chosen one cannot take it (refused,
+    /// unreachable, leaving), before anything went upstream.
+    #[arg(
+        long = "control-plane-retries",
+        env = "LUTHIEN_CONTROL_PLANE_RETRIES",
+        default_value_t = 2
+    )]
+    pub control_plane_retries: usize,
+
+    #[command(flatten)]
+    pub control_plane_tls: ControlPlaneTls,
 
     /// Upstream base URL for OpenAI-compatible calls (`/chat/completions` is appended).
     #[arg(
@@ -121,6 +141,25 @@ pub struct DataPlaneConfig {
     /// stream.
     #[arg(skip)]
     pub control_plane_token: Option<String>,
+}
+
+/// TLS to the control planes; the files are read again every --control-plane-resolve-interval,
+/// so a rotated certificate is used by new connections without a restart.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct ControlPlaneTls {
+    /// CA certificate (PEM) the control planes' certificates are checked against; setting it
+    /// turns TLS on for the control-plane channel.
+    #[arg(long = "control-plane-ca", env = "LUTHIEN_CONTROL_PLANE_CA")]
+    pub ca: Option<PathBuf>,
+
+    /// Client certificate chain (PEM) presented to the control planes, for those that require
+    /// one (`--tls-client-ca` there); with --control-plane-key.
+    #[arg(long = "control-plane-cert", env = "LUTHIEN_CONTROL_PLANE_CERT")]
+    pub cert: Option<PathBuf>,
+
+    /// The client certificate's private key (PEM).
+    #[arg(long = "control-plane-key", env = "LUTHIEN_CONTROL_PLANE_KEY")]
+    pub key: Option<PathBuf>,
 }
 
 /// What a client may hold of the data plane: the bounds that keep slow or hostile clients

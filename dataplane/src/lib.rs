@@ -12,6 +12,7 @@
 
 pub mod api;
 mod auxiliary;
+pub mod cli;
 pub mod config;
 mod control;
 mod edge;
@@ -37,7 +38,7 @@ pub use config::{DataPlaneConfig, FailMode};
 pub use proxy::{CALL_ID_HEADER, OVERHEAD_HEADER};
 
 use api::{Api, ApiError};
-use control::{ControlClient, Timeouts};
+use control::{ControlClient, ControlSettings, Timeouts};
 use upstream::Upstream;
 
 /// Shared by every request handler.
@@ -52,8 +53,6 @@ pub struct AppState {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("invalid --control-plane URL: {0}")]
-    ControlPlaneUrl(#[from] tonic::transport::Error),
     #[error("upstream client: {0}")]
     Upstream(#[from] upstream::UpstreamSetupError),
     #[error("{0}")]
@@ -75,15 +74,21 @@ pub fn app(config: DataPlaneConfig) -> Result<(Router, Arc<AppState>), StartErro
             StartError::Config("--control-plane-token is not a valid header value".into())
         })?;
     let control = ControlClient::new(
-        &config.control_plane,
-        config.cp_connect_timeout,
-        Timeouts {
-            message: config.cp_message_timeout,
-            inactivity: config.cp_inactivity_timeout,
+        ControlSettings {
+            targets: &config.control_plane,
+            tls: &config.control_plane_tls,
+            resolve_interval: config.control_plane_resolve_interval,
+            retries: config.control_plane_retries,
+            connect_timeout: config.cp_connect_timeout,
+            timeouts: Timeouts {
+                message: config.cp_message_timeout,
+                inactivity: config.cp_inactivity_timeout,
+            },
+            token,
         },
-        token,
         metrics.control.clone(),
-    )?;
+    )
+    .map_err(StartError::Config)?;
     let upstream = Upstream::new(&config)?;
     upstream.validate().map_err(StartError::Config)?;
     let state = Arc::new(AppState {
@@ -137,7 +142,7 @@ pub async fn serve(
     );
     let background = TaskTracker::new();
     let watching = CancellationToken::new();
-    readiness::watch(&state.control, &background, &watching);
+    state.control.start(&background, watching.clone()).await;
     let stop_accepting = CancellationToken::new();
     let drain = {
         let state = Arc::clone(&state);
@@ -178,6 +183,7 @@ pub async fn serve(
     watching.cancel();
     background.close();
     background.wait().await;
+    state.control.stop().await;
     tracing::info!("data plane drained");
     Ok(())
 }

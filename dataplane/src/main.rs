@@ -2,22 +2,8 @@
 
 use anyhow::Context;
 use clap::Parser;
-use luthien_dataplane::DataPlaneConfig;
-use luthien_telemetry::{ChannelTokenArgs, LogArgs};
+use luthien_dataplane::cli::Cli;
 use tokio_util::sync::CancellationToken;
-
-/// Luthien data plane: proxies OpenAI and Anthropic API calls through the
-/// Luthien control plane's policies.
-#[derive(Parser)]
-#[command(version, about)]
-struct Cli {
-    #[command(flatten)]
-    config: DataPlaneConfig,
-    #[command(flatten)]
-    token: ChannelTokenArgs,
-    #[command(flatten)]
-    log: LogArgs,
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

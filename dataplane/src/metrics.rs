@@ -42,7 +42,8 @@ pub struct PassthroughLabels {
     pub status: u16,
 }
 
-/// One control plane of `--control-plane` (a configured, so bounded, set).
+/// One control plane, by address. Discovery removes the series of an address that leaves, so
+/// the set stays as bounded as the fleet.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EndpointLabels {
     pub endpoint: Label,
@@ -54,8 +55,11 @@ pub struct ControlMetrics {
     pub open_streams: Gauge,
     /// Call streams opened, by control plane.
     pub streams: Family<EndpointLabels, Counter>,
-    /// Calls a control plane could not take (they moved to the next one).
-    pub unavailable: Family<EndpointLabels, Counter>,
+    /// Failures real calls saw on a control plane: it could not take the stream, or the
+    /// stream broke or went silent.
+    pub failures: Family<EndpointLabels, Counter>,
+    /// Times a control plane was taken out of rotation for a back-off.
+    pub ejections: Family<EndpointLabels, Counter>,
     /// 1 while a control plane reports SERVING, else 0.
     pub serving: Family<EndpointLabels, Gauge>,
 }
@@ -134,9 +138,14 @@ impl Metrics {
             control.streams.clone(),
         );
         registry.register(
-            "luthien_control_plane_unavailable",
-            "Calls a control plane could not take, which moved to the next one, by control plane.",
-            control.unavailable.clone(),
+            "luthien_control_plane_failures",
+            "Failures calls saw on a control plane (stream refused, broken or silent), by control plane.",
+            control.failures.clone(),
+        );
+        registry.register(
+            "luthien_control_plane_ejections",
+            "Times a control plane was taken out of rotation for a back-off, by control plane.",
+            control.ejections.clone(),
         );
         registry.register(
             "luthien_control_plane_serving",

@@ -1,11 +1,13 @@
 //! A real Luthien stack on port 0: the mock provider, a control plane and a
 //! data plane, each serving on its own socket inside the test process.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use luthien_controlplane::ControlPlaneConfig;
-use luthien_dataplane::config::EdgeLimits;
+use luthien_controlplane::tls::TlsArgs;
+use luthien_dataplane::config::{ControlPlaneTls, EdgeLimits};
 use luthien_dataplane::{DataPlaneConfig, FailMode};
 use luthien_mock_upstream::MockUpstream;
 use luthien_policy::Chain;
@@ -61,6 +63,13 @@ pub struct StackOptions {
     pub guard_metrics_and_reflection: bool,
     /// Which bodies the control plane stores.
     pub store_payloads: StoredPayloads,
+    /// `--control-plane-resolve-interval` of the data plane.
+    pub resolve_interval: Duration,
+    /// `--control-plane-ca`, `-cert`, `-key` of the data plane.
+    pub data_plane_tls: ControlPlaneTls,
+    /// `--tls-cert`, `--tls-key`, `--tls-client-ca` of the control plane; the data plane
+    /// reaches it at `https://` when set.
+    pub control_plane_tls: TlsArgs,
 }
 
 impl Default for StackOptions {
@@ -87,6 +96,9 @@ impl Default for StackOptions {
             data_plane_token: None,
             guard_metrics_and_reflection: false,
             store_payloads: StoredPayloads::All,
+            resolve_interval: Duration::from_secs(5),
+            data_plane_tls: ControlPlaneTls::default(),
+            control_plane_tls: TlsArgs::default(),
         }
     }
 }
@@ -125,16 +137,7 @@ impl Stack {
     pub async fn start_with_mock(options: StackOptions, mock: Arc<MockUpstream>) -> Stack {
         let shutdown = CancellationToken::new();
         let control_shutdown = CancellationToken::new();
-        let recording = Recording {
-            database_url: options.database_url.clone(),
-            redis_url: options.redis_url.clone(),
-            max_payload_bytes: options.max_payload_bytes,
-            admin_key: options.admin_key.clone(),
-            max_sse_event_bytes: options.max_sse_event_bytes,
-            control_plane_token: options.control_plane_token.clone(),
-            guard_metrics_and_reflection: options.guard_metrics_and_reflection,
-            store_payloads: options.store_payloads,
-        };
+        let recording = Recording::of(&options);
         let (control_plane_url, debug_http) = match options.control_plane {
             ControlPlane::Chain(chain) => {
                 let (grpc, http) = start_control_plane(chain, &recording, &control_shutdown).await;
@@ -174,6 +177,9 @@ impl Stack {
         let config = DataPlaneConfig {
             listen: listener.local_addr().expect("data plane address"),
             control_plane: data_plane_target,
+            control_plane_resolve_interval: options.resolve_interval,
+            control_plane_retries: 2,
+            control_plane_tls: options.data_plane_tls.clone(),
             openai_base_url,
             anthropic_base_url,
             openai_api_key: options.openai_api_key,
@@ -239,6 +245,83 @@ impl Drop for Stack {
     }
 }
 
+/// A control plane of a fleet test, on a runtime of its own so that it can be killed the way
+/// `kill -9` kills a process: every task and socket dropped at once, nothing graceful run.
+pub struct ControlPlaneNode {
+    /// `http://ADDRESS:PORT` of its gRPC port.
+    pub url: String,
+    pub address: SocketAddr,
+    runtime: Option<tokio::runtime::Runtime>,
+    shutdown: CancellationToken,
+    served: Option<tokio::task::JoinHandle<Result<(), luthien_controlplane::server::ServeError>>>,
+}
+
+impl ControlPlaneNode {
+    /// Starts a control plane with the chain and recording of `options` on `address` (port 0
+    /// picks one), and waits until it serves.
+    pub async fn start(address: SocketAddr, options: &StackOptions) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("control plane runtime");
+        let listener = {
+            let _entered = runtime.enter();
+            let listener = std::net::TcpListener::bind(address).expect("bind control plane");
+            listener.set_nonblocking(true).expect("non-blocking");
+            TcpListener::from_std(listener).expect("tokio listener")
+        };
+        let address = listener.local_addr().expect("control plane address");
+        let chain = match &options.control_plane {
+            ControlPlane::Yaml(yaml) => luthien_policy::config::parse_chain(yaml, "test policy")
+                .expect("test policy YAML is valid"),
+            _ => panic!("a control plane node takes its chain as YAML"),
+        };
+        let shutdown = CancellationToken::new();
+        let (url, _, served) = start_control_plane_on(
+            listener,
+            chain,
+            &Recording::of(options),
+            &shutdown,
+            runtime.handle(),
+        )
+        .await;
+        Self {
+            url,
+            address,
+            runtime: Some(runtime),
+            shutdown,
+            served: Some(served),
+        }
+    }
+
+    /// Kills it at once, as `kill -9` would.
+    pub fn kill(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+
+    /// Stops it the way SIGTERM does, and waits until it has.
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(served) = self.served.take() {
+            served
+                .await
+                .expect("control plane task")
+                .expect("control plane stops cleanly");
+        }
+        self.kill();
+    }
+}
+
+impl Drop for ControlPlaneNode {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        self.kill();
+    }
+}
+
 /// What a test control plane records, and where.
 struct Recording {
     database_url: Option<String>,
@@ -249,6 +332,26 @@ struct Recording {
     control_plane_token: Option<String>,
     guard_metrics_and_reflection: bool,
     store_payloads: StoredPayloads,
+    tls: TlsArgs,
+    /// How the harness itself reaches a TLS control plane to see it serving.
+    client_tls: ControlPlaneTls,
+}
+
+impl Recording {
+    fn of(options: &StackOptions) -> Self {
+        Self {
+            database_url: options.database_url.clone(),
+            redis_url: options.redis_url.clone(),
+            max_payload_bytes: options.max_payload_bytes,
+            admin_key: options.admin_key.clone(),
+            max_sse_event_bytes: options.max_sse_event_bytes,
+            control_plane_token: options.control_plane_token.clone(),
+            guard_metrics_and_reflection: options.guard_metrics_and_reflection,
+            store_payloads: options.store_payloads,
+            tls: options.control_plane_tls.clone(),
+            client_tls: options.data_plane_tls.clone(),
+        }
+    }
 }
 
 /// Starts a control plane; returns its gRPC and debug HTTP base URLs.
@@ -260,8 +363,32 @@ async fn start_control_plane(
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind control plane");
+    let (url, http_address, _served) = start_control_plane_on(
+        listener,
+        chain,
+        recording,
+        shutdown,
+        &tokio::runtime::Handle::current(),
+    )
+    .await;
+    (url, format!("http://{http_address}"))
+}
+
+/// Starts a control plane on `listener`, its tasks on `runtime`; returns its gRPC URL, its
+/// debug HTTP address and the task serving it, once it reports SERVING.
+async fn start_control_plane_on(
+    listener: TcpListener,
+    chain: impl Into<luthien_controlplane::policy_source::PolicySource> + Send + 'static,
+    recording: &Recording,
+    shutdown: &CancellationToken,
+    runtime: &tokio::runtime::Handle,
+) -> (
+    String,
+    std::net::SocketAddr,
+    tokio::task::JoinHandle<Result<(), luthien_controlplane::server::ServeError>>,
+) {
     let address = listener.local_addr().expect("control plane address");
-    let http = TcpListener::bind("127.0.0.1:0")
+    let http = TcpListener::bind(SocketAddr::new(address.ip(), 0))
         .await
         .expect("bind debug HTTP");
     let http_address = http.local_addr().expect("debug HTTP address");
@@ -286,25 +413,28 @@ async fn start_control_plane(
         metrics_require_admin_key: recording.guard_metrics_and_reflection,
         reflection_require_admin_key: recording.guard_metrics_and_reflection,
         control_plane_token: recording.control_plane_token.clone(),
+        tls: recording.tls.clone(),
     };
-    let server = tokio::spawn(luthien_controlplane::serve(
+    let tls = recording.tls.tls_cert.is_some();
+    let server = runtime.spawn(luthien_controlplane::serve(
         config,
         chain,
         listener,
         Some(http),
         shutdown.clone(),
     ));
-    let url = format!("http://{address}");
-    wait_until_serving(&url, server).await;
-    (url, format!("http://{http_address}"))
+    let url = format!("{}://{address}", if tls { "https" } else { "http" });
+    let server = wait_until_serving(&url, &recording.client_tls, server).await;
+    (url, http_address, server)
 }
 
 /// Polls `grpc.health.v1` until the control plane answers SERVING (it opens
 /// and migrates its store before it serves).
 async fn wait_until_serving(
     url: &str,
+    client_tls: &ControlPlaneTls,
     server: tokio::task::JoinHandle<Result<(), luthien_controlplane::server::ServeError>>,
-) {
+) -> tokio::task::JoinHandle<Result<(), luthien_controlplane::server::ServeError>> {
     use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -315,10 +445,21 @@ async fn wait_until_serving(
                 other => panic!("control plane stopped at start-up: {other:?}"),
             }
         }
-        let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
-            .expect("control plane URL")
-            .connect()
-            .await;
+        let mut endpoint =
+            tonic::transport::Endpoint::from_shared(url.to_owned()).expect("control plane URL");
+        if let Some(ca) = &client_tls.ca {
+            let mut tls = tonic::transport::ClientTlsConfig::new().ca_certificate(
+                tonic::transport::Certificate::from_pem(std::fs::read(ca).expect("CA file")),
+            );
+            if let (Some(cert), Some(key)) = (&client_tls.cert, &client_tls.key) {
+                tls = tls.identity(tonic::transport::Identity::from_pem(
+                    std::fs::read(cert).expect("certificate file"),
+                    std::fs::read(key).expect("key file"),
+                ));
+            }
+            endpoint = endpoint.tls_config(tls).expect("TLS settings");
+        }
+        let channel = endpoint.connect().await;
         if let Ok(channel) = channel {
             let mut client = HealthClient::new(channel);
             let request = HealthCheckRequest {
@@ -327,7 +468,7 @@ async fn wait_until_serving(
             if let Ok(response) = client.check(request).await
                 && response.into_inner().status() == ServingStatus::Serving
             {
-                return;
+                return server;
             }
         }
         assert!(

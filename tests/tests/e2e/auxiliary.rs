@@ -62,6 +62,9 @@ async fn data_plane(openai: &MockUpstream, anthropic: &MockUpstream, auxiliary: 
     let config = DataPlaneConfig {
         listen,
         control_plane: format!("http://{}", unused_address().await),
+        control_plane_resolve_interval: Duration::from_secs(5),
+        control_plane_retries: 2,
+        control_plane_tls: Default::default(),
         openai_base_url: openai.openai_base_url(),
         anthropic_base_url: anthropic.anthropic_base_url(),
         openai_api_key: Some("sk-openai-provider".into()),

@@ -1,18 +1,21 @@
 //! The data plane's side of the per-call control-plane stream.
 //!
-//! [`ControlClient`] holds one lazily connected HTTP/2 channel shared by all
-//! calls; [`CallSession`] is one call's bidirectional stream. Every wait for
+//! [`ControlClient`] sends each call to one control plane of the pool that `discovery` keeps
+//! up to date (`pool` holds one lazily connected HTTP/2 channel per control plane, shared by
+//! all calls, and each one's health); [`CallSession`] is one call's bidirectional stream. Every wait for
 //! the control plane is bounded twice: by the per-message timeout (total) and
 //! by the inactivity timeout, which each keepalive restarts.
 
+mod discovery;
+mod pool;
+mod tls;
+
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use luthien_proto::dataplane::v1::CallOutcome;
 use luthien_proto::dataplane::v1::control_plane_message::Message as FromControl;
-use luthien_proto::dataplane::v1::control_plane_service_client::ControlPlaneServiceClient;
 use luthien_proto::dataplane::v1::data_plane_message::Message as ToControl;
 use luthien_proto::dataplane::v1::{
     CallEnd, CallStart, ChunkReply, ControlPlaneMessage, DataPlaneMessage, RequestDecision,
@@ -21,15 +24,16 @@ use luthien_proto::dataplane::v1::{
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout_at};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::Streaming;
-use tonic::transport::{Channel, Endpoint};
 
-use crate::metrics::{ControlMetrics, EndpointLabels, OpenStream};
-use luthien_api::limits;
-use luthien_telemetry::metrics::Label;
-use luthien_telemetry::prometheus_client::metrics::counter::Counter;
+use crate::config::ControlPlaneTls;
+use crate::metrics::{ControlMetrics, OpenStream};
+use discovery::Discovery;
 use luthien_telemetry::prometheus_client::metrics::gauge::Gauge;
+use pool::{ChannelSettings, ControlEndpoint, Pool};
+use tls::ClientTls;
 
 /// Messages a call may queue towards the control plane before the data plane
 /// waits; this is the backpressure bound of observe mode.
@@ -112,109 +116,77 @@ pub struct Timeouts {
     pub inactivity: Duration,
 }
 
-/// Shared handle to the control planes: one lazily connected channel per endpoint of
-/// `--control-plane` (a comma-separated list), each call's stream on one of them.
+/// Shared handle to the control planes: discovery keeps the pool of them up to date, and
+/// each call's stream goes to one of them.
 #[derive(Clone)]
 pub struct ControlClient {
-    endpoints: Arc<[Arc<ControlEndpoint>]>,
-    /// Round-robin position.
-    next: Arc<AtomicUsize>,
+    pool: Arc<Pool>,
+    discovery: Arc<Discovery>,
     /// `authorization: Bearer <--control-plane-token>`, sent on every call stream.
     token: Option<tonic::metadata::AsciiMetadataValue>,
+    /// Other control planes a call may move to when the chosen one cannot take it.
+    retries: usize,
     timeouts: Timeouts,
     tasks: TaskTracker,
     open_streams: Gauge,
 }
 
-/// One control plane.
-pub struct ControlEndpoint {
-    url: String,
-    client: ControlPlaneServiceClient<Channel>,
-    channel: Channel,
-    /// As its `grpc.health.v1` watch last said (see `readiness`), and false from the moment a
-    /// call could not open a stream on it until the watch says SERVING again.
-    serving: AtomicBool,
-    streams: Counter,
-    unavailable: Counter,
-    serving_gauge: Gauge,
-}
-
-impl ControlEndpoint {
-    /// The channel, shared with the health watch.
-    pub fn channel(&self) -> Channel {
-        self.channel.clone()
-    }
-
-    pub fn is_serving(&self) -> bool {
-        self.serving.load(Ordering::Relaxed)
-    }
-
-    /// Records what the health watch or a call learned; logs each change.
-    pub fn set_serving(&self, serving: bool) {
-        if self.serving.swap(serving, Ordering::Relaxed) != serving {
-            self.serving_gauge.set(i64::from(serving));
-            tracing::info!(endpoint = %self.url, serving, "control plane health changed");
-        }
-    }
+/// How the data plane reaches its control planes.
+pub struct ControlSettings<'a> {
+    pub targets: &'a str,
+    pub tls: &'a ControlPlaneTls,
+    pub resolve_interval: Duration,
+    pub retries: usize,
+    pub connect_timeout: Duration,
+    pub timeouts: Timeouts,
+    pub token: Option<tonic::metadata::AsciiMetadataValue>,
 }
 
 impl ControlClient {
-    /// Prepares a channel per endpoint of `urls` (comma-separated); connections are made on
-    /// first use, so a data plane starts even while its control planes are down.
-    pub fn new(
-        urls: &str,
-        connect_timeout: Duration,
-        timeouts: Timeouts,
-        token: Option<tonic::metadata::AsciiMetadataValue>,
-        metrics: ControlMetrics,
-    ) -> Result<Self, tonic::transport::Error> {
-        let mut endpoints = Vec::new();
-        for url in urls.split(',').map(str::trim).filter(|url| !url.is_empty()) {
-            let channel = Endpoint::from_shared(url.to_owned())?
-                .connect_timeout(connect_timeout)
-                .tcp_nodelay(true)
-                .http2_keep_alive_interval(limits::HTTP2_KEEPALIVE_INTERVAL)
-                .keep_alive_timeout(Duration::from_secs(10))
-                .initial_stream_window_size(limits::STREAM_WINDOW_BYTES)
-                .initial_connection_window_size(limits::CONNECTION_WINDOW_BYTES)
-                .connect_lazy();
-            let client = ControlPlaneServiceClient::new(channel.clone())
-                .max_decoding_message_size(limits::MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(limits::MAX_MESSAGE_BYTES);
-            let labels = EndpointLabels {
-                endpoint: Label::new(url),
-            };
-            endpoints.push(Arc::new(ControlEndpoint {
-                url: url.to_owned(),
-                client,
-                channel,
-                serving: AtomicBool::new(false),
-                streams: metrics.streams.get_or_create(&labels).clone(),
-                unavailable: metrics.unavailable.get_or_create(&labels).clone(),
-                serving_gauge: metrics.serving.get_or_create(&labels).clone(),
-            }));
-        }
-        if endpoints.is_empty() {
-            // An empty list is a configuration error of the same kind as a bad URL.
-            Endpoint::from_shared(String::new())?;
-        }
+    /// Parses the targets and loads the TLS files; connections are made on first use, so a
+    /// data plane starts even while its control planes are down. Nothing is resolved before
+    /// [`ControlClient::start`].
+    pub fn new(settings: ControlSettings<'_>, metrics: ControlMetrics) -> Result<Self, String> {
+        let tls = ClientTls::load(settings.tls)?.map(Arc::new);
+        let pool = Arc::new(Pool::new(
+            ChannelSettings {
+                connect_timeout: settings.connect_timeout,
+                tls: tls.clone(),
+            },
+            metrics.clone(),
+        ));
+        let discovery = Discovery::new(
+            settings.targets,
+            settings.tls.clone(),
+            settings.resolve_interval,
+            Arc::clone(&pool),
+            tls,
+        )?;
         Ok(Self {
-            endpoints: endpoints.into(),
-            next: Arc::default(),
-            token,
-            timeouts,
+            pool,
+            discovery: Arc::new(discovery),
+            token: settings.token,
+            retries: settings.retries,
+            timeouts: settings.timeouts,
             tasks: TaskTracker::new(),
             open_streams: metrics.open_streams,
         })
     }
 
-    pub fn endpoints(&self) -> &[Arc<ControlEndpoint>] {
-        &self.endpoints
+    /// Finds the control planes (the first round before returning, bounded) and keeps
+    /// following them, and their health, until [`ControlClient::stop`].
+    pub async fn start(&self, tasks: &TaskTracker, stop: CancellationToken) {
+        self.discovery.start(tasks, stop).await;
+    }
+
+    /// Stops the health watches.
+    pub async fn stop(&self) {
+        self.pool.stop().await;
     }
 
     /// Whether some control plane reports SERVING.
     pub fn any_serving(&self) -> bool {
-        self.endpoints.iter().any(|endpoint| endpoint.is_serving())
+        self.pool.any_serving()
     }
 
     /// Background call endings still running; shutdown waits for them.
@@ -222,27 +194,14 @@ impl ControlClient {
         &self.tasks
     }
 
-    /// The endpoints in the order a call tries them: round robin, those reported SERVING
-    /// first (the others remain a last resort: a watch may lag behind a control plane that
-    /// just came back).
-    fn order(&self) -> Vec<&Arc<ControlEndpoint>> {
-        let count = self.endpoints.len();
-        let first = self.next.fetch_add(1, Ordering::Relaxed) % count.max(1);
-        let mut order: Vec<&Arc<ControlEndpoint>> = self.endpoints[first..]
-            .iter()
-            .chain(&self.endpoints[..first])
-            .collect();
-        // Stable: the round-robin order holds within each group.
-        order.sort_by_key(|endpoint| !endpoint.is_serving());
-        order
-    }
-
     /// Opens the call's stream with its first message, on the first control plane that takes
     /// it. A control plane that cannot take the stream (unreachable, refusing new streams) is
-    /// passed over for the next: nothing of the call reached it, and nothing has gone upstream
-    /// yet. A timeout is not retried, since the control plane may have the call.
+    /// ejected and passed over for the next, up to `--control-plane-retries` times: nothing of
+    /// the call reached it, and nothing has gone upstream yet. A timeout is not retried, since
+    /// the control plane may have the call.
     pub async fn open(&self, start: CallStart) -> Result<CallSession, ControlError> {
-        let order = self.order();
+        let mut order = self.pool.order();
+        order.truncate(self.retries.saturating_add(1));
         let last = order.len().saturating_sub(1);
         let mut start = Some(start);
         let mut unavailable = None;
@@ -254,23 +213,26 @@ impl ControlClient {
                 start.clone()
             };
             let Some(this) = this else { break };
-            match self.open_on(endpoint, this).await {
+            match self.open_on(&endpoint, this).await {
                 Err(ControlError::Unavailable(reason)) => {
-                    endpoint.unavailable.inc();
-                    tracing::debug!(endpoint = %endpoint.url, %reason, "control plane did not take the call; trying the next");
-                    endpoint.set_serving(false);
+                    endpoint.failed(&reason);
+                    tracing::debug!(endpoint = %endpoint.found.address, %reason, "control plane did not take the call; trying the next");
                     unavailable = Some(ControlError::Unavailable(reason));
+                }
+                Err(error @ ControlError::Timeout(_)) => {
+                    endpoint.failed(&error.to_string());
+                    return Err(error);
                 }
                 opened => return opened,
             }
         }
         Err(unavailable
-            .unwrap_or_else(|| ControlError::Unavailable("no control plane configured".into())))
+            .unwrap_or_else(|| ControlError::Unavailable("no control plane found yet".into())))
     }
 
     async fn open_on(
         &self,
-        endpoint: &ControlEndpoint,
+        endpoint: &Arc<ControlEndpoint>,
         start: CallStart,
     ) -> Result<CallSession, ControlError> {
         let (outbound, queue) = mpsc::channel(OUTBOUND_QUEUE);
@@ -297,9 +259,11 @@ impl ControlClient {
                 _ => ControlError::Refused(status.message().to_owned()),
             })?;
         endpoint.streams.inc();
+        endpoint.succeeded();
         Ok(CallSession {
             outbound,
             inbound: Some(response.into_inner()),
+            endpoint: Arc::clone(endpoint),
             timeouts: self.timeouts,
             tasks: self.tasks.clone(),
             ended: false,
@@ -314,6 +278,8 @@ pub struct CallSession {
     outbound: mpsc::Sender<DataPlaneMessage>,
     /// Taken by the task that ends the call.
     inbound: Option<Streaming<ControlPlaneMessage>>,
+    /// The control plane it is on, told when the stream breaks or goes silent.
+    endpoint: Arc<ControlEndpoint>,
     timeouts: Timeouts,
     tasks: TaskTracker,
     ended: bool,
@@ -334,8 +300,17 @@ impl CallSession {
         }
     }
 
-    /// Waits for the next decision, skipping keepalives.
+    /// Waits for the next decision, skipping keepalives. A control plane that went silent or
+    /// whose stream broke is ejected: the calls after this one go elsewhere.
     async fn receive(&mut self) -> Result<FromControl, ControlError> {
+        let received = self.receive_inner().await;
+        if let Err(error @ (ControlError::Timeout(_) | ControlError::Unavailable(_))) = &received {
+            self.endpoint.failed(&error.to_string());
+        }
+        received
+    }
+
+    async fn receive_inner(&mut self) -> Result<FromControl, ControlError> {
         let message_deadline = Instant::now() + self.timeouts.message;
         loop {
             let silence_deadline = Instant::now() + self.timeouts.inactivity;
