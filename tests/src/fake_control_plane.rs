@@ -183,7 +183,13 @@ impl FakeControlPlane {
             script,
             ends: ends.clone(),
         };
+        // Reports SERVING like a real one, whatever its script does to calls.
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<ControlPlaneServiceServer<Fake>>()
+            .await;
         let server = tonic::transport::Server::builder()
+            .add_service(health_service)
             .add_service(ControlPlaneServiceServer::new(fake))
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(listener),

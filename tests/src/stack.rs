@@ -247,10 +247,12 @@ impl Drop for Stack {
 
 /// A control plane of a fleet test, on a runtime of its own so that it can be killed the way
 /// `kill -9` kills a process: every task and socket dropped at once, nothing graceful run.
+/// What it logs (at `info`) from its runtime's threads is kept, for tests to read.
 pub struct ControlPlaneNode {
-    /// `http://ADDRESS:PORT` of its gRPC port.
+    /// `http(s)://ADDRESS:PORT` of its gRPC port.
     pub url: String,
     pub address: SocketAddr,
+    logs: LogBuffer,
     runtime: Option<tokio::runtime::Runtime>,
     shutdown: CancellationToken,
     served: Option<tokio::task::JoinHandle<Result<(), luthien_controlplane::server::ServeError>>>,
@@ -260,8 +262,20 @@ impl ControlPlaneNode {
     /// Starts a control plane with the chain and recording of `options` on `address` (port 0
     /// picks one), and waits until it serves.
     pub async fn start(address: SocketAddr, options: &StackOptions) -> Self {
+        let logs = LogBuffer::default();
+        let dispatch = tracing::Dispatch::new(
+            tracing_subscriber::fmt()
+                .with_ansi(false)
+                .with_max_level(tracing::Level::INFO)
+                .with_writer(logs.clone())
+                .finish(),
+        );
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
+            .on_thread_start(move || {
+                // For the thread's whole life: the guard is never dropped.
+                std::mem::forget(tracing::dispatcher::set_default(&dispatch));
+            })
             .enable_all()
             .build()
             .expect("control plane runtime");
@@ -289,10 +303,16 @@ impl ControlPlaneNode {
         Self {
             url,
             address,
+            logs,
             runtime: Some(runtime),
             shutdown,
             served: Some(served),
         }
+    }
+
+    /// What it logged so far.
+    pub fn logs(&self) -> String {
+        String::from_utf8_lossy(&self.logs.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
     }
 
     /// Kills it at once, as `kill -9` would.
@@ -319,6 +339,32 @@ impl Drop for ControlPlaneNode {
     fn drop(&mut self) {
         self.shutdown.cancel();
         self.kill();
+    }
+}
+
+/// Log lines, shared by the threads that write them.
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
+    type Writer = LogBuffer;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
     }
 }
 

@@ -14,6 +14,7 @@ mod debug_api;
 mod debug_web;
 mod edge;
 mod errors;
+mod fleet;
 mod lifecycle;
 mod policies;
 mod policy_admin;
