@@ -345,9 +345,13 @@ pub async fn serve(
                 let listener = listener.tap_io(|stream| {
                     let _ = stream.set_nodelay(true);
                 });
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(shutdown.cancelled_owned())
-                    .await
+                // The peer address decides who reaches the debug routes without an admin key.
+                axum::serve(
+                    listener,
+                    app.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
             }))
         }
         None => None,
@@ -445,20 +449,20 @@ pub async fn serve(
     Ok(())
 }
 
-/// Binds the debug HTTP address, forcing it onto loopback when there is no
-/// admin key (and saying so).
+/// Binds the debug HTTP address. Without an admin key the debug routes answer loopback
+/// clients only (the probes and metrics answer everyone); the log says so when the address is
+/// reachable from elsewhere.
 pub async fn bind_debug_http(config: &ControlPlaneConfig) -> std::io::Result<TcpListener> {
-    let mut address = config.http_listen;
+    let address = config.http_listen;
     let has_key = config
         .admin_key
         .as_deref()
         .is_some_and(|key| !key.is_empty());
     if !has_key && !address.ip().is_loopback() {
         tracing::warn!(
-            requested = %address,
-            "no admin key: the debug HTTP API listens on loopback only; set LUTHIEN_ADMIN_KEY to expose it"
+            http_listen = %address,
+            "no admin key: the debug API and UI answer loopback clients only (probes and metrics answer everyone); set LUTHIEN_ADMIN_KEY to reach them from elsewhere"
         );
-        address.set_ip(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
     }
     TcpListener::bind(address).await
 }

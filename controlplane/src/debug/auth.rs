@@ -1,5 +1,6 @@
-//! The admin key guarding the debug API. Without a key, debug endpoints only
-//! listen on loopback (see the server); with one, every request needs it.
+//! The admin key guarding the debug API. Without a key, the debug routes answer loopback
+//! clients only (see `debug::http`) and the Debug gRPC services are served on a loopback
+//! gRPC address only; with one, every request needs it.
 
 use std::sync::Arc;
 

@@ -1,13 +1,18 @@
 //! The debug API over HTTP/JSON, plus the web UI's pages: a thin adapter
 //! from query strings to [`DebugService`] and back. Errors are JSON with a
 //! proper status (404 unknown call, 400 bad filter, 401 without the key).
+//!
+//! Without an admin key the debug routes are open, so they answer loopback clients only
+//! (403 to the others); the probes and metrics beside them on the same listener answer
+//! everyone, so that a kubelet or Prometheus on another host reaches them.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, Request, State};
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -51,7 +56,7 @@ impl Access {
 pub fn router(service: DebugService, key: AdminKey) -> Router {
     let state = HttpState {
         service,
-        access: Access::new(key),
+        access: Access::new(key.clone()),
     };
     let api = Router::new()
         .route("/debug/calls", get(list_calls))
@@ -67,7 +72,30 @@ pub fn router(service: DebugService, key: AdminKey) -> Router {
         .route("/debug/login", post(login))
         .route("/debug/logout", post(logout))
         .with_state(state);
-    api.merge(luthien_debug_web::router())
+    let debug = api.merge(luthien_debug_web::router());
+    if key.is_set() {
+        debug
+    } else {
+        debug.route_layer(middleware::from_fn(loopback_only))
+    }
+}
+
+/// Lets through only clients on loopback: the debug routes of a control plane without an admin
+/// key. A request without a peer address is not known to be local, so it is refused too.
+async fn loopback_only(request: Request, next: Next) -> Response {
+    let local = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .is_some_and(|ConnectInfo(peer)| peer.ip().is_loopback());
+    if local {
+        next.run(request).await
+    } else {
+        error_response(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "without an admin key the debug API answers loopback clients only; set LUTHIEN_ADMIN_KEY to reach it from elsewhere",
+        )
+    }
 }
 
 /// `router` answering only requests with the admin key (or a UI session), like the debug API.

@@ -515,26 +515,85 @@ async fn the_admin_key_guards_grpc_and_http() {
     assert!(client.list_calls(request).await.is_ok());
 }
 
+/// Without an admin key the debug routes answer loopback clients only, while the probes (and
+/// metrics) on the same listener answer every host, as a kubelet on another host needs.
 #[tokio::test]
-async fn without_an_admin_key_debug_http_stays_on_loopback() {
+async fn without_an_admin_key_debug_routes_answer_loopback_only_and_probes_everyone() {
     use clap::Parser;
     #[derive(Parser)]
     struct Cli {
         #[command(flatten)]
         config: luthien_controlplane::ControlPlaneConfig,
     }
-    let open =
-        Cli::try_parse_from(["cp", "--http-listen", "0.0.0.0:0", "--admin-key", ""]).unwrap();
-    let listener = luthien_controlplane::server::bind_debug_http(&open.config)
-        .await
+    // This host's own address on a non-loopback interface: connecting to it is a client that
+    // is not on loopback.
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    probe
+        .connect("192.0.2.1:9")
+        .or_else(|_| probe.connect("8.8.8.8:53"))
+        .expect("a route off loopback");
+    let host = probe.local_addr().unwrap().ip();
+    assert!(!host.is_loopback(), "{host}");
+
+    for (key, debug_from_elsewhere) in [("", 403), ("k", 401)] {
+        let cli = Cli::try_parse_from([
+            "cp",
+            "--http-listen",
+            "0.0.0.0:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--admin-key",
+            key,
+            "--no-store",
+        ])
         .unwrap();
-    assert!(listener.local_addr().unwrap().ip().is_loopback());
-    let keyed =
-        Cli::try_parse_from(["cp", "--http-listen", "0.0.0.0:0", "--admin-key", "k"]).unwrap();
-    let listener = luthien_controlplane::server::bind_debug_http(&keyed.config)
-        .await
-        .unwrap();
-    assert!(listener.local_addr().unwrap().ip().is_unspecified());
+        let http = luthien_controlplane::server::bind_debug_http(&cli.config)
+            .await
+            .unwrap();
+        let port = http.local_addr().unwrap().port();
+        assert!(http.local_addr().unwrap().ip().is_unspecified());
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let _stop = stop.clone().drop_guard();
+        tokio::spawn(luthien_controlplane::serve(
+            cli.config,
+            luthien_policy::Chain::default(),
+            grpc,
+            Some(http),
+            stop,
+        ));
+        let elsewhere = format!("http://{host}:{port}");
+        let local = format!("http://127.0.0.1:{port}");
+        let ready = luthien_tests::wait::eventually(
+            "the probes answer",
+            Duration::from_secs(10),
+            || async {
+                let response = get(&format!("{elsewhere}/readyz"), &[]).await;
+                (response.status == 200).then_some(response)
+            },
+        )
+        .await;
+        assert_eq!(ready.text(), "ready");
+        assert_eq!(get(&format!("{elsewhere}/healthz"), &[]).await.status, 200);
+        assert_eq!(get(&format!("{elsewhere}/metrics"), &[]).await.status, 200);
+        let refused = get(&format!("{elsewhere}/debug/calls"), &[]).await;
+        assert_eq!(
+            refused.status,
+            debug_from_elsewhere,
+            "key {key:?}: {}",
+            refused.text()
+        );
+        let ui = get(&format!("{elsewhere}/debug/diff"), &[]).await;
+        if key.is_empty() {
+            assert_eq!(ui.status, 403, "the UI too");
+            assert!(
+                refused.text().contains("LUTHIEN_ADMIN_KEY"),
+                "{}",
+                refused.text()
+            );
+            assert_eq!(get(&format!("{local}/debug/policy"), &[]).await.status, 200);
+        }
+    }
 }
 
 #[tokio::test]
