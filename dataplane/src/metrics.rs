@@ -60,6 +60,9 @@ pub struct ControlMetrics {
     pub failures: Family<EndpointLabels, Counter>,
     /// Times a control plane was taken out of rotation for a back-off.
     pub ejections: Family<EndpointLabels, Counter>,
+    /// Calls moved to another control plane, and moves the retry budget refused.
+    pub retries: Counter,
+    pub retries_refused: Counter,
     /// 1 while a control plane reports SERVING, else 0.
     pub serving: Family<EndpointLabels, Gauge>,
 }
@@ -146,6 +149,16 @@ impl Metrics {
             "luthien_control_plane_ejections",
             "Times a control plane was taken out of rotation for a back-off, by control plane.",
             control.ejections.clone(),
+        );
+        registry.register(
+            "luthien_control_plane_retries",
+            "Calls moved to another control plane because the one chosen could not take them.",
+            control.retries.clone(),
+        );
+        registry.register(
+            "luthien_control_plane_retries_refused",
+            "Moves to another control plane the retry budget refused (the fail mode applied).",
+            control.retries_refused.clone(),
         );
         registry.register(
             "luthien_control_plane_serving",

@@ -8,6 +8,7 @@
 
 mod discovery;
 mod pool;
+mod retry_budget;
 mod tls;
 
 use std::sync::Arc;
@@ -33,6 +34,7 @@ use crate::metrics::{ControlMetrics, OpenStream};
 use discovery::Discovery;
 use luthien_telemetry::prometheus_client::metrics::gauge::Gauge;
 use pool::{ChannelSettings, ControlEndpoint, Pool};
+use retry_budget::RetryBudget;
 use tls::ClientTls;
 
 /// Messages a call may queue towards the control plane before the data plane
@@ -126,6 +128,9 @@ pub struct ControlClient {
     token: Option<tonic::metadata::AsciiMetadataValue>,
     /// Other control planes a call may move to when the chosen one cannot take it.
     retries: usize,
+    /// And how many calls may move at all.
+    budget: Arc<RetryBudget>,
+    metrics: ControlMetrics,
     timeouts: Timeouts,
     tasks: TaskTracker,
     open_streams: Gauge,
@@ -167,9 +172,11 @@ impl ControlClient {
             discovery: Arc::new(discovery),
             token: settings.token,
             retries: settings.retries,
+            budget: Arc::default(),
             timeouts: settings.timeouts,
             tasks: TaskTracker::new(),
-            open_streams: metrics.open_streams,
+            open_streams: metrics.open_streams.clone(),
+            metrics,
         })
     }
 
@@ -196,10 +203,11 @@ impl ControlClient {
 
     /// Opens the call's stream with its first message, on the first control plane that takes
     /// it. A control plane that cannot take the stream (unreachable, refusing new streams) is
-    /// ejected and passed over for the next, up to `--control-plane-retries` times: nothing of
-    /// the call reached it, and nothing has gone upstream yet. A timeout is not retried, since
-    /// the control plane may have the call.
+    /// ejected and passed over for the next, up to `--control-plane-retries` times and as the
+    /// retry budget allows: nothing of the call reached it, and nothing has gone upstream yet.
+    /// A timeout is not retried, since the control plane may have the call.
     pub async fn open(&self, start: CallStart) -> Result<CallSession, ControlError> {
+        self.budget.deposit();
         let mut order = self.pool.order();
         order.truncate(self.retries.saturating_add(1));
         let last = order.len().saturating_sub(1);
@@ -213,6 +221,16 @@ impl ControlClient {
                 start.clone()
             };
             let Some(this) = this else { break };
+            if attempt > 0 {
+                if !self.budget.withdraw() {
+                    self.metrics.retries_refused.inc();
+                    tracing::debug!(
+                        "retry budget spent: the call does not move to another control plane"
+                    );
+                    break;
+                }
+                self.metrics.retries.inc();
+            }
             match self.open_on(&endpoint, this).await {
                 Err(ControlError::Unavailable(reason)) => {
                     endpoint.failed(&reason);
