@@ -2,6 +2,7 @@
 //! in-process, on port 0) in front of the mock provider, an HTTP client that
 //! keeps every byte, and a scripted control plane for failure tests.
 
+pub mod bench;
 pub mod client;
 pub mod databases;
 pub mod fake_control_plane;

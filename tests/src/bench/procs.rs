@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 
-use crate::load::HttpClient;
+use super::load::HttpClient;
 
 /// Longest a process may take to accept connections after it was started.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);

@@ -39,14 +39,8 @@
 //! for the same cores; the report states the machine. Progress goes to stderr, the Markdown
 //! report to stdout. The exit status is non-zero when any request failed.
 
-#[path = "../bench/load.rs"]
-mod load;
-#[path = "../bench/procs.rs"]
-mod procs;
-#[path = "../bench/report.rs"]
+#[path = "bench/report.rs"]
 mod report;
-#[path = "../bench/stats.rs"]
-mod stats;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -57,12 +51,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::Parser;
 
-use crate::load::{
-    Ab, CallSample, HttpClient, Phases, RequestSpec, Samples, StreamSample, Throughput,
-};
-use crate::procs::{Binaries, ExtraArgs, Luthien, Process};
 use crate::report::{CpuByMeasurement, Machine, PolicyRun};
-use crate::stats::{Summary, added_ms, signed_ms};
+use luthien_tests::bench::load::{
+    self, Ab, CallSample, HttpClient, Phases, RequestSpec, Samples, StreamSample, Throughput,
+};
+use luthien_tests::bench::procs::{self, Binaries, ExtraArgs, Luthien, Process};
+use luthien_tests::bench::stats::{Summary, added_ms, signed_ms};
 
 /// Measures the latency, streaming, throughput and memory cost of Luthien's data plane,
 /// A/B against calling the mock provider directly.

@@ -4,10 +4,10 @@
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::load::{Ab, CallSample, Samples, Side, StreamSample, Throughput};
-use crate::procs::{CpuTime, EventCounts, LogProblems, Memory};
-use crate::stats::{self, Summary, added_ms, ms, signed_ms};
 use crate::{Policy, Settings};
+use luthien_tests::bench::load::{Ab, CallSample, Samples, Side, StreamSample, Throughput};
+use luthien_tests::bench::procs::{CpuTime, EventCounts, LogProblems, Memory};
+use luthien_tests::bench::stats::{self, Summary, added_ms, ms, signed_ms};
 
 /// Everything measured for one policy.
 #[derive(Debug)]
