@@ -315,6 +315,14 @@ impl ControlPlaneNode {
         String::from_utf8_lossy(&self.logs.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
     }
 
+    /// Freezes it for `length`, as SIGSTOP does: its one worker thread blocks, so its sockets
+    /// stay open and nothing on them is answered.
+    pub fn freeze(&self, length: Duration) {
+        if let Some(runtime) = &self.runtime {
+            runtime.spawn(async move { std::thread::sleep(length) });
+        }
+    }
+
     /// Kills it at once, as `kill -9` would.
     pub fn kill(&mut self) {
         if let Some(runtime) = self.runtime.take() {

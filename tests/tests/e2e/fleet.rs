@@ -564,6 +564,72 @@ async fn a_control_plane_that_stops_answering_is_ejected() {
     );
 }
 
+/// A control plane frozen mid-flight (as SIGSTOP freezes a process: connections open, nothing
+/// answered) costs the calls that find it out one inactivity timeout; after the trip the calls
+/// stop paying it, and once it thaws and its health check answers it gets calls again.
+#[tokio::test]
+async fn a_frozen_control_plane_stops_costing_the_timeout_once_ejected() {
+    let ips = [loopback(7), loopback(8)];
+    let port = shared_port(&ips);
+    let options = fleet_options();
+    let frozen = ControlPlaneNode::start(SocketAddr::new(ips[0], port), &options).await;
+    let _healthy = ControlPlaneNode::start(SocketAddr::new(ips[1], port), &options).await;
+    let timeout = Duration::from_millis(800);
+    let stack = Stack::start(StackOptions {
+        control_plane: ControlPlane::External(format!(
+            "http://{}, http://{}",
+            SocketAddr::new(ips[0], port),
+            SocketAddr::new(ips[1], port)
+        )),
+        cp_inactivity_timeout: timeout,
+        cp_message_timeout: Duration::from_secs(5),
+        ..fleet_options()
+    })
+    .await;
+    let frozen_endpoint = SocketAddr::new(ips[0], port).to_string();
+    luthien_tests::wait::eventually("both serving", Duration::from_secs(10), || async {
+        let serving = endpoint_metric(&stack.proxy, "luthien_control_plane_serving").await;
+        (serving.len() == 2 && serving.values().all(|v| *v == 1)).then_some(())
+    })
+    .await;
+
+    frozen.freeze(Duration::from_secs(4));
+    let client = Client::new();
+    let mut slow = 0;
+    let mut failed = 0;
+    for kind in 0..20 {
+        let started = Instant::now();
+        if call(&client, &stack.proxy, kind).await.is_err() {
+            failed += 1;
+        }
+        if started.elapsed() >= timeout {
+            slow += 1;
+        }
+    }
+    assert!(
+        slow <= 1 && failed <= 1,
+        "only the call that trips the ejection pays the timeout: {slow} slow, {failed} failed"
+    );
+    let ejections = endpoint_metric(&stack.proxy, "luthien_control_plane_ejections_total").await;
+    assert!(
+        ejections.get(&frozen_endpoint).copied().unwrap_or(0) >= 1 || slow == 0,
+        "{ejections:?}"
+    );
+
+    // Thawed, it answers its health check again and gets calls again.
+    let before = streams(&[&stack.proxy]).await;
+    luthien_tests::wait::eventually(
+        "the thawed control plane gets calls again",
+        Duration::from_secs(60),
+        || async {
+            call(&client, &stack.proxy, 0).await.unwrap();
+            let now = streams(&[&stack.proxy]).await;
+            (now.get(&frozen_endpoint) > before.get(&frozen_endpoint)).then_some(())
+        },
+    )
+    .await;
+}
+
 /// Certificates for the control-plane channel, written to a temporary directory.
 struct Pki {
     dir: tempfile::TempDir,
