@@ -11,6 +11,7 @@ pub mod activity;
 pub mod cli;
 pub mod debug;
 pub mod diff;
+pub mod liveness;
 pub mod metrics;
 pub mod policy_source;
 pub mod probes;

@@ -30,12 +30,24 @@ use luthien_store::{EventSink, Record};
 pub struct Recording {
     sink: Option<EventSink>,
     activity: ActivityBus,
+    /// This control plane's instance id, written on every call it records.
+    control_plane_id: Option<Arc<str>>,
 }
 
 impl Recording {
     /// `sink` is `None` when persistence is off; activity is always published.
     pub fn new(sink: Option<EventSink>, activity: ActivityBus) -> Self {
-        Self { sink, activity }
+        Self {
+            sink,
+            activity,
+            control_plane_id: None,
+        }
+    }
+
+    /// Calls recorded from now on carry `id`, the recording control plane's instance id.
+    pub fn with_control_plane_id(mut self, id: Arc<str>) -> Self {
+        self.control_plane_id = Some(id);
+        self
     }
 
     /// Recording that keeps nothing and publishes in-process only.
@@ -314,6 +326,11 @@ impl CallRecorder {
             session_id: self.session_id.clone(),
             trace_id: self.trace_id.clone(),
             policy_changed: self.policy_changed,
+            control_plane_id: self
+                .recording
+                .control_plane_id
+                .as_deref()
+                .map(str::to_owned),
         }
     }
 

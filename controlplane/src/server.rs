@@ -112,13 +112,19 @@ pub struct ControlPlaneConfig {
     #[arg(long = "retention-interval", env = "LUTHIEN_RETENTION_INTERVAL", default_value = "10m", value_parser = parse_retention_interval)]
     pub retention_interval: Duration,
 
+    /// A call still in progress this long after it started, on a control plane that has not
+    /// been alive for as long (no heartbeat), is marked `abandoned`: that control plane died
+    /// before the call ended.
+    #[arg(long = "abandon-after", env = "LUTHIEN_ABANDON_AFTER", default_value = "60s", value_parser = parse_retention_interval)]
+    pub abandon_after: Duration,
+
     /// Redis for the live activity stream (channel `luthien:activity`);
     /// without it activity stays in this process.
     #[arg(long = "redis-url", env = "REDIS_URL")]
     pub redis_url: Option<String>,
 
-    /// Address of the debug HTTP API and web UI (`/debug/...`). Without an
-    /// admin key it is forced onto loopback.
+    /// Address of the debug HTTP API and web UI (`/debug/...`), the probes and `/metrics`.
+    /// Without an admin key the debug routes answer loopback clients only.
     #[arg(
         long = "http-listen",
         env = "LUTHIEN_HTTP_LISTEN",
@@ -245,7 +251,10 @@ pub async fn serve(
     }
     let policies = policies.into();
     let chain = policies.chain();
+    // This process, as the records and the liveness table know it.
+    let instance: Arc<str> = uuid::Uuid::now_v7().to_string().into();
     tracing::info!(
+        instance = %instance,
         grpc_listen = %grpc_address,
         tls = tls.is_some(),
         client_certificates,
@@ -255,8 +264,16 @@ pub async fn serve(
         "control plane listening"
     );
     policies.spawn_reloader(shutdown.clone());
-    let (recording, store, writer) = start_recording(&config, &shutdown).await?;
+    let (recording, store, writer) = start_recording(&config, &instance, &shutdown).await?;
     let retention = start_retention(&config, store.as_ref(), &shutdown);
+    let liveness = store.clone().map(|store| {
+        crate::liveness::spawn(
+            store,
+            Arc::clone(&instance),
+            config.abandon_after,
+            shutdown.clone(),
+        )
+    });
     let admin_key = AdminKey::new(config.admin_key.clone());
     let recording_sink = recording.sink().cloned();
     let activity = recording.activity().clone();
@@ -422,6 +439,10 @@ pub async fn serve(
     if !policies.chain().wait_background(SHUTDOWN_GRACE).await {
         tracing::warn!("shutdown grace period over; abandoning remote policy streams");
     }
+    if let Some(liveness) = liveness {
+        // Already stopping: its token is `shutdown`.
+        let _ = liveness.await;
+    }
     if let Some(retention) = retention {
         // Already stopping (its token is a child of `shutdown`); a batch in
         // flight is rolled back, so this is quick.
@@ -471,6 +492,7 @@ pub async fn bind_debug_http(config: &ControlPlaneConfig) -> std::io::Result<Tcp
 /// bus. The writer drains after the calls, so their last records land.
 async fn start_recording(
     config: &ControlPlaneConfig,
+    instance: &Arc<str>,
     shutdown: &CancellationToken,
 ) -> Result<(Recording, Option<Store>, Option<WriterHandle>), ServeError> {
     let activity = match &config.redis_url {
@@ -498,7 +520,7 @@ async fn start_recording(
     // after them, under `WriterHandle::shutdown`'s deadline.
     let (sink, writer) = spawn_writer(store.clone(), writer_options, CancellationToken::new());
     Ok((
-        Recording::new(Some(sink), activity),
+        Recording::new(Some(sink), activity).with_control_plane_id(Arc::clone(instance)),
         Some(store),
         Some(writer),
     ))

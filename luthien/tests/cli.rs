@@ -71,6 +71,7 @@ async fn replay_reads_the_store_and_reports_what_would_change() {
         session_id: None,
         trace_id: None,
         policy_changed: false,
+        control_plane_id: None,
     };
     let event = |sequence, payload| {
         Record::Event(CallEvent {

@@ -178,4 +178,8 @@ pub struct CallSummary {
     pub trace_id: Option<String>,
     /// Whether any policy changed the request or the response.
     pub policy_changed: bool,
+    /// Instance id of the control plane that recorded the call: calls a control plane that
+    /// died left in progress are found by it (see `liveness`).
+    #[serde(default)]
+    pub control_plane_id: Option<String>,
 }

@@ -19,6 +19,7 @@
 pub mod events;
 
 mod error;
+pub mod liveness;
 mod metrics;
 mod postgres;
 mod query;
@@ -39,6 +40,7 @@ use sqlx::sqlite::SqlitePool;
 use crate::events::{CallEvent, CallSummary};
 
 pub use error::StoreError;
+pub use liveness::Swept;
 pub use metrics::StoreMetrics;
 pub use query::{CallFilter, CallPage, DEFAULT_LIMIT, MAX_LIMIT};
 pub use retention::{RetentionHandle, RetentionOptions, RetentionStats, spawn_retention};
@@ -185,6 +187,41 @@ impl Store {
                 postgres::delete_calls_before(pool, cutoff_micros, batch).await
             }
             Store::Sqlite(pool) => sqlite::delete_calls_before(pool, cutoff_micros, batch).await,
+        }
+    }
+
+    /// Records that control plane `id` (started at `started_micros`) is alive at `now_micros`.
+    pub async fn heartbeat(
+        &self,
+        id: &str,
+        started_micros: i64,
+        now_micros: i64,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Postgres(pool) => {
+                postgres::heartbeat(pool, id, started_micros, now_micros).await
+            }
+            Store::Sqlite(pool) => sqlite::heartbeat(pool, id, started_micros, now_micros).await,
+        }
+    }
+
+    /// Marks `abandoned` up to `limit` calls still in progress that started before
+    /// `cutoff_micros` and whose control plane has not been seen since (see [`liveness`]),
+    /// each with a response event naming `sweeper`; returns them.
+    pub async fn sweep_abandoned(
+        &self,
+        cutoff_micros: i64,
+        now_micros: i64,
+        sweeper: &str,
+        limit: u32,
+    ) -> Result<Vec<Swept>, StoreError> {
+        match self {
+            Store::Postgres(pool) => {
+                postgres::sweep_abandoned(pool, cutoff_micros, now_micros, sweeper, limit).await
+            }
+            Store::Sqlite(pool) => {
+                sqlite::sweep_abandoned(pool, cutoff_micros, now_micros, sweeper, limit).await
+            }
         }
     }
 

@@ -17,6 +17,8 @@ pub struct StoreMetrics {
     pub retention_deleted_events: Counter,
     /// Retention runs cut short by a database error.
     pub retention_failures: Counter,
+    /// Calls marked `abandoned` because their control plane stopped (see `liveness`).
+    pub abandoned_swept: Counter,
 }
 
 impl Default for StoreMetrics {
@@ -26,6 +28,7 @@ impl Default for StoreMetrics {
             retention_deleted_calls: Counter::default(),
             retention_deleted_events: Counter::default(),
             retention_failures: Counter::default(),
+            abandoned_swept: Counter::default(),
         }
     }
 }
@@ -52,6 +55,11 @@ impl StoreMetrics {
             "luthien_store_retention_failures",
             "Event-store retention runs cut short by a database error (retried at the next interval).",
             self.retention_failures.clone(),
+        );
+        registry.register(
+            "luthien_store_abandoned_calls",
+            "Calls left in progress by a control plane that stopped, marked abandoned by the sweep.",
+            self.abandoned_swept.clone(),
         );
     }
 }

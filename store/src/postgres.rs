@@ -14,6 +14,7 @@ use sqlx::{Postgres, QueryBuilder};
 use super::query::{self, Cursor, Dialect, EventRow, SummaryRow};
 use super::{CallFilter, CallPage, Purged, Record, StoreError, StoreOptions, encode_payload};
 use crate::events::{CallEvent, CallSummary, SCHEMA_VERSION};
+use crate::liveness::{self, Swept};
 
 /// `created_at` and friends read back as unix microseconds.
 const SUMMARY_COLUMNS: &str = "call_id, \
@@ -21,7 +22,7 @@ const SUMMARY_COLUMNS: &str = "call_id, \
     (EXTRACT(EPOCH FROM completed_at) * 1000000)::int8 AS completed_at, \
     api, model, stream, status, duration_ms, time_to_first_chunk_ms, \
     input_tokens, output_tokens, session_id, trace_id, policy_changed, \
-    schema_version::int8 AS schema_version";
+    schema_version::int8 AS schema_version, control_plane_id";
 
 const DIALECT: Dialect = Dialect {
     time_open: "(TIMESTAMPTZ 'epoch' + ",
@@ -84,6 +85,7 @@ fn upsert_calls(calls: &[(&CallSummary, i64)]) -> PgQuery {
     let mut sessions = Vec::with_capacity(calls.len());
     let mut traces = Vec::with_capacity(calls.len());
     let mut changed = Vec::with_capacity(calls.len());
+    let mut control_planes = Vec::with_capacity(calls.len());
     for (call, earliest) in calls {
         ids.push(call.call_id.clone());
         created.push(*earliest);
@@ -99,21 +101,24 @@ fn upsert_calls(calls: &[(&CallSummary, i64)]) -> PgQuery {
         sessions.push(call.session_id.clone());
         traces.push(call.trace_id.clone());
         changed.push(call.policy_changed);
+        control_planes.push(call.control_plane_id.clone());
     }
     sqlx::query(
         "INSERT INTO calls (call_id, created_at, completed_at, api, model, stream, status, \
              duration_ms, time_to_first_chunk_ms, input_tokens, output_tokens, session_id, \
-             trace_id, policy_changed, schema_version) \
+             trace_id, policy_changed, schema_version, control_plane_id) \
          SELECT c.call_id, \
              TIMESTAMPTZ 'epoch' + c.created * INTERVAL '1 microsecond', \
              TIMESTAMPTZ 'epoch' + c.completed * INTERVAL '1 microsecond', \
              c.api, c.model, c.stream, c.status, c.duration_ms, c.ttfc, c.input_tokens, \
-             c.output_tokens, c.session_id, c.trace_id, c.policy_changed, $15 \
+             c.output_tokens, c.session_id, c.trace_id, c.policy_changed, $15, \
+             c.control_plane_id \
          FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::text[], $5::text[], $6::bool[], \
              $7::text[], $8::float8[], $9::float8[], $10::int8[], $11::int8[], $12::text[], \
-             $13::text[], $14::bool[]) \
+             $13::text[], $14::bool[], $16::text[]) \
            AS c(call_id, created, completed, api, model, stream, status, duration_ms, ttfc, \
-             input_tokens, output_tokens, session_id, trace_id, policy_changed) \
+             input_tokens, output_tokens, session_id, trace_id, policy_changed, \
+             control_plane_id) \
          ON CONFLICT (call_id) DO UPDATE SET \
              created_at = LEAST(calls.created_at, EXCLUDED.created_at), \
              completed_at = EXCLUDED.completed_at, api = EXCLUDED.api, \
@@ -123,7 +128,8 @@ fn upsert_calls(calls: &[(&CallSummary, i64)]) -> PgQuery {
              input_tokens = EXCLUDED.input_tokens, output_tokens = EXCLUDED.output_tokens, \
              session_id = EXCLUDED.session_id, trace_id = EXCLUDED.trace_id, \
              policy_changed = EXCLUDED.policy_changed, \
-             schema_version = EXCLUDED.schema_version \
+             schema_version = EXCLUDED.schema_version, \
+             control_plane_id = COALESCE(EXCLUDED.control_plane_id, calls.control_plane_id) \
          WHERE calls.status = 'in_progress'",
     )
     .bind(ids)
@@ -141,6 +147,7 @@ fn upsert_calls(calls: &[(&CallSummary, i64)]) -> PgQuery {
     .bind(traces)
     .bind(changed)
     .bind(SCHEMA_VERSION as i32)
+    .bind(control_planes)
 }
 
 /// One insert for all the batch's events; `DO NOTHING` on an existing
@@ -300,6 +307,84 @@ pub(super) async fn list_calls(pool: &PgPool, filter: &CallFilter) -> Result<Cal
         .push_bind(i64::from(limit) + 1);
     let rows = qb.build_query_as::<SummaryRow>().fetch_all(pool).await?;
     query::into_page(rows, limit)
+}
+
+pub(super) async fn heartbeat(
+    pool: &PgPool,
+    id: &str,
+    started_micros: i64,
+    now_micros: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO control_planes (id, started_at, last_seen_at) \
+         VALUES ($1, TIMESTAMPTZ 'epoch' + $2 * INTERVAL '1 microsecond', \
+             TIMESTAMPTZ 'epoch' + $3 * INTERVAL '1 microsecond') \
+         ON CONFLICT (id) DO UPDATE SET last_seen_at = EXCLUDED.last_seen_at",
+    )
+    .bind(id)
+    .bind(started_micros)
+    .bind(now_micros)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn sweep_abandoned(
+    pool: &PgPool,
+    cutoff_micros: i64,
+    now_micros: i64,
+    sweeper: &str,
+    limit: u32,
+) -> Result<Vec<Swept>, StoreError> {
+    let candidates: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT call_id, control_plane_id FROM calls \
+         WHERE status = 'in_progress' \
+           AND created_at < TIMESTAMPTZ 'epoch' + $1 * INTERVAL '1 microsecond' \
+           AND NOT EXISTS (SELECT 1 FROM control_planes cp \
+               WHERE cp.id = calls.control_plane_id \
+                 AND cp.last_seen_at >= TIMESTAMPTZ 'epoch' + $1 * INTERVAL '1 microsecond') \
+         ORDER BY created_at LIMIT $2",
+    )
+    .bind(cutoff_micros)
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await?;
+    let mut swept = Vec::new();
+    for (call_id, control_plane_id) in candidates {
+        let mut tx = pool.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE calls SET status = 'abandoned', \
+                 completed_at = TIMESTAMPTZ 'epoch' + $2 * INTERVAL '1 microsecond' \
+             WHERE call_id = $1 AND status = 'in_progress'",
+        )
+        .bind(&call_id)
+        .bind(now_micros)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 1 {
+            let next: i64 = sqlx::query_scalar(
+                "SELECT COALESCE(MAX(sequence), -1) + 1 FROM conversation_events WHERE call_id = $1",
+            )
+            .bind(&call_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            let detail = liveness::detail(control_plane_id.as_deref(), sweeper);
+            let event = liveness::abandoned_event(
+                &call_id,
+                u32::try_from(next).unwrap_or(u32::MAX),
+                now_micros,
+                detail,
+            );
+            insert_events(&[&event])?.execute(&mut *tx).await?;
+            swept.push(Swept {
+                call_id,
+                control_plane_id,
+            });
+        }
+        tx.commit().await?;
+    }
+    Ok(swept)
 }
 
 #[cfg(test)]

@@ -204,6 +204,7 @@ pub(crate) struct SummaryRow {
     pub trace_id: Option<String>,
     pub policy_changed: bool,
     pub schema_version: i64,
+    pub control_plane_id: Option<String>,
 }
 
 impl SummaryRow {
@@ -237,6 +238,7 @@ impl SummaryRow {
             session_id: self.session_id,
             trace_id: self.trace_id,
             policy_changed: self.policy_changed,
+            control_plane_id: self.control_plane_id,
         })
     }
 }

@@ -13,10 +13,11 @@ use sqlx::{QueryBuilder, Sqlite};
 use super::query::{self, Cursor, Dialect, EventRow, SummaryRow};
 use super::{CallFilter, CallPage, Purged, Record, StoreError, StoreOptions, encode_payload};
 use crate::events::{CallEvent, CallSummary, SCHEMA_VERSION};
+use crate::liveness::{self, Swept};
 
 const SUMMARY_COLUMNS: &str = "call_id, created_at, completed_at, api, model, stream, status, \
     duration_ms, time_to_first_chunk_ms, input_tokens, output_tokens, session_id, trace_id, \
-    policy_changed, schema_version";
+    policy_changed, schema_version, control_plane_id";
 
 const DIALECT: Dialect = Dialect {
     time_open: "",
@@ -125,9 +126,9 @@ fn upsert_calls(calls: &[(&CallSummary, i64)]) -> SqliteQuery {
     let sql = values_sql(
         "INSERT INTO calls (call_id, created_at, completed_at, api, model, stream, status, \
              duration_ms, time_to_first_chunk_ms, input_tokens, output_tokens, session_id, \
-             trace_id, policy_changed, schema_version)",
+             trace_id, policy_changed, schema_version, control_plane_id)",
         calls.len(),
-        15,
+        16,
         "ON CONFLICT (call_id) DO UPDATE SET \
              created_at = min(calls.created_at, excluded.created_at), \
              completed_at = excluded.completed_at, api = excluded.api, \
@@ -136,7 +137,8 @@ fn upsert_calls(calls: &[(&CallSummary, i64)]) -> SqliteQuery {
              time_to_first_chunk_ms = excluded.time_to_first_chunk_ms, \
              input_tokens = excluded.input_tokens, output_tokens = excluded.output_tokens, \
              session_id = excluded.session_id, trace_id = excluded.trace_id, \
-             policy_changed = excluded.policy_changed, schema_version = excluded.schema_version \
+             policy_changed = excluded.policy_changed, schema_version = excluded.schema_version, \
+             control_plane_id = coalesce(excluded.control_plane_id, calls.control_plane_id) \
          WHERE calls.status = 'in_progress'",
     );
     let mut query = sqlx::query(sql);
@@ -156,7 +158,8 @@ fn upsert_calls(calls: &[(&CallSummary, i64)]) -> SqliteQuery {
             .bind(call.session_id.clone())
             .bind(call.trace_id.clone())
             .bind(call.policy_changed)
-            .bind(i64::from(SCHEMA_VERSION));
+            .bind(i64::from(SCHEMA_VERSION))
+            .bind(call.control_plane_id.clone());
     }
     query
 }
@@ -269,6 +272,79 @@ pub(super) async fn list_calls(
         .push_bind(i64::from(limit) + 1);
     let rows = qb.build_query_as::<SummaryRow>().fetch_all(pool).await?;
     query::into_page(rows, limit)
+}
+
+pub(super) async fn heartbeat(
+    pool: &SqlitePool,
+    id: &str,
+    started_micros: i64,
+    now_micros: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO control_planes (id, started_at, last_seen_at) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (id) DO UPDATE SET last_seen_at = excluded.last_seen_at",
+    )
+    .bind(id)
+    .bind(started_micros)
+    .bind(now_micros)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn sweep_abandoned(
+    pool: &SqlitePool,
+    cutoff_micros: i64,
+    now_micros: i64,
+    sweeper: &str,
+    limit: u32,
+) -> Result<Vec<Swept>, StoreError> {
+    let candidates: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT call_id, control_plane_id FROM calls \
+         WHERE status = 'in_progress' AND created_at < ?1 \
+           AND NOT EXISTS (SELECT 1 FROM control_planes cp \
+               WHERE cp.id = calls.control_plane_id AND cp.last_seen_at >= ?1) \
+         ORDER BY created_at LIMIT ?2",
+    )
+    .bind(cutoff_micros)
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await?;
+    let mut swept = Vec::new();
+    for (call_id, control_plane_id) in candidates {
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let updated = sqlx::query(
+            "UPDATE calls SET status = 'abandoned', completed_at = ?2 \
+             WHERE call_id = ?1 AND status = 'in_progress'",
+        )
+        .bind(&call_id)
+        .bind(now_micros)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 1 {
+            let next: i64 = sqlx::query_scalar(
+                "SELECT COALESCE(MAX(sequence), -1) + 1 FROM conversation_events WHERE call_id = ?1",
+            )
+            .bind(&call_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            let detail = liveness::detail(control_plane_id.as_deref(), sweeper);
+            let event = liveness::abandoned_event(
+                &call_id,
+                u32::try_from(next).unwrap_or(u32::MAX),
+                now_micros,
+                detail,
+            );
+            insert_events(&[&event])?.execute(&mut *tx).await?;
+            swept.push(Swept {
+                call_id,
+                control_plane_id,
+            });
+        }
+        tx.commit().await?;
+    }
+    Ok(swept)
 }
 
 #[cfg(test)]

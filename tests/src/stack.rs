@@ -70,6 +70,8 @@ pub struct StackOptions {
     /// `--tls-cert`, `--tls-key`, `--tls-client-ca` of the control plane; the data plane
     /// reaches it at `https://` when set.
     pub control_plane_tls: TlsArgs,
+    /// `--abandon-after` of the control plane.
+    pub abandon_after: Duration,
 }
 
 impl Default for StackOptions {
@@ -99,6 +101,7 @@ impl Default for StackOptions {
             resolve_interval: Duration::from_secs(5),
             data_plane_tls: ControlPlaneTls::default(),
             control_plane_tls: TlsArgs::default(),
+            abandon_after: Duration::from_secs(60),
         }
     }
 }
@@ -389,6 +392,7 @@ struct Recording {
     tls: TlsArgs,
     /// How the harness itself reaches a TLS control plane to see it serving.
     client_tls: ControlPlaneTls,
+    abandon_after: Duration,
 }
 
 impl Recording {
@@ -404,6 +408,7 @@ impl Recording {
             store_payloads: options.store_payloads,
             tls: options.control_plane_tls.clone(),
             client_tls: options.data_plane_tls.clone(),
+            abandon_after: options.abandon_after,
         }
     }
 }
@@ -458,6 +463,7 @@ async fn start_control_plane_on(
         max_payload_bytes: recording.max_payload_bytes,
         retention: None,
         retention_interval: Duration::from_secs(600),
+        abandon_after: recording.abandon_after,
         redis_url: recording.redis_url.clone(),
         http_listen: http_address,
         admin_key: recording.admin_key.clone(),

@@ -314,6 +314,7 @@ mod tests {
             session_id: None,
             trace_id: trace_id.map(str::to_owned),
             policy_changed: false,
+            control_plane_id: None,
         }
     }
 

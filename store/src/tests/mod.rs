@@ -239,6 +239,7 @@ fn started(call_id: &str, created: i64) -> CallSummary {
         session_id: None,
         trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".to_owned()),
         policy_changed: false,
+        control_plane_id: None,
     }
 }
 
@@ -330,6 +331,7 @@ async fn raw_execute(store: &Store, sql: &'static str) {
     }
 }
 
+mod liveness;
 mod reader;
 mod retention;
 mod writer;

@@ -109,6 +109,7 @@ fn call_records(index: usize) -> [Record; 4] {
         session_id: None,
         trace_id: None,
         policy_changed: false,
+        control_plane_id: None,
     };
     let event = |sequence, payload| CallEvent {
         call_id: call_id.clone(),

@@ -840,3 +840,81 @@ async fn the_channel_admits_only_data_planes_with_the_right_certificate_and_toke
     let trusting_new = data_plane(tls(&new_ca_file, Some(&good)), "s3cret").await;
     call(&client_, &trusting_new.proxy, 2).await.unwrap();
 }
+
+/// A control plane killed (`kill -9`) while a call streams leaves the call in progress; another
+/// control plane on the same database marks it `abandoned` once the dead one has been silent
+/// for `--abandon-after`, and the call's record says why.
+#[tokio::test]
+async fn a_call_left_in_progress_by_a_dead_control_plane_is_marked_abandoned() {
+    use luthien_store::events::{CallStatus, EventPayload};
+    use luthien_store::{Store, StoreOptions};
+    let database = luthien_tests::databases::TestDatabase::sqlite().await;
+    let options = StackOptions {
+        database_url: Some(database.url.clone()),
+        abandon_after: Duration::from_secs(1),
+        ..fleet_options()
+    };
+    let mut first = ControlPlaneNode::start("127.0.0.1:0".parse().unwrap(), &options).await;
+    let stack = Stack::start(StackOptions {
+        control_plane: ControlPlane::External(first.url.clone()),
+        fail_mode: FailMode::Open,
+        ..fleet_options()
+    })
+    .await;
+    let url = stack.openai_url();
+    let streaming = tokio::spawn(async move {
+        Client::new()
+            .post(
+                &url,
+                &[("x-mock-chunks", "40"), ("x-mock-delay-ms", "100")],
+                OPENAI_STREAM,
+            )
+            .await
+    });
+    let store = Store::open(&database.url, StoreOptions::default())
+        .await
+        .unwrap();
+    let call_id = luthien_tests::wait::eventually(
+        "the streaming call is recorded in progress",
+        Duration::from_secs(10),
+        || async {
+            let page = store.list_calls(&Default::default()).await.unwrap();
+            page.calls
+                .iter()
+                .find(|call| call.status == CallStatus::InProgress)
+                .map(|call| call.call_id.clone())
+        },
+    )
+    .await;
+    first.kill();
+    // The client's stream goes on, unpoliced (fail open), and ends.
+    let response = streaming.await.unwrap();
+    assert_eq!(response.status, 200);
+    assert_eq!(
+        store.get_call(&call_id).await.unwrap().unwrap().0.status,
+        CallStatus::InProgress,
+        "nobody is left to end it"
+    );
+
+    let _second = ControlPlaneNode::start("127.0.0.1:0".parse().unwrap(), &options).await;
+    let (summary, events) =
+        luthien_tests::wait::eventually("the call is swept", Duration::from_secs(15), || async {
+            let (summary, events) = store.get_call(&call_id).await.unwrap().unwrap();
+            (summary.status == CallStatus::Abandoned).then_some((summary, events))
+        })
+        .await;
+    assert!(summary.completed_at_micros.is_some());
+    let detail = events
+        .iter()
+        .find_map(|event| match &event.payload {
+            EventPayload::Response {
+                status: CallStatus::Abandoned,
+                detail,
+                ..
+            } => detail.clone(),
+            _ => None,
+        })
+        .expect("a response event with the reason");
+    assert!(detail.contains("stopped before the call ended"), "{detail}");
+    store.close().await;
+}
