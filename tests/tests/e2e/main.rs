@@ -12,6 +12,7 @@ mod auxiliary;
 mod control_plane;
 mod debug_api;
 mod debug_web;
+mod deploy;
 mod edge;
 mod errors;
 mod fleet;
