@@ -36,8 +36,9 @@ use luthien_store::{
     WriterOptions, spawn_retention, spawn_writer,
 };
 
-/// How long shutdown waits for calls in flight.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// After the calls, how long shutdown waits for remote policy streams, and then for the event
+/// writer to drain.
+const DRAIN_GRACE: Duration = Duration::from_secs(10);
 
 /// Control plane settings, usable standalone or flattened into `luthien up`.
 #[derive(Clone, Debug, clap::Args)]
@@ -111,6 +112,12 @@ pub struct ControlPlaneConfig {
     /// How often retention looks for calls older than `--retention`.
     #[arg(long = "retention-interval", env = "LUTHIEN_RETENTION_INTERVAL", default_value = "10m", value_parser = parse_retention_interval)]
     pub retention_interval: Duration,
+
+    /// On SIGTERM, how long calls in flight (streams included) get to end before they are
+    /// cut; new calls go to other control planes meanwhile. Then the event writer gets 10 s
+    /// to drain.
+    #[arg(long = "shutdown-grace", env = "LUTHIEN_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
 
     /// A call still in progress this long after it started, on a control plane that has not
     /// been alive for as long (no heartbeat), is marked `abandoned`: that control plane died
@@ -406,8 +413,9 @@ pub async fn serve(
         )),
     };
     // On shutdown: not ready and NOT_SERVING first, so that data planes send new calls
-    // elsewhere, then GOAWAY; streams in flight get the grace period, long-lived ones (health
-    // watches, activity tails) are closed after it.
+    // elsewhere, then GOAWAY; calls in flight get `--shutdown-grace` to end, and once they have
+    // (or it is over) the long-lived streams (health watches, activity tails) are closed.
+    let shutdown_grace = config.shutdown_grace;
     let leaving = async {
         shutdown.cancelled().await;
         readiness.stop();
@@ -419,24 +427,24 @@ pub async fn serve(
             .await;
         tracing::info!("shutting down: NOT_SERVING, refusing new streams");
         stop_serving.cancel();
-        tokio::time::sleep(SHUTDOWN_GRACE).await;
+        calls.close();
+        tokio::time::timeout(shutdown_grace, calls.wait()).await
     };
-    tokio::select! {
-        served = server => served?,
-        () = leaving => tracing::warn!("gRPC streams still open after the grace period; closing them"),
-    }
-
-    calls.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, calls.wait())
-        .await
-        .is_err()
-    {
+    let calls_ended = tokio::select! {
+        served = server => {
+            served?;
+            calls.close();
+            tokio::time::timeout(shutdown_grace, calls.wait()).await
+        }
+        ended = leaving => ended,
+    };
+    if calls_ended.is_err() {
         tracing::warn!(
             remaining = calls.len(),
-            "shutdown grace period over; abandoning calls"
+            "--shutdown-grace over; cutting the calls still in flight"
         );
     }
-    if !policies.chain().wait_background(SHUTDOWN_GRACE).await {
+    if !policies.chain().wait_background(DRAIN_GRACE).await {
         tracing::warn!("shutdown grace period over; abandoning remote policy streams");
     }
     if let Some(liveness) = liveness {
@@ -454,7 +462,7 @@ pub async fn serve(
         );
     }
     if let Some(writer) = writer {
-        let report = writer.shutdown(SHUTDOWN_GRACE).await;
+        let report = writer.shutdown(DRAIN_GRACE).await;
         tracing::info!(
             written = report.stats.written,
             dropped = report.stats.dropped,
@@ -600,32 +608,45 @@ mod tests {
     }
 }
 
-/// The data planes' token (`--control-plane-token`), checked on every call stream.
+/// The data planes' tokens (`--control-plane-token`, comma-separated: any of them is
+/// accepted, so a rotation adds the new one, moves the data planes to it, then drops the old),
+/// checked on every call stream.
 #[derive(Clone)]
-struct ChannelToken(Option<Arc<str>>);
+struct ChannelToken(Arc<[Arc<str>]>);
 
 impl ChannelToken {
-    fn new(token: Option<&str>) -> Self {
-        Self(token.filter(|token| !token.is_empty()).map(Arc::from))
+    fn new(tokens: Option<&str>) -> Self {
+        Self(
+            luthien_telemetry::channel_tokens(tokens.unwrap_or_default())
+                .map(Arc::from)
+                .collect(),
+        )
     }
 
     fn is_set(&self) -> bool {
-        self.0.is_some()
+        !self.0.is_empty()
     }
 
     /// Refuses a stream without the token, before any of its messages is read.
     fn interceptor(self) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
         move |request: Request<()>| {
-            let Some(expected) = self.0.as_deref() else {
+            if self.0.is_empty() {
                 return Ok(request);
-            };
+            }
             let presented = request
                 .metadata()
                 .get("authorization")
                 .and_then(|value| value.to_str().ok())
                 .and_then(luthien_api::headers::bearer_token)
                 .map(str::as_bytes);
-            if presented.is_some_and(|token| bool::from(token.ct_eq(expected.as_bytes()))) {
+            // Every token is compared, in constant time each, so the time taken does not say
+            // which one came close.
+            let accepted = presented.is_some_and(|token| {
+                self.0.iter().fold(false, |any, expected| {
+                    any | bool::from(token.ct_eq(expected.as_bytes()))
+                })
+            });
+            if accepted {
                 return Ok(request);
             }
             let peer = request.remote_addr();

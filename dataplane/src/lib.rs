@@ -64,10 +64,11 @@ pub enum StartError {
 /// Builds the HTTP application.
 pub fn app(config: DataPlaneConfig) -> Result<(Router, Arc<AppState>), StartError> {
     let metrics = Arc::new(metrics::Metrics::new());
+    // Of several (a rotation in progress), the first is presented.
     let token = config
         .control_plane_token
         .as_deref()
-        .filter(|token| !token.is_empty())
+        .and_then(|tokens| luthien_telemetry::channel_tokens(tokens).next())
         .map(|token| format!("Bearer {token}").parse())
         .transpose()
         .map_err(|_| {

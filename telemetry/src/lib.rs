@@ -53,13 +53,24 @@ pub struct LogArgs {
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct ChannelTokenArgs {
     /// Token the control plane requires on every call stream and the data plane presents
-    /// (`authorization: Bearer`); unset, the channel is not authenticated.
+    /// (`authorization: Bearer`); unset, the channel is not authenticated. Comma-separated,
+    /// the control plane accepts any of them and the data plane presents the first: a
+    /// rotation adds the new token to the control planes, moves the data planes to it, then
+    /// drops the old one.
     #[arg(
         long = "control-plane-token",
         env = "LUTHIEN_CONTROL_PLANE_TOKEN",
         hide_env_values = true
     )]
     pub control_plane_token: Option<String>,
+}
+
+/// The tokens of a `--control-plane-token` value, in order: comma-separated, blanks ignored.
+pub fn channel_tokens(value: &str) -> impl Iterator<Item = &str> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
 }
 
 /// The tracer provider, kept to flush spans at shutdown.

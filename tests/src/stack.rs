@@ -464,6 +464,7 @@ async fn start_control_plane_on(
         retention: None,
         retention_interval: Duration::from_secs(600),
         abandon_after: recording.abandon_after,
+        shutdown_grace: Duration::from_secs(10),
         redis_url: recording.redis_url.clone(),
         http_listen: http_address,
         admin_key: recording.admin_key.clone(),

@@ -500,9 +500,19 @@ async fn a_failed_chain_hands_the_stream_back_with_pass_through_rest() {
 /// refused before any of its messages is read, and the data plane applies its fail mode.
 #[tokio::test]
 async fn the_control_plane_token_is_required_on_every_call_stream() {
-    for (presented, expected) in [(Some("s3cret"), 200), (Some("guess"), 503), (None, 503)] {
+    // Mid-rotation the control plane accepts the old and the new token, and a data plane
+    // given both presents the first.
+    for (accepted, presented, expected) in [
+        ("s3cret", Some("s3cret"), 200),
+        ("s3cret", Some("guess"), 503),
+        ("s3cret", None, 503),
+        ("old, new", Some("new"), 200),
+        ("old, new", Some("old"), 200),
+        ("old, new", Some("guess,old"), 503),
+        ("new", Some("new, old"), 200),
+    ] {
         let stack = Stack::start(StackOptions {
-            control_plane_token: Some("s3cret".into()),
+            control_plane_token: Some(accepted.into()),
             data_plane_token: presented.map(str::to_owned),
             ..StackOptions::yaml("policies: [{type: all_caps}]")
         })
