@@ -371,17 +371,17 @@ async fn run(args: &Args) -> anyhow::Result<String> {
             .join(", ")
     ));
     report.push_str(&format!(
-        "SIGKILL of one control plane under {LIGHT_RATE} req/s: out of rotation after {} ms; {} of {} calls failed in those 6 s ({}).\n\n",
-        ejected.as_millis(),
+        "SIGKILL of one control plane under {LIGHT_RATE} req/s: out of rotation after {:.1} ms; {} of {} calls failed in those 6 s ({}).\n\n",
+        ejected.as_secs_f64() * 1000.0,
         ejection_load.errors,
         ejection_load.errors + ejection_load.ok.len(),
         ejection_load.first_error.as_deref().unwrap_or("none")
     ));
     report.push_str(&format!(
-        "Rejoin: the process accepted connections {} ms after it was started; the data plane saw it serving {} ms and sent it calls {} ms after the start; {} of {} calls failed meanwhile.\n",
-        started_in.as_millis(),
-        serving_again.as_millis() + started_in.as_millis(),
-        calls_again.as_millis() + started_in.as_millis(),
+        "Rejoin: the process accepted connections {:.0} ms after it was started; the data plane saw it serving {:.0} ms and sent it calls {:.0} ms after the start; {} of {} calls failed meanwhile.\n",
+        started_in.as_secs_f64() * 1000.0,
+        (serving_again + started_in).as_secs_f64() * 1000.0,
+        (calls_again + started_in).as_secs_f64() * 1000.0,
         rejoin_load.errors,
         rejoin_load.errors + rejoin_load.ok.len(),
     ));
