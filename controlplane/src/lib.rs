@@ -20,5 +20,6 @@ pub mod replay;
 pub mod server;
 pub mod service;
 pub mod tls;
+pub mod unpoliced;
 
 pub use server::{ControlPlaneConfig, serve};

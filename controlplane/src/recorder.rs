@@ -236,6 +236,27 @@ impl CallRecorder {
         self.finish_with(status_of(end.outcome()), Some(end));
     }
 
+    /// A call no policy saw (see `unpoliced`): recorded as `unpoliced`, saying why, whatever
+    /// its upstream did.
+    pub fn finish_unpoliced(mut self, end: &CallEnd, truncated: bool) {
+        let mut end = end.clone();
+        let outcome = status_of(end.outcome()).as_str();
+        end.detail = format!(
+            "the policies did not run: {} (the call then ended {outcome}){}",
+            if end.detail.is_empty() {
+                "no control plane took the call"
+            } else {
+                &end.detail
+            },
+            if truncated {
+                "; bodies cut at the data plane's spool cap"
+            } else {
+                ""
+            },
+        );
+        self.finish_with(CallStatus::Unpoliced, Some(&end));
+    }
+
     /// The data plane vanished without a `CallEnd`.
     pub fn abandon(mut self) {
         self.finish_with(CallStatus::Abandoned, None);

@@ -20,7 +20,8 @@ use luthien_proto::dataplane::v1::data_plane_message::Message as FromData;
 use luthien_proto::dataplane::v1::request_decision::Action;
 use luthien_proto::dataplane::v1::{
     CallEnd, CallOutcome, CallStart, ChunkReply, ContinueRequest, ControlPlaneMessage,
-    DataPlaneMessage, Keepalive, RequestDecision, ResponseDecision, ResponseMode,
+    DataPlaneMessage, Keepalive, RecordUnpolicedCallsRequest, RecordUnpolicedCallsResponse,
+    RequestDecision, ResponseDecision, ResponseMode,
 };
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -75,6 +76,10 @@ struct InFlightId {
 }
 
 impl InFlight {
+    fn is_running(&self, id: &str) -> bool {
+        self.0.lock().is_ok_and(|ids| ids.contains(id))
+    }
+
     fn claim(&self, id: &str) -> Option<InFlightId> {
         let mut ids = self.0.lock().ok()?;
         ids.insert(id.to_owned()).then(|| InFlightId {
@@ -129,6 +134,37 @@ impl ControlPlane for ControlPlaneService {
         };
         self.calls.spawn(driver.run());
         Ok(Response::new(ReceiverStream::new(reply_stream)))
+    }
+
+    async fn record_unpoliced_calls(
+        &self,
+        request: Request<RecordUnpolicedCallsRequest>,
+    ) -> Result<Response<RecordUnpolicedCallsResponse>, Status> {
+        let calls = request.into_inner().calls;
+        let mut recorded = 0;
+        for call in calls {
+            // A call this control plane is running is not a call no control plane took.
+            let running = call
+                .start
+                .as_ref()
+                .is_some_and(|start| self.in_flight.is_running(&start.call_id));
+            if !running
+                && crate::unpoliced::record(
+                    &self.recording,
+                    call,
+                    self.settings.max_sse_event_bytes,
+                )
+            {
+                recorded += 1;
+            }
+        }
+        if recorded > 0 {
+            tracing::warn!(
+                recorded,
+                "recorded calls a data plane let through without policies while no control plane could take them"
+            );
+        }
+        Ok(Response::new(RecordUnpolicedCallsResponse { recorded }))
     }
 }
 

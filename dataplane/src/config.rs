@@ -134,6 +134,12 @@ pub struct DataPlaneConfig {
     #[arg(long = "drain-timeout", env = "LUTHIEN_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
 
+    /// Memory kept for calls let through without policies (fail-open while no control plane
+    /// took them) until a control plane records them; past it, new ones are dropped and
+    /// counted. Each body is kept up to 256 KiB.
+    #[arg(long = "unpoliced-spool-bytes", env = "LUTHIEN_UNPOLICED_SPOOL_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub unpoliced_spool_bytes: usize,
+
     #[command(flatten)]
     pub edge: EdgeLimits,
 

@@ -18,8 +18,10 @@ mod control;
 mod edge;
 mod fail_mode;
 mod metrics;
+pub mod probe;
 mod proxy;
 mod readiness;
+mod spool;
 mod stream;
 mod upstream;
 
@@ -47,6 +49,8 @@ pub struct AppState {
     readiness: Arc<readiness::Readiness>,
     calls: edge::CallSlots,
     control: ControlClient,
+    /// Calls let through without policies, until a control plane records them.
+    spool: Arc<spool::Spool>,
     upstream: Upstream,
     metrics: Arc<metrics::Metrics>,
 }
@@ -92,7 +96,12 @@ pub fn app(config: DataPlaneConfig) -> Result<(Router, Arc<AppState>), StartErro
     .map_err(StartError::Config)?;
     let upstream = Upstream::new(&config)?;
     upstream.validate().map_err(StartError::Config)?;
+    let spool = Arc::new(spool::Spool::new(
+        config.unpoliced_spool_bytes,
+        metrics.spool.clone(),
+    ));
     let state = Arc::new(AppState {
+        spool,
         readiness: Arc::default(),
         calls: edge::CallSlots::new(config.edge.max_concurrent_calls),
         config,
@@ -144,6 +153,7 @@ pub async fn serve(
     let background = TaskTracker::new();
     let watching = CancellationToken::new();
     state.control.start(&background, watching.clone()).await;
+    background.spawn(deliver_unpoliced(Arc::clone(&state), watching.clone()));
     let stop_accepting = CancellationToken::new();
     let drain = {
         let state = Arc::clone(&state);
@@ -184,9 +194,24 @@ pub async fn serve(
     watching.cancel();
     background.close();
     background.wait().await;
+    // One last delivery of the calls no policy saw, bounded like the rest of the drain.
+    let _ = tokio::time::timeout(drain_timeout, state.control.deliver(&state.spool)).await;
     state.control.stop().await;
     tracing::info!("data plane drained");
     Ok(())
+}
+
+/// Hands the calls no policy saw to a control plane as soon as one serves, until `stop`.
+async fn deliver_unpoliced(state: Arc<AppState>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+        if !state.spool.is_empty() && state.control.any_serving() {
+            state.control.deliver(&state.spool).await;
+        }
+    }
 }
 
 async fn not_found(State(state): State<Arc<AppState>>, request: Request) -> Response {

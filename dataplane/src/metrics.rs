@@ -49,6 +49,15 @@ pub struct EndpointLabels {
     pub endpoint: Label,
 }
 
+/// The calls let through without policies (see `spool`): kept for a control plane, recorded
+/// by one, or dropped because the spool was full.
+#[derive(Clone, Debug, Default)]
+pub struct SpoolMetrics {
+    pub spooled: Counter,
+    pub recorded: Counter,
+    pub dropped: Counter,
+}
+
 /// What the data plane counts of its control planes.
 #[derive(Clone, Debug, Default)]
 pub struct ControlMetrics {
@@ -80,6 +89,7 @@ pub struct Metrics {
     pub first_chunk: Histograms,
     pub chunks: Family<ApiLabels, Counter>,
     pub control: ControlMetrics,
+    pub spool: SpoolMetrics,
 }
 
 fn overhead_histogram() -> Histogram {
@@ -165,7 +175,24 @@ impl Metrics {
             "1 while a control plane reports SERVING on grpc.health.v1, else 0.",
             control.serving.clone(),
         );
+        let spool = SpoolMetrics::default();
+        registry.register(
+            "luthien_unpoliced_calls_spooled",
+            "Calls let through without policies (fail-open, no control plane took them), kept for a control plane to record.",
+            spool.spooled.clone(),
+        );
+        registry.register(
+            "luthien_unpoliced_calls_recorded",
+            "Unpoliced calls a control plane recorded.",
+            spool.recorded.clone(),
+        );
+        registry.register(
+            "luthien_unpoliced_calls_dropped",
+            "Unpoliced calls dropped because the spool was full (--unpoliced-spool-bytes); they are not recorded.",
+            spool.dropped.clone(),
+        );
         Self {
+            spool,
             registry,
             models: BoundedLabels::new(shared::MAX_MODEL_LABELS),
             calls,

@@ -23,7 +23,6 @@ use luthien_proto::dataplane::v1::{
 };
 use luthien_telemetry::metrics::Label;
 use luthien_telemetry::propagation::{self, W3cContext};
-use serde::Deserialize;
 use subtle::ConstantTimeEq;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::Instrument;
@@ -34,8 +33,9 @@ use crate::AppState;
 use crate::api::{Api, ApiError};
 use crate::control::{CallSession, ControlError, Ending, Times};
 use crate::edge::CallSlot;
-use crate::fail_mode::{Ruling, Stage};
+use crate::fail_mode::{FailMode, Ruling, Stage};
 use crate::metrics::{CallLabels, Metrics};
+use crate::spool::Unpoliced;
 use crate::stream::{StreamMode, StreamPump};
 use crate::upstream::{self, SendError};
 
@@ -95,6 +95,7 @@ async fn proxy(state: Arc<AppState>, api: Api, request: Request) -> Response {
         trace,
         model,
         session: None,
+        unpoliced: None,
         slot: None,
         streamed: false,
     };
@@ -133,20 +134,6 @@ pub(crate) fn set_call_id(response: &mut Response, id: Uuid) {
     }
 }
 
-/// The fields of a request body the data plane needs; everything else is
-/// skipped by the parser while it still validates the whole document.
-#[derive(Deserialize)]
-struct RequestProbe {
-    #[serde(default)]
-    model: Option<String>,
-    #[serde(default)]
-    stream: Option<bool>,
-    #[serde(default)]
-    max_tokens: Option<u64>,
-    #[serde(default)]
-    max_completion_tokens: Option<u64>,
-}
-
 struct Call {
     id: Uuid,
     api: Api,
@@ -163,6 +150,9 @@ struct Call {
     /// The call's control-plane stream, from the decision phase until the call ends (or the
     /// stream pump takes it); `None` when running without one (fail-open, or it failed).
     session: Option<CallSession>,
+    /// A call no control plane took, let through by the fail mode: kept for the spool until
+    /// it ends (or the stream pump takes it).
+    unpoliced: Option<Unpoliced>,
     /// The call's place among `--max-concurrent-calls`; the stream pump takes it over.
     slot: Option<CallSlot>,
     /// Handed to the stream pump, which reports the overhead itself.
@@ -238,19 +228,21 @@ impl Call {
         self.response_phase(upstream, decided.mode).await
     }
 
-    /// Ends the control-plane session, if the call still has one; the one place it happens
-    /// outside the stream pump.
+    /// Ends the control-plane session, if the call still has one — or spools the call no
+    /// control plane took; the one place it happens outside the stream pump.
     fn end(&mut self, ending: Ending) {
+        let elapsed = self.received.elapsed();
+        let times = Times {
+            duration: elapsed,
+            first_byte: elapsed,
+            overhead: self.overhead(),
+        };
         if let Some(session) = self.session.take() {
-            let elapsed = self.received.elapsed();
-            session.end(
-                ending,
-                Times {
-                    duration: elapsed,
-                    first_byte: elapsed,
-                    overhead: self.overhead(),
-                },
-            );
+            session.end(ending, times);
+        } else if let Some(unpoliced) = self.unpoliced.take() {
+            self.state
+                .spool
+                .push(unpoliced.finish(ending.call_end(times)));
         }
     }
 
@@ -273,31 +265,24 @@ impl Call {
         let body = read_body(self.api, limits, &parts.headers, body)
             .await
             .map_err(rejected)?;
-        check_json_text(&body).map_err(|problem| {
+        let probe = crate::probe::probe(&body).map_err(|problem| {
             rejected(ApiError::new(self.api, StatusCode::BAD_REQUEST, problem))
         })?;
-        let probe: RequestProbe = serde_json::from_slice(&body).map_err(|error| {
-            rejected(ApiError::new(
-                self.api,
-                StatusCode::BAD_REQUEST,
-                format!("request body is not valid JSON for this API: {error}"),
-            ))
-        })?;
-        let stream = probe.stream.unwrap_or(false);
+        let stream = probe.stream();
         let span = tracing::Span::current();
-        if let Some(model) = probe.model.as_deref() {
+        if let Some(model) = probe.model() {
             self.model = self.state.metrics.models.get(model);
             propagation::rename(&span, format!("chat {model}"));
             span.record("gen_ai.request.model", model);
         }
         span.record("gen_ai.request.stream", stream);
-        if let Some(max_tokens) = probe.max_completion_tokens.or(probe.max_tokens) {
+        if let Some(max_tokens) = probe.max_tokens() {
             span.record("gen_ai.request.max_tokens", max_tokens);
         }
         Ok(Accepted {
             parts,
             body,
-            model: probe.model.unwrap_or_default(),
+            model: probe.model().unwrap_or_default().to_owned(),
             stream,
             stripped_credential,
         })
@@ -324,10 +309,14 @@ impl Call {
             body: accepted.body.clone(),
             mode: StreamMode::PassThrough,
         };
+        // Fail-open may let the call through unpoliced: then it is spooled, start included
+        // (a cheap copy: the body is shared).
+        let spooled_start = (self.state.config.fail_mode == FailMode::Open).then(|| start.clone());
         let decision = match self.open_session(start).await {
             Ok(decision) => decision,
             Err(error) => {
                 self.control_failed(Stage::BeforeResponse, error)?;
+                self.unpoliced = spooled_start.map(Unpoliced::new);
                 return Ok(unpoliced);
             }
         };
@@ -351,6 +340,7 @@ impl Call {
             None => {
                 let error = ControlError::Protocol("RequestDecision without an action".into());
                 self.control_failed(Stage::BeforeResponse, error)?;
+                self.unpoliced = spooled_start.map(Unpoliced::new);
                 Ok(unpoliced)
             }
         }
@@ -432,6 +422,8 @@ impl Call {
             api: self.api,
             status: upstream_parts.status.as_u16(),
             session: self.session.take(),
+            unpoliced: self.unpoliced.take(),
+            spool: Arc::clone(&self.state.spool),
             mode,
             fail_mode: config.fail_mode,
             upstream: upstream_body,
@@ -506,6 +498,9 @@ impl Call {
         }
 
         let body = self.policed_response(status, &headers, body, mode).await?;
+        if let Some(unpoliced) = self.unpoliced.as_mut() {
+            unpoliced.capture(&body);
+        }
         self.end(Ending::completed(status.as_u16()));
         Ok(self.respond(status, headers, body))
     }
@@ -709,44 +704,6 @@ async fn linger(body: Body) {
     .await;
 }
 
-/// The checks every request body gets whatever the chain, before anything reads its fields:
-/// UTF-8 (RFC 8259 §8.1) and a nesting depth no parser downstream chokes on. A scan, not a
-/// parse: the probe that follows validates the JSON itself.
-fn check_json_text(body: &[u8]) -> Result<(), String> {
-    /// Deeper than any real request; serde_json itself stops at 128.
-    const MAX_DEPTH: usize = 64;
-    if let Err(error) = std::str::from_utf8(body) {
-        return Err(format!(
-            "request body is not valid UTF-8 (at byte {})",
-            error.valid_up_to()
-        ));
-    }
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for &byte in body {
-        if in_string {
-            match (escaped, byte) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match byte {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > MAX_DEPTH {
-                    return Err(format!("request body nests deeper than {MAX_DEPTH} levels"));
-                }
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
 fn response_message(status: StatusCode, headers: &HeaderMap, body: Bytes) -> ResponseBody {
     ResponseBody {
         status: u32::from(status.as_u16()),
@@ -821,17 +778,5 @@ mod tests {
             .map(|h| h.name)
             .collect();
         assert_eq!(names, vec!["anthropic-version".to_owned()]);
-    }
-
-    #[test]
-    fn probe_reads_model_and_stream_and_rejects_bad_json() {
-        let probe: RequestProbe =
-            serde_json::from_slice(br#"{"model":"gpt","stream":true,"messages":[{"x":[1,2]}]}"#)
-                .unwrap();
-        assert_eq!(probe.model.as_deref(), Some("gpt"));
-        assert_eq!(probe.stream, Some(true));
-        assert!(serde_json::from_slice::<RequestProbe>(br#"{"model":"gpt",}"#).is_err());
-        assert!(serde_json::from_slice::<RequestProbe>(br#"{"model":"gpt"} trailing"#).is_err());
-        assert!(serde_json::from_slice::<RequestProbe>(br#"[1,2]"#).is_err());
     }
 }

@@ -21,6 +21,7 @@ use crate::api::{Api, ApiError};
 use crate::control::{CallSession, ControlError, Ending, Times};
 use crate::fail_mode::{FailMode, Ruling, Stage};
 use crate::metrics::Metrics;
+use crate::spool::{Spool, Unpoliced};
 
 /// How the pump treats upstream frames.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,6 +41,9 @@ pub struct StreamPump {
     /// The upstream's (2xx) status, for the call's end.
     pub status: u16,
     pub session: Option<CallSession>,
+    /// A call no control plane took: its stream is kept (capped) for the spool.
+    pub unpoliced: Option<Unpoliced>,
+    pub spool: std::sync::Arc<Spool>,
     pub mode: StreamMode,
     pub fail_mode: FailMode,
     pub upstream: Incoming,
@@ -104,16 +108,16 @@ impl StreamPump {
     /// Ends the control-plane session, if the stream still has one; the one place it happens
     /// once the pump has the call.
     fn end(&mut self, mut ending: Ending, timing: &Timing) {
+        ending.upstream_status = self.status;
+        let times = Times {
+            duration: self.received.elapsed(),
+            first_byte: timing.first_byte.unwrap_or_default(),
+            overhead: self.overhead(timing),
+        };
         if let Some(session) = self.session.take() {
-            ending.upstream_status = self.status;
-            session.end(
-                ending,
-                Times {
-                    duration: self.received.elapsed(),
-                    first_byte: timing.first_byte.unwrap_or_default(),
-                    overhead: self.overhead(timing),
-                },
-            );
+            session.end(ending, times);
+        } else if let Some(unpoliced) = self.unpoliced.take() {
+            self.spool.push(unpoliced.finish(ending.call_end(times)));
         }
     }
 
@@ -151,7 +155,12 @@ impl StreamPump {
                 },
             };
             match self.mode {
-                StreamMode::PassThrough => self.write(data, timing).await?,
+                StreamMode::PassThrough => {
+                    if let Some(unpoliced) = self.unpoliced.as_mut() {
+                        unpoliced.capture(&data);
+                    }
+                    self.write(data, timing).await?
+                }
                 StreamMode::Observe => {
                     self.write(data.clone(), timing).await?;
                     self.observe(ToControl::StreamChunk(StreamChunk { seq, data }), timing)

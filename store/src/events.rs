@@ -32,6 +32,9 @@ pub enum CallStatus {
     Rejected,
     /// The data plane vanished without saying how the call ended.
     Abandoned,
+    /// The data plane let the call through without policies (fail-open while no control
+    /// plane could take it) and reported it afterwards.
+    Unpoliced,
 }
 
 impl CallStatus {
@@ -48,6 +51,7 @@ impl CallStatus {
             CallStatus::ControlPlaneError => "control_plane_error",
             CallStatus::Rejected => "rejected",
             CallStatus::Abandoned => "abandoned",
+            CallStatus::Unpoliced => "unpoliced",
         }
     }
 

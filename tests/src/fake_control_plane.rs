@@ -55,6 +55,16 @@ type Replies = mpsc::Sender<Result<ControlPlaneMessage, Status>>;
 impl ControlPlaneService for Fake {
     type ProcessCallStream = ReceiverStream<Result<ControlPlaneMessage, Status>>;
 
+    /// A fake records nothing: the data plane keeps its unpoliced calls for a real one.
+    async fn record_unpoliced_calls(
+        &self,
+        _request: Request<luthien_proto::dataplane::v1::RecordUnpolicedCallsRequest>,
+    ) -> Result<Response<luthien_proto::dataplane::v1::RecordUnpolicedCallsResponse>, Status> {
+        Err(Status::unimplemented(
+            "a fake control plane records nothing",
+        ))
+    }
+
     async fn process_call(
         &self,
         request: Request<Streaming<DataPlaneMessage>>,

@@ -72,6 +72,8 @@ pub struct StackOptions {
     pub control_plane_tls: TlsArgs,
     /// `--abandon-after` of the control plane.
     pub abandon_after: Duration,
+    /// `--unpoliced-spool-bytes` of the data plane.
+    pub unpoliced_spool_bytes: usize,
 }
 
 impl Default for StackOptions {
@@ -102,6 +104,7 @@ impl Default for StackOptions {
             data_plane_tls: ControlPlaneTls::default(),
             control_plane_tls: TlsArgs::default(),
             abandon_after: Duration::from_secs(60),
+            unpoliced_spool_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -183,6 +186,7 @@ impl Stack {
             control_plane_resolve_interval: options.resolve_interval,
             control_plane_retries: 2,
             control_plane_tls: options.data_plane_tls.clone(),
+            unpoliced_spool_bytes: options.unpoliced_spool_bytes,
             openai_base_url,
             anthropic_base_url,
             openai_api_key: options.openai_api_key,
@@ -255,6 +259,8 @@ pub struct ControlPlaneNode {
     /// `http(s)://ADDRESS:PORT` of its gRPC port.
     pub url: String,
     pub address: SocketAddr,
+    /// `http://ADDRESS:PORT` of its debug HTTP API.
+    pub debug_http: String,
     logs: LogBuffer,
     runtime: Option<tokio::runtime::Runtime>,
     shutdown: CancellationToken,
@@ -295,7 +301,7 @@ impl ControlPlaneNode {
             _ => panic!("a control plane node takes its chain as YAML"),
         };
         let shutdown = CancellationToken::new();
-        let (url, _, served) = start_control_plane_on(
+        let (url, http_address, served) = start_control_plane_on(
             listener,
             chain,
             &Recording::of(options),
@@ -306,6 +312,7 @@ impl ControlPlaneNode {
         Self {
             url,
             address,
+            debug_http: format!("http://{http_address}"),
             logs,
             runtime: Some(runtime),
             shutdown,

@@ -19,8 +19,8 @@ use luthien_proto::dataplane::v1::CallOutcome;
 use luthien_proto::dataplane::v1::control_plane_message::Message as FromControl;
 use luthien_proto::dataplane::v1::data_plane_message::Message as ToControl;
 use luthien_proto::dataplane::v1::{
-    CallEnd, CallStart, ChunkReply, ControlPlaneMessage, DataPlaneMessage, RequestDecision,
-    ResponseDecision,
+    CallEnd, CallStart, ChunkReply, ControlPlaneMessage, DataPlaneMessage,
+    RecordUnpolicedCallsRequest, RequestDecision, ResponseDecision,
 };
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout_at};
@@ -35,6 +35,8 @@ use discovery::Discovery;
 use luthien_telemetry::prometheus_client::metrics::gauge::Gauge;
 use pool::{ChannelSettings, ControlEndpoint, Pool};
 use retry_budget::RetryBudget;
+
+use crate::spool::Spool;
 use tls::ClientTls;
 
 /// Messages a call may queue towards the control plane before the data plane
@@ -97,6 +99,19 @@ impl Ending {
         Self {
             upstream_status,
             ..Self::new(CallOutcome::Completed, "")
+        }
+    }
+
+    /// The `CallEnd` saying so: the only place a data plane builds one.
+    pub fn call_end(self, times: Times) -> CallEnd {
+        CallEnd {
+            outcome: self.outcome.into(),
+            upstream_status: u32::from(self.upstream_status),
+            upstream_error_body: self.upstream_error_body,
+            detail: self.detail,
+            time_to_first_byte_micros: micros(times.first_byte),
+            duration_micros: micros(times.duration),
+            overhead_micros: micros(times.overhead),
         }
     }
 }
@@ -194,6 +209,49 @@ impl ControlClient {
     /// Whether some control plane reports SERVING.
     pub fn any_serving(&self) -> bool {
         self.pool.any_serving()
+    }
+
+    /// Hands the spool's calls to a serving control plane, a batch at a time, until the spool
+    /// is empty or no control plane takes them (they wait for the next try).
+    pub async fn deliver(&self, spool: &Spool) {
+        while !spool.is_empty() {
+            let Some(endpoint) = self
+                .pool
+                .order()
+                .into_iter()
+                .find(|endpoint| endpoint.is_serving())
+            else {
+                return;
+            };
+            let batch = spool.take_batch();
+            let count = batch.len();
+            let mut request = tonic::Request::new(RecordUnpolicedCallsRequest {
+                calls: batch.clone(),
+            });
+            request.set_timeout(self.timeouts.message);
+            if let Some(token) = &self.token {
+                request
+                    .metadata_mut()
+                    .insert("authorization", token.clone());
+            }
+            let mut client = endpoint.client.clone();
+            match client.record_unpoliced_calls(request).await {
+                Ok(recorded) => {
+                    spool.delivered(count);
+                    tracing::info!(
+                        endpoint = %endpoint.found.address,
+                        calls = count,
+                        recorded = recorded.into_inner().recorded,
+                        "calls let through without policies handed to a control plane"
+                    );
+                }
+                Err(status) => {
+                    spool.put_back(batch);
+                    tracing::warn!(endpoint = %endpoint.found.address, %status, "a control plane did not take the unpoliced calls; trying again later");
+                    return;
+                }
+            }
+        }
     }
 
     /// Background call endings still running; shutdown waits for them.
@@ -387,7 +445,7 @@ impl CallSession {
 
     /// Sends the call's last message in the background, half-closes the
     /// stream and lets the control plane finish its side. The client never
-    /// waits for this. The only place a data plane builds a `CallEnd`.
+    /// waits for this.
     pub fn end(mut self, ending: Ending, times: Times) {
         self.close(ending, times);
     }
@@ -395,15 +453,7 @@ impl CallSession {
     /// [`CallSession::end`], from `&mut self` so that `Drop` ends the same way.
     fn close(&mut self, ending: Ending, times: Times) {
         self.ended = true;
-        let end = CallEnd {
-            outcome: ending.outcome.into(),
-            upstream_status: u32::from(ending.upstream_status),
-            upstream_error_body: ending.upstream_error_body,
-            detail: ending.detail,
-            time_to_first_byte_micros: micros(times.first_byte),
-            duration_micros: micros(times.duration),
-            overhead_micros: micros(times.overhead),
-        };
+        let end = ending.call_end(times);
         // The session's own sender goes with it; once this clone is dropped
         // too, the stream is half-closed.
         let outbound = self.outbound.clone();

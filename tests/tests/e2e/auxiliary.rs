@@ -65,6 +65,7 @@ async fn data_plane(openai: &MockUpstream, anthropic: &MockUpstream, auxiliary: 
         control_plane_resolve_interval: Duration::from_secs(5),
         control_plane_retries: 2,
         control_plane_tls: Default::default(),
+        unpoliced_spool_bytes: 1024 * 1024,
         openai_base_url: openai.openai_base_url(),
         anthropic_base_url: anthropic.anthropic_base_url(),
         openai_api_key: Some("sk-openai-provider".into()),

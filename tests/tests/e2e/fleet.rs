@@ -918,3 +918,116 @@ async fn a_call_left_in_progress_by_a_dead_control_plane_is_marked_abandoned() {
     assert!(detail.contains("stopped before the call ended"), "{detail}");
     store.close().await;
 }
+
+/// Calls let through without policies while no control plane was reachable (fail-open) are
+/// recorded once one is back, as `unpoliced`, with their request, their response (a stream
+/// reconstructed) and why the policies did not run; the debug API filters on that status. A
+/// full spool drops calls and counts them.
+#[tokio::test]
+async fn calls_let_through_unpoliced_are_recorded_once_a_control_plane_is_back() {
+    let database = luthien_tests::databases::TestDatabase::sqlite().await;
+    let address = luthien_tests::stack::unused_address().await;
+    let stack = Stack::start(StackOptions {
+        control_plane: ControlPlane::External(format!("http://{address}")),
+        fail_mode: FailMode::Open,
+        ..fleet_options()
+    })
+    .await;
+    let client = Client::new();
+    for kind in 0..4 {
+        call(&client, &stack.proxy, kind).await.unwrap();
+    }
+    let spooled = |proxy: String, name: &'static str| async move {
+        let response = Client::new()
+            .send("GET", &format!("{proxy}/metrics"), &[], "")
+            .await;
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8_lossy(&body)
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{name} ")).map(str::to_owned))
+            .and_then(|value| value.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        spooled(stack.proxy.clone(), "luthien_unpoliced_calls_spooled_total").await,
+        4
+    );
+
+    let node = ControlPlaneNode::start(
+        address,
+        &StackOptions {
+            database_url: Some(database.url.clone()),
+            ..fleet_options()
+        },
+    )
+    .await;
+    let listed = luthien_tests::wait::eventually(
+        "the unpoliced calls are recorded",
+        Duration::from_secs(15),
+        || async {
+            let response = Client::new()
+                .send(
+                    "GET",
+                    &format!("{}/debug/calls?status=unpoliced", node.debug_http),
+                    &[],
+                    "",
+                )
+                .await;
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            let page: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            (page["calls"].as_array().map_or(0, Vec::len) == 4).then_some(page)
+        },
+    )
+    .await;
+    assert_eq!(
+        spooled(
+            stack.proxy.clone(),
+            "luthien_unpoliced_calls_recorded_total"
+        )
+        .await,
+        4
+    );
+    for summary in listed["calls"].as_array().unwrap() {
+        assert_eq!(summary["status"], "unpoliced");
+        let id = summary["call_id"].as_str().unwrap();
+        let response = Client::new()
+            .send(
+                "GET",
+                &format!("{}/debug/calls/{id}", node.debug_http),
+                &[],
+                "",
+            )
+            .await;
+        let text =
+            String::from_utf8_lossy(&response.into_body().collect().await.unwrap().to_bytes())
+                .into_owned();
+        assert!(
+            text.contains("the policies did not run")
+                && text.contains("Hello from the mock upstream"),
+            "the record has the reason and the response (streams reconstructed): {text}"
+        );
+    }
+
+    // A spool with room for one call keeps one and counts the others as dropped.
+    let tight = Stack::start(StackOptions {
+        control_plane: ControlPlane::External(format!(
+            "http://{}",
+            luthien_tests::stack::unused_address().await
+        )),
+        fail_mode: FailMode::Open,
+        unpoliced_spool_bytes: 2 * 1024,
+        ..fleet_options()
+    })
+    .await;
+    for kind in [0, 2, 0] {
+        call(&client, &tight.proxy, kind).await.unwrap();
+    }
+    assert_eq!(
+        spooled(tight.proxy.clone(), "luthien_unpoliced_calls_spooled_total").await,
+        1
+    );
+    assert_eq!(
+        spooled(tight.proxy.clone(), "luthien_unpoliced_calls_dropped_total").await,
+        2
+    );
+}
