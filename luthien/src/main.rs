@@ -107,6 +107,13 @@ async fn up(
     log: LogArgs,
 ) -> anyhow::Result<ExitCode> {
     luthien_telemetry::init_service(&log, "luthien");
+    // Its own data plane reaches its control plane over loopback, in plain text; the channel's
+    // TLS is for planes on different hosts.
+    if control_plane.tls.tls_cert.is_some() || data_plane.control_plane_tls.ca.is_some() {
+        anyhow::bail!(
+            "luthien up connects its data plane to its own control plane over loopback: --tls-cert and --control-plane-ca are for planes run apart (luthien-controlplane, luthien-dataplane)"
+        );
+    }
     let policies = control_plane.load_policies()?;
     let grpc_listener = tokio::net::TcpListener::bind(control_plane.grpc_listen)
         .await

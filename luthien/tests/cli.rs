@@ -299,4 +299,9 @@ fn up_exits_with_the_reason_a_plane_cannot_start() {
     assert!(stderr.contains("control plane"), "{stderr}");
     assert!(stderr.contains("mysql"), "the cause is named: {stderr}");
     assert!(started.elapsed() < std::time::Duration::from_secs(15));
+
+    // Its two planes talk over loopback: the channel's TLS flags are refused, not ignored.
+    let (ok, _, stderr) = luthien(&["up", "--tls-cert", "cert.pem", "--tls-key", "key.pem"]);
+    assert!(!ok);
+    assert!(stderr.contains("--tls-cert"), "{stderr}");
 }
