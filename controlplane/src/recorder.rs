@@ -128,12 +128,12 @@ impl CallRecorder {
 
     /// Records the request as received and as forwarded (`None`: unchanged).
     pub fn request(&mut self, original: &[u8], rewritten: Option<&[u8]>, headers: &[Header]) {
-        let original: Value = serde_json::from_slice(original).unwrap_or(Value::Null);
+        let original: Value = body_value(original);
         self.session_id = session_id(self.info.api, &original, headers);
         let final_ = match rewritten {
             Some(bytes) => {
                 self.policy_changed = true;
-                serde_json::from_slice(bytes).unwrap_or(Value::Null)
+                body_value(bytes)
             }
             None => original.clone(),
         };
@@ -159,11 +159,11 @@ impl CallRecorder {
 
     /// Records a non-streamed response (`None`: unchanged).
     pub fn response(&mut self, original: &[u8], rewritten: Option<&[u8]>) {
-        let original: Value = serde_json::from_slice(original).unwrap_or(Value::Null);
+        let original: Value = body_value(original);
         let final_ = match rewritten {
             Some(bytes) => {
                 self.policy_changed = true;
-                serde_json::from_slice(bytes).unwrap_or(Value::Null)
+                body_value(bytes)
             }
             None => original.clone(),
         };
@@ -397,6 +397,13 @@ pub fn status_of(outcome: CallOutcome) -> CallStatus {
         CallOutcome::Rejected => CallStatus::Rejected,
         CallOutcome::Unspecified => CallStatus::Abandoned,
     }
+}
+
+/// A body for the record: its JSON, or, when it is not JSON this control plane can read (a
+/// number beyond a double, say), its text, so the record never loses it.
+fn body_value(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
 }
 
 /// GenAI response attributes on the current span (the control plane's call

@@ -39,6 +39,11 @@ impl RequestProbe {
 /// Checks `body` and reads its fields; the error says what is wrong, for a 400.
 pub fn probe(body: &[u8]) -> Result<RequestProbe, String> {
     check_json_text(body)?;
+    // A derived struct also deserializes from an array, by position: `["gpt-4o", true]`
+    // would read as model and stream. Both APIs take an object.
+    if body.iter().find(|byte| !byte.is_ascii_whitespace()) != Some(&b'{') {
+        return Err("request body must be a JSON object".to_owned());
+    }
     serde_json::from_slice(body)
         .map_err(|error| format!("request body is not valid JSON for this API: {error}"))
 }
@@ -91,6 +96,10 @@ mod tests {
             br#"{"model":"gpt"} trailing"#,
             br#"[1,2]"#,
             b"\xff{}",
+            // Found by the `request_probe` fuzz target: arrays read as structs by position.
+            b"[]",
+            br#"["gpt-4o", true]"#,
+            b" \n 7",
         ] {
             assert!(super::probe(bad).is_err(), "{bad:?}");
         }

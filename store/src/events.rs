@@ -187,3 +187,19 @@ pub struct CallSummary {
     #[serde(default)]
     pub control_plane_id: Option<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by `fuzz/event_decoder`: without `serde_json/float_roundtrip` this timing read
+    /// back one unit in the last place off what was written.
+    #[test]
+    fn an_event_reads_back_as_written() {
+        let stored = r#"{"type":"response","original":null,"final":{"a":0},"status":"completed","upstream_status":200,"detail":null,"chunks_received":1,"chunks_sent":1,"time_to_first_chunk_ms":1154444444444444444444444444444444444440,"duration_ms":2.0,"overhead_ms":0.1,"usage":{"input_tokens":1,"output_tokens":2}}"#;
+        let payload: EventPayload = serde_json::from_str(stored).unwrap();
+        let written = serde_json::to_string(&payload).unwrap();
+        let read: EventPayload = serde_json::from_str(&written).unwrap();
+        assert_eq!(read, payload);
+    }
+}

@@ -294,6 +294,22 @@ async fn blocked_and_failed_calls_are_recorded_with_how_they_ended() {
     };
     assert_eq!(original, final_);
     assert_eq!(text_of(true, original.as_ref().unwrap()), TEXT);
+
+    // Valid JSON this plane cannot hold as numbers (beyond a double) goes upstream, which
+    // decides (the mock refuses it), and is recorded as the text it was, not lost.
+    let huge = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"temperature":1e400}"#;
+    let response = client.post(&stack.openai_url(), &[], huge).await;
+    assert_eq!(response.status, 400, "{}", response.text());
+    assert!(
+        response.text().contains("mock upstream"),
+        "{}",
+        response.text()
+    );
+    let (_, events) = recorded(&store, response.header("x-luthien-call-id").unwrap()).await;
+    let EventPayload::Request { original, .. } = &events[0].payload else {
+        panic!("first event is the request");
+    };
+    assert_eq!(original, &Value::String(huge.to_owned()));
 }
 
 #[tokio::test]
