@@ -305,8 +305,11 @@ pub async fn serve(
     health
         .set_serving::<ControlPlaneServiceServer<ControlPlaneService>>()
         .await;
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
+    // Debug data is never open by accident: without an admin key the Debug
+    // RPCs are only served when the gRPC port is on loopback.
+    let debug_served = admin_key.is_set() || grpc_address.ip().is_loopback();
+    let reflection_v1 = reflection(debug_served).build_v1()?;
+    let reflection_v1alpha = reflection(debug_served).build_v1alpha()?;
     // Either open or behind the admin key (`--reflection-require-admin-key`); the two arms
     // are different types, so each is an optional service.
     let guard_reflection = config.reflection_require_admin_key && admin_key.is_set();
@@ -326,9 +329,7 @@ pub async fn serve(
         .max_encoding_message_size(limits::MAX_MESSAGE_BYTES);
     let control_plane = InterceptedService::new(control_plane, channel_token.interceptor());
 
-    // Debug data is never open by accident: without an admin key the Debug
-    // RPCs are only served when the gRPC port is on loopback.
-    let (debug_grpc, policies_grpc) = if admin_key.is_set() || grpc_address.ip().is_loopback() {
+    let (debug_grpc, policies_grpc) = if debug_served {
         if !admin_key.is_set() {
             tracing::info!("no admin key: the Debug API is served on loopback only");
         }
@@ -559,10 +560,25 @@ fn start_retention(
     Some(spawn_retention(store.clone(), options, shutdown.clone()))
 }
 
-fn reflection() -> tonic_reflection::server::Builder<'static> {
-    tonic_reflection::server::Builder::configure()
+/// Reflection over the services this control plane serves, and only those: the protos also
+/// describe `PolicyService`, which remote policy servers implement, not the control plane.
+fn reflection(debug_served: bool) -> tonic_reflection::server::Builder<'static> {
+    use tonic::server::NamedService;
+    let mut builder = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(luthien_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .with_service_name(ControlPlaneServiceServer::<ControlPlaneService>::NAME)
+        .with_service_name(
+            tonic_health::pb::health_server::HealthServer::<tonic_health::server::HealthService>::NAME,
+        )
+        .with_service_name("grpc.reflection.v1.ServerReflection")
+        .with_service_name("grpc.reflection.v1alpha.ServerReflection");
+    if debug_served {
+        builder = builder
+            .with_service_name(DebugServiceServer::<DebugGrpc>::NAME)
+            .with_service_name(PoliciesServiceServer::<PoliciesGrpc>::NAME);
+    }
+    builder
 }
 
 #[cfg(test)]

@@ -147,7 +147,7 @@ async fn forward(state: Arc<AppState>, api: Api, endpoint: Endpoint, request: Re
         .metrics
         .passthrough
         .get_or_create(&PassthroughLabels {
-            api: api.name(),
+            api: api.metric_label(),
             endpoint: endpoint.label(),
             status: status.as_u16(),
         })

@@ -563,11 +563,11 @@ fn sample(metrics: &str, series: &str) -> f64 {
 async fn passthrough_requests_are_counted() {
     let stack = Stack::start(StackOptions::default()).await;
     let metrics_url = format!("{}/metrics", stack.proxy);
-    let count_tokens =
-        r#"luthien_passthrough_total{api="anthropic",endpoint="count_tokens",status="200"}"#;
-    let openai_models = r#"luthien_passthrough_total{api="openai",endpoint="models",status="200"}"#;
+    let count_tokens = r#"luthien_passthrough_total{api="anthropic_messages",endpoint="count_tokens",status="200"}"#;
+    let openai_models =
+        r#"luthien_passthrough_total{api="openai_chat",endpoint="models",status="200"}"#;
     let anthropic_missing =
-        r#"luthien_passthrough_total{api="anthropic",endpoint="models",status="404"}"#;
+        r#"luthien_passthrough_total{api="anthropic_messages",endpoint="models",status="404"}"#;
     let before = get(&metrics_url, &[]).await.text().to_owned();
     assert_eq!(sample(&before, count_tokens), 0.0);
 

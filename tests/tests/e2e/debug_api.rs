@@ -110,6 +110,11 @@ async fn reflection_lists_every_service_in_v1_and_v1alpha() {
             "{expected} in {names:?}"
         );
     }
+    // Only what is served: remote policy servers implement PolicyService, not this plane.
+    assert!(
+        !names.iter().any(|name| name.contains("PolicyService")),
+        "{names:?}"
+    );
     let Some(MessageResponse::FileDescriptorResponse(files)) =
         responses.next().await.unwrap().unwrap().message_response
     else {
