@@ -47,7 +47,8 @@ pub struct ControlPlaneConfig {
     #[arg(
         long = "grpc-listen",
         env = "LUTHIEN_GRPC_LISTEN",
-        default_value = "127.0.0.1:50051"
+        default_value = "127.0.0.1:50051",
+        value_parser = luthien_telemetry::listen_address
     )]
     pub grpc_listen: SocketAddr,
 
@@ -135,7 +136,8 @@ pub struct ControlPlaneConfig {
     #[arg(
         long = "http-listen",
         env = "LUTHIEN_HTTP_LISTEN",
-        default_value = "127.0.0.1:8081"
+        default_value = "127.0.0.1:8081",
+        value_parser = luthien_telemetry::listen_address
     )]
     pub http_listen: SocketAddr,
 

@@ -14,7 +14,8 @@ pub struct DataPlaneConfig {
     #[arg(
         long = "listen",
         env = "LUTHIEN_LISTEN",
-        default_value = "127.0.0.1:8080"
+        default_value = "127.0.0.1:8080",
+        value_parser = luthien_telemetry::listen_address
     )]
     pub listen: SocketAddr,
 

@@ -282,7 +282,7 @@ fn up_exits_with_the_reason_a_plane_cannot_start() {
 
     let [listen, grpc, http] = free_addresses();
     let started = std::time::Instant::now();
-    let (ok, _, stderr) = luthien(&[
+    let (ok, stdout, stderr) = luthien(&[
         "up",
         "--listen",
         &listen,
@@ -299,6 +299,9 @@ fn up_exits_with_the_reason_a_plane_cannot_start() {
     assert!(stderr.contains("control plane"), "{stderr}");
     assert!(stderr.contains("mysql"), "the cause is named: {stderr}");
     assert!(started.elapsed() < std::time::Duration::from_secs(15));
+    // Its log went to a pipe, not a terminal: no colour codes in it.
+    assert!(stdout.contains("INFO"), "the log: {stdout}");
+    assert!(!stdout.contains('\u{1b}'), "no ANSI escapes: {stdout:?}");
 
     // Its two planes talk over loopback: the channel's TLS flags are refused, not ignored.
     let (ok, _, stderr) = luthien(&["up", "--tls-cert", "cert.pem", "--tls-key", "key.pem"]);

@@ -65,6 +65,18 @@ pub struct ChannelTokenArgs {
     pub control_plane_token: Option<String>,
 }
 
+/// A listen address as flags take it: `ADDRESS:PORT`, or `NAME:PORT` with the name resolved
+/// (`localhost:8080`), as other servers accept.
+pub fn listen_address(text: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(address) = text.parse() {
+        return Ok(address);
+    }
+    std::net::ToSocketAddrs::to_socket_addrs(text)
+        .map_err(|error| format!("{text:?} is not ADDRESS:PORT or NAME:PORT: {error}"))?
+        .next()
+        .ok_or_else(|| format!("{text:?} resolves to no address"))
+}
+
 /// The tokens of a `--control-plane-token` value, in order: comma-separated, blanks ignored.
 pub fn channel_tokens(value: &str) -> impl Iterator<Item = &str> {
     value
@@ -142,7 +154,11 @@ pub fn tracing_enabled() -> bool {
 
 fn install(format: LogFormat, provider: Option<SdkTracerProvider>) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let text = (format == LogFormat::Text).then(tracing_subscriber::fmt::layer);
+    // Colour only for a person at a terminal: a log file or collector gets plain text.
+    let text = (format == LogFormat::Text).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+    });
     let json = (format == LogFormat::Json).then(|| {
         tracing_subscriber::fmt::layer()
             .json()
@@ -255,4 +271,27 @@ async fn next_signal() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses_take_names_too() {
+        assert_eq!(
+            listen_address("0.0.0.0:8080").unwrap().to_string(),
+            "0.0.0.0:8080"
+        );
+        let local = listen_address("localhost:8080").unwrap();
+        assert!(local.ip().is_loopback() && local.port() == 8080, "{local}");
+        assert!(listen_address("localhost").is_err(), "the port is required");
+        assert!(listen_address("no-such-host.invalid:80").is_err());
+    }
+
+    #[test]
+    fn channel_tokens_split_on_commas() {
+        let tokens: Vec<&str> = channel_tokens(" old, new ,,").collect();
+        assert_eq!(tokens, ["old", "new"]);
+    }
 }
