@@ -23,7 +23,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::Registry;
 use tokio_util::task::TaskTracker;
 
@@ -55,6 +55,9 @@ pub struct Global {
     pub tokens: Family<TokenLabels, Counter>,
     /// Handed to the event writer and retention.
     pub store: Arc<StoreMetrics>,
+    /// Policy reloads refused, and 1 while the file on disk is one that was refused.
+    pub policy_reload_failures: Counter,
+    pub policy_reload_failing: Gauge,
 }
 
 /// The process's metrics.
@@ -66,6 +69,8 @@ pub fn global() -> &'static Global {
         model_names: BoundedLabels::new(shared::MAX_MODEL_LABELS),
         tokens: Family::default(),
         store: Arc::default(),
+        policy_reload_failures: Counter::default(),
+        policy_reload_failing: Gauge::default(),
     })
 }
 
@@ -117,6 +122,16 @@ pub fn render(sources: &MetricsSources) -> String {
         "luthien_control_plane_calls",
         "Calls the control plane saw end, by API and outcome.",
         global.calls.clone(),
+    );
+    registry.register(
+        "luthien_policy_reload_failures",
+        "Policy reloads refused (the previous chain stayed active).",
+        global.policy_reload_failures.clone(),
+    );
+    registry.register(
+        "luthien_policy_reload_failing",
+        "1 while the policy file on disk is one a reload refused, else 0.",
+        global.policy_reload_failing.clone(),
     );
     registry.register(
         "luthien_tokens",

@@ -8,7 +8,7 @@
 //! control plane's policy metrics.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -41,6 +41,15 @@ impl From<Chain> for PolicySource {
 #[derive(Clone)]
 pub struct PolicySource {
     current: Arc<ArcSwap<LoadedChain>>,
+    /// The last reload refused, until one succeeds: the file on disk is not what runs.
+    failure: Arc<Mutex<Option<ReloadFailure>>>,
+}
+
+/// A refused reload, as the debug API shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReloadFailure {
+    pub error: String,
+    pub at_micros: i64,
 }
 
 impl PolicySource {
@@ -62,6 +71,7 @@ impl PolicySource {
     fn from_loaded(loaded: LoadedChain) -> Self {
         Self {
             current: Arc::new(ArcSwap::from_pointee(loaded)),
+            failure: Arc::default(),
         }
     }
 
@@ -75,13 +85,38 @@ impl PolicySource {
         self.current.load_full()
     }
 
+    /// The last reload refused since the chain running was loaded, if any.
+    pub fn last_failure(&self) -> Option<ReloadFailure> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone()
+    }
+
     /// Re-reads the file; on success swaps the chain atomically, on failure
-    /// keeps the old one and returns the error.
+    /// keeps the old one, remembers why (see [`PolicySource::last_failure`]) and returns the
+    /// error.
     pub fn reload(&self) -> Result<Arc<LoadedChain>, ConfigError> {
         let Some(path) = self.current.load().path.clone() else {
             return Ok(self.current());
         };
-        let loaded = Arc::new(load(&path)?);
+        let metrics = crate::metrics::global();
+        let mut failure = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        let loaded = match load(&path) {
+            Ok(loaded) => Arc::new(loaded),
+            Err(error) => {
+                metrics.policy_reload_failures.inc();
+                metrics.policy_reload_failing.set(1);
+                *failure = Some(ReloadFailure {
+                    error: error.to_string(),
+                    at_micros: luthien_api::time::unix_micros(),
+                });
+                return Err(error);
+            }
+        };
+        metrics.policy_reload_failing.set(0);
+        *failure = None;
+        drop(failure);
         self.current.store(Arc::clone(&loaded));
         tracing::info!(
             path = %path.display(),

@@ -198,6 +198,14 @@ impl Policies for PoliciesGrpc {
             path: view.path.unwrap_or_default(),
             yaml: view.yaml,
             loaded_at_micros: view.loaded_at_micros,
+            last_reload_error_at_micros: view
+                .last_reload_error
+                .as_ref()
+                .map_or(0, |failure| failure.at_micros),
+            last_reload_error: view
+                .last_reload_error
+                .map(|failure| failure.error)
+                .unwrap_or_default(),
         }))
     }
 

@@ -224,6 +224,10 @@ impl DebugService {
             path: loaded.path.as_ref().map(|path| path.display().to_string()),
             yaml: loaded.yaml.clone(),
             loaded_at_micros: loaded.loaded_at_micros,
+            last_reload_error: self.policies.last_failure().map(|failure| ReloadErrorView {
+                error: failure.error,
+                at_micros: failure.at_micros,
+            }),
         }
     }
 
@@ -265,6 +269,14 @@ pub struct PolicyView {
     pub path: Option<String>,
     pub yaml: String,
     pub loaded_at_micros: i64,
+    /// The last reload refused since this chain was loaded: the file on disk is not what runs.
+    pub last_reload_error: Option<ReloadErrorView>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ReloadErrorView {
+    pub error: String,
+    pub at_micros: i64,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -109,13 +109,68 @@ async fn hot_reload_under_load_fails_no_call_and_rejects_bad_files() {
             ["all_caps"],
             "round {round}"
         );
+        // …and says so, not only in the log.
+        let refused = admin
+            .get_policy(GetPolicyRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            refused.last_reload_error.contains("shout"),
+            "the refusal names the bad key: {refused:?}"
+        );
+        assert!(refused.last_reload_error_at_micros >= refused.loaded_at_micros);
+        let http = luthien_tests::Client::new()
+            .send(
+                "GET",
+                &format!("{}/debug/policy", stack.debug_http.as_ref().unwrap()),
+                &[],
+                "",
+            )
+            .await;
+        let body = http_body_util::BodyExt::collect(http.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let view: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert!(
+            view["last_reload_error"]["error"]
+                .as_str()
+                .is_some_and(|error| error.contains("shout")),
+            "{view}"
+        );
         std::fs::write(&path, "policies: [{type: noop}]").unwrap();
         wait_for_policy(&mut admin, &["noop"]).await;
+        let fixed = admin
+            .get_policy(GetPolicyRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(fixed.last_reload_error, "", "a good reload clears it");
     }
     running.store(false, Ordering::Relaxed);
     for worker in workers {
         worker.await.expect("worker saw only successful calls");
     }
+    // Counted too (process-wide: other suites' refusals add to it).
+    let metrics = luthien_tests::Client::new()
+        .send(
+            "GET",
+            &format!("{}/metrics", stack.debug_http.as_ref().unwrap()),
+            &[],
+            "",
+        )
+        .await;
+    let body = http_body_util::BodyExt::collect(metrics.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let failures: u64 = String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|line| line.strip_prefix("luthien_policy_reload_failures_total "))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0);
+    assert!(failures >= 3, "three refused reloads counted: {failures}");
     assert!(
         completed.load(Ordering::Relaxed) > 20,
         "the load really ran"
