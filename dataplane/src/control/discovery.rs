@@ -28,6 +28,9 @@ use crate::config::ControlPlaneTls;
 /// Longest the first round may hold up the start: a data plane starts even while DNS is down.
 const FIRST_ROUND: Duration = Duration::from_secs(3);
 
+/// How long after the start no control plane serving is worth a warning.
+const STARTUP_CHECK: Duration = Duration::from_secs(2);
+
 /// One entry of `--control-plane`.
 struct Target {
     /// As written, for logs.
@@ -216,6 +219,14 @@ impl Discovery {
         {
             tracing::warn!("control plane discovery is slow; calls wait for its next round");
         }
+        let discovery = Arc::clone(self);
+        let stopped = stop.clone();
+        tasks.spawn(async move {
+            tokio::select! {
+                () = stopped.cancelled() => {}
+                () = tokio::time::sleep(STARTUP_CHECK) => discovery.warn_if_alone(),
+            }
+        });
         let follow = self.targets.iter().any(Target::is_name) || self.tls_files.ca.is_some();
         if !follow {
             return;
@@ -233,6 +244,26 @@ impl Discovery {
                 }
             }
         });
+    }
+
+    /// A data plane that finds no control plane serving soon after its start says where it
+    /// looked: the fail mode rules every call until one serves.
+    fn warn_if_alone(&self) {
+        if self.pool.any_serving() {
+            return;
+        }
+        let targets: Vec<&str> = self.targets.iter().map(|t| t.text.as_str()).collect();
+        let addresses: Vec<String> = self
+            .pool
+            .endpoints()
+            .iter()
+            .map(|endpoint| endpoint.found.address.to_string())
+            .collect();
+        tracing::warn!(
+            control_plane = ?targets,
+            addresses = ?addresses,
+            "no control plane reachable since start-up; until one serves, every call gets the fail mode"
+        );
     }
 
     /// One round: the TLS files, then every target.
@@ -292,6 +323,74 @@ impl Discovery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Lines logged, for the test to read.
+    #[derive(Clone, Default)]
+    struct Logs(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Logs {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_data_plane_without_a_control_plane_says_where_it_looked() {
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        // A port nothing listens on: bound, then released.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        tracing::subscriber::with_default(subscriber, || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let pool = Arc::new(Pool::new(
+                    super::super::pool::ChannelSettings {
+                        connect_timeout: Duration::from_millis(200),
+                        tls: None,
+                    },
+                    Default::default(),
+                ));
+                let target = format!("http://127.0.0.1:{port}");
+                let discovery = Arc::new(
+                    Discovery::new(
+                        &target,
+                        ControlPlaneTls::default(),
+                        Duration::from_secs(5),
+                        Arc::clone(&pool),
+                        None,
+                    )
+                    .unwrap(),
+                );
+                let tasks = TaskTracker::new();
+                let stop = CancellationToken::new();
+                discovery.start(&tasks, stop.clone()).await;
+                tokio::time::sleep(STARTUP_CHECK + Duration::from_millis(300)).await;
+                stop.cancel();
+                pool.stop().await;
+            });
+        });
+        let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            text.contains("no control plane reachable")
+                && text.contains(&format!("127.0.0.1:{port}")),
+            "{text}"
+        );
+    }
 
     #[test]
     fn targets_parse() {
