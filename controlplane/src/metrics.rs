@@ -107,35 +107,43 @@ pub fn router(sources: MetricsSources) -> Router {
         .with_state(sources)
 }
 
-async fn metrics(State(sources): State<MetricsSources>) -> impl IntoResponse {
+async fn metrics(
+    State(sources): State<MetricsSources>,
+    headers: axum::http::HeaderMap,
+) -> impl IntoResponse {
+    let format = shared::Exposition::negotiate(
+        headers
+            .get(header::ACCEPT)
+            .and_then(|value| value.to_str().ok()),
+    );
     (
-        [(header::CONTENT_TYPE, shared::CONTENT_TYPE)],
-        render(&sources),
+        [(header::CONTENT_TYPE, format.content_type())],
+        shared::exposition(render(&sources), format),
     )
 }
 
-/// The exposition text.
+/// The exposition, as OpenMetrics text.
 pub fn render(sources: &MetricsSources) -> String {
     let global = global();
     let mut registry = Registry::default();
     registry.register(
         "luthien_control_plane_calls",
-        "Calls the control plane saw end, by API and outcome.",
+        "Calls the control plane saw end, by API and outcome",
         global.calls.clone(),
     );
     registry.register(
         "luthien_policy_reload_failures",
-        "Policy reloads refused (the previous chain stayed active).",
+        "Policy reloads refused (the previous chain stayed active)",
         global.policy_reload_failures.clone(),
     );
     registry.register(
         "luthien_policy_reload_failing",
-        "1 while the policy file on disk is one a reload refused, else 0.",
+        "1 while the policy file on disk is one a reload refused, else 0",
         global.policy_reload_failing.clone(),
     );
     registry.register(
         "luthien_tokens",
-        "Tokens the provider reported, by API, requested model and token_type (input, output). Streamed calls count only when the event store is on (their usage comes from reconstruction).",
+        "Tokens the provider reported, by API, requested model and token_type (input, output). Streamed calls count only when the event store is on (their usage comes from reconstruction)",
         global.tokens.clone(),
     );
     global.policy.register(&mut registry);

@@ -36,8 +36,8 @@ use luthien_store::{
     WriterOptions, spawn_retention, spawn_writer,
 };
 
-/// After the calls, how long shutdown waits for remote policy streams, and then for the event
-/// writer to drain.
+/// Once the gRPC server has stopped, how long shutdown waits for each of: the calls' last
+/// work (recording their end), remote policy streams, and the event writer's drain.
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
 
 /// Control plane settings, usable standalone or flattened into `luthien up`.
@@ -416,8 +416,10 @@ pub async fn serve(
         )),
     };
     // On shutdown: not ready and NOT_SERVING first, so that data planes send new calls
-    // elsewhere, then GOAWAY; calls in flight get `--shutdown-grace` to end, and once they have
-    // (or it is over) the long-lived streams (health watches, activity tails) are closed.
+    // elsewhere, then GOAWAY; the server ends once every connection has closed (data planes
+    // close theirs when their last stream ends), or when `--shutdown-grace` is over, and then
+    // closes what is left (long-lived streams: activity tails). Waiting for the connections,
+    // not for the calls, is what keeps a stream that arrived with the GOAWAY from being cut.
     let shutdown_grace = config.shutdown_grace;
     let leaving = async {
         shutdown.cancelled().await;
@@ -430,21 +432,20 @@ pub async fn serve(
             .await;
         tracing::info!("shutting down: NOT_SERVING, refusing new streams");
         stop_serving.cancel();
-        calls.close();
-        tokio::time::timeout(shutdown_grace, calls.wait()).await
+        tokio::time::sleep(shutdown_grace).await;
     };
-    let calls_ended = tokio::select! {
-        served = server => {
-            served?;
-            calls.close();
-            tokio::time::timeout(shutdown_grace, calls.wait()).await
-        }
-        ended = leaving => ended,
-    };
-    if calls_ended.is_err() {
+    tokio::select! {
+        served = server => served?,
+        () = leaving => tracing::warn!("--shutdown-grace over with gRPC streams still open; closing them"),
+    }
+    calls.close();
+    if tokio::time::timeout(DRAIN_GRACE, calls.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!(
             remaining = calls.len(),
-            "--shutdown-grace over; cutting the calls still in flight"
+            "calls still running after the gRPC server stopped; abandoning them"
         );
     }
     if !policies.chain().wait_background(DRAIN_GRACE).await {

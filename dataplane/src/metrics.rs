@@ -106,89 +106,89 @@ impl Metrics {
         let calls = Family::<CallLabels, Counter>::default();
         registry.register(
             "luthien_calls",
-            "Calls handled, by API, model (bounded, see the docs) and HTTP status.",
+            "Calls handled, by API, model (bounded, see the docs) and HTTP status",
             calls.clone(),
         );
         let passthrough = Family::<PassthroughLabels, Counter>::default();
         registry.register(
             "luthien_passthrough",
-            "Auxiliary requests passed to the provider without the control plane (count_tokens, models), by provider, endpoint and HTTP status.",
+            "Auxiliary requests passed to the provider without the control plane (count_tokens, models), by API, endpoint and HTTP status",
             passthrough.clone(),
         );
         let overhead = Histograms::new_with_constructor(overhead_histogram);
         registry.register(
             "luthien_overhead_seconds",
-            "Latency Luthien added to a call: its duration minus waiting for upstream and for the client.",
+            "Latency Luthien added to a call: its duration minus waiting for upstream and for the client",
             overhead.clone(),
         );
         let upstream = Histograms::new_with_constructor(latency_histogram);
         registry.register(
             "luthien_upstream_duration_seconds",
-            "Time until the upstream provider answered with response headers.",
+            "Time until the upstream provider answered with response headers",
             upstream.clone(),
         );
         let first_chunk = Histograms::new_with_constructor(latency_histogram);
         registry.register(
             "luthien_time_to_first_chunk_seconds",
-            "Streamed calls: time from the request to the first byte sent to the client.",
+            "Streamed calls: time from the request to the first byte sent to the client",
             first_chunk.clone(),
         );
         let chunks = Family::<ApiLabels, Counter>::default();
         registry.register(
             "luthien_stream_chunks",
-            "Upstream stream chunks moved to clients.",
+            "Upstream stream chunks moved to clients",
             chunks.clone(),
         );
         let control = ControlMetrics::default();
         registry.register(
             "luthien_data_plane_open_control_streams",
-            "Control-plane call streams open on this data plane.",
+            "Control-plane call streams open on this data plane",
             control.open_streams.clone(),
         );
         registry.register(
             "luthien_control_plane_streams",
-            "Call streams opened, by control plane.",
+            "Call streams opened, by control plane",
             control.streams.clone(),
         );
         registry.register(
             "luthien_control_plane_failures",
-            "Failures calls saw on a control plane (stream refused, broken or silent), by control plane.",
+            "Failures calls saw on a control plane (stream refused, broken or silent), by control plane",
             control.failures.clone(),
         );
         registry.register(
             "luthien_control_plane_ejections",
-            "Times a control plane was taken out of rotation for a back-off, by control plane.",
+            "Times a control plane was taken out of rotation for a back-off, by control plane",
             control.ejections.clone(),
         );
         registry.register(
             "luthien_control_plane_retries",
-            "Calls moved to another control plane because the one chosen could not take them.",
+            "Calls moved to another control plane because the one chosen could not take them",
             control.retries.clone(),
         );
         registry.register(
             "luthien_control_plane_retries_refused",
-            "Moves to another control plane the retry budget refused (the fail mode applied).",
+            "Moves to another control plane the retry budget refused (the fail mode applied)",
             control.retries_refused.clone(),
         );
         registry.register(
             "luthien_control_plane_serving",
-            "1 while a control plane reports SERVING on grpc.health.v1, else 0.",
+            "1 while a control plane reports SERVING on grpc.health.v1, else 0",
             control.serving.clone(),
         );
         let spool = SpoolMetrics::default();
         registry.register(
             "luthien_unpoliced_calls_spooled",
-            "Calls let through without policies (fail-open, no control plane took them), kept for a control plane to record.",
+            "Calls let through without policies (fail-open, no control plane took them), kept for a control plane to record",
             spool.spooled.clone(),
         );
         registry.register(
             "luthien_unpoliced_calls_recorded",
-            "Unpoliced calls a control plane recorded.",
+            "Unpoliced calls a control plane recorded",
             spool.recorded.clone(),
         );
         registry.register(
             "luthien_unpoliced_calls_dropped",
-            "Unpoliced calls dropped because the spool was full (--unpoliced-spool-bytes); they are not recorded.",
+            "Unpoliced calls dropped because the spool was full (--unpoliced-spool-bytes); they are not recorded",
             spool.dropped.clone(),
         );
         Self {
@@ -238,9 +238,17 @@ impl Drop for OpenStream {
     }
 }
 
-pub async fn handler(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+pub async fn handler(
+    State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+) -> impl IntoResponse {
+    let format = shared::Exposition::negotiate(
+        headers
+            .get(header::ACCEPT)
+            .and_then(|value| value.to_str().ok()),
+    );
     (
-        [(header::CONTENT_TYPE, shared::CONTENT_TYPE)],
-        state.metrics.render(),
+        [(header::CONTENT_TYPE, format.content_type())],
+        shared::exposition(state.metrics.render(), format),
     )
 }

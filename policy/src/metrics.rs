@@ -62,12 +62,12 @@ impl PolicyMetrics {
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "luthien_policy_duration_seconds",
-            "Time one policy took on one hook, by policy and phase (request, response, stream_event, stream_end).",
+            "Time one policy took on one hook, by policy and phase (request, response, stream_event, stream_end)",
             self.latency.clone(),
         );
         registry.register(
             "luthien_policy_errors",
-            "Policy hooks that failed, by policy and phase.",
+            "Policy hooks that failed, by policy and phase",
             self.errors.clone(),
         );
     }

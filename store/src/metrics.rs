@@ -38,27 +38,27 @@ impl StoreMetrics {
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "luthien_event_batch_duration_seconds",
-            "Time successful event batches took to write.",
+            "Time successful event batches took to write",
             self.batch_latency.clone(),
         );
         registry.register(
             "luthien_store_retention_deleted_calls",
-            "Calls deleted by event-store retention (--retention), with their events.",
+            "Calls deleted by event-store retention (--retention), with their events",
             self.retention_deleted_calls.clone(),
         );
         registry.register(
             "luthien_store_retention_deleted_events",
-            "Events deleted by event-store retention with their calls.",
+            "Events deleted by event-store retention with their calls",
             self.retention_deleted_events.clone(),
         );
         registry.register(
             "luthien_store_retention_failures",
-            "Event-store retention runs cut short by a database error (retried at the next interval).",
+            "Event-store retention runs cut short by a database error (retried at the next interval)",
             self.retention_failures.clone(),
         );
         registry.register(
             "luthien_store_abandoned_calls",
-            "Calls left in progress by a control plane that stopped, marked abandoned by the sweep.",
+            "Calls left in progress by a control plane that stopped, marked abandoned by the sweep",
             self.abandoned_swept.clone(),
         );
     }

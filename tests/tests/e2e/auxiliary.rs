@@ -598,7 +598,7 @@ async fn passthrough_requests_are_counted() {
 
     let after = get(&metrics_url, &[]).await.text().to_owned();
     assert!(
-        after.contains("# TYPE luthien_passthrough counter"),
+        after.contains("# TYPE luthien_passthrough_total counter"),
         "registered: {after}"
     );
     assert_eq!(sample(&after, count_tokens), 2.0, "{after}");

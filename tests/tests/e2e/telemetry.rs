@@ -554,9 +554,10 @@ impl Exposition {
 }
 
 async fn scrape(base: &str) -> Exposition {
+    let accept = ("accept", "application/openmetrics-text; version=1.0.0");
     let response: TestResponse = luthien_tests::client::read(
         Client::new()
-            .send("GET", &format!("{base}/metrics"), &[], "")
+            .send("GET", &format!("{base}/metrics"), &[accept], "")
             .await,
     )
     .await;
@@ -568,6 +569,57 @@ async fn scrape(base: &str) -> Exposition {
             .starts_with("application/openmetrics-text")
     );
     Exposition::parse(response.text())
+}
+
+/// Without an `Accept` asking for OpenMetrics (a classic scraper, curl), `/metrics` speaks
+/// the classic Prometheus text format: each counter's family named like its `_total` sample,
+/// no `# EOF`; HELP texts are sentences ending in one period.
+#[tokio::test]
+async fn metrics_speak_the_classic_format_unless_openmetrics_is_asked_for() {
+    let stack = Stack::start(StackOptions::default()).await;
+    some_calls(&stack).await;
+    for base in [stack.proxy.clone(), stack.debug_http.clone().unwrap()] {
+        let response: TestResponse = luthien_tests::client::read(
+            Client::new()
+                .send(
+                    "GET",
+                    &format!("{base}/metrics"),
+                    &[("accept", "text/plain")],
+                    "",
+                )
+                .await,
+        )
+        .await;
+        assert_eq!(
+            response.header("content-type"),
+            Some("text/plain; version=0.0.4; charset=utf-8")
+        );
+        let text = response.text();
+        assert!(!text.contains("# EOF"), "{base}");
+        let mut counters = 0;
+        for line in text.lines() {
+            if let Some(help) = line.strip_prefix("# HELP ") {
+                assert!(
+                    help.ends_with('.') && !help.ends_with(".."),
+                    "one period: {line}"
+                );
+            }
+            if let Some(name) = line
+                .strip_prefix("# TYPE ")
+                .and_then(|rest| rest.strip_suffix(" counter"))
+            {
+                counters += 1;
+                assert!(name.ends_with("_total"), "{line}");
+                assert!(
+                    text.lines().any(|sample| sample
+                        .strip_prefix(name)
+                        .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))),
+                    "the family {name} has its samples under its name"
+                );
+            }
+        }
+        assert!(counters > 3, "{base}: {text}");
+    }
 }
 
 async fn some_calls(stack: &Stack) {

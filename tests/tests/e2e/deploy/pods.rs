@@ -61,13 +61,13 @@ fn pods_let_the_planes_start_and_drain() {
             let calls = humantime::parse_duration(&text)
                 .unwrap_or_else(|error| panic!("{at}: shutdown_grace {text:?}: {error}"))
                 .as_secs_f64();
-            // Then remote policy streams and the event writer, 10 s each.
-            let needed = calls + 20.0;
+            // Then the calls' last work, remote policy streams and the event writer, 10 s each.
+            let needed = calls + 30.0;
             let grace = container.pod["spec"]["terminationGracePeriodSeconds"]
                 .as_f64()
                 .unwrap_or(30.0);
             if grace <= needed {
-                problems.push(format!("{at}: terminationGracePeriodSeconds {grace} is not longer than --shutdown-grace + 20 s ({needed} s)"));
+                problems.push(format!("{at}: terminationGracePeriodSeconds {grace} is not longer than --shutdown-grace + 30 s ({needed} s)"));
             }
         }
         // Service links would put `<SERVICE>_PORT=…` variables into the environment.
