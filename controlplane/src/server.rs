@@ -355,7 +355,13 @@ pub async fn serve(
 
     let http_task = match http {
         Some(listener) => {
-            tracing::info!(http_listen = %listener.local_addr()?, admin_key = admin_key.is_set(), "debug HTTP API and UI listening");
+            let address = listener.local_addr()?;
+            tracing::info!(
+                http_listen = %address,
+                ui = %format!("http://{address}/debug"),
+                admin_key = admin_key.is_set(),
+                "debug HTTP API and UI listening"
+            );
             let mut metrics = metrics::router(MetricsSources {
                 sink: recording_sink.clone(),
                 activity: activity.clone(),

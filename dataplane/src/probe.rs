@@ -39,13 +39,14 @@ impl RequestProbe {
 /// Checks `body` and reads its fields; the error says what is wrong, for a 400.
 pub fn probe(body: &[u8]) -> Result<RequestProbe, String> {
     check_json_text(body)?;
+    let probe = serde_json::from_slice(body)
+        .map_err(|error| format!("request body is not valid JSON for this API: {error}"))?;
     // A derived struct also deserializes from an array, by position: `["gpt-4o", true]`
     // would read as model and stream. Both APIs take an object.
     if body.iter().find(|byte| !byte.is_ascii_whitespace()) != Some(&b'{') {
-        return Err("request body must be a JSON object".to_owned());
+        return Err("request body is not valid JSON for this API: it must be an object".to_owned());
     }
-    serde_json::from_slice(body)
-        .map_err(|error| format!("request body is not valid JSON for this API: {error}"))
+    Ok(probe)
 }
 
 /// UTF-8 and the nesting depth: a scan, not a parse (the parse follows).
