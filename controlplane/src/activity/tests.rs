@@ -1,5 +1,5 @@
-//! Bus tests. The Redis ones use the real Redis at `127.0.0.1:6379` (also
-//! in CI), each on its own channel so they can run in parallel, and a
+//! Bus tests. The Redis ones use the real Redis of `LUTHIEN_TEST_REDIS_URL` (default
+//! `redis://127.0.0.1:6379`, also in CI), each on its own channel so they can run in parallel, and a
 //! private `redis-server` for the outage test, so the shared one is never
 //! disturbed.
 
@@ -14,7 +14,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 
-const SHARED_REDIS: &str = "redis://127.0.0.1:6379";
+/// The shared Redis, as every suite finds it.
+fn shared_redis() -> String {
+    std::env::var("LUTHIEN_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
 const WAIT: Duration = Duration::from_secs(10);
 
 fn message(call_id: &str) -> ActivityMessage {
@@ -129,7 +132,7 @@ async fn bad_redis_url_is_an_error() {
 
 #[test]
 fn redis_bus_outside_a_runtime_is_an_error_not_a_panic() {
-    let result = ActivityBus::redis(SHARED_REDIS, CancellationToken::new());
+    let result = ActivityBus::redis(&shared_redis(), CancellationToken::new());
     assert!(
         matches!(result, Err(ActivityError::NoRuntime)),
         "{result:?}"
@@ -140,8 +143,8 @@ fn redis_bus_outside_a_runtime_is_an_error_not_a_panic() {
 async fn two_control_planes_see_each_others_activity_exactly_once() {
     let cancel = CancellationToken::new();
     let channel = unique_channel();
-    let a = redis_bus(SHARED_REDIS, &channel, &cancel);
-    let b = redis_bus(SHARED_REDIS, &channel, &cancel);
+    let a = redis_bus(&shared_redis(), &channel, &cancel);
+    let b = redis_bus(&shared_redis(), &channel, &cancel);
     assert_ne!(a.instance_id(), b.instance_id());
     subscribed(&a).await;
     subscribed(&b).await;
@@ -174,10 +177,10 @@ async fn two_control_planes_see_each_others_activity_exactly_once() {
 async fn raw_redis_subscriber_reads_the_published_json() {
     let cancel = CancellationToken::new();
     let channel = unique_channel();
-    let client = redis::Client::open(SHARED_REDIS).unwrap();
+    let client = redis::Client::open(shared_redis()).unwrap();
     let mut raw = client.get_async_pubsub().await.unwrap();
     raw.subscribe(&channel).await.unwrap();
-    let bus = redis_bus(SHARED_REDIS, &channel, &cancel);
+    let bus = redis_bus(&shared_redis(), &channel, &cancel);
 
     bus.publish(message("raw"));
 
@@ -204,10 +207,10 @@ async fn raw_redis_subscriber_reads_the_published_json() {
 async fn malformed_and_newer_messages_from_redis_are_skipped() {
     let cancel = CancellationToken::new();
     let channel = unique_channel();
-    let bus = redis_bus(SHARED_REDIS, &channel, &cancel);
+    let bus = redis_bus(&shared_redis(), &channel, &cancel);
     subscribed(&bus).await;
     let mut local = bus.subscribe();
-    let mut connection = redis::Client::open(SHARED_REDIS)
+    let mut connection = redis::Client::open(shared_redis())
         .unwrap()
         .get_multiplexed_async_connection()
         .await
@@ -273,7 +276,7 @@ async fn unreachable_redis_degrades_without_blocking_publishers() {
 #[tokio::test]
 async fn cancelled_bus_drops_instead_of_queueing_forever() {
     let cancel = CancellationToken::new();
-    let bus = redis_bus(SHARED_REDIS, &unique_channel(), &cancel);
+    let bus = redis_bus(&shared_redis(), &unique_channel(), &cancel);
     cancel.cancel();
     eventually("the publisher task to stop", || {
         bus.publish(message("late"));
