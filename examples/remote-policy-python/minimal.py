@@ -51,7 +51,7 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, default=7001)
     parser.add_argument("--word", default="forbidden")
     args = parser.parse_args()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32), options=[("grpc.so_reuseport", 0)])
     pb_grpc.add_PolicyServiceServicer_to_server(BlockWord(args.word), server)
     port = server.add_insecure_port(f"127.0.0.1:{args.port}")
     server.start()

@@ -314,7 +314,9 @@ def main():
                                   ("grpc.max_send_message_length", 64 * 1024 * 1024),
                                   # Luthien pings every 30 s while calls are open.
                                   ("grpc.keepalive_permit_without_calls", 1),
-                                  ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000)])
+                                  ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+                                  # A port in use is an error, not silently shared.
+                                  ("grpc.so_reuseport", 0)])
     pb_grpc.add_PolicyServiceServicer_to_server(PathGuardServicer(Guard(args.allowed_dir)), server)
     port = server.add_insecure_port(f"{args.host}:{args.port}")
     server.start()
