@@ -252,6 +252,24 @@ fn number<T: std::str::FromStr>(
         .transpose()
 }
 
+/// A point in time as `since`/`until` take it: unix microseconds, or how long ago (`2h`,
+/// `30m`, `7d`).
+fn instant(name: &str, value: Option<String>) -> Result<Option<i64>, DebugError> {
+    let Some(value) = value.filter(|value| !value.is_empty()) else {
+        return Ok(None);
+    };
+    if let Ok(micros) = value.parse::<i64>() {
+        return Ok(Some(micros));
+    }
+    let ago = humantime::parse_duration(&value).map_err(|_| {
+        DebugError::InvalidArgument(format!(
+            "`{name}` must be unix microseconds or a duration ago such as `2h`, got `{value}`"
+        ))
+    })?;
+    let ago = i64::try_from(ago.as_micros()).unwrap_or(i64::MAX);
+    Ok(Some(luthien_api::time::unix_micros().saturating_sub(ago)))
+}
+
 async fn list_calls(
     State(state): State<HttpState>,
     uri: axum::http::Uri,
@@ -263,8 +281,8 @@ async fn list_calls(
         None => None,
     };
     let filter = CallFilter {
-        since_micros: number("since", query.since)?,
-        until_micros: number("until", query.until)?,
+        since_micros: instant("since", query.since)?,
+        until_micros: instant("until", query.until)?,
         model: text(query.model),
         api: text(query.api)
             .map(|api| DebugService::parse_api(&api))

@@ -364,6 +364,12 @@ async fn http_routes_answer_json_with_proper_statuses() {
     assert_eq!(list.status, 200);
     assert_eq!(list.json()["calls"][0]["call_id"], call_id.as_str());
     assert_eq!(list.json()["calls"][0]["stream"], true);
+    // `since`/`until` take unix microseconds or how long ago.
+    let recent = get(&format!("{base}/debug/calls?since=1h"), &[]).await;
+    assert_eq!(recent.status, 200, "{}", recent.text());
+    assert_eq!(recent.json()["calls"][0]["call_id"], call_id.as_str());
+    let older = get(&format!("{base}/debug/calls?until=1h"), &[]).await;
+    assert_eq!(older.json()["calls"].as_array().map(Vec::len), Some(0));
 
     let detail = get(&format!("{base}/debug/calls/{call_id}"), &[])
         .await
