@@ -111,15 +111,9 @@ async fn metrics(
     State(sources): State<MetricsSources>,
     headers: axum::http::HeaderMap,
 ) -> impl IntoResponse {
-    let format = shared::Exposition::negotiate(
-        headers
-            .get(header::ACCEPT)
-            .and_then(|value| value.to_str().ok()),
-    );
-    (
-        [(header::CONTENT_TYPE, format.content_type())],
-        shared::exposition(render(&sources), format),
-    )
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let (content_type, body) = shared::respond(accept, render(&sources));
+    ([(header::CONTENT_TYPE, content_type)], body)
 }
 
 /// The exposition, as OpenMetrics text.

@@ -242,13 +242,7 @@ pub async fn handler(
     State(state): State<Arc<AppState>>,
     headers: axum::http::HeaderMap,
 ) -> impl IntoResponse {
-    let format = shared::Exposition::negotiate(
-        headers
-            .get(header::ACCEPT)
-            .and_then(|value| value.to_str().ok()),
-    );
-    (
-        [(header::CONTENT_TYPE, format.content_type())],
-        shared::exposition(state.metrics.render(), format),
-    )
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let (content_type, body) = shared::respond(accept, state.metrics.render());
+    ([(header::CONTENT_TYPE, content_type)], body)
 }

@@ -126,6 +126,13 @@ pub fn encode(registry: &Registry) -> String {
     out
 }
 
+/// A `/metrics` answer: the content type and the exposition the `Accept` header asks for, from
+/// OpenMetrics text.
+pub fn respond(accept: Option<&str>, openmetrics: String) -> (&'static str, String) {
+    let format = Exposition::negotiate(accept);
+    (format.content_type(), exposition(openmetrics, format))
+}
+
 /// OpenMetrics text (from [`encode`]) as `format` asks.
 pub fn exposition(openmetrics: String, format: Exposition) -> String {
     match format {

@@ -59,6 +59,15 @@ pub fn work_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
+/// Starts the mock provider on a free port (recording nothing) and waits until it listens.
+pub async fn start_mock(binaries: &Binaries, dir: &Path) -> anyhow::Result<(Process, SocketAddr)> {
+    let address = free_addr()?;
+    let args = ["--listen".into(), address.to_string(), "--no-record".into()];
+    let mut mock = Process::spawn("mock-upstream", &binaries.mock, &args, dir)?;
+    mock.wait_for_port(address).await?;
+    Ok((mock, address))
+}
+
 /// A free port on 127.0.0.1 (bound, then released for the child to take).
 pub fn free_addr() -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;

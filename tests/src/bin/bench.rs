@@ -55,7 +55,7 @@ use crate::report::{CpuByMeasurement, Machine, PolicyRun};
 use luthien_tests::bench::load::{
     self, Ab, CallSample, HttpClient, Phases, RequestSpec, Samples, StreamSample, Throughput,
 };
-use luthien_tests::bench::procs::{self, Binaries, ExtraArgs, Luthien, Process};
+use luthien_tests::bench::procs::{self, Binaries, ExtraArgs, Luthien};
 use luthien_tests::bench::stats::{Summary, added_ms, signed_ms};
 
 /// Measures the latency, streaming, throughput and memory cost of Luthien's data plane,
@@ -275,18 +275,7 @@ async fn run(settings: &Settings) -> anyhow::Result<Vec<PolicyRun>> {
     eprintln!("logs and policy files: {}", dir.display());
 
     let client = load::http_client();
-    let mock_addr = procs::free_addr()?;
-    let mut mock = Process::spawn(
-        "mock-upstream",
-        &binaries.mock,
-        &[
-            "--listen".into(),
-            mock_addr.to_string(),
-            "--no-record".into(),
-        ],
-        &dir,
-    )?;
-    mock.wait_for_port(mock_addr).await?;
+    let (mut mock, mock_addr) = procs::start_mock(&binaries, &dir).await?;
 
     let mut runs = Vec::new();
     for policy in &settings.policies {

@@ -220,18 +220,7 @@ async fn run(args: &Args) -> anyhow::Result<String> {
     let dir = procs::work_dir()?;
     eprintln!("logs: {}", dir.display());
     let client = load::http_client();
-    let mock_addr = procs::free_addr()?;
-    let mut mock = Process::spawn(
-        "mock-upstream",
-        &binaries.mock,
-        &[
-            "--listen".into(),
-            mock_addr.to_string(),
-            "--no-record".into(),
-        ],
-        &dir,
-    )?;
-    mock.wait_for_port(mock_addr).await?;
+    let (mut mock, mock_addr) = procs::start_mock(&binaries, &dir).await?;
 
     let mut control_planes = Vec::new();
     for index in 0..3 {
