@@ -233,21 +233,12 @@ impl CallDriver {
             .await;
             return;
         };
-        let trace = incoming_trace(&start);
+        let info = call_info(&mut start, api);
         // The trace the call's spans belong to: this plane's own span when
         // exported (a child of the data plane's), else the data plane's.
-        let trace_id = propagation::outgoing(&tracing::Span::current(), &trace)
+        let trace_id = propagation::outgoing(&tracing::Span::current(), &info.trace)
             .trace_id()
             .map(str::to_owned);
-        let info = CallInfo {
-            call_id: start.call_id.clone(),
-            api,
-            model: start.model.clone(),
-            stream: start.stream,
-            // Moved, not copied: the record reads them from `info` too.
-            headers: Arc::from(std::mem::take(&mut start.headers)),
-            trace,
-        };
         let mut call = ActiveCall {
             chain: self.chain.start_call(&info),
             recorder: CallRecorder::new(
@@ -646,6 +637,19 @@ fn call_span(start: &CallStart) -> tracing::Span {
 }
 
 /// The data plane's call-span context sent in `CallStart` (empty if none).
+/// What policies and the record know of a call, from its `CallStart` (whose headers move
+/// into it: the record reads them from there).
+pub(crate) fn call_info(start: &mut CallStart, api: Api) -> CallInfo {
+    CallInfo {
+        call_id: start.call_id.clone(),
+        api,
+        model: start.model.clone(),
+        stream: start.stream,
+        headers: Arc::from(std::mem::take(&mut start.headers)),
+        trace: incoming_trace(start),
+    }
+}
+
 fn incoming_trace(start: &CallStart) -> W3cContext {
     start
         .trace

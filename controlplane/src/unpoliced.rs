@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use luthien_api::Api;
-use luthien_policy::CallInfo;
 use luthien_policy::sse::SseDecoder;
 use luthien_proto::dataplane::v1::UnpolicedCall;
 
@@ -15,26 +14,15 @@ use crate::recorder::{CallRecorder, Recording};
 
 /// Records `call`; `false` when it cannot be (no start or end, an unknown API).
 pub fn record(recording: &Arc<Recording>, call: UnpolicedCall, max_event_bytes: usize) -> bool {
-    let (Some(start), Some(end)) = (call.start, call.end) else {
+    let (Some(mut start), Some(end)) = (call.start, call.end) else {
         return false;
     };
     let Some(api) = Api::from_kind(start.api) else {
         return false;
     };
-    let trace_id = start
-        .trace
-        .as_ref()
-        .and_then(|trace| trace.traceparent.split('-').nth(1))
-        .filter(|id| id.len() == 32)
-        .map(str::to_owned);
-    let info = CallInfo {
-        call_id: start.call_id.clone(),
-        api,
-        model: start.model.clone(),
-        stream: start.stream,
-        headers: Arc::from(start.headers),
-        trace: Default::default(),
-    };
+    let info = crate::service::call_info(&mut start, api);
+    // No span of this plane ran the call: its trace is the data plane's.
+    let trace_id = info.trace.trace_id().map(str::to_owned);
     let headers = Arc::clone(&info.headers);
     let mut recorder = CallRecorder::new(
         Arc::clone(recording),
