@@ -4,6 +4,7 @@
 //!   debug API's filters and the protocol;
 //! - [`error`]: the error bodies, error types and in-band stream errors in each API's format;
 //! - [`headers`]: which headers are credentials;
+//! - [`request`]: what a request says (its last user message);
 //! - [`limits`]: sizes and HTTP/2 settings both ends of a gRPC channel must agree on;
 //! - [`time`]: the timestamp unit shared by the protocol and the records;
 //! - [`TokenUsage`]: the tokens a provider reported, in one shape for both APIs.
@@ -14,6 +15,7 @@
 pub mod error;
 pub mod headers;
 pub mod limits;
+pub mod request;
 pub mod time;
 
 mod kind;

@@ -21,7 +21,7 @@ use luthien_policy::reconstruct::Reconstructor;
 use luthien_policy::shapes::Api;
 use luthien_policy::sse::SseEvent;
 use luthien_store::events::{
-    CallEvent, CallStatus, CallSummary, EventPayload, SCHEMA_VERSION, TokenUsage,
+    CallEvent, CallStatus, CallSummary, EventPayload, PREVIEW_CHARS, SCHEMA_VERSION, TokenUsage,
 };
 use luthien_store::{EventSink, Record};
 
@@ -80,6 +80,10 @@ pub struct CallRecorder {
     session_id: Option<String>,
     trace_id: Option<String>,
     policy_changed: bool,
+    /// The calls list's preview: the start of the last user message as forwarded.
+    preview: Option<String>,
+    /// The policies that recorded an event, in the order they first did.
+    policies: Vec<String>,
     stream: Option<StreamRecord>,
     response: Option<(Value, Value)>,
     /// A response a policy produced instead of calling upstream.
@@ -118,6 +122,8 @@ impl CallRecorder {
             session_id: None,
             trace_id,
             policy_changed: false,
+            preview: None,
+            policies: Vec::new(),
             stream,
             response: None,
             immediate: None,
@@ -137,6 +143,8 @@ impl CallRecorder {
             }
             None => original.clone(),
         };
+        self.preview = luthien_api::request::last_user_text(&final_)
+            .map(|text| text.chars().take(PREVIEW_CHARS).collect());
         let headers: Map<String, Value> = headers
             .iter()
             .map(|header| (header.name.clone(), Value::String(header.value.clone())))
@@ -223,6 +231,9 @@ impl CallRecorder {
 
     /// Something a policy wants on the record.
     pub fn policy_event(&mut self, policy: &str, action: &str, summary: &str, data: Value) {
+        if !self.policies.iter().any(|name| name == policy) {
+            self.policies.push(policy.to_owned());
+        }
         self.event(EventPayload::Policy {
             policy: policy.to_owned(),
             action: action.to_owned(),
@@ -352,6 +363,8 @@ impl CallRecorder {
                 .control_plane_id
                 .as_deref()
                 .map(str::to_owned),
+            preview: self.preview.clone(),
+            policies: self.policies.clone(),
         }
     }
 

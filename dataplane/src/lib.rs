@@ -37,6 +37,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::{DataPlaneConfig, FailMode};
+/// The control-plane channel's TLS, also used by `luthien calls` to reach a control plane.
+pub use control::ClientTls;
 pub use proxy::{CALL_ID_HEADER, OVERHEAD_HEADER};
 
 use api::{Api, ApiError};

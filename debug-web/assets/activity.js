@@ -3,6 +3,8 @@
 //
 // Filters are applied here, to the rows already shown and to every new one,
 // so changing a filter never loses events: the stream itself is unfiltered.
+// "Group by call" lays the same rows out under one heading per call, the call
+// with the latest event first; it too only moves rows, so nothing is lost.
 
 import { apiUrl, formatTime, getJson, h, isoTime, shortId, statusBadge } from './common.js';
 
@@ -30,6 +32,11 @@ const state = {
   seen: new Set(),
   source: null,
   retryMs: FIRST_RETRY_MS,
+  /** Every event row on screen, oldest first (the trimming order). */
+  rows: [],
+  /** Whether rows are grouped under one heading per call. */
+  grouped: false,
+  layoutPending: false,
 };
 
 // ---- Filters ---------------------------------------------------------------
@@ -51,10 +58,18 @@ function matches(row, filter) {
 
 function applyFilters() {
   const filter = currentFilter();
-  for (const row of body.rows) row.hidden = !matches(row, filter);
+  for (const row of state.rows) row.hidden = !matches(row, filter);
+  const grouped = $('f-group').checked;
+  if (grouped !== state.grouped) {
+    state.grouped = grouped;
+    layout();
+  } else if (state.grouped) {
+    hideEmptyGroups();
+  }
   // Keep the filters in the URL so the view can be shared or reloaded.
   const url = new URL(location.href);
-  for (const [key, value] of [['call_id', filter.callId], ['model', $('f-model').value.trim()], ['event_type', filter.eventType]]) {
+  for (const [key, value] of [['call_id', filter.callId], ['model', $('f-model').value.trim()],
+    ['event_type', filter.eventType], ['group', grouped ? 'call' : '']]) {
     if (value) url.searchParams.set(key, value);
     else url.searchParams.delete(key);
   }
@@ -77,6 +92,7 @@ function eventRow(message) {
       sequence: String(message.sequence),
       model: message.model ?? '',
       eventType: message.event_type,
+      status: message.status ?? '',
     },
   },
     h('td', { class: 'time' }, h('time', { datetime: isoTime(message.timestamp_micros) }, formatTime(message.timestamp_micros))),
@@ -92,19 +108,83 @@ function show(messages) {
   if (!messages.length) return;
   const filter = currentFilter();
   const fragment = document.createDocumentFragment();
-  // `messages` is oldest first; the newest goes on top.
-  for (let i = messages.length - 1; i >= 0; i--) {
-    const row = eventRow(messages[i]);
+  const rows = messages.map((message) => {
+    const row = eventRow(message);
     row.hidden = !matches(row, filter);
-    fragment.append(row);
+    return row;
+  });
+  state.rows.push(...rows);
+  while (state.rows.length > MAX_ROWS) {
+    const oldest = state.rows.shift();
+    state.seen.delete(`${oldest.dataset.callId}/${oldest.dataset.sequence}`);
+    oldest.remove();
   }
-  body.prepend(fragment);
-  while (body.rows.length > MAX_ROWS) {
-    const last = body.rows[body.rows.length - 1];
-    state.seen.delete(`${last.dataset.callId}/${last.dataset.sequence}`);
-    last.remove();
+  if (state.grouped) {
+    // Many events can arrive in one frame: lay out once for all of them.
+    if (!state.layoutPending) {
+      state.layoutPending = true;
+      requestAnimationFrame(() => {
+        state.layoutPending = false;
+        layout();
+      });
+    }
+  } else {
+    // `rows` is oldest first; the newest goes on top.
+    for (let i = rows.length - 1; i >= 0; i--) fragment.append(rows[i]);
+    body.prepend(fragment);
   }
   updateCounts();
+}
+
+/**
+ * Puts every row in its place: newest first, or, grouped, under one heading per call (the
+ * call with the latest event first; its events in the order they happened, so a call reads
+ * top down as request, policy events, response).
+ */
+function layout() {
+  const newestFirst = [...state.rows].reverse();
+  if (!state.grouped) {
+    body.replaceChildren(...newestFirst);
+    return;
+  }
+  const groups = new Map();
+  for (const row of newestFirst) {
+    const callId = row.dataset.callId;
+    if (!groups.has(callId)) groups.set(callId, []);
+    groups.get(callId).push(row);
+  }
+  const out = [];
+  for (const [callId, newest] of groups) out.push(groupHead(callId, newest), ...[...newest].reverse());
+  body.replaceChildren(...out);
+  hideEmptyGroups();
+}
+
+/** The heading of one call's events (`rows`, newest first): its id, model, how many events, its latest status. */
+function groupHead(callId, rows) {
+  const latest = rows[0].dataset;
+  const status = rows.find((row) => row.dataset.status)?.dataset.status;
+  const href = `diff?call_id=${encodeURIComponent(callId)}`;
+  return h('tr', { class: 'group-head', dataset: { callId } },
+    h('th', { scope: 'rowgroup', colspan: '6' },
+      h('a', { href, class: 'mono', title: `Open ${callId} in the diff viewer` }, shortId(callId)),
+      h('span', { class: 'muted' }, ` · ${latest.model || '—'} · ${rows.length} event${rows.length === 1 ? '' : 's'} `),
+      status ? statusBadge(status) : null));
+}
+
+/** A call whose events the filters all hide loses its heading too. */
+function hideEmptyGroups() {
+  let head = null;
+  let anyShown = false;
+  for (const row of body.rows) {
+    if (row.classList.contains('group-head')) {
+      if (head) head.hidden = !anyShown;
+      head = row;
+      anyShown = false;
+    } else if (!row.hidden) {
+      anyShown = true;
+    }
+  }
+  if (head) head.hidden = !anyShown;
 }
 
 function receive(message) {
@@ -127,9 +207,9 @@ function receive(message) {
 }
 
 function updateCounts() {
-  const total = body.rows.length;
+  const total = state.rows.length;
   let visible = 0;
-  for (const row of body.rows) if (!row.hidden) visible++;
+  for (const row of state.rows) if (!row.hidden) visible++;
   empty.hidden = visible > 0;
   empty.textContent = total ? 'No events match the filters.' : 'Waiting for calls…';
   const parts = [total === visible ? `${total} event${total === 1 ? '' : 's'}` : `${visible} of ${total} events shown`];
@@ -156,6 +236,7 @@ pauseButton.addEventListener('click', () => {
 
 $('clear').addEventListener('click', () => {
   body.replaceChildren();
+  state.rows = [];
   state.buffer = [];
   state.seen.clear();
   state.droppedWhilePaused = 0;
@@ -218,5 +299,7 @@ const params = new URL(location.href).searchParams;
 $('f-call-id').value = params.get('call_id') ?? '';
 $('f-model').value = params.get('model') ?? '';
 $('f-event-type').value = params.get('event_type') ?? '';
+$('f-group').checked = params.get('group') === 'call';
+state.grouped = $('f-group').checked;
 updateCounts();
 checkAccess().then(connect);

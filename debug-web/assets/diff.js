@@ -86,6 +86,14 @@ function callRow(call) {
     h('td', null,
       h('div', { class: 'model', title: call.model }, call.model || '—'),
       h('div', { class: 'sub' }, call.api, call.stream ? ' · stream' : '')),
+    h('td', null,
+      call.preview
+        ? h('div', { class: 'preview', title: call.preview }, call.preview)
+        : h('div', { class: 'preview muted' }, '—'),
+      call.policies?.length
+        ? h('div', { class: 'acted', 'aria-label': 'Policies that acted' },
+          call.policies.map((name) => h('span', { class: 'badge type-policy', title: `${name} recorded an event` }, name)))
+        : null),
     h('td', null, statusBadge(call.status),
       call.policy_changed
         ? h('div', null, h('span', { class: 'badge changed', title: 'A policy changed the request or the response' }, 'changed'))

@@ -5,8 +5,12 @@
 //! - `luthien policy check FILE` validates a policy file without starting
 //!   anything;
 //! - `luthien replay` runs recorded calls through another policy file and
-//!   prints what would change, without calling any LLM.
+//!   prints what would change, without calling any LLM;
+//! - `luthien calls list|show|diff|tail` reads the recorded calls and the live
+//!   activity from a running control plane, over its Debug gRPC API.
 
+mod calls;
+mod render;
 mod replay;
 
 use std::path::PathBuf;
@@ -40,6 +44,11 @@ enum Command {
     },
     /// Run recorded calls through a policy file and show what would change.
     Replay(replay::ReplayArgs),
+    /// Read recorded calls and follow the live activity of a running control plane.
+    Calls {
+        #[command(subcommand)]
+        command: Box<calls::CallsCommand>,
+    },
 }
 
 /// Flags of both planes (boxed: they dwarf the other subcommands).
@@ -90,6 +99,7 @@ fn main() -> ExitCode {
                 command: PolicyCommand::Check { file },
             } => check(&file),
             Command::Replay(args) => replay::run(args).await,
+            Command::Calls { command } => calls::run(*command).await,
         }
     });
     match outcome {

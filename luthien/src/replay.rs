@@ -4,15 +4,15 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use luthien_controlplane::activity::ActivityBus;
 use luthien_controlplane::debug::DebugService;
-use luthien_controlplane::diff::{Op, Segment, SegmentOp, TextChange};
 use luthien_controlplane::policy_source::PolicySource;
 use luthien_controlplane::replay::ReplayOutcome;
 use luthien_store::{CallFilter, Store, StoreOptions};
+
+use crate::render::{self, Colour, Style};
 
 #[derive(Debug, clap::Args)]
 pub struct ReplayArgs {
@@ -59,13 +59,17 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         if args.json {
             println!("{}", serde_json::to_string_pretty(&outcome)?);
         } else {
-            print_one(&outcome);
+            print_one(&outcome, Style::stdout());
         }
         return Ok(ExitCode::SUCCESS);
     }
 
     let filter = CallFilter {
-        since_micros: args.since.as_deref().map(parse_since).transpose()?,
+        since_micros: args
+            .since
+            .as_deref()
+            .map(|since| render::parse_time("--since", since))
+            .transpose()?,
         limit: Some(args.limit),
         ..CallFilter::default()
     };
@@ -111,109 +115,29 @@ fn verdict(outcome: &ReplayOutcome) -> String {
     }
 }
 
-fn print_one(outcome: &ReplayOutcome) {
-    println!("call {}: {}", outcome.call_id, verdict(outcome));
+fn print_one(outcome: &ReplayOutcome, style: Style) {
+    println!(
+        "{}",
+        style.paint(
+            Colour::Bold,
+            &format!("call {}: {}", outcome.call_id, verdict(outcome))
+        )
+    );
     if let Some(error) = &outcome.error {
-        println!("policy error: {error}");
-    }
-    let diff = &outcome.diff;
-    println!(
-        "\nrequest: {}",
-        if diff.request.changed {
-            "changed"
-        } else {
-            "unchanged"
-        }
-    );
-    for param in &diff.request.params {
-        println!("  {}: {} -> {}", param.path, param.before, param.after);
-    }
-    for message in diff
-        .request
-        .messages
-        .iter()
-        .filter(|message| message.op != Op::Equal)
-    {
         println!(
-            "  message {:?} ({})",
-            message.op,
-            message.role.as_deref().unwrap_or("?")
-        );
-        if let Some(segments) = &message.segments {
-            println!("    {}", render(segments));
-        }
-    }
-    println!(
-        "response: {}",
-        if diff.response.changed {
-            "changed"
-        } else {
-            "unchanged"
-        }
-    );
-    if let Some(text) = diff
-        .response
-        .text
-        .as_ref()
-        .filter(|text| text.segments.is_some())
-    {
-        print_text(text);
-    }
-    for call in diff
-        .response
-        .tool_calls
-        .iter()
-        .filter(|call| call.op != Op::Equal)
-    {
-        println!(
-            "  tool call {:?} {}",
-            call.op,
-            call.name.as_deref().unwrap_or("?")
+            "{}",
+            style.paint(Colour::Red, &format!("policy error: {error}"))
         );
     }
-    if let Some(reason) = &diff.response.finish_reason
-        && reason.before != reason.after
-    {
-        println!("  finish reason: {} -> {}", reason.before, reason.after);
-    }
+    println!("recorded final (before) against replayed final (after):");
+    print!("{}", render::diff(&outcome.diff, style));
     for event in &outcome.policy_events {
+        let text = |key: &str| event[key].as_str().unwrap_or_default().to_owned();
         println!(
             "policy event: {} {}: {}",
-            event["policy"], event["action"], event["summary"]
+            text("policy"),
+            text("action"),
+            text("summary")
         );
     }
-}
-
-fn print_text(text: &TextChange) {
-    if let Some(segments) = &text.segments {
-        println!("  text: {}", render(segments));
-    }
-}
-
-/// `[-removed-]{+added+}` inline, like `git diff --word-diff`.
-fn render(segments: &[Segment]) -> String {
-    segments
-        .iter()
-        .map(|segment| match segment.op {
-            SegmentOp::Delete => format!("[-{}-]", segment.text),
-            SegmentOp::Insert => format!("{{+{}+}}", segment.text),
-            SegmentOp::Equal => segment.text.clone(),
-        })
-        .collect()
-}
-
-fn parse_since(text: &str) -> anyhow::Result<i64> {
-    let at = match humantime::parse_duration(text) {
-        Ok(ago) => SystemTime::now()
-            .checked_sub(ago)
-            .context("--since is before the epoch")?,
-        Err(_) => humantime::parse_rfc3339_weak(text).with_context(|| {
-            format!("--since `{text}`: use a duration (2h) or a time (2026-11-27T06:00:00Z)")
-        })?,
-    };
-    let micros = at
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_micros();
-    Ok(i64::try_from(micros).unwrap_or(i64::MAX))
 }

@@ -72,6 +72,8 @@ async fn replay_reads_the_store_and_reports_what_would_change() {
         trace_id: None,
         policy_changed: false,
         control_plane_id: None,
+        preview: Some("hi".into()),
+        policies: Vec::new(),
     };
     let event = |sequence, payload| {
         Record::Event(CallEvent {
@@ -307,4 +309,193 @@ fn up_exits_with_the_reason_a_plane_cannot_start() {
     let (ok, _, stderr) = luthien(&["up", "--tls-cert", "cert.pem", "--tls-key", "key.pem"]);
     assert!(!ok);
     assert!(stderr.contains("--tls-cert"), "{stderr}");
+}
+
+/// `luthien calls` against a running `luthien up` that requires an admin key: `tail` follows a
+/// call live, `list` shows its preview and the policy that acted, `show` its events and
+/// prompt, `diff` what the policies changed as a word diff (no colour codes off a terminal),
+/// `--json` the same for scripts; without the key the command says which flag it needs.
+#[tokio::test]
+async fn calls_list_show_diff_and_tail_a_running_control_plane() {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use std::process::Stdio;
+    use std::time::Duration;
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let mock = luthien_mock_upstream::MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "policies:\n  - type: string_replace\n    name: codename\n    config:\n      replacements: [{from: fox, to: cat}]\n      apply_to: both\n",
+    )
+    .unwrap();
+    let database = format!("sqlite://{}", dir.path().join("calls.db").display());
+    let [listen, grpc, http] = free_addresses();
+    let _up = tokio::process::Command::new(env!("CARGO_BIN_EXE_luthien"))
+        .args([
+            "up",
+            "--listen",
+            &listen,
+            "--grpc-listen",
+            &grpc,
+            "--http-listen",
+            &http,
+        ])
+        .args(["--database-url", &database, "--admin-key", "s3cret"])
+        .args(["--policy-config", policy.to_str().unwrap()])
+        .args([
+            "--openai-base-url",
+            &mock.openai_base_url(),
+            "--drain-delay",
+            "0s",
+        ])
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start luthien up");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(&listen).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "luthien up did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let control_plane = format!("http://{grpc}");
+    let client_flags = ["--control-plane", &control_plane, "--admin-key", "s3cret"];
+
+    let mut tail = tokio::process::Command::new(env!("CARGO_BIN_EXE_luthien"))
+        .args(["calls", "tail"])
+        .args(client_flags)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start luthien calls tail");
+    let mut tail_lines = BufReader::new(tail.stdout.take().unwrap()).lines();
+
+    // Calls until the tail shows one: it may subscribe after the first.
+    let http_client = Client::builder(TokioExecutor::new()).build_http();
+    let mut call_id = String::new();
+    let seen = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let request = hyper::Request::post(format!("http://{listen}/v1/chat/completions"))
+                .header("content-type", "application/json")
+                .body(Full::new(bytes::Bytes::from_static(
+                    br#"{"model":"gpt-4o","messages":[{"role":"user","content":"the quick brown fox"}]}"#,
+                )))
+                .unwrap();
+            let response = http_client.request(request).await.unwrap();
+            assert_eq!(response.status(), 200);
+            call_id = response.headers()["x-luthien-call-id"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            response.into_body().collect().await.unwrap();
+            let wait = tokio::time::sleep(Duration::from_secs(1));
+            tokio::pin!(wait);
+            loop {
+                tokio::select! {
+                    _ = &mut wait => break,
+                    line = tail_lines.next_line() => {
+                        let line = line.unwrap().expect("tail keeps running");
+                        if line.contains(&call_id) && line.contains(" response ") {
+                            return line;
+                        }
+                    }
+                }
+            }
+        }
+    })
+    .await
+    .expect("luthien calls tail shows the call");
+    assert!(
+        seen.contains("gpt-4o") && seen.contains("completed"),
+        "{seen}"
+    );
+    assert!(!seen.contains('\x1b'), "{seen}");
+
+    // The writer flushes in the background: wait until the call is listed as completed.
+    let list = |extra: &[&str]| {
+        let mut args = vec!["calls", "list"];
+        args.extend(client_flags);
+        args.extend(extra);
+        luthien(&args)
+    };
+    let mut listed = String::new();
+    for _ in 0..100 {
+        let (ok, stdout, stderr) = list(&["--since", "10m", "--call-id", &call_id]);
+        assert!(ok, "{stderr}");
+        if stdout.contains("completed") {
+            listed = stdout;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(listed.contains(&call_id), "{listed}");
+    assert!(
+        listed.contains("[codename] the quick brown cat"),
+        "{listed}"
+    );
+
+    let (ok, stdout, stderr) = list(&["--json", "--call-id", &call_id]);
+    assert!(ok, "{stderr}");
+    let page: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let call = &page["calls"][0];
+    assert_eq!(call["call_id"], json!(call_id));
+    assert_eq!(call["preview"], json!("the quick brown cat"));
+    assert_eq!(call["policies"], json!(["codename"]));
+    assert_eq!(call["api"], json!("openai"));
+    assert_eq!(call["policy_changed"], json!(true));
+
+    let run = |command: &str| {
+        let mut args = vec!["calls", command];
+        args.extend(client_flags);
+        args.push(&call_id);
+        luthien(&args)
+    };
+    let (ok, shown, stderr) = run("show");
+    assert!(ok, "{stderr}");
+    for expected in [
+        "status     completed",
+        "policies   codename",
+        "request (rewritten by policy)",
+        "codename: ",
+        "last user message (as forwarded)\n  the quick brown cat",
+    ] {
+        assert!(shown.contains(expected), "`{expected}` in\n{shown}");
+    }
+
+    let (ok, diff, stderr) = run("diff");
+    assert!(ok, "{stderr}");
+    assert!(diff.contains("request: changed"), "{diff}");
+    assert!(
+        diff.contains("(user) changed: the quick brown [-fox-]{+cat+}"),
+        "{diff}"
+    );
+    assert!(!diff.contains('\x1b') && !diff.contains("Some("), "{diff}");
+
+    let mut args = vec!["calls", "diff", "--json"];
+    args.extend(client_flags);
+    args.push(&call_id);
+    let (ok, stdout, stderr) = luthien(&args);
+    assert!(ok, "{stderr}");
+    let diff: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(diff["request"]["changed"], json!(true));
+
+    // Without the key, or with a bad time, the command says what to fix.
+    let (ok, _, stderr) = luthien(&["calls", "list", "--control-plane", &control_plane]);
+    assert!(!ok);
+    assert!(stderr.contains("--admin-key"), "{stderr}");
+    let (ok, _, stderr) = list(&["--since", "yesterday"]);
+    assert!(!ok);
+    assert!(stderr.contains("--since `yesterday`"), "{stderr}");
+    let mut args = vec!["calls", "show"];
+    args.extend(client_flags);
+    args.push("no-such-call");
+    let (ok, _, stderr) = luthien(&args);
+    assert!(!ok);
+    assert!(stderr.contains("no-such-call"), "{stderr}");
 }

@@ -236,7 +236,7 @@ impl Rule {
             }
         }
         if let Some(regex) = &self.last_user_message {
-            match last_user_text(request) {
+            match luthien_api::request::last_user_text(request) {
                 Some(text) if regex.is_match(&text) => {
                     held.push("the last user message matches last_user_message_regex".to_owned());
                 }
@@ -324,27 +324,6 @@ fn max_tokens(api: Api, request: &Value) -> Option<u64> {
         },
         Api::AnthropicMessages => field("max_tokens"),
     }
-}
-
-/// The text of the last message with role `user`: a string content, or its `text` parts
-/// (OpenAI) / blocks (Anthropic) joined by newlines. `None` when there is no user message.
-fn last_user_text(request: &Value) -> Option<String> {
-    let message = request
-        .get("messages")?
-        .as_array()?
-        .iter()
-        .rev()
-        .find(|message| message.get("role").and_then(Value::as_str) == Some("user"))?;
-    Some(match message.get("content") {
-        Some(Value::String(text)) => text.clone(),
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .filter(|part| part.get("type").and_then(Value::as_str) == Some("text"))
-            .filter_map(|part| part.get("text").and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join("\n"),
-        _ => String::new(),
-    })
 }
 
 impl Policy for Block {

@@ -186,7 +186,18 @@ pub struct CallSummary {
     /// died left in progress are found by it (see `liveness`).
     #[serde(default)]
     pub control_plane_id: Option<String>,
+    /// The start of the last user message as it went upstream ([`PREVIEW_CHARS`] at most),
+    /// what a request log lists beside the metadata. Kept only where `--store-payloads` keeps
+    /// the final request.
+    #[serde(default)]
+    pub preview: Option<String>,
+    /// The policies that recorded an event for the call, by name, in the order they first did.
+    #[serde(default)]
+    pub policies: Vec<String>,
 }
+
+/// The longest [`CallSummary::preview`], in characters.
+pub const PREVIEW_CHARS: usize = 200;
 
 #[cfg(test)]
 mod tests {

@@ -22,7 +22,7 @@ const SUMMARY_COLUMNS: &str = "call_id, \
     (EXTRACT(EPOCH FROM completed_at) * 1000000)::int8 AS completed_at, \
     api, model, stream, status, duration_ms, time_to_first_chunk_ms, \
     input_tokens, output_tokens, session_id, trace_id, policy_changed, \
-    schema_version::int8 AS schema_version, control_plane_id";
+    schema_version::int8 AS schema_version, control_plane_id, preview, policies";
 
 const DIALECT: Dialect = Dialect {
     time_open: "(TIMESTAMPTZ 'epoch' + ",
@@ -86,6 +86,8 @@ fn upsert_calls(calls: &[(&CallSummary, i64)]) -> PgQuery {
     let mut traces = Vec::with_capacity(calls.len());
     let mut changed = Vec::with_capacity(calls.len());
     let mut control_planes = Vec::with_capacity(calls.len());
+    let mut previews = Vec::with_capacity(calls.len());
+    let mut policies = Vec::with_capacity(calls.len());
     for (call, earliest) in calls {
         ids.push(call.call_id.clone());
         created.push(*earliest);
@@ -102,23 +104,25 @@ fn upsert_calls(calls: &[(&CallSummary, i64)]) -> PgQuery {
         traces.push(call.trace_id.clone());
         changed.push(call.policy_changed);
         control_planes.push(call.control_plane_id.clone());
+        previews.push(call.preview.clone());
+        policies.push(query::policies(&call.policies));
     }
     sqlx::query(
         "INSERT INTO calls (call_id, created_at, completed_at, api, model, stream, status, \
              duration_ms, time_to_first_chunk_ms, input_tokens, output_tokens, session_id, \
-             trace_id, policy_changed, schema_version, control_plane_id) \
+             trace_id, policy_changed, schema_version, control_plane_id, preview, policies) \
          SELECT c.call_id, \
              TIMESTAMPTZ 'epoch' + c.created * INTERVAL '1 microsecond', \
              TIMESTAMPTZ 'epoch' + c.completed * INTERVAL '1 microsecond', \
              c.api, c.model, c.stream, c.status, c.duration_ms, c.ttfc, c.input_tokens, \
              c.output_tokens, c.session_id, c.trace_id, c.policy_changed, $15, \
-             c.control_plane_id \
+             c.control_plane_id, c.preview, c.policies \
          FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::text[], $5::text[], $6::bool[], \
              $7::text[], $8::float8[], $9::float8[], $10::int8[], $11::int8[], $12::text[], \
-             $13::text[], $14::bool[], $16::text[]) \
+             $13::text[], $14::bool[], $16::text[], $17::text[], $18::text[]) \
            AS c(call_id, created, completed, api, model, stream, status, duration_ms, ttfc, \
              input_tokens, output_tokens, session_id, trace_id, policy_changed, \
-             control_plane_id) \
+             control_plane_id, preview, policies) \
          ON CONFLICT (call_id) DO UPDATE SET \
              created_at = LEAST(calls.created_at, EXCLUDED.created_at), \
              completed_at = EXCLUDED.completed_at, api = EXCLUDED.api, \
@@ -129,7 +133,8 @@ fn upsert_calls(calls: &[(&CallSummary, i64)]) -> PgQuery {
              session_id = EXCLUDED.session_id, trace_id = EXCLUDED.trace_id, \
              policy_changed = EXCLUDED.policy_changed, \
              schema_version = EXCLUDED.schema_version, \
-             control_plane_id = COALESCE(EXCLUDED.control_plane_id, calls.control_plane_id) \
+             control_plane_id = COALESCE(EXCLUDED.control_plane_id, calls.control_plane_id), \
+             preview = EXCLUDED.preview, policies = EXCLUDED.policies \
          WHERE calls.status = 'in_progress'",
     )
     .bind(ids)
@@ -148,6 +153,8 @@ fn upsert_calls(calls: &[(&CallSummary, i64)]) -> PgQuery {
     .bind(changed)
     .bind(SCHEMA_VERSION as i32)
     .bind(control_planes)
+    .bind(previews)
+    .bind(policies)
 }
 
 /// One insert for all the batch's events; `DO NOTHING` on an existing

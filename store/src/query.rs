@@ -205,6 +205,13 @@ pub(crate) struct SummaryRow {
     pub policy_changed: bool,
     pub schema_version: i64,
     pub control_plane_id: Option<String>,
+    pub preview: Option<String>,
+    pub policies: Option<String>,
+}
+
+/// The `policies` column: the names as a JSON array.
+pub(crate) fn policies(names: &[String]) -> String {
+    serde_json::Value::from(names).to_string()
 }
 
 impl SummaryRow {
@@ -221,6 +228,13 @@ impl SummaryRow {
                 what: format!("call {}", self.call_id),
                 detail: error.to_string(),
             })?;
+        let policies = match self.policies.as_deref() {
+            None => Vec::new(),
+            Some(text) => serde_json::from_str(text).map_err(|error| StoreError::Corrupt {
+                what: format!("call {}", self.call_id),
+                detail: format!("policies `{text}`: {error}"),
+            })?,
+        };
         Ok(CallSummary {
             call_id: self.call_id,
             created_at_micros: self.created_at,
@@ -239,6 +253,8 @@ impl SummaryRow {
             trace_id: self.trace_id,
             policy_changed: self.policy_changed,
             control_plane_id: self.control_plane_id,
+            preview: self.preview,
+            policies,
         })
     }
 }

@@ -11,7 +11,7 @@ use std::io;
 
 use serde_json::{Map, Value, json};
 
-use crate::events::EventPayload;
+use crate::events::{CallSummary, EventPayload};
 
 /// Key of the object that replaces a value over the size cap.
 pub const TRUNCATED_KEY: &str = "luthien_truncated";
@@ -179,6 +179,13 @@ pub struct Sanitized {
 /// Removes credential headers from a request event, replaces the bodies `stored` keeps out by
 /// a marker and, with a cap, each payload value (request/response original and final, policy
 /// data) larger than `max_payload_bytes` by a truncation marker.
+/// The calls-table row: its preview of the final request goes where that request goes.
+pub fn sanitize_summary(call: &mut CallSummary, stored: StoredPayloads) {
+    if !stored.keeps(Side::Final) {
+        call.preview = None;
+    }
+}
+
 pub fn sanitize_payload(
     payload: &mut EventPayload,
     max_payload_bytes: Option<usize>,

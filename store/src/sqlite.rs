@@ -17,7 +17,7 @@ use crate::liveness::{self, Swept};
 
 const SUMMARY_COLUMNS: &str = "call_id, created_at, completed_at, api, model, stream, status, \
     duration_ms, time_to_first_chunk_ms, input_tokens, output_tokens, session_id, trace_id, \
-    policy_changed, schema_version, control_plane_id";
+    policy_changed, schema_version, control_plane_id, preview, policies";
 
 const DIALECT: Dialect = Dialect {
     time_open: "",
@@ -126,9 +126,9 @@ fn upsert_calls(calls: &[(&CallSummary, i64)]) -> SqliteQuery {
     let sql = values_sql(
         "INSERT INTO calls (call_id, created_at, completed_at, api, model, stream, status, \
              duration_ms, time_to_first_chunk_ms, input_tokens, output_tokens, session_id, \
-             trace_id, policy_changed, schema_version, control_plane_id)",
+             trace_id, policy_changed, schema_version, control_plane_id, preview, policies)",
         calls.len(),
-        16,
+        18,
         "ON CONFLICT (call_id) DO UPDATE SET \
              created_at = min(calls.created_at, excluded.created_at), \
              completed_at = excluded.completed_at, api = excluded.api, \
@@ -138,7 +138,8 @@ fn upsert_calls(calls: &[(&CallSummary, i64)]) -> SqliteQuery {
              input_tokens = excluded.input_tokens, output_tokens = excluded.output_tokens, \
              session_id = excluded.session_id, trace_id = excluded.trace_id, \
              policy_changed = excluded.policy_changed, schema_version = excluded.schema_version, \
-             control_plane_id = coalesce(excluded.control_plane_id, calls.control_plane_id) \
+             control_plane_id = coalesce(excluded.control_plane_id, calls.control_plane_id), \
+             preview = excluded.preview, policies = excluded.policies \
          WHERE calls.status = 'in_progress'",
     );
     let mut query = sqlx::query(sql);
@@ -159,7 +160,9 @@ fn upsert_calls(calls: &[(&CallSummary, i64)]) -> SqliteQuery {
             .bind(call.trace_id.clone())
             .bind(call.policy_changed)
             .bind(i64::from(SCHEMA_VERSION))
-            .bind(call.control_plane_id.clone());
+            .bind(call.control_plane_id.clone())
+            .bind(call.preview.clone())
+            .bind(query::policies(&call.policies));
     }
     query
 }

@@ -316,12 +316,15 @@ impl Writer {
     }
 
     fn take(&self, batch: &mut Vec<Record>, mut record: Record) {
-        if let Record::Event(event) = &mut record {
-            redact::sanitize_payload(
-                &mut event.payload,
-                self.options.max_payload_bytes,
-                self.options.stored_payloads,
-            );
+        match &mut record {
+            Record::Event(event) => {
+                redact::sanitize_payload(
+                    &mut event.payload,
+                    self.options.max_payload_bytes,
+                    self.options.stored_payloads,
+                );
+            }
+            Record::Call(call) => redact::sanitize_summary(call, self.options.stored_payloads),
         }
         batch.push(record);
     }

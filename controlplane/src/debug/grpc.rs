@@ -16,11 +16,10 @@ use luthien_proto::admin::v1::{
 use luthien_proto::admin::v1::{
     GetPolicyRequest, GetPolicyResponse, PolicyEntry, ReplayCallRequest, ReplayCallResponse,
 };
-use prost_types::value::Kind;
-use serde_json::Value;
 use tonic::{Request, Response, Status};
 
 use super::auth::AdminKey;
+use super::structs::to_struct;
 use super::{ActivityFilter, DebugError, DebugService, payload_json};
 use crate::activity::ActivityMessage;
 use luthien_store::CallFilter;
@@ -247,6 +246,8 @@ fn summary(call: CallSummary) -> ProtoCallSummary {
         session_id: call.session_id.unwrap_or_default(),
         trace_id: call.trace_id.unwrap_or_default(),
         policy_changed: call.policy_changed,
+        preview: call.preview.unwrap_or_default(),
+        policies: call.policies,
     }
 }
 
@@ -262,35 +263,4 @@ fn activity(message: ActivityMessage) -> ActivityEvent {
         status: message.status.unwrap_or_default(),
         control_plane: message.control_plane,
     }
-}
-
-/// A JSON object as a protobuf `Struct` (non-objects are wrapped as `{"value": …}`).
-fn to_struct(value: Value) -> prost_types::Struct {
-    match value {
-        Value::Object(map) => prost_types::Struct {
-            fields: map
-                .into_iter()
-                .map(|(key, value)| (key, to_value(value)))
-                .collect(),
-        },
-        other => prost_types::Struct {
-            fields: [("value".to_owned(), to_value(other))]
-                .into_iter()
-                .collect(),
-        },
-    }
-}
-
-fn to_value(value: Value) -> prost_types::Value {
-    let kind = match value {
-        Value::Null => Kind::NullValue(0),
-        Value::Bool(flag) => Kind::BoolValue(flag),
-        Value::Number(number) => Kind::NumberValue(number.as_f64().unwrap_or_default()),
-        Value::String(text) => Kind::StringValue(text),
-        Value::Array(items) => Kind::ListValue(prost_types::ListValue {
-            values: items.into_iter().map(to_value).collect(),
-        }),
-        Value::Object(_) => Kind::StructValue(to_struct(value)),
-    };
-    prost_types::Value { kind: Some(kind) }
 }

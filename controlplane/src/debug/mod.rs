@@ -9,6 +9,7 @@ pub mod auth;
 pub mod grpc;
 pub mod http;
 pub mod session;
+pub mod structs;
 
 use std::time::Duration;
 
@@ -327,6 +328,8 @@ mod tests {
             trace_id: trace_id.map(str::to_owned),
             policy_changed: false,
             control_plane_id: None,
+            preview: None,
+            policies: Vec::new(),
         }
     }
 

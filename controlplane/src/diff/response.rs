@@ -108,11 +108,14 @@ impl<'a> Parts<'a> {
         }
     }
 
-    /// `content[]` blocks: `text` concatenated as streamed (citations split sentences
-    /// into blocks, so no separator), `tool_use` (and server `*_tool_use`) as tool calls.
+    /// `content[]` blocks: `text` blocks as paragraphs of their own (a blank line between two,
+    /// as the request side shows them), except that blocks carrying `citations` join their
+    /// neighbours without a separator (citations split one sentence into several blocks);
+    /// `tool_use` (and server `*_tool_use`) as tool calls.
     fn anthropic(body: &'a Value) -> Self {
         let mut params = fields_except(body, &["content", "stop_reason", "usage"], "");
-        let mut texts = Vec::new();
+        let mut text: Option<String> = None;
+        let mut cited_before = false;
         let mut tool_calls = Vec::new();
         let mut others = Vec::new();
         for block in array(Some(body), "content") {
@@ -121,7 +124,24 @@ impl<'a> Parts<'a> {
                 .and_then(Value::as_str)
                 .unwrap_or_default()
             {
-                "text" => texts.extend(block.get("text").and_then(Value::as_str)),
+                "text" => {
+                    let Some(block_text) = block.get("text").and_then(Value::as_str) else {
+                        continue;
+                    };
+                    let cited = block
+                        .get("citations")
+                        .is_some_and(|citations| !citations.is_null());
+                    match text.as_mut() {
+                        None => text = Some(block_text.to_owned()),
+                        Some(text) => {
+                            if !cited && !cited_before {
+                                text.push_str("\n\n");
+                            }
+                            text.push_str(block_text);
+                        }
+                    }
+                    cited_before = cited;
+                }
                 kind if kind == "tool_use" || kind.ends_with("_tool_use") => {
                     tool_calls.push(ToolCall {
                         id: string(block.get("id")),
@@ -136,7 +156,7 @@ impl<'a> Parts<'a> {
             params.push((OTHER_BLOCKS.to_owned(), Cow::Owned(Value::Array(others))));
         }
         Self {
-            text: (!texts.is_empty()).then(|| texts.concat()),
+            text,
             tool_calls,
             finish_reason: field(Some(body), "stop_reason"),
             usage: field(Some(body), "usage"),

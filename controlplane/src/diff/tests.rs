@@ -481,6 +481,42 @@ fn anthropic_tool_use_removed_and_stop_reason_changed() {
     );
 }
 
+/// A tool call the filter replaced with a text block: the two texts read as two paragraphs
+/// ("check." and "Tool call bash …" once ran together as "check.Tool call bash …"), while
+/// the blocks citations split one sentence into stay one sentence.
+#[test]
+fn anthropic_text_blocks_are_paragraphs_unless_citations_split_them() {
+    let before = anthropic_response();
+    let mut after = before.clone();
+    after["content"][1] =
+        json!({"type": "text", "text": "Tool call bash was blocked by policy: no-shell"});
+    let result = diff(
+        Api::AnthropicMessages,
+        (None, None),
+        (Some(&before), Some(&after)),
+    );
+    let text = result.response.text.as_ref().unwrap();
+    assert_eq!(
+        text.after.as_deref(),
+        Some("There are two files.\n\nTool call bash was blocked by policy: no-shell")
+    );
+
+    let cited = json!({"content": [
+        {"type": "text", "text": "The answer is "},
+        {"type": "text", "text": "42", "citations": [{"type": "char_location", "cited_text": "42"}]},
+        {"type": "text", "text": ", as the source says."}
+    ]});
+    let result = diff(
+        Api::AnthropicMessages,
+        (None, None),
+        (Some(&cited), Some(&cited)),
+    );
+    assert_eq!(
+        result.response.text.as_ref().unwrap().after.as_deref(),
+        Some("The answer is 42, as the source says.")
+    );
+}
+
 #[test]
 fn tool_calls_pair_by_id_then_position() {
     let before = openai_response();

@@ -37,7 +37,7 @@ use pool::{ChannelSettings, ControlEndpoint, Pool};
 use retry_budget::RetryBudget;
 
 use crate::spool::Spool;
-use tls::ClientTls;
+pub use tls::ClientTls;
 
 /// Messages a call may queue towards the control plane before the data plane
 /// waits; this is the backpressure bound of observe mode.

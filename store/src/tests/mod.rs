@@ -240,6 +240,8 @@ fn started(call_id: &str, created: i64) -> CallSummary {
         trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".to_owned()),
         policy_changed: false,
         control_plane_id: None,
+        preview: Some("What is the capital of France?".to_owned()),
+        policies: Vec::new(),
     }
 }
 
@@ -253,6 +255,7 @@ fn completed(mut call: CallSummary, status: CallStatus) -> CallSummary {
         output_tokens: Some(3456),
     };
     call.policy_changed = true;
+    call.policies = vec!["codename".to_owned(), "no \"shell\", please".to_owned()];
     call
 }
 

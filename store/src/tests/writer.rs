@@ -260,7 +260,8 @@ async fn an_ended_call_is_never_rewritten() {
 }
 
 /// `--store-payloads final` keeps what went upstream and what the client received, and marks
-/// the originals as not stored; `none` keeps no body; policy events stay.
+/// the originals as not stored; `none` keeps no body; policy events stay. The calls list's
+/// preview goes with the final request.
 #[tokio::test]
 async fn stored_payloads_keep_out_what_the_setting_says() {
     on_each_backend(|target| async move {
@@ -283,7 +284,9 @@ async fn stored_payloads_keep_out_what_the_setting_says() {
             sink.record(Record::Event(event(&id, 0, request_payload())));
             sink.record(Record::Event(event(&id, 1, policy_payload())));
             writer.shutdown(Duration::from_secs(5)).await;
-            let (_, events) = store.get_call(&id).await.unwrap().unwrap();
+            let (summary, events) = store.get_call(&id).await.unwrap().unwrap();
+            // The list's preview is a piece of the final request: kept with it or not at all.
+            assert_eq!(summary.preview.is_some(), final_kept, "{setting:?}");
             let EventPayload::Request {
                 original, final_, ..
             } = &events[0].payload

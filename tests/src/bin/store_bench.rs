@@ -110,6 +110,8 @@ fn call_records(index: usize) -> [Record; 4] {
         trace_id: None,
         policy_changed: false,
         control_plane_id: None,
+        preview: Some("Summarise the attached report in three sentences.".into()),
+        policies: Vec::new(),
     };
     let event = |sequence, payload| CallEvent {
         call_id: call_id.clone(),

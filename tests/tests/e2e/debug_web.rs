@@ -36,8 +36,8 @@ policies:
 const UI_TIMEOUT: Duration = Duration::from_secs(15);
 
 const INSTALL_HINT: &str = "the debug web UI tests drive a real headless Chromium through \
-     chromedriver; install both (Debian/Ubuntu: `apt-get install -y chromium chromium-driver`) \
-     or point CHROME and CHROMEDRIVER at them";
+     chromedriver; `bash .ci/test` installs both (Debian/Ubuntu: `apt-get install -y chromium \
+     chromium-driver`), or point CHROME and CHROMEDRIVER at them";
 
 // ---- The browser -------------------------------------------------------------------------
 
@@ -289,6 +289,12 @@ async fn recorded_call(
         .header("x-luthien-call-id")
         .expect("call id header")
         .to_owned();
+    wait_recorded(stack, &call_id, admin_key).await;
+    call_id
+}
+
+/// Waits until the store has `call_id` completed.
+async fn wait_recorded(stack: &Stack, call_id: &str, admin_key: Option<&str>) {
     let url = format!("{}/debug/calls/{call_id}", debug_url(stack));
     let bearer = admin_key.map(|key| format!("Bearer {key}"));
     let headers: Vec<(&str, &str)> = bearer
@@ -300,7 +306,7 @@ async fn recorded_call(
         let detail =
             luthien_tests::client::read(Client::new().send("GET", &url, &headers, "").await).await;
         if detail.status == 200 && detail.json()["call"]["status"] == "completed" {
-            return call_id;
+            return;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -417,6 +423,42 @@ async fn diff_viewer_shows_what_policies_changed_word_by_word() {
     assert_eq!(rows[0]["id"], json!(second), "{rows}");
     assert_eq!(rows[1]["id"], json!(first), "{rows}");
     assert_eq!(rows[1]["selected"], true, "{rows}");
+
+    // Each row shows, as a request log does, the prompt as it went upstream and the policies
+    // that acted on the call.
+    let listed = browser
+        .js(
+            "const row = document.querySelector(`#calls-body tr[data-call-id='${arguments[0]}']`);
+             return {
+               preview: row.querySelector('.preview').textContent,
+               acted: [...row.querySelectorAll('.acted .badge')].map(b => b.textContent),
+               header: [...document.querySelectorAll('#calls thead th')].map(th => th.textContent),
+             };",
+            vec![json!(first)],
+        )
+        .await;
+    assert_eq!(
+        listed["preview"], "Is the quick brown cat awake?",
+        "{listed}"
+    );
+    assert!(
+        listed["acted"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("fox-to-cat")),
+        "{listed}"
+    );
+    assert_eq!(
+        listed["header"],
+        json!([
+            "Time",
+            "Model",
+            "Prompt · policies",
+            "Status",
+            "Duration",
+            "Tokens"
+        ])
+    );
     assert!(
         rows.as_array()
             .unwrap()
@@ -944,6 +986,60 @@ async fn activity_monitor_pushes_calls_and_filters_them_live() {
     browser.find("#pause").await.click().await.expect("resume");
     wait_for_rows(&browser, &delta, true).await;
 
+    // Grouped by call: one heading per call, the call with the latest event first, each
+    // heading followed by that call's events only; a new call's group goes on top.
+    browser
+        .find("#f-group")
+        .await
+        .click()
+        .await
+        .expect("group by call");
+    let grouping = "const rows = [...document.querySelectorAll('#events-body tr')];
+         if (!rows.length || !rows[0].classList.contains('group-head')) return false;
+         const groups = [];
+         for (const row of rows) {
+           if (row.classList.contains('group-head')) groups.push({id: row.dataset.callId, head: row.textContent, events: []});
+           else groups.at(-1).events.push(row.dataset.callId);
+         }
+         return groups[0].id === arguments[0] && groups;";
+    let groups = browser
+        .wait_for("events grouped by call", grouping, vec![json!(delta)])
+        .await;
+    let groups = groups.as_array().unwrap();
+    assert!(groups.len() >= 4, "alpha, beta, gamma, delta: {groups:?}");
+    for group in groups {
+        let events = group["events"].as_array().unwrap();
+        assert!(events.len() >= 3, "request, policy, response: {group}");
+        assert!(events.iter().all(|id| *id == group["id"]), "{group}");
+        let head = group["head"].as_str().unwrap();
+        assert!(head.contains(&format!("{} events", events.len())), "{head}");
+    }
+    assert!(browser.current_url().await.contains("group=call"));
+    let epsilon = recorded_call(&stack, "model-beta", "fox five", true, None).await;
+    browser
+        .wait_for(
+            "the new call's group on top",
+            grouping,
+            vec![json!(epsilon)],
+        )
+        .await;
+    browser.screenshot("debug-activity-grouped").await;
+    browser
+        .find("#f-group")
+        .await
+        .click()
+        .await
+        .expect("ungroup");
+    browser
+        .wait_for(
+            "the flat list again",
+            "const rows = [...document.querySelectorAll('#events-body tr')];
+             return rows.length > 0 && !document.querySelector('#events-body tr.group-head')
+               && rows[0].dataset.callId === arguments[0];",
+            vec![json!(epsilon)],
+        )
+        .await;
+
     // Each row links to the call in the diff viewer.
     browser
         .find(&format!("#events-body tr[data-call-id='{delta}'] a"))
@@ -952,6 +1048,75 @@ async fn activity_monitor_pushes_calls_and_filters_them_live() {
         .await
         .expect("follow the link");
     wait_for_call(&browser, &delta).await;
+    browser.quit().await;
+}
+
+/// An Anthropic answer whose tool call a policy replaced with a text: the answer's two text
+/// blocks read as two paragraphs (they once ran together as "….Tool call …").
+#[tokio::test]
+async fn diff_viewer_shows_anthropic_text_blocks_apart() {
+    let database = TestDatabase::sqlite().await;
+    let stack = Stack::start(StackOptions {
+        database_url: Some(database.url.clone()),
+        ..StackOptions::yaml(
+            "policies:\n  - type: tool_call_filter\n    name: weather-filter\n    config:\n      rules: [{name: no-weather, tools: [get_weather]}]\n",
+        )
+    })
+    .await;
+    let body = json!({"model": "claude-sonnet-4-5", "max_tokens": 200,
+        "messages": [{"role": "user", "content": "What is the weather in Paris?"}]});
+    let response = Client::new()
+        .post(
+            &stack.anthropic_url(),
+            &[
+                ("anthropic-version", "2023-06-01"),
+                ("x-mock-scenario", "text_and_tools"),
+            ],
+            body.to_string(),
+        )
+        .await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    let call_id = response
+        .header("x-luthien-call-id")
+        .expect("call id")
+        .to_owned();
+    wait_recorded(&stack, &call_id, None).await;
+
+    let browser = Browser::start().await;
+    browser
+        .goto(&format!(
+            "{}/debug/diff?call_id={call_id}",
+            debug_url(&stack)
+        ))
+        .await;
+    wait_for_call(&browser, &call_id).await;
+    let after = browser
+        .js(
+            "return document.querySelector('section.response .side.after .text').textContent",
+            vec![],
+        )
+        .await;
+    let after = after.as_str().unwrap();
+    let (text, replacement) = after
+        .split_once("\n\n")
+        .unwrap_or_else(|| panic!("two paragraphs: {after:?}"));
+    assert!(!text.is_empty(), "{after:?}");
+    assert_eq!(
+        replacement,
+        "Tool call get_weather was blocked by policy: no-weather"
+    );
+    let listed = browser
+        .wait_for(
+            "the call in the list",
+            "const row = document.querySelector(`#calls-body tr[data-call-id='${arguments[0]}']`);
+             return row && {preview: row.querySelector('.preview').textContent,
+                            acted: [...row.querySelectorAll('.acted .badge')].map(b => b.textContent)};",
+            vec![json!(call_id)],
+        )
+        .await;
+    assert_eq!(listed["preview"], "What is the weather in Paris?");
+    assert_eq!(listed["acted"], json!(["weather-filter"]));
+    browser.screenshot("debug-anthropic-blocks").await;
     browser.quit().await;
 }
 

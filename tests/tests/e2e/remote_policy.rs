@@ -2,8 +2,8 @@
 //! of the mock provider: the Rust example (in-process), the Python examples (subprocesses),
 //! and scripted fakes that are slow, crash mid-stream or answer garbage.
 //!
-//! The Python tests need `python3 -m pip install -r examples/remote-policy-python/requirements.txt`;
-//! without it they fail saying so.
+//! The Python tests need the packages of `examples/remote-policy-python/requirements.txt`, which
+//! `bash .ci/test` installs into `target/test-venv`; without them they fail saying so.
 //!
 //! `remote_policy_overhead` (ignored) is the benchmark of `docs/BENCHMARKS.md`:
 //! `cargo test --release -p luthien-tests --test e2e -- --ignored --nocapture remote_policy::remote_policy_overhead`
@@ -331,6 +331,19 @@ fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The interpreter for the Python example: `LUTHIEN_TEST_PYTHON`, else the virtual environment
+/// `.ci/test` provisions (`target/test-venv`), else `python3` from the path.
+fn python() -> PathBuf {
+    if let Some(python) = std::env::var_os("LUTHIEN_TEST_PYTHON") {
+        return PathBuf::from(python);
+    }
+    let venv = repo_root().join("target/test-venv/bin/python");
+    if venv.exists() {
+        return venv;
+    }
+    PathBuf::from("python3")
+}
+
 static PYTHON_READY: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
 
 /// Checks the Python deps and generates the stubs once (so that servers started in parallel
@@ -339,23 +352,23 @@ async fn python_ready() {
     PYTHON_READY
         .get_or_init(|| async {
             let root = repo_root();
-            let install = format!(
-                "python3 -m pip install -r {}",
-                root.join("examples/remote-policy-python/requirements.txt")
-                    .display()
-            );
-            let check = Command::new("python3")
+            let python = python();
+            let install = "`bash .ci/test` provisions it in target/test-venv";
+            let check = Command::new(&python)
                 .args(["-c", "import grpc, grpc_tools, google.protobuf"])
                 .output()
                 .unwrap_or_else(|error| {
-                    panic!("python3 is needed for the Python example ({error}); then: {install}")
+                    panic!(
+                        "{} is needed for the Python example ({error}); {install}",
+                        python.display()
+                    )
                 });
             assert!(
                 check.status.success(),
                 "the Python example needs grpcio and grpcio-tools: {install}\n{}",
                 String::from_utf8_lossy(&check.stderr)
             );
-            let stubs = Command::new("python3")
+            let stubs = Command::new(&python)
                 .arg(root.join("examples/remote-policy-python/stubs.py"))
                 .output()
                 .unwrap();
@@ -383,7 +396,7 @@ impl Drop for PythonServer {
 
 async fn start_python(script: &str, args: &[&str]) -> PythonServer {
     python_ready().await;
-    let mut child = Command::new("python3")
+    let mut child = Command::new(python())
         .arg(
             repo_root()
                 .join("examples/remote-policy-python")
@@ -394,7 +407,7 @@ async fn start_python(script: &str, args: &[&str]) -> PythonServer {
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("python3 starts");
+        .expect("the Python interpreter starts");
     let stdout = child.stdout.take().unwrap();
     let line = tokio::time::timeout(
         Duration::from_secs(60),
