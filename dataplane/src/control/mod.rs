@@ -331,7 +331,12 @@ impl ControlClient {
             .await
             .map_err(|_| ControlError::Timeout(self.timeouts.inactivity))?
             .map_err(|status| match status.code() {
-                tonic::Code::Unavailable => ControlError::Unavailable(status.message().to_owned()),
+                // `Cancelled` before the stream opened is the client's own: the connection was
+                // closing (a GOAWAY from a control plane shutting down) and the request was
+                // never sent ("operation was canceled"), so the next control plane may take it.
+                tonic::Code::Unavailable | tonic::Code::Cancelled => {
+                    ControlError::Unavailable(status.message().to_owned())
+                }
                 _ => ControlError::Refused(status.message().to_owned()),
             })?;
         endpoint.streams.inc();

@@ -50,26 +50,41 @@ pub fn http_client() -> HttpClient {
         .build(connector)
 }
 
-/// Which target of an A/B pair.
+/// Which target of a comparison.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
     /// The mock provider, called directly (the baseline).
     Direct,
+    /// The same call through nginx `proxy_pass`: the floor a plain reverse proxy sets.
+    Nginx,
     /// The same call through Luthien's data plane.
     Proxied,
 }
 
-/// A value for each side of an A/B comparison.
+impl Side {
+    pub fn name(self) -> &'static str {
+        match self {
+            Side::Direct => "direct",
+            Side::Nginx => "nginx",
+            Side::Proxied => "proxied",
+        }
+    }
+}
+
+/// A value for each side of a comparison. Which sides a measurement runs is the list given to
+/// [`alternate`]; a side it did not run keeps its default (no samples).
 #[derive(Debug, Default, Clone)]
-pub struct Ab<T> {
+pub struct Sides<T> {
     pub direct: T,
+    pub nginx: T,
     pub proxied: T,
 }
 
-impl<T> Ab<T> {
+impl<T> Sides<T> {
     pub fn get(&self, side: Side) -> &T {
         match side {
             Side::Direct => &self.direct,
+            Side::Nginx => &self.nginx,
             Side::Proxied => &self.proxied,
         }
     }
@@ -77,7 +92,16 @@ impl<T> Ab<T> {
     fn get_mut(&mut self, side: Side) -> &mut T {
         match side {
             Side::Direct => &mut self.direct,
+            Side::Nginx => &mut self.nginx,
             Side::Proxied => &mut self.proxied,
+        }
+    }
+
+    pub fn map<U>(&self, f: impl Fn(&T) -> U) -> Sides<U> {
+        Sides {
+            direct: f(&self.direct),
+            nginx: f(&self.nginx),
+            proxied: f(&self.proxied),
         }
     }
 }
@@ -474,30 +498,33 @@ impl Phases {
     }
 }
 
-/// Runs `run(side, length)` on both sides: a discarded warm-up each, then alternating
-/// slices in the order A B, B A, A B, … so that drift (CPU frequency, caches, other
-/// processes, a growing heap) affects both sides alike and neither always goes first.
-pub async fn alternate<T, F, Fut>(phases: &Phases, mut run: F) -> anyhow::Result<Ab<T>>
+/// Runs `run(side, length)` on each of `sides`: a discarded warm-up each, then alternating
+/// slices in the order A B C, C B A, A B C, … so that drift (CPU frequency, caches, other
+/// processes, a growing heap) affects every side alike and none always goes first.
+pub async fn alternate<T, F, Fut>(
+    phases: &Phases,
+    sides: &[Side],
+    mut run: F,
+) -> anyhow::Result<Sides<T>>
 where
     T: Default + Merge,
     F: FnMut(Side, Duration) -> Fut,
     Fut: Future<Output = anyhow::Result<T>>,
 {
     if !phases.warmup.is_zero() {
-        for side in [Side::Direct, Side::Proxied] {
+        for &side in sides {
             run(side, phases.warmup)
                 .await
-                .with_context(|| format!("warm-up ({side:?})"))?;
+                .with_context(|| format!("warm-up ({})", side.name()))?;
         }
     }
     let (count, slice) = phases.slices();
-    let mut result = Ab::<T>::default();
+    let mut result = Sides::<T>::default();
     for round in 0..count {
-        let order = if round % 2 == 0 {
-            [Side::Direct, Side::Proxied]
-        } else {
-            [Side::Proxied, Side::Direct]
-        };
+        let mut order = sides.to_vec();
+        if round % 2 == 1 {
+            order.reverse();
+        }
         for side in order {
             let part = run(side, slice).await?;
             result.get_mut(side).merge(part);

@@ -1,7 +1,8 @@
-//! The processes under test: the mock provider and, per policy, a control plane and a data
-//! plane, each a child process of the release binaries next to this one, on a free
-//! 127.0.0.1 port, logging at `warn` into a file of the work directory. A [`Process`] kills
-//! its child when dropped, so an error anywhere still cleans up.
+//! The processes under test: the mock provider, nginx in front of it (the baseline a plain
+//! reverse proxy sets) and, per policy, a control plane and a data plane, each a child
+//! process of the release binaries next to this one, on a free 127.0.0.1 port, logging into
+//! a file of the work directory (the planes at their default level unless told otherwise).
+//! A [`Process`] kills its child when dropped, so an error anywhere still cleans up.
 
 use std::fs::{self, File};
 use std::net::{SocketAddr, TcpListener};
@@ -96,18 +97,28 @@ impl Process {
     /// provider settings, so the environment of the shell cannot change what is measured
     /// (and relative default paths, like the control plane's SQLite file, land in `dir`).
     pub fn spawn(name: &str, program: &Path, args: &[String], dir: &Path) -> anyhow::Result<Self> {
+        Self::spawn_logging(name, program, args, dir, Some("warn"))
+    }
+
+    /// [`Process::spawn`] with `RUST_LOG=rust_log`, or without `RUST_LOG` at all (`None`): the
+    /// program's own default level, as a user runs it.
+    pub fn spawn_logging(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        dir: &Path,
+        rust_log: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let log = dir.join(format!("{name}.log"));
         let stdout =
             File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
         let stderr = stdout.try_clone().context("cannot share a log file")?;
         let mut command = Command::new(program);
-        command
-            .args(args)
-            .current_dir(dir)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr);
+        command.args(args).current_dir(dir).env_remove("RUST_LOG");
+        if let Some(level) = rust_log {
+            command.env("RUST_LOG", level);
+        }
+        command.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
         for (key, _) in std::env::vars_os() {
             let key_text = key.to_string_lossy();
             if [
@@ -300,11 +311,105 @@ pub struct Luthien {
     pub controlplane_http: String,
 }
 
-/// Arguments appended to each plane's command line (for experiments, e.g. `--no-store`).
+/// What the planes run with beyond their defaults: arguments appended to each command line
+/// (for experiments, e.g. `--no-store`), and `RUST_LOG` (`None`: their default level).
 #[derive(Debug, Clone, Default)]
 pub struct ExtraArgs {
     pub controlplane: Vec<String>,
     pub dataplane: Vec<String>,
+    pub rust_log: Option<String>,
+}
+
+/// nginx `proxy_pass` in front of the mock, configured as a reverse proxy for LLM APIs is:
+/// keep-alive connections to the upstream, no response buffering (so streams flow), the
+/// access log on (as by default; Luthien logs a line per call too), `worker_processes auto`.
+pub struct Nginx {
+    process: Process,
+    pub base_url: String,
+}
+
+impl Nginx {
+    /// The nginx binary: `nginx` on the `PATH`, else `/usr/sbin/nginx`; `None` when neither.
+    pub fn find() -> Option<PathBuf> {
+        let on_path = std::env::var_os("PATH")
+            .into_iter()
+            .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+            .map(|dir| dir.join("nginx"));
+        on_path
+            .chain([PathBuf::from("/usr/sbin/nginx")])
+            .find(|candidate| candidate.is_file())
+    }
+
+    /// Writes the configuration into `dir` and starts nginx on a free port.
+    pub async fn start(program: &Path, dir: &Path, mock: SocketAddr) -> anyhow::Result<Self> {
+        let listen = free_addr()?;
+        let prefix = dir.join("nginx");
+        fs::create_dir_all(&prefix)
+            .with_context(|| format!("cannot create {}", prefix.display()))?;
+        let p = prefix.display();
+        let config = format!(
+            "daemon off;\n\
+             worker_processes auto;\n\
+             pid {p}/nginx.pid;\n\
+             error_log {p}/error.log warn;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n\
+             \x20 access_log {p}/access.log;\n\
+             \x20 client_body_temp_path {p}/body;\n\
+             \x20 proxy_temp_path {p}/proxy;\n\
+             \x20 fastcgi_temp_path {p}/fastcgi;\n\
+             \x20 uwsgi_temp_path {p}/uwsgi;\n\
+             \x20 scgi_temp_path {p}/scgi;\n\
+             \x20 upstream mock {{ server {mock}; keepalive 64; }}\n\
+             \x20 server {{\n\
+             \x20   listen {listen};\n\
+             \x20   location / {{\n\
+             \x20     proxy_pass http://mock;\n\
+             \x20     proxy_http_version 1.1;\n\
+             \x20     proxy_set_header Connection \"\";\n\
+             \x20     proxy_buffering off;\n\
+             \x20   }}\n\
+             \x20 }}\n\
+             }}\n"
+        );
+        let config_file = prefix.join("nginx.conf");
+        fs::write(&config_file, config)
+            .with_context(|| format!("cannot write {}", config_file.display()))?;
+        let args = [
+            "-p".to_owned(),
+            format!("{p}/"),
+            "-c".to_owned(),
+            config_file.display().to_string(),
+            "-e".to_owned(),
+            format!("{p}/error.log"),
+        ];
+        let mut process = Process::spawn("nginx", program, &args, dir)?;
+        process.wait_for_port(listen).await?;
+        Ok(Self {
+            process,
+            base_url: format!("http://{listen}"),
+        })
+    }
+
+    pub fn ensure_running(&mut self) -> anyhow::Result<()> {
+        self.process.ensure_running()
+    }
+}
+
+impl Drop for Nginx {
+    /// SIGTERM, so the master stops its workers (a SIGKILLed master leaves them behind).
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.process.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if matches!(self.process.child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 fn remove_if_present(path: &Path) -> anyhow::Result<()> {
@@ -371,11 +476,12 @@ impl Luthien {
             format!("sqlite://{}", database.display()),
         ];
         args.extend(extra.controlplane.iter().cloned());
-        let mut controlplane = Process::spawn(
+        let mut controlplane = Process::spawn_logging(
             &format!("controlplane-{policy}"),
             &binaries.controlplane,
             &args,
             dir,
+            extra.rust_log.as_deref(),
         )?;
         controlplane.wait_for_port(grpc).await?;
 
@@ -391,11 +497,12 @@ impl Luthien {
             format!("http://{mock}"),
         ];
         args.extend(extra.dataplane.iter().cloned());
-        let mut dataplane = Process::spawn(
+        let mut dataplane = Process::spawn_logging(
             &format!("dataplane-{policy}"),
             &binaries.dataplane,
             &args,
             dir,
+            extra.rust_log.as_deref(),
         )?;
         let base_url = format!("http://{listen}");
         dataplane

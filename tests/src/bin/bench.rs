@@ -16,10 +16,13 @@
 //! the control plane); `all_caps` in transform mode (each chunk round-trips through the
 //! control plane).
 //!
-//! Every measurement is an A/B comparison with the same request sent to the mock directly
-//! ("direct") and through the data plane ("proxied"); the difference is what Luthien adds.
-//! The two sides alternate in short slices (see [`load::alternate`]) after a discarded
-//! warm-up, so drift affects both alike. All requests use pooled HTTP/1.1 keep-alive
+//! Every measurement sends the same request to the mock directly ("direct"), through nginx
+//! `proxy_pass` ("nginx", the floor a plain reverse proxy sets; skipped, and said so, when
+//! nginx is not installed) and through the data plane ("proxied"); proxied minus direct is
+//! what Luthien adds, proxied minus nginx what it adds over a plain proxy. The sides
+//! alternate in short slices (see [`load::alternate`]) after a discarded warm-up, so drift
+//! affects all alike. The planes run with their default settings (recording on, default log
+//! level) unless `--rust-log` or extra arguments say otherwise. All requests use pooled HTTP/1.1 keep-alive
 //! connections and must answer `200` (streams must also end properly); failures are counted
 //! and reported loudly.
 //!
@@ -53,9 +56,10 @@ use clap::Parser;
 
 use crate::report::{CpuByMeasurement, Machine, PolicyRun};
 use luthien_tests::bench::load::{
-    self, Ab, CallSample, HttpClient, Phases, RequestSpec, Samples, StreamSample, Throughput,
+    self, CallSample, HttpClient, Phases, RequestSpec, Samples, Side, Sides, StreamSample,
+    Throughput,
 };
-use luthien_tests::bench::procs::{self, Binaries, ExtraArgs, Luthien};
+use luthien_tests::bench::procs::{self, Binaries, ExtraArgs, Luthien, Nginx};
 use luthien_tests::bench::stats::{Summary, added_ms, signed_ms};
 
 /// Measures the latency, streaming, throughput and memory cost of Luthien's data plane,
@@ -103,6 +107,18 @@ struct Args {
     /// Extra argument for every data plane (repeat for several).
     #[arg(long = "dataplane-arg", allow_hyphen_values = true)]
     dataplane_args: Vec<String>,
+
+    /// `RUST_LOG` for both planes (e.g. `warn`); unset, they log at their default level.
+    #[arg(long = "rust-log")]
+    rust_log: Option<String>,
+
+    /// The nginx binary for the baseline (default: `nginx` on the PATH, else /usr/sbin/nginx).
+    #[arg(long)]
+    nginx: Option<std::path::PathBuf>,
+
+    /// Leave nginx out.
+    #[arg(long = "no-nginx", conflicts_with = "nginx")]
+    no_nginx: bool,
 
     /// Smoke run: 2 s per side, 0.5 s warm-up, 1 s slices.
     #[arg(long)]
@@ -152,8 +168,21 @@ pub struct Settings {
     pub chunks: usize,
     pub policies: Vec<Policy>,
     pub extra: ExtraArgs,
+    /// The nginx binary of the baseline; `None` when it is left out or not installed.
+    pub nginx: Option<std::path::PathBuf>,
     /// The command line, for the report.
     pub command: String,
+}
+
+impl Settings {
+    /// The sides every measurement runs, in the order of its first slice.
+    pub fn sides(&self) -> &'static [Side] {
+        if self.nginx.is_some() {
+            &[Side::Direct, Side::Nginx, Side::Proxied]
+        } else {
+            &[Side::Direct, Side::Proxied]
+        }
+    }
 }
 
 impl Settings {
@@ -181,6 +210,12 @@ impl Settings {
             extra: ExtraArgs {
                 controlplane: args.controlplane_args,
                 dataplane: args.dataplane_args,
+                rust_log: args.rust_log,
+            },
+            nginx: if args.no_nginx {
+                None
+            } else {
+                args.nginx.or_else(Nginx::find)
             },
             command: command_line(),
         }
@@ -202,12 +237,18 @@ const STREAM_BODY: &str = r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"
 
 /// The two requests of the benchmark, for each side.
 struct Requests {
-    chat: Ab<Arc<RequestSpec>>,
-    stream: Ab<Arc<RequestSpec>>,
+    chat: Sides<Arc<RequestSpec>>,
+    stream: Sides<Arc<RequestSpec>>,
 }
 
 impl Requests {
-    fn new(mock: SocketAddr, luthien: &str, chunks: usize) -> anyhow::Result<Self> {
+    /// Without nginx its side is never run; it gets the direct requests.
+    fn new(
+        mock: SocketAddr,
+        nginx: Option<&str>,
+        luthien: &str,
+        chunks: usize,
+    ) -> anyhow::Result<Self> {
         let chat = |base: &str| -> anyhow::Result<Arc<RequestSpec>> {
             let url = format!("{base}/v1/chat/completions");
             Ok(Arc::new(RequestSpec::post_json(&url, CHAT_BODY)?))
@@ -220,13 +261,16 @@ impl Requests {
             Ok(Arc::new(spec))
         };
         let direct = format!("http://{mock}");
+        let nginx = nginx.unwrap_or(&direct);
         Ok(Self {
-            chat: Ab {
+            chat: Sides {
                 direct: chat(&direct)?,
+                nginx: chat(nginx)?,
                 proxied: chat(luthien)?,
             },
-            stream: Ab {
+            stream: Sides {
                 direct: stream(&direct)?,
+                nginx: stream(nginx)?,
                 proxied: stream(luthien)?,
             },
         })
@@ -276,13 +320,35 @@ async fn run(settings: &Settings) -> anyhow::Result<Vec<PolicyRun>> {
 
     let client = load::http_client();
     let (mut mock, mock_addr) = procs::start_mock(&binaries, &dir).await?;
+    let mut nginx = match &settings.nginx {
+        Some(program) => Some(
+            Nginx::start(program, &dir, mock_addr)
+                .await
+                .with_context(|| format!("starting nginx ({})", program.display()))?,
+        ),
+        None => {
+            eprintln!("nginx: not found (or --no-nginx); the report has no nginx baseline");
+            None
+        }
+    };
+    let nginx_url = nginx.as_ref().map(|nginx| nginx.base_url.clone());
 
     let mut runs = Vec::new();
     for policy in &settings.policies {
-        let run = bench_policy(settings, &binaries, &dir, mock_addr, &client, *policy)
-            .await
-            .with_context(|| format!("benchmarking policy {}", policy.name()))?;
+        let run = bench_policy(
+            settings,
+            &binaries,
+            &dir,
+            (mock_addr, nginx_url.as_deref()),
+            &client,
+            *policy,
+        )
+        .await
+        .with_context(|| format!("benchmarking policy {}", policy.name()))?;
         mock.ensure_running()?;
+        if let Some(nginx) = nginx.as_mut() {
+            nginx.ensure_running()?;
+        }
         runs.push(run);
     }
     Ok(runs)
@@ -292,7 +358,7 @@ async fn bench_policy(
     settings: &Settings,
     binaries: &Binaries,
     dir: &Path,
-    mock: SocketAddr,
+    (mock, nginx): (SocketAddr, Option<&str>),
     client: &HttpClient,
     policy: Policy,
 ) -> anyhow::Result<PolicyRun> {
@@ -301,8 +367,8 @@ async fn bench_policy(
         Luthien::start(binaries, dir, policy.name(), mock, client, &settings.extra).await?;
     let dataplane_idle = luthien.dataplane.memory()?;
     let controlplane_idle = luthien.controlplane.memory()?;
-    let requests = Requests::new(mock, &luthien.base_url, settings.chunks)?;
-    smoke_check(client, &requests, settings.chunks).await?;
+    let requests = Requests::new(mock, nginx, &luthien.base_url, settings.chunks)?;
+    smoke_check(client, &requests, settings.sides(), settings.chunks).await?;
 
     let mut cpu = CpuByMeasurement::default();
     let started = luthien.cpu_time()?;
@@ -346,26 +412,21 @@ async fn bench_policy(
 async fn smoke_check(
     client: &HttpClient,
     requests: &Requests,
+    sides: &[Side],
     chunks: usize,
 ) -> anyhow::Result<()> {
-    for (side, spec) in [
-        ("direct", &requests.chat.direct),
-        ("proxied", &requests.chat.proxied),
-    ] {
+    for &side in sides {
+        let (name, spec) = (side.name(), requests.chat.get(side));
         let sample = load::call(client, spec, Instant::now())
             .await
-            .map_err(|error| anyhow::anyhow!("{side} call to {} failed: {error}", spec.uri))?;
-        if side == "proxied" && sample.overhead_ms.is_none() {
+            .map_err(|error| anyhow::anyhow!("{name} call to {} failed: {error}", spec.uri))?;
+        if side == Side::Proxied && sample.overhead_ms.is_none() {
             bail!("the proxied answer has no x-luthien-overhead-ms header");
         }
-    }
-    for (side, spec) in [
-        ("direct", &requests.stream.direct),
-        ("proxied", &requests.stream.proxied),
-    ] {
+        let spec = requests.stream.get(side);
         load::stream(client, spec, Instant::now(), chunks)
             .await
-            .map_err(|error| anyhow::anyhow!("{side} stream from {} failed: {error}", spec.uri))?;
+            .map_err(|error| anyhow::anyhow!("{name} stream from {} failed: {error}", spec.uri))?;
     }
     Ok(())
 }
@@ -374,12 +435,12 @@ async fn measure_latency(
     settings: &Settings,
     client: &HttpClient,
     requests: &Requests,
-) -> anyhow::Result<Ab<Samples<CallSample>>> {
+) -> anyhow::Result<Sides<Samples<CallSample>>> {
     eprintln!(
         "   non-streaming latency, {} req/s open loop …",
         settings.rate
     );
-    let result = load::alternate(&settings.phases, |side, length| {
+    let result = load::alternate(&settings.phases, settings.sides(), |side, length| {
         let client = client.clone();
         let spec = Arc::clone(requests.chat.get(side));
         load::open_loop(settings.rate, length, move |scheduled| {
@@ -405,13 +466,13 @@ async fn measure_streams(
     settings: &Settings,
     client: &HttpClient,
     requests: &Requests,
-) -> anyhow::Result<Ab<Samples<StreamSample>>> {
+) -> anyhow::Result<Sides<Samples<StreamSample>>> {
     eprintln!(
         "   streams of {} chunks, {} streams/s open loop …",
         settings.chunks, settings.stream_rate
     );
     let chunks = settings.chunks;
-    let result = load::alternate(&settings.phases, |side, length| {
+    let result = load::alternate(&settings.phases, settings.sides(), |side, length| {
         let client = client.clone();
         let spec = Arc::clone(requests.stream.get(side));
         load::open_loop(settings.stream_rate, length, move |scheduled| {
@@ -437,12 +498,12 @@ async fn measure_throughput(
     settings: &Settings,
     client: &HttpClient,
     requests: &Requests,
-) -> anyhow::Result<Ab<Throughput>> {
+) -> anyhow::Result<Sides<Throughput>> {
     eprintln!(
         "   throughput, {} connections closed loop …",
         settings.concurrency
     );
-    let result = load::alternate(&settings.phases, |side, length| {
+    let result = load::alternate(&settings.phases, settings.sides(), |side, length| {
         let spec = Arc::clone(requests.chat.get(side));
         async move { load::closed_loop(client, &spec, settings.concurrency, length).await }
     })

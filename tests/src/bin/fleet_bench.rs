@@ -41,7 +41,9 @@ use clap::Parser;
 use http::Request;
 use http_body_util::{BodyExt, Full};
 
-use luthien_tests::bench::load::{self, Ab, CallSample, HttpClient, Phases, RequestSpec, Samples};
+use luthien_tests::bench::load::{
+    self, CallSample, HttpClient, Phases, RequestSpec, Samples, Side,
+};
 use luthien_tests::bench::procs::{self, Binaries, Process};
 use luthien_tests::bench::stats::{Summary, added_ms, ms, signed_ms};
 
@@ -249,16 +251,15 @@ async fn run(args: &Args) -> anyhow::Result<String> {
     )
     .await?;
 
-    let specs = Ab {
-        direct: Arc::new(RequestSpec::post_json(
-            &format!("{single}/v1/chat/completions"),
-            CHAT_BODY,
-        )?),
-        proxied: Arc::new(RequestSpec::post_json(
-            &format!("{fleet}/v1/chat/completions"),
-            CHAT_BODY,
-        )?),
-    };
+    // "direct" is the single control plane here, "proxied" the fleet.
+    let single_spec = Arc::new(RequestSpec::post_json(
+        &format!("{single}/v1/chat/completions"),
+        CHAT_BODY,
+    )?);
+    let fleet_spec = Arc::new(RequestSpec::post_json(
+        &format!("{fleet}/v1/chat/completions"),
+        CHAT_BODY,
+    )?);
     eprintln!("latency: {} req/s, single vs fleet …", args.rate);
     let phases = Phases {
         warmup: Duration::from_secs(1),
@@ -266,9 +267,13 @@ async fn run(args: &Args) -> anyhow::Result<String> {
         slice: Duration::from_secs(2),
     };
     let before = by_endpoint(&client, &fleet, "luthien_control_plane_streams_total").await?;
-    let latency = load::alternate(&phases, |side, length| {
+    let latency = load::alternate(&phases, &[Side::Direct, Side::Proxied], |side, length| {
         let client = client.clone();
-        let spec = Arc::clone(specs.get(side));
+        let spec = Arc::clone(if side == Side::Direct {
+            &single_spec
+        } else {
+            &fleet_spec
+        });
         load::open_loop(args.rate, length, move |scheduled| {
             let client = client.clone();
             let spec = Arc::clone(&spec);
@@ -294,7 +299,7 @@ async fn run(args: &Args) -> anyhow::Result<String> {
 
     eprintln!("ejection: SIGKILL of one control plane under {LIGHT_RATE} req/s …");
     let victim = control_planes[1].grpc.to_string();
-    let spec = Arc::clone(&specs.proxied);
+    let spec = Arc::clone(&fleet_spec);
     let load_client = client.clone();
     let under_load =
         tokio::spawn(async move { light_load(&load_client, &spec, Duration::from_secs(6)).await });
@@ -312,7 +317,7 @@ async fn run(args: &Args) -> anyhow::Result<String> {
     let ejection_load = under_load.await?;
 
     eprintln!("rejoin: the control plane back on its address …");
-    let spec = Arc::clone(&specs.proxied);
+    let spec = Arc::clone(&fleet_spec);
     let load_client = client.clone();
     let under_load =
         tokio::spawn(async move { light_load(&load_client, &spec, Duration::from_secs(6)).await });

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::{Policy, Settings};
-use luthien_tests::bench::load::{Ab, CallSample, Samples, Side, StreamSample, Throughput};
+use luthien_tests::bench::load::{CallSample, Samples, Side, Sides, StreamSample, Throughput};
 use luthien_tests::bench::procs::{CpuTime, EventCounts, LogProblems, Memory};
 use luthien_tests::bench::stats::{self, Summary, added_ms, ms, signed_ms};
 
@@ -13,9 +13,9 @@ use luthien_tests::bench::stats::{self, Summary, added_ms, ms, signed_ms};
 #[derive(Debug)]
 pub struct PolicyRun {
     pub policy: Policy,
-    pub latency: Ab<Samples<CallSample>>,
-    pub streams: Ab<Samples<StreamSample>>,
-    pub throughput: Ab<Throughput>,
+    pub latency: Sides<Samples<CallSample>>,
+    pub streams: Sides<Samples<StreamSample>>,
+    pub throughput: Sides<Throughput>,
     pub cpu: CpuByMeasurement,
     /// The control plane's event-store counters at the end, when it serves them.
     pub events: Option<EventCounts>,
@@ -39,7 +39,7 @@ pub struct CpuByMeasurement {
 impl PolicyRun {
     /// Failed requests over every measurement of this policy (warm-ups excluded).
     pub fn errors(&self) -> u64 {
-        let sides = [Side::Direct, Side::Proxied];
+        let sides = [Side::Direct, Side::Nginx, Side::Proxied];
         sides
             .iter()
             .map(|side| {
@@ -51,12 +51,12 @@ impl PolicyRun {
     }
 
     fn first_error(&self) -> Option<String> {
-        let sides = [Side::Direct, Side::Proxied];
+        let sides = [Side::Direct, Side::Nginx, Side::Proxied];
         sides.iter().find_map(|side| {
             let label = |what: &str, error: &Option<String>| {
                 error
                     .as_ref()
-                    .map(|error| format!("{what}, {side:?}: {error}"))
+                    .map(|error| format!("{what}, {}: {error}", side.name()))
             };
             label("non-streaming", &self.latency.get(*side).first_error)
                 .or_else(|| label("streams", &self.streams.get(*side).first_error))
@@ -66,42 +66,42 @@ impl PolicyRun {
 }
 
 /// Renders one summary cell of a policy.
-type Cell = dyn Fn(&PolicyRun, &Figures) -> String;
+type Cell<'a> = dyn Fn(&PolicyRun, &Figures) -> String + 'a;
 /// A target's measured value, its limit and unit, or `None` where it does not apply.
-type Measure = dyn Fn(&PolicyRun, &Figures) -> Option<(f64, f64, &'static str)>;
+type Measure<'a> = dyn Fn(&PolicyRun, &Figures) -> Option<(f64, f64, &'static str)> + 'a;
 
 /// The numbers derived from one [`PolicyRun`].
 struct Figures {
-    latency: Ab<Summary>,
-    latency_lag: Ab<Summary>,
+    latency: Sides<Summary>,
+    latency_lag: Sides<Summary>,
     overhead_header_p50: Option<f64>,
-    first_byte: Ab<Summary>,
-    stream_total: Ab<Summary>,
-    stream_lag: Ab<Summary>,
+    first_byte: Sides<Summary>,
+    stream_total: Sides<Summary>,
+    stream_lag: Sides<Summary>,
     per_chunk_ms: f64,
 }
 
 impl Figures {
     fn of(run: &PolicyRun, chunks: usize) -> Self {
-        let latency = map_ab(&run.latency, |samples| {
-            Summary::of(samples.ok.iter().map(|sample| sample.latency))
-        });
-        let stream_total = map_ab(&run.streams, |samples| {
-            Summary::of(samples.ok.iter().map(|sample| sample.total))
-        });
+        let latency = run
+            .latency
+            .map(|samples| Summary::of(samples.ok.iter().map(|sample| sample.latency)));
+        let stream_total = run
+            .streams
+            .map(|samples| Summary::of(samples.ok.iter().map(|sample| sample.total)));
         let overheads = run.latency.proxied.ok.iter().filter_map(|s| s.overhead_ms);
         Self {
             latency,
-            latency_lag: map_ab(&run.latency, |samples| {
-                Summary::of(samples.sender_lag.iter().copied())
-            }),
+            latency_lag: run
+                .latency
+                .map(|samples| Summary::of(samples.sender_lag.iter().copied())),
             overhead_header_p50: stats::median(overheads.collect()),
-            first_byte: map_ab(&run.streams, |samples| {
-                Summary::of(samples.ok.iter().map(|sample| sample.first_byte))
-            }),
-            stream_lag: map_ab(&run.streams, |samples| {
-                Summary::of(samples.sender_lag.iter().copied())
-            }),
+            first_byte: run
+                .streams
+                .map(|samples| Summary::of(samples.ok.iter().map(|sample| sample.first_byte))),
+            stream_lag: run
+                .streams
+                .map(|samples| Summary::of(samples.sender_lag.iter().copied())),
             per_chunk_ms: added_ms(stream_total.proxied.p50, stream_total.direct.p50)
                 / chunks.max(1) as f64,
             stream_total,
@@ -115,12 +115,38 @@ impl Figures {
     fn added_p99(&self) -> f64 {
         added_ms(self.latency.proxied.p99, self.latency.direct.p99)
     }
+
+    /// What Luthien adds at p50 beyond what nginx adds: proxied − nginx. `None` without nginx.
+    fn over_nginx_p50(&self) -> Option<f64> {
+        (!self.latency.nginx.is_empty())
+            .then(|| added_ms(self.latency.proxied.p50, self.latency.nginx.p50))
+    }
+
+    /// Stream time to first chunk at p50, proxied − nginx. `None` without nginx.
+    fn first_byte_over_nginx_p50(&self) -> Option<f64> {
+        (!self.first_byte.nginx.is_empty())
+            .then(|| added_ms(self.first_byte.proxied.p50, self.first_byte.nginx.p50))
+    }
 }
 
-fn map_ab<T, U>(ab: &Ab<T>, f: impl Fn(&T) -> U) -> Ab<U> {
-    Ab {
-        direct: f(&ab.direct),
-        proxied: f(&ab.proxied),
+impl PolicyRun {
+    /// Proxied throughput as a share of nginx's, in percent. `None` without nginx.
+    fn share_of_nginx(&self) -> Option<f64> {
+        let nginx = self.throughput.nginx.per_second();
+        (nginx > 0.0).then(|| 100.0 * self.throughput.proxied.per_second() / nginx)
+    }
+
+    /// µs of CPU per proxied request at throughput: (data plane, control plane).
+    fn cpu_per_call_at_throughput(&self, settings: &Settings) -> Option<(f64, f64)> {
+        let per_second = self.throughput.proxied.per_second();
+        let busy = (settings.phases.warmup + settings.phases.length).as_secs_f64();
+        let micros = |used: Duration| used.as_secs_f64() / busy / per_second * 1e6;
+        (per_second > 0.0).then(|| {
+            (
+                micros(self.cpu.throughput.dataplane),
+                micros(self.cpu.throughput.controlplane),
+            )
+        })
     }
 }
 
@@ -245,16 +271,32 @@ fn write_setup(out: &mut String, settings: &Settings, machine: &Machine) -> std:
     writeln!(
         out,
         "Settings: {} measured per side and measurement, in alternating slices of ≤ {} \
-         (direct/proxied, then proxied/direct, …) after {} of discarded warm-up per side; \
+         ({}, then the reverse, …) after {} of discarded warm-up per side; \
          non-streaming at {} req/s open loop; streams of {} chunks at {} streams/s open loop; \
-         throughput with {} keep-alive connections, closed loop.",
+         throughput with {} keep-alive connections, closed loop. The planes log {}; {}.",
         human(settings.phases.length),
         human(settings.phases.slice),
+        settings
+            .sides()
+            .iter()
+            .map(|side| side.name())
+            .collect::<Vec<_>>()
+            .join("/"),
         human(settings.phases.warmup),
         settings.rate,
         settings.chunks,
         settings.stream_rate,
-        settings.concurrency
+        settings.concurrency,
+        settings.extra.rust_log.as_deref().map_or_else(
+            || "at their default level (`RUST_LOG` unset)".to_owned(),
+            |level| format!("with `RUST_LOG={level}`")
+        ),
+        if settings.nginx.is_some() {
+            "nginx (`proxy_pass`, upstream keep-alive, `proxy_buffering off`, access log on, \
+             `worker_processes auto`) is the baseline of a plain reverse proxy"
+        } else {
+            "**nginx was not found or was left out: no nginx baseline in this report**"
+        },
     )?;
     writeln!(out)
 }
@@ -265,10 +307,14 @@ fn write_summary(
     runs: &[PolicyRun],
     figures: &[Figures],
 ) -> std::fmt::Result {
-    writeln!(out, "### Summary (added = proxied − direct)")?;
+    writeln!(
+        out,
+        "### Summary (added = proxied − direct; over nginx = proxied − nginx)"
+    )?;
     writeln!(out)?;
     header(out, "metric", runs)?;
-    let rows: [(String, Box<Cell>); 12] = [
+    let or_na = |value: Option<String>| value.unwrap_or_else(|| "n/a".to_owned());
+    let rows: Vec<(String, Box<Cell<'_>>)> = vec![
         (
             format!("non-streaming added p50 @ {} req/s (ms)", settings.rate),
             Box::new(|_, f| signed_ms(f.added_p50())),
@@ -276,6 +322,22 @@ fn write_summary(
         (
             format!("non-streaming added p99 @ {} req/s (ms)", settings.rate),
             Box::new(|_, f| signed_ms(f.added_p99())),
+        ),
+        (
+            "nginx's added p50 / p99 (ms)".to_owned(),
+            Box::new(move |_, f| {
+                or_na((!f.latency.nginx.is_empty()).then(|| {
+                    format!(
+                        "{} / {}",
+                        signed_ms(added_ms(f.latency.nginx.p50, f.latency.direct.p50)),
+                        signed_ms(added_ms(f.latency.nginx.p99, f.latency.direct.p99))
+                    )
+                }))
+            }),
+        ),
+        (
+            "non-streaming p50 over nginx (ms)".to_owned(),
+            Box::new(move |_, f| or_na(f.over_nginx_p50().map(signed_ms))),
         ),
         (
             "`x-luthien-overhead-ms` median (ms)".to_owned(),
@@ -291,6 +353,10 @@ fn write_summary(
         (
             "stream added TTFC p99 (ms)".to_owned(),
             Box::new(|_, f| signed_ms(added_ms(f.first_byte.proxied.p99, f.first_byte.direct.p99))),
+        ),
+        (
+            "stream TTFC p50 over nginx (ms)".to_owned(),
+            Box::new(move |_, f| or_na(f.first_byte_over_nginx_p50().map(signed_ms))),
         ),
         (
             "stream added per chunk, p50 (ms)".to_owned(),
@@ -311,6 +377,30 @@ fn write_summary(
                     0.0
                 };
                 format!("{proxied:.0} ({share:.0} % of direct)")
+            }),
+        ),
+        (
+            format!("throughput nginx, {} conns (req/s)", settings.concurrency),
+            Box::new(move |run, _| {
+                or_na(
+                    run.share_of_nginx()
+                        .map(|_| format!("{:.0}", run.throughput.nginx.per_second())),
+                )
+            }),
+        ),
+        (
+            "throughput proxied / nginx".to_owned(),
+            Box::new(move |run, _| {
+                or_na(run.share_of_nginx().map(|share| format!("{share:.0} %")))
+            }),
+        ),
+        (
+            "CPU per call at throughput, data / control plane (µs)".to_owned(),
+            Box::new(move |run, _| {
+                or_na(
+                    run.cpu_per_call_at_throughput(settings)
+                        .map(|(data, control)| format!("{data:.0} / {control:.0}")),
+                )
             }),
         ),
         (
@@ -373,7 +463,7 @@ fn write_targets(
     } else {
         format!(" (measured at {} req/s, not 500)", settings.rate)
     };
-    let row = |out: &mut String, label: &str, value: &Measure| -> std::fmt::Result {
+    let row = |out: &mut String, label: &str, value: &Measure<'_>| -> std::fmt::Result {
         write!(out, "| {label} |")?;
         for (run, figure) in runs.iter().zip(figures) {
             match value(run, figure) {
@@ -383,23 +473,69 @@ fn write_targets(
         }
         writeln!(out)
     };
+    fn noop(run: &PolicyRun) -> bool {
+        run.policy.mode() == "observe"
+    }
+    fn transform(run: &PolicyRun) -> bool {
+        run.policy.mode() == "transform"
+    }
     row(
         out,
-        &format!("non-streaming added p50 ≤ 0.5 ms at 500 req/s{at_rate}"),
-        &|_, f| Some((f.added_p50(), 0.5, "ms")),
+        &format!("noop: non-streaming p50 over nginx ≤ +0.1 ms at 500 req/s{at_rate}"),
+        &|run, f| {
+            f.over_nginx_p50()
+                .filter(|_| noop(run))
+                .map(|value| (value, 0.1, "ms"))
+        },
     )?;
     row(
         out,
-        &format!("non-streaming added p99 ≤ 2 ms at 500 req/s{at_rate}"),
-        &|_, f| Some((f.added_p99(), 2.0, "ms")),
+        &format!("noop: non-streaming added p99 ≤ 0.5 ms at 500 req/s{at_rate}"),
+        &|run, f| noop(run).then(|| (f.added_p99(), 0.5, "ms")),
+    )?;
+    row(out, "throughput proxied / nginx ≥ 60 %", &|run, _| {
+        // A floor, not a ceiling: the verdict compares the shortfall below 60 %.
+        run.share_of_nginx()
+            .map(|share| (60.0 - share, 0.0, "points short of 60 %"))
+    })?;
+    row(out, "0 event records dropped", &|run, _| {
+        run.events
+            .map(|events| (events.dropped as f64, 0.0, "dropped"))
+    })?;
+    row(
+        out,
+        "noop: control plane CPU per call at throughput ≤ 40 µs",
+        &|run, _| {
+            run.cpu_per_call_at_throughput(settings)
+                .filter(|_| noop(run))
+                .map(|(_, control)| (control, 40.0, "µs"))
+        },
     )?;
     row(
         out,
-        "observe-mode streams add ≤ 0.1 ms per chunk",
-        &|run, f| (run.policy.mode() == "observe").then_some((f.per_chunk_ms, 0.1, "ms")),
+        "data plane CPU per call at throughput ≤ 40 µs",
+        &|run, _| {
+            run.cpu_per_call_at_throughput(settings)
+                .map(|(data, _)| (data, 40.0, "µs"))
+        },
     )?;
-    row(out, "data plane RSS ≤ 30 MiB idle", &|run, _| {
-        Some((run.dataplane_idle.rss_kib as f64 / 1024.0, 30.0, "MiB"))
+    row(out, "stream TTFC p50 over nginx ≤ +0.2 ms", &|_, f| {
+        f.first_byte_over_nginx_p50()
+            .map(|value| (value, 0.2, "ms"))
+    })?;
+    row(out, "transform: added per chunk ≤ 0.04 ms", &|run, f| {
+        transform(run).then_some((f.per_chunk_ms, 0.04, "ms"))
+    })?;
+    row(
+        out,
+        &format!("transform: non-streaming added p50 ≤ 0.3 ms{at_rate}"),
+        &|run, f| transform(run).then(|| (f.added_p50(), 0.3, "ms")),
+    )?;
+    row(out, "data plane RSS idle ≤ 10 MiB", &|run, _| {
+        Some((run.dataplane_idle.rss_kib as f64 / 1024.0, 10.0, "MiB"))
+    })?;
+    row(out, "data plane RSS after load ≤ 20 MiB", &|run, _| {
+        Some((run.dataplane_after.rss_kib as f64 / 1024.0, 20.0, "MiB"))
     })?;
     writeln!(out)
 }
@@ -433,13 +569,13 @@ fn write_latency(
     )?;
     writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|")?;
     for (run, figure) in runs.iter().zip(figures) {
-        for side in [Side::Direct, Side::Proxied] {
+        for &side in settings.sides() {
             let summary = figure.latency.get(side);
             writeln!(
                 out,
                 "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 run.policy.name(),
-                side_name(side),
+                side.name(),
                 summary.count,
                 run.latency.get(side).errors,
                 cell(summary, summary.p50),
@@ -471,14 +607,14 @@ fn write_streams(
     )?;
     writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")?;
     for (run, figure) in runs.iter().zip(figures) {
-        for side in [Side::Direct, Side::Proxied] {
+        for &side in settings.sides() {
             let first = figure.first_byte.get(side);
             let total = figure.stream_total.get(side);
             writeln!(
                 out,
                 "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 run.policy.name(),
-                side_name(side),
+                side.name(),
                 total.count,
                 run.streams.get(side).errors,
                 cell(first, first.p50),
@@ -503,13 +639,13 @@ fn write_throughput(out: &mut String, settings: &Settings, runs: &[PolicyRun]) -
     writeln!(out, "| policy | target | req/s | completed | errors |")?;
     writeln!(out, "|---|---|---:|---:|---:|")?;
     for run in runs {
-        for side in [Side::Direct, Side::Proxied] {
+        for &side in settings.sides() {
             let throughput = run.throughput.get(side);
             writeln!(
                 out,
                 "| {} | {} | {:.0} | {} | {} |",
                 run.policy.name(),
-                side_name(side),
+                side.name(),
                 throughput.per_second(),
                 throughput.completed,
                 throughput.errors
@@ -610,7 +746,7 @@ fn write_logs(out: &mut String, runs: &[PolicyRun]) -> std::fmt::Result {
             "No warnings or errors in the data plane and control plane logs."
         );
     }
-    writeln!(out, "Warnings and errors logged (RUST_LOG=warn):")?;
+    writeln!(out, "Warnings and errors logged:")?;
     writeln!(out)?;
     for run in runs {
         for (process, problems) in [
@@ -650,13 +786,6 @@ fn cell(summary: &Summary, micros: u64) -> String {
         "n/a".to_owned()
     } else {
         ms(micros)
-    }
-}
-
-fn side_name(side: Side) -> &'static str {
-    match side {
-        Side::Direct => "direct",
-        Side::Proxied => "proxied",
     }
 }
 
