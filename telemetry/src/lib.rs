@@ -3,7 +3,11 @@
 //! same way.
 //!
 //! * Logs: human-readable by default, `--log-format json` for machines. A
-//!   call's lines carry its span fields (`luthien.call_id`, `trace_id`).
+//!   call's lines carry its span fields (`luthien.call_id`, `trace_id`). A
+//!   line is formatted where it is logged and written to stdout by a
+//!   background thread, so no call waits on a slow pipe or terminal; the
+//!   hand-off is bounded (past it lines are dropped, never waited for), and
+//!   [`shutdown`] writes out what is left.
 //! * Traces: exported by OTLP/gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
 //!   `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set; `OTEL_SERVICE_NAME`,
 //!   `OTEL_RESOURCE_ATTRIBUTES` and `OTEL_TRACES_SAMPLER(_ARG)` are read by
@@ -15,7 +19,7 @@
 pub mod metrics;
 pub mod propagation;
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
@@ -88,6 +92,9 @@ pub fn channel_tokens(value: &str) -> impl Iterator<Item = &str> {
 /// The tracer provider, kept to flush spans at shutdown.
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 
+/// Keeps the log writer's thread; dropping it writes out the lines still queued.
+static LOG_WRITER: Mutex<Option<tracing_appender::non_blocking::WorkerGuard>> = Mutex::new(None);
+
 /// Installs the global subscriber; `RUST_LOG` filters (default `info`).
 /// Traces are exported when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, under the
 /// service name `luthien` unless `OTEL_SERVICE_NAME` says otherwise.
@@ -138,6 +145,11 @@ pub fn shutdown() {
         let _ = provider.force_flush();
         let _ = provider.shutdown();
     }
+    let writer = LOG_WRITER
+        .lock()
+        .map(|mut writer| writer.take())
+        .unwrap_or_default();
+    drop(writer);
 }
 
 /// Exports the spans finished so far (tests use it before asserting).
@@ -154,13 +166,16 @@ pub fn tracing_enabled() -> bool {
 
 fn install(format: LogFormat, provider: Option<SdkTracerProvider>) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
     // Colour only for a person at a terminal: a log file or collector gets plain text.
     let text = (format == LogFormat::Text).then(|| {
         tracing_subscriber::fmt::layer()
+            .with_writer(writer.clone())
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
     });
     let json = (format == LogFormat::Json).then(|| {
         tracing_subscriber::fmt::layer()
+            .with_writer(writer)
             .json()
             .with_current_span(true)
             // Every enclosing span: the call's root carries the call id
@@ -182,12 +197,18 @@ fn install(format: LogFormat, provider: Option<SdkTracerProvider>) {
                 metadata.target().starts_with("luthien")
             }))
     });
-    let _ = tracing_subscriber::registry()
+    let installed = tracing_subscriber::registry()
         .with(filter)
         .with(text)
         .with(json)
         .with(otel)
         .try_init();
+    // A second install (tests) leaves the first subscriber and its writer in place.
+    if installed.is_ok()
+        && let Ok(mut held) = LOG_WRITER.lock()
+    {
+        *held = Some(guard);
+    }
 }
 
 fn tracer_provider(

@@ -44,6 +44,8 @@
 
 #[path = "bench/report.rs"]
 mod report;
+#[path = "bench/soak.rs"]
+mod soak;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -123,6 +125,11 @@ struct Args {
     /// Smoke run: 2 s per side, 0.5 s warm-up, 1 s slices.
     #[arg(long)]
     quick: bool,
+
+    /// Instead of the measurements: proxied calls at --rate for this long per policy, with
+    /// memory and CPU sampled every 10 s and the slope of memory against calls reported.
+    #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "quick")]
+    soak: Option<Duration>,
 }
 
 fn positive(text: &str) -> Result<f64, String> {
@@ -170,6 +177,8 @@ pub struct Settings {
     pub extra: ExtraArgs,
     /// The nginx binary of the baseline; `None` when it is left out or not installed.
     pub nginx: Option<std::path::PathBuf>,
+    /// `--soak`: how long each policy is soaked instead of measured.
+    pub soak: Option<Duration>,
     /// The command line, for the report.
     pub command: String,
 }
@@ -212,6 +221,7 @@ impl Settings {
                 dataplane: args.dataplane_args,
                 rust_log: args.rust_log,
             },
+            soak: args.soak,
             nginx: if args.no_nginx {
                 None
             } else {
@@ -232,7 +242,7 @@ fn command_line() -> String {
     command
 }
 
-const CHAT_BODY: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello in one sentence."}]}"#;
+pub const CHAT_BODY: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello in one sentence."}]}"#;
 const STREAM_BODY: &str = r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"Say hello in one sentence."}]}"#;
 
 /// The two requests of the benchmark, for each side.
@@ -281,6 +291,22 @@ impl Requests {
 async fn main() -> ExitCode {
     let settings = Settings::from_args(Args::parse());
     let machine = Machine::probe();
+    if let Some(length) = settings.soak {
+        let outcome = tokio::select! {
+            outcome = run_soak(&settings, length) => outcome,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        };
+        return match outcome {
+            Ok(report) => {
+                println!("Command: `{}`\n\n{report}", settings.command);
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("luthien-bench: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let outcome = tokio::select! {
         outcome = run(&settings) => outcome,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
@@ -300,6 +326,25 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--soak`: each policy in turn under a fixed rate for `length`; the reports, concatenated.
+async fn run_soak(settings: &Settings, length: Duration) -> anyhow::Result<String> {
+    let binaries = Binaries::beside_current_exe()?;
+    let dir = procs::work_dir()?;
+    let client = load::http_client();
+    let (_mock, mock_addr) = procs::start_mock(&binaries, &dir).await?;
+    let mut report = String::new();
+    for policy in &settings.policies {
+        let part = soak::run(
+            settings, &binaries, &dir, mock_addr, &client, *policy, length,
+        )
+        .await
+        .with_context(|| format!("soaking policy {}", policy.name()))?;
+        report.push_str(&part);
+        report.push('\n');
+    }
+    Ok(report)
 }
 
 /// Starts the mock, then benchmarks each policy in turn; every process is stopped on return.

@@ -68,7 +68,15 @@ impl PolicyRun {
 /// Renders one summary cell of a policy.
 type Cell<'a> = dyn Fn(&PolicyRun, &Figures) -> String + 'a;
 /// A target's measured value, its limit and unit, or `None` where it does not apply.
-type Measure<'a> = dyn Fn(&PolicyRun, &Figures) -> Option<(f64, f64, &'static str)> + 'a;
+type Measure<'a> = dyn Fn(&PolicyRun, &Figures) -> Option<(f64, Limit, &'static str)> + 'a;
+
+/// A target's bound.
+#[derive(Debug, Clone, Copy)]
+enum Limit {
+    AtMost(f64),
+    AtLeast(f64),
+}
+use Limit::{AtLeast, AtMost};
 
 /// The numbers derived from one [`PolicyRun`].
 struct Figures {
@@ -485,22 +493,21 @@ fn write_targets(
         &|run, f| {
             f.over_nginx_p50()
                 .filter(|_| noop(run))
-                .map(|value| (value, 0.1, "ms"))
+                .map(|value| (value, AtMost(0.1), "ms"))
         },
     )?;
     row(
         out,
         &format!("noop: non-streaming added p99 ≤ 0.5 ms at 500 req/s{at_rate}"),
-        &|run, f| noop(run).then(|| (f.added_p99(), 0.5, "ms")),
+        &|run, f| noop(run).then(|| (f.added_p99(), AtMost(0.5), "ms")),
     )?;
     row(out, "throughput proxied / nginx ≥ 60 %", &|run, _| {
-        // A floor, not a ceiling: the verdict compares the shortfall below 60 %.
         run.share_of_nginx()
-            .map(|share| (60.0 - share, 0.0, "points short of 60 %"))
+            .map(|share| (share, AtLeast(60.0), "%"))
     })?;
     row(out, "0 event records dropped", &|run, _| {
         run.events
-            .map(|events| (events.dropped as f64, 0.0, "dropped"))
+            .map(|events| (events.dropped as f64, AtMost(0.0), "dropped"))
     })?;
     row(
         out,
@@ -508,7 +515,7 @@ fn write_targets(
         &|run, _| {
             run.cpu_per_call_at_throughput(settings)
                 .filter(|_| noop(run))
-                .map(|(_, control)| (control, 40.0, "µs"))
+                .map(|(_, control)| (control, AtMost(40.0), "µs"))
         },
     )?;
     row(
@@ -516,38 +523,50 @@ fn write_targets(
         "data plane CPU per call at throughput ≤ 40 µs",
         &|run, _| {
             run.cpu_per_call_at_throughput(settings)
-                .map(|(data, _)| (data, 40.0, "µs"))
+                .map(|(data, _)| (data, AtMost(40.0), "µs"))
         },
     )?;
     row(out, "stream TTFC p50 over nginx ≤ +0.2 ms", &|_, f| {
         f.first_byte_over_nginx_p50()
-            .map(|value| (value, 0.2, "ms"))
+            .map(|value| (value, AtMost(0.2), "ms"))
     })?;
     row(out, "transform: added per chunk ≤ 0.04 ms", &|run, f| {
-        transform(run).then_some((f.per_chunk_ms, 0.04, "ms"))
+        transform(run).then_some((f.per_chunk_ms, AtMost(0.04), "ms"))
     })?;
     row(
         out,
         &format!("transform: non-streaming added p50 ≤ 0.3 ms{at_rate}"),
-        &|run, f| transform(run).then(|| (f.added_p50(), 0.3, "ms")),
+        &|run, f| transform(run).then(|| (f.added_p50(), AtMost(0.3), "ms")),
     )?;
     row(out, "data plane RSS idle ≤ 10 MiB", &|run, _| {
-        Some((run.dataplane_idle.rss_kib as f64 / 1024.0, 10.0, "MiB"))
+        Some((
+            run.dataplane_idle.rss_kib as f64 / 1024.0,
+            AtMost(10.0),
+            "MiB",
+        ))
     })?;
     row(out, "data plane RSS after load ≤ 20 MiB", &|run, _| {
-        Some((run.dataplane_after.rss_kib as f64 / 1024.0, 20.0, "MiB"))
+        Some((
+            run.dataplane_after.rss_kib as f64 / 1024.0,
+            AtMost(20.0),
+            "MiB",
+        ))
     })?;
     writeln!(out)
 }
 
-fn verdict(value: f64, limit: f64, unit: &str) -> String {
-    if value <= limit {
-        format!("met ({value:.3} {unit})")
-    } else {
-        format!(
+fn verdict(value: f64, limit: Limit, unit: &str) -> String {
+    match limit {
+        AtMost(limit) if value <= limit => format!("met ({value:.3} {unit})"),
+        AtLeast(limit) if value >= limit => format!("met ({value:.1} {unit})"),
+        AtMost(limit) => format!(
             "**not met** ({value:.3} {unit}, {:.3} {unit} over)",
             value - limit
-        )
+        ),
+        AtLeast(limit) => format!(
+            "**not met** ({value:.1} {unit}, {:.1} {unit} short)",
+            limit - value
+        ),
     }
 }
 
@@ -855,7 +874,12 @@ mod tests {
 
     #[test]
     fn verdicts() {
-        assert_eq!(verdict(0.2, 0.5, "ms"), "met (0.200 ms)");
-        assert!(verdict(0.7, 0.5, "ms").starts_with("**not met**"));
+        assert_eq!(verdict(0.2, AtMost(0.5), "ms"), "met (0.200 ms)");
+        assert!(verdict(0.7, AtMost(0.5), "ms").starts_with("**not met**"));
+        assert_eq!(verdict(61.0, AtLeast(60.0), "%"), "met (61.0 %)");
+        assert_eq!(
+            verdict(18.0, AtLeast(60.0), "%"),
+            "**not met** (18.0 %, 42.0 % short)"
+        );
     }
 }
