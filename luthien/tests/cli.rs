@@ -162,6 +162,33 @@ async fn replay_reads_the_store_and_reports_what_would_change() {
     assert!(stderr.contains("no call with id `nope`"), "{stderr}");
 }
 
+/// `luthien up` on `[listen, grpc, http]` in front of `mock`, with `extra` flags, once its data
+/// plane accepts connections; killed when dropped.
+async fn spawn_up(
+    mock: &luthien_mock_upstream::MockUpstream,
+    [listen, grpc, http]: &[String; 3],
+    extra: &[&str],
+) -> tokio::process::Child {
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_luthien"))
+        .args(["up", "--listen", listen, "--grpc-listen", grpc])
+        .args(["--http-listen", http, "--openai-base-url", &mock.openai_base_url()])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .env_remove("DATABASE_URL")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start luthien up");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(listen).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "luthien up did not start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    child
+}
+
 /// Addresses on which nothing listens yet (bound, then released).
 fn free_addresses<const N: usize>() -> [String; N] {
     let listeners: Vec<std::net::TcpListener> = (0..N)
@@ -183,37 +210,11 @@ async fn up_drains_the_data_plane_before_stopping_the_control_plane() {
     use std::time::Duration;
 
     let mock = luthien_mock_upstream::MockUpstream::start().await.unwrap();
-    let [listen, grpc, http] = free_addresses();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_luthien"))
-        .args([
-            "up",
-            "--listen",
-            &listen,
-            "--grpc-listen",
-            &grpc,
-            "--http-listen",
-            &http,
-            "--no-store",
-            "--openai-base-url",
-            &mock.openai_base_url(),
-            "--drain-delay",
-            "100ms",
-        ])
-        .env("RUST_LOG", "warn")
-        .env_remove("DATABASE_URL")
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start luthien up");
+    let addresses = free_addresses();
+    let mut child = spawn_up(&mock, &addresses, &["--no-store", "--drain-delay", "100ms"]).await;
+    let [listen, _, _] = addresses;
     let client = Client::builder(TokioExecutor::new()).build_http();
     let url = format!("http://{listen}/v1/chat/completions");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(&listen).await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "luthien up did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 
     // The body arrives in two parts, the signal between them.
     let (parts, body) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(2);
@@ -333,37 +334,18 @@ async fn calls_list_show_diff_and_tail_a_running_control_plane() {
     )
     .unwrap();
     let database = format!("sqlite://{}", dir.path().join("calls.db").display());
-    let [listen, grpc, http] = free_addresses();
-    let _up = tokio::process::Command::new(env!("CARGO_BIN_EXE_luthien"))
-        .args([
-            "up",
-            "--listen",
-            &listen,
-            "--grpc-listen",
-            &grpc,
-            "--http-listen",
-            &http,
-        ])
-        .args(["--database-url", &database, "--admin-key", "s3cret"])
-        .args(["--policy-config", policy.to_str().unwrap()])
-        .args([
-            "--openai-base-url",
-            &mock.openai_base_url(),
-            "--drain-delay",
-            "0s",
-        ])
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start luthien up");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(&listen).await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "luthien up did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let addresses = free_addresses();
+    let policy = policy.to_str().unwrap();
+    let _up = spawn_up(
+        &mock,
+        &addresses,
+        &["--database-url", &database, "--admin-key", "s3cret"]
+            .into_iter()
+            .chain(["--policy-config", policy, "--drain-delay", "0s"])
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let [listen, grpc, _] = addresses;
     let control_plane = format!("http://{grpc}");
     let client_flags = ["--control-plane", &control_plane, "--admin-key", "s3cret"];
 
