@@ -12,7 +12,8 @@ use serde_json::Value;
 
 /// Version of [`EventPayload`]'s JSON shape. Bump it on any change that an
 /// older reader would misread, and keep reading the older versions.
-pub const SCHEMA_VERSION: u32 = 1;
+/// 2: a final body equal to its original is stored as a marker ([`crate::unchanged`]).
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// How a call ended, as recorded (mirrors the protocol's `CallOutcome`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -26,6 +26,7 @@ mod query;
 pub mod redact;
 pub mod retention;
 mod sqlite;
+pub mod unchanged;
 pub mod writer;
 
 #[cfg(test)]

@@ -279,8 +279,11 @@ impl EventRow {
         };
         // Decoded into the typed payload, so a payload stored as a JSON
         // string (double-encoded) fails loudly instead of showing up empty.
-        let payload: EventPayload =
+        let mut payload: EventPayload =
             serde_json::from_str(&self.payload).map_err(|e| corrupt(e.to_string()))?;
+        if self.schema_version >= 2 {
+            crate::unchanged::unfold(&mut payload);
+        }
         Ok(CallEvent {
             sequence: u32::try_from(self.sequence)
                 .map_err(|_| corrupt(format!("sequence {} out of range", self.sequence)))?,

@@ -176,9 +176,6 @@ pub struct Sanitized {
     pub values_truncated: usize,
 }
 
-/// Removes credential headers from a request event, replaces the bodies `stored` keeps out by
-/// a marker and, with a cap, each payload value (request/response original and final, policy
-/// data) larger than `max_payload_bytes` by a truncation marker.
 /// The calls-table row: its preview of the final request goes where that request goes.
 pub fn sanitize_summary(call: &mut CallSummary, stored: StoredPayloads) {
     if !stored.keeps(Side::Final) {
@@ -186,6 +183,9 @@ pub fn sanitize_summary(call: &mut CallSummary, stored: StoredPayloads) {
     }
 }
 
+/// Removes credential headers from a request event, replaces the bodies `stored` keeps out by
+/// a marker and, with a cap, each payload value (request/response original and final, policy
+/// data) larger than `max_payload_bytes` by a truncation marker.
 pub fn sanitize_payload(
     payload: &mut EventPayload,
     max_payload_bytes: Option<usize>,

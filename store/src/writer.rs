@@ -323,6 +323,7 @@ impl Writer {
                     self.options.max_payload_bytes,
                     self.options.stored_payloads,
                 );
+                crate::unchanged::fold(&mut event.payload);
             }
             Record::Call(call) => redact::sanitize_summary(call, self.options.stored_payloads),
         }

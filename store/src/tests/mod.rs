@@ -334,6 +334,26 @@ async fn raw_execute(store: &Store, sql: &'static str) {
     }
 }
 
+/// An event's payload as the database holds it.
+async fn raw_payload(store: &Store, call_id: &str) -> String {
+    match store {
+        Store::Postgres(pool) => {
+            sqlx::query_scalar("SELECT payload::text FROM conversation_events WHERE call_id = $1")
+                .bind(call_id.to_owned())
+                .fetch_one(pool)
+                .await
+                .unwrap()
+        }
+        Store::Sqlite(pool) => {
+            sqlx::query_scalar("SELECT payload FROM conversation_events WHERE call_id = ?")
+                .bind(call_id.to_owned())
+                .fetch_one(pool)
+                .await
+                .unwrap()
+        }
+    }
+}
+
 mod liveness;
 mod reader;
 mod retention;

@@ -389,6 +389,49 @@ async fn nul_characters_are_stored() {
     .await;
 }
 
+/// Schema 2 stores a body no policy changed once (the final as a marker the reader expands);
+/// schema 1 rows, with both copies, read as they always did.
+#[tokio::test]
+async fn an_unchanged_body_is_stored_once_and_older_rows_still_read() {
+    on_each_backend(|target| async move {
+        let store = target.open().await;
+        let body = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "once only"}]});
+        let unchanged = EventPayload::Request {
+            original: body.clone(),
+            final_: body,
+            headers: json!({}),
+        };
+        write_through_writer(
+            &store,
+            vec![
+                Record::Call(started("call-same", 1)),
+                Record::Event(event("call-same", 0, unchanged.clone())),
+            ],
+        )
+        .await;
+        let stored = raw_payload(&store, "call-same").await;
+        assert_eq!(stored.matches("once only").count(), 1, "{stored}");
+        assert!(stored.contains("luthien_same_as_original"), "{stored}");
+        let (_, events) = store.get_call("call-same").await.unwrap().unwrap();
+        assert_eq!(events[0].payload, unchanged);
+        assert_eq!(events[0].schema_version, SCHEMA_VERSION);
+
+        // A row an older writer stored: both copies, schema 1, written as it is.
+        let mut old = event("call-v1", 0, unchanged.clone());
+        old.schema_version = 1;
+        store
+            .write_batch(&[Record::Call(started("call-v1", 1)), Record::Event(old)])
+            .await
+            .unwrap();
+        assert_eq!(raw_payload(&store, "call-v1").await.matches("once only").count(), 2);
+        let (_, events) = store.get_call("call-v1").await.unwrap().unwrap();
+        assert_eq!(events[0].payload, unchanged);
+        assert_eq!(events[0].schema_version, 1);
+        store.close().await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn rows_from_a_newer_schema_are_refused_not_misread() {
     on_each_backend(|target| async move {
