@@ -171,7 +171,12 @@ async fn spawn_up(
 ) -> tokio::process::Child {
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_luthien"))
         .args(["up", "--listen", listen, "--grpc-listen", grpc])
-        .args(["--http-listen", http, "--openai-base-url", &mock.openai_base_url()])
+        .args([
+            "--http-listen",
+            http,
+            "--openai-base-url",
+            &mock.openai_base_url(),
+        ])
         .args(extra)
         .env("RUST_LOG", "warn")
         .env_remove("DATABASE_URL")

@@ -395,7 +395,8 @@ async fn nul_characters_are_stored() {
 async fn an_unchanged_body_is_stored_once_and_older_rows_still_read() {
     on_each_backend(|target| async move {
         let store = target.open().await;
-        let body = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "once only"}]});
+        let body =
+            json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "once only"}]});
         let unchanged = EventPayload::Request {
             original: body.clone(),
             final_: body,
@@ -423,7 +424,13 @@ async fn an_unchanged_body_is_stored_once_and_older_rows_still_read() {
             .write_batch(&[Record::Call(started("call-v1", 1)), Record::Event(old)])
             .await
             .unwrap();
-        assert_eq!(raw_payload(&store, "call-v1").await.matches("once only").count(), 2);
+        assert_eq!(
+            raw_payload(&store, "call-v1")
+                .await
+                .matches("once only")
+                .count(),
+            2
+        );
         let (_, events) = store.get_call("call-v1").await.unwrap().unwrap();
         assert_eq!(events[0].payload, unchanged);
         assert_eq!(events[0].schema_version, 1);
