@@ -1,26 +1,88 @@
 //! What a request says, read the same way everywhere it is read: the `block` policy's rules,
-//! the calls list's preview, the `luthien calls show` prompt.
+//! the calls list's preview, `luthien calls show`, the diff's message texts.
 
 use serde_json::Value;
 
-/// The text of the last message with role `user`: a string content, or its `text` parts
-/// (OpenAI) / blocks (Anthropic) joined by newlines. `None` when there is no user message.
-/// Both APIs keep the conversation in `messages` with the same roles and text shapes.
-pub fn last_user_text(request: &Value) -> Option<String> {
-    let message = request
+/// The text pieces of a message's `content`: the string itself, or the `text` of each text
+/// part (OpenAI) / block (Anthropic), in order. Nothing for any other shape.
+pub fn content_texts(content: &Value) -> impl Iterator<Item = &str> {
+    let (whole, parts) = match content {
+        Value::String(text) => (Some(text.as_str()), None),
+        Value::Array(parts) => (None, Some(parts)),
+        _ => (None, None),
+    };
+    whole.into_iter().chain(
+        parts
+            .into_iter()
+            .flatten()
+            .filter(|part| part.get("type").and_then(Value::as_str) == Some("text"))
+            .filter_map(|part| part.get("text").and_then(Value::as_str)),
+    )
+}
+
+/// The last message with role `user`. Both APIs keep the conversation in `messages` with the
+/// same roles and text shapes.
+fn last_user_message(request: &Value) -> Option<&Value> {
+    request
         .get("messages")?
         .as_array()?
         .iter()
         .rev()
-        .find(|message| message.get("role").and_then(Value::as_str) == Some("user"))?;
-    Some(match message.get("content") {
-        Some(Value::String(text)) => text.clone(),
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .filter(|part| part.get("type").and_then(Value::as_str) == Some("text"))
-            .filter_map(|part| part.get("text").and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join("\n"),
-        _ => String::new(),
-    })
+        .find(|message| message.get("role").and_then(Value::as_str) == Some("user"))
+}
+
+/// The last user message's text pieces; nothing when it has no content.
+fn last_user_texts(request: &Value) -> Option<impl Iterator<Item = &str>> {
+    let message = last_user_message(request)?;
+    Some(message.get("content").into_iter().flat_map(content_texts))
+}
+
+/// The text of the last message with role `user`, its pieces joined by newlines. `None` when
+/// there is no user message.
+pub fn last_user_text(request: &Value) -> Option<String> {
+    Some(last_user_texts(request)?.collect::<Vec<_>>().join("\n"))
+}
+
+/// The first `max_chars` characters of [`last_user_text`], without copying the rest of a long
+/// prompt.
+pub fn last_user_preview(request: &Value, max_chars: usize) -> Option<String> {
+    let mut preview = String::new();
+    let mut taken = 0;
+    for (index, text) in last_user_texts(request)?.enumerate() {
+        for c in (index > 0).then_some('\n').into_iter().chain(text.chars()) {
+            if taken == max_chars {
+                return Some(preview);
+            }
+            preview.push(c);
+            taken += 1;
+        }
+    }
+    Some(preview)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_last_user_message_reads_alike_whole_and_as_a_preview() {
+        let request = json!({"messages": [
+            {"role": "user", "content": "first"},
+            {"role": "assistant", "content": "reply"},
+            {"role": "user", "content": [
+                {"type": "text", "text": "héllo"},
+                {"type": "image_url", "image_url": {"url": "x"}},
+                {"type": "text", "text": "world"}
+            ]}
+        ]});
+        assert_eq!(last_user_text(&request).as_deref(), Some("héllo\nworld"));
+        assert_eq!(last_user_preview(&request, 7).as_deref(), Some("héllo\nw"));
+        assert_eq!(last_user_preview(&request, 100), last_user_text(&request));
+        assert_eq!(last_user_text(&json!({"messages": []})), None);
+        assert_eq!(
+            last_user_text(&json!({"messages": [{"role": "user"}]})).as_deref(),
+            Some("")
+        );
+    }
 }

@@ -143,8 +143,10 @@ impl CallRecorder {
             }
             None => original.clone(),
         };
-        self.preview = luthien_api::request::last_user_text(&final_)
-            .map(|text| text.chars().take(PREVIEW_CHARS).collect());
+        // The preview only goes into records.
+        if self.recording.sink.is_some() {
+            self.preview = luthien_api::request::last_user_preview(&final_, PREVIEW_CHARS);
+        }
         let headers: Map<String, Value> = headers
             .iter()
             .map(|header| (header.name.clone(), Value::String(header.value.clone())))

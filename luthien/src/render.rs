@@ -7,7 +7,7 @@ use std::io::IsTerminal;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use luthien_controlplane::diff::{CallDiff, Op, Segment, SegmentOp, TextChange};
+use luthien_controlplane::diff::{self, CallDiff, Op, Segment, SegmentOp, TextChange};
 use serde_json::Value;
 
 /// Whether and how to colour text.
@@ -217,23 +217,9 @@ fn value_change(path: &str, before: &Value, after: &Value) -> String {
     format!("{path}: {} -> {}", show(before), show(after))
 }
 
-/// The text of a message (a string content, or its text parts / blocks), else its JSON.
+/// The text of a message as the diff reads it, else its JSON (a tool call, an image).
 fn message_text(message: &Value) -> String {
-    match message.get("content") {
-        Some(Value::String(text)) => text.clone(),
-        Some(Value::Array(parts)) => {
-            let texts: Vec<&str> = parts
-                .iter()
-                .filter_map(|part| part.get("text").and_then(Value::as_str))
-                .collect();
-            if texts.is_empty() {
-                message.to_string()
-            } else {
-                texts.join("\n")
-            }
-        }
-        _ => message.to_string(),
-    }
+    diff::message_text(Some(message)).unwrap_or_else(|| message.to_string())
 }
 
 /// A unix time in microseconds as RFC 3339 (UTC, milliseconds).

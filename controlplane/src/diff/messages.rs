@@ -206,7 +206,7 @@ fn tool_name(tool: &Value) -> Option<&str> {
 
 /// The text of a message (or of Anthropic's `system`): string content as is, or the `text`
 /// parts/blocks joined by blank lines. `None` when it has no text at all.
-pub(super) fn message_text(message: Option<&Value>) -> Option<String> {
+pub fn message_text(message: Option<&Value>) -> Option<String> {
     content_text(message?.get("content")?)
 }
 
@@ -214,12 +214,8 @@ pub(super) fn message_text(message: Option<&Value>) -> Option<String> {
 pub(super) fn content_text(content: &Value) -> Option<String> {
     match content {
         Value::String(text) => Some(text.clone()),
-        Value::Array(parts) => {
-            let texts: Vec<&str> = parts
-                .iter()
-                .filter(|p| p.get("type").and_then(Value::as_str) == Some("text"))
-                .filter_map(|p| p.get("text").and_then(Value::as_str))
-                .collect();
+        Value::Array(_) => {
+            let texts: Vec<&str> = luthien_api::request::content_texts(content).collect();
             (!texts.is_empty()).then(|| texts.join("\n\n"))
         }
         _ => None,

@@ -21,6 +21,7 @@
 //! inserts or deletes.
 
 mod messages;
+pub use messages::message_text;
 mod patch;
 mod request;
 mod response;
