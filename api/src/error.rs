@@ -24,7 +24,7 @@ pub fn error_type(api: Api, status: u16) -> &'static str {
         (Api::AnthropicMessages, 413) => "request_too_large",
         (Api::AnthropicMessages, 503 | 529) => "overloaded_error",
         (Api::AnthropicMessages, 504) => "timeout_error",
-        (Api::OpenAiChat, 503) => "service_unavailable",
+        (Api::OpenAiChat | Api::OpenAiResponses, 503) => "service_unavailable",
         (_, 500..=599) => "api_error",
         _ => "invalid_request_error",
     }
@@ -39,11 +39,29 @@ pub fn error_body(api: Api, status: u16, message: &str) -> Bytes {
 }
 
 /// An in-band error event that ends a stream whose first bytes were already sent, when the
-/// status can no longer change: OpenAI `data: {"error":{...}}`, Anthropic `event: error`.
+/// status can no longer change: OpenAI Chat `data: {"error":{...}}`, Anthropic and OpenAI
+/// Responses `event: error`.
+///
+/// The Responses form carries the fields twice: nested under `error`, as the live API sends
+/// them and as the official SDKs detect an error (they raise on any event whose data has an
+/// `error` object), and flat (`message`, `code`, `param`), the `ResponseErrorEvent` of the API
+/// reference. It has no `sequence_number`: whoever emits it (the data plane) does not read the
+/// stream's numbering, and the SDKs raise before they would look at it.
 pub fn stream_error_event(api: Api, status: u16, message: &str) -> Bytes {
-    let body = error_json(api, error_type(api, status), message).to_string();
+    let kind = error_type(api, status);
+    let body = match api {
+        Api::OpenAiResponses => json!({
+            "type": "error",
+            "error": {"type": kind, "code": null, "message": message, "param": null},
+            "code": null,
+            "message": message,
+            "param": null,
+        }),
+        Api::OpenAiChat | Api::AnthropicMessages => error_json(api, kind, message),
+    }
+    .to_string();
     let mut event = String::with_capacity(body.len() + 24);
-    if api == Api::AnthropicMessages {
+    if api != Api::OpenAiChat {
         event.push_str("event: error\n");
     }
     event.push_str("data: ");
@@ -54,7 +72,7 @@ pub fn stream_error_event(api: Api, status: u16, message: &str) -> Bytes {
 
 fn error_json(api: Api, kind: &str, message: &str) -> serde_json::Value {
     match api {
-        Api::OpenAiChat => json!({
+        Api::OpenAiChat | Api::OpenAiResponses => json!({
             "error": {"message": message, "type": kind, "param": null, "code": null}
         }),
         Api::AnthropicMessages => json!({
@@ -101,6 +119,7 @@ mod tests {
                 anthropic,
                 "{status}"
             );
+            assert_eq!(error_type(Api::OpenAiResponses, status), openai, "{status}");
         }
     }
 
@@ -129,6 +148,20 @@ mod tests {
         assert_eq!(
             stream_error_event(Api::AnthropicMessages, 503, "gone"),
             "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"gone\"}}\n\n".as_bytes()
+        );
+        let event = stream_error_event(Api::OpenAiResponses, 502, "upstream gone");
+        let event = std::str::from_utf8(&event).unwrap();
+        let data = event
+            .strip_prefix("event: error\ndata: ")
+            .and_then(|rest| rest.strip_suffix("\n\n"))
+            .unwrap();
+        assert_eq!(
+            parse(data.as_bytes()),
+            json!({
+                "type": "error",
+                "error": {"type": "api_error", "code": null, "message": "upstream gone", "param": null},
+                "code": null, "message": "upstream gone", "param": null,
+            })
         );
     }
 }

@@ -12,32 +12,48 @@ pub enum Api {
     OpenAiChat,
     /// Anthropic `POST /v1/messages`.
     AnthropicMessages,
+    /// OpenAI `POST /v1/responses`.
+    OpenAiResponses,
 }
 
 impl Api {
     /// Every API, in the order the documentation lists them.
-    pub const ALL: [Api; 2] = [Api::OpenAiChat, Api::AnthropicMessages];
+    pub const ALL: [Api; 3] = [Api::OpenAiChat, Api::AnthropicMessages, Api::OpenAiResponses];
 
     /// The short name used in records, the debug API's `api` filter, the activity stream and
-    /// remote policy servers' `api` field: `openai`, `anthropic`. [`FromStr`] reads it back.
+    /// remote policy servers' `api` field: `openai`, `anthropic`, `openai_responses`.
+    /// [`FromStr`] reads it back.
     pub fn name(self) -> &'static str {
         match self {
             Api::OpenAiChat => "openai",
             Api::AnthropicMessages => "anthropic",
+            Api::OpenAiResponses => "openai_responses",
         }
     }
 
-    /// The `api` label of metrics, the same on both planes: `openai_chat`, `anthropic_messages`.
+    /// The `api` label of metrics, the same on both planes: `openai_chat`, `anthropic_messages`,
+    /// `openai_responses`.
     pub fn metric_label(self) -> &'static str {
         match self {
             Api::OpenAiChat => "openai_chat",
             Api::AnthropicMessages => "anthropic_messages",
+            Api::OpenAiResponses => "openai_responses",
         }
     }
 
-    /// `gen_ai.provider.name` of the OpenTelemetry GenAI conventions.
+    /// `gen_ai.provider.name` of the OpenTelemetry GenAI conventions: `openai` for both of
+    /// OpenAI's APIs (the conventions name the provider, not the endpoint).
     pub fn provider(self) -> &'static str {
-        self.name()
+        match self {
+            Api::OpenAiChat | Api::OpenAiResponses => "openai",
+            Api::AnthropicMessages => "anthropic",
+        }
+    }
+
+    /// True for OpenAI's APIs, which share the error format, the key header and the
+    /// auxiliary endpoints' provider.
+    pub fn is_openai(self) -> bool {
+        matches!(self, Api::OpenAiChat | Api::OpenAiResponses)
     }
 
     /// The protocol's name for this API.
@@ -45,6 +61,7 @@ impl Api {
         match self {
             Api::OpenAiChat => ProtoApi::OpenaiChat,
             Api::AnthropicMessages => ProtoApi::AnthropicMessages,
+            Api::OpenAiResponses => ProtoApi::OpenaiResponses,
         }
     }
 
@@ -54,13 +71,15 @@ impl Api {
         match ProtoApi::try_from(kind).ok()? {
             ProtoApi::OpenaiChat => Some(Api::OpenAiChat),
             ProtoApi::AnthropicMessages => Some(Api::AnthropicMessages),
+            ProtoApi::OpenaiResponses => Some(Api::OpenAiResponses),
             ProtoApi::Unspecified => None,
         }
     }
 
     /// Guesses the API of a request whose path does not name it (an unknown route,
     /// `/v1/models`): Anthropic's SDKs send `anthropic-version` and their key as `x-api-key`,
-    /// OpenAI's neither. Also picks the provider of the auxiliary endpoints both APIs share.
+    /// OpenAI's neither; a path under `/responses` is the Responses API's. Also picks the
+    /// provider of the auxiliary endpoints the APIs share.
     pub fn guess(path: &str, headers: &http::HeaderMap) -> Api {
         if headers.contains_key("anthropic-version")
             || headers.contains_key("x-api-key")
@@ -68,6 +87,8 @@ impl Api {
             || path.contains("/messages/")
         {
             Api::AnthropicMessages
+        } else if path.ends_with("/responses") || path.contains("/responses/") {
+            Api::OpenAiResponses
         } else {
             Api::OpenAiChat
         }
@@ -140,7 +161,7 @@ mod tests {
         let error = "gemini".parse::<Api>().unwrap_err();
         assert_eq!(
             error.to_string(),
-            "unknown api \"gemini\" (expected one of: openai, anthropic)"
+            "unknown api \"gemini\" (expected one of: openai, anthropic, openai_responses)"
         );
         assert_eq!(Api::from_kind(0), None);
         assert_eq!(Api::from_kind(99), None);
@@ -163,6 +184,7 @@ mod tests {
     fn guess_recognises_anthropic_requests() {
         let mut headers = HeaderMap::new();
         assert_eq!(Api::guess("/v1/models", &headers), Api::OpenAiChat);
+        assert_eq!(Api::guess("/v1/responses/resp_1", &headers), Api::OpenAiResponses);
         assert_eq!(
             Api::guess("/v1/messages/count_tokens", &headers),
             Api::AnthropicMessages

@@ -4,7 +4,8 @@
 use serde_json::Value;
 
 /// The text pieces of a message's `content`: the string itself, or the `text` of each text
-/// part (OpenAI) / block (Anthropic), in order. Nothing for any other shape.
+/// part (OpenAI `text`, Responses `input_text` and `output_text`) / block (Anthropic), in
+/// order. Nothing for any other shape.
 pub fn content_texts(content: &Value) -> impl Iterator<Item = &str> {
     let (whole, parts) = match content {
         Value::String(text) => (Some(text.as_str()), None),
@@ -15,26 +16,42 @@ pub fn content_texts(content: &Value) -> impl Iterator<Item = &str> {
         parts
             .into_iter()
             .flatten()
-            .filter(|part| part.get("type").and_then(Value::as_str) == Some("text"))
+            .filter(|part| {
+                matches!(
+                    part.get("type").and_then(Value::as_str),
+                    Some("text" | "input_text" | "output_text")
+                )
+            })
             .filter_map(|part| part.get("text").and_then(Value::as_str)),
     )
 }
 
-/// The last message with role `user`. Both APIs keep the conversation in `messages` with the
-/// same roles and text shapes.
-fn last_user_message(request: &Value) -> Option<&Value> {
-    request
-        .get("messages")?
+/// The `content` of the last message with role `user`. Chat Completions and Anthropic keep
+/// the conversation in `messages` with the same roles and text shapes; the Responses API in
+/// `input`, either a string (the user's message itself) or a list of items among which the
+/// messages have a `role` (items of other types — function calls and outputs, reasoning —
+/// have none). `instructions` is the system prompt, not a user message. A conversation
+/// continued with `previous_response_id` lives on the provider: only this request's `input`
+/// is seen.
+fn last_user_content(request: &Value) -> Option<&Value> {
+    let conversation = match request.get("messages") {
+        Some(messages) => messages,
+        None => match request.get("input")? {
+            input @ Value::String(_) => return Some(input),
+            items => items,
+        },
+    };
+    conversation
         .as_array()?
         .iter()
         .rev()
-        .find(|message| message.get("role").and_then(Value::as_str) == Some("user"))
+        .find(|message| message.get("role").and_then(Value::as_str) == Some("user"))?
+        .get("content")
 }
 
 /// The last user message's text pieces; nothing when it has no content.
 fn last_user_texts(request: &Value) -> Option<impl Iterator<Item = &str>> {
-    let message = last_user_message(request)?;
-    Some(message.get("content").into_iter().flat_map(content_texts))
+    Some(content_texts(last_user_content(request)?))
 }
 
 /// The text of the last message with role `user`, its pieces joined by newlines. `None` when
@@ -84,5 +101,25 @@ mod tests {
             last_user_text(&json!({"messages": [{"role": "user"}]})).as_deref(),
             Some("")
         );
+    }
+
+    #[test]
+    fn a_responses_input_is_a_string_or_items() {
+        assert_eq!(
+            last_user_text(&json!({"instructions": "be brief", "input": "hi there"})).as_deref(),
+            Some("hi there")
+        );
+        let request = json!({"input": [
+            {"role": "user", "content": "first"},
+            {"type": "message", "role": "user", "content": [
+                {"type": "input_text", "text": "look"},
+                {"type": "input_image", "image_url": "https://example.com/a.png"},
+                {"type": "input_text", "text": "here"}
+            ]},
+            {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c", "output": "done"}
+        ]});
+        assert_eq!(last_user_text(&request).as_deref(), Some("look\nhere"));
+        assert_eq!(last_user_text(&json!({"input": [], "previous_response_id": "resp_1"})), None);
     }
 }

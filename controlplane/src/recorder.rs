@@ -459,6 +459,13 @@ fn annotate_span(api: Api, response: Option<&Value>, usage: TokenUsage) {
             .map(|reason| StringValue::from(reason.to_owned()))
             .into_iter()
             .collect(),
+        // Why it stopped early when it did (`max_output_tokens`), else the final status.
+        Api::OpenAiResponses => response["incomplete_details"]["reason"]
+            .as_str()
+            .or_else(|| response["status"].as_str())
+            .map(|reason| StringValue::from(reason.to_owned()))
+            .into_iter()
+            .collect(),
     };
     if !reasons.is_empty() && luthien_telemetry::tracing_enabled() {
         span.set_attribute(
@@ -473,7 +480,7 @@ fn usage_of(api: Api, response: &Value) -> TokenUsage {
     let usage = &response["usage"];
     let (input, output) = match api {
         Api::OpenAiChat => ("prompt_tokens", "completion_tokens"),
-        Api::AnthropicMessages => ("input_tokens", "output_tokens"),
+        Api::AnthropicMessages | Api::OpenAiResponses => ("input_tokens", "output_tokens"),
     };
     TokenUsage {
         input_tokens: usage[input].as_u64(),
@@ -482,7 +489,8 @@ fn usage_of(api: Api, response: &Value) -> TokenUsage {
 }
 
 /// The client's session, when it names one: the `x-session-id` header, or
-/// the `session_…` part of Anthropic's `metadata.user_id` (Claude Code).
+/// the `session_…` part of Anthropic's `metadata.user_id` (Claude Code), or
+/// a Responses request's `conversation`.
 fn session_id(api: Api, request: &Value, headers: &[Header]) -> Option<String> {
     if let Some(header) = headers
         .iter()
@@ -490,12 +498,22 @@ fn session_id(api: Api, request: &Value, headers: &[Header]) -> Option<String> {
     {
         return Some(header.value.clone());
     }
-    if api == Api::AnthropicMessages {
-        let user_id = request["metadata"]["user_id"].as_str()?;
-        let (_, session) = user_id.rsplit_once("session_")?;
-        return (!session.is_empty()).then(|| session.to_owned());
+    match api {
+        Api::AnthropicMessages => {
+            let user_id = request["metadata"]["user_id"].as_str()?;
+            let (_, session) = user_id.rsplit_once("session_")?;
+            (!session.is_empty()).then(|| session.to_owned())
+        }
+        // A conversation of OpenAI's Conversations API: an id, or an object with one.
+        Api::OpenAiResponses => {
+            let conversation = &request["conversation"];
+            conversation
+                .as_str()
+                .or_else(|| conversation["id"].as_str())
+                .map(str::to_owned)
+        }
+        Api::OpenAiChat => None,
     }
-    None
 }
 
 #[cfg(test)]
@@ -519,6 +537,13 @@ mod tests {
             Some("9d8c-77")
         );
         assert_eq!(session_id(Api::AnthropicMessages, &json!({}), &[]), None);
+        for conversation in [json!("conv_1"), json!({"id": "conv_1"})] {
+            let request = json!({"conversation": conversation});
+            assert_eq!(
+                session_id(Api::OpenAiResponses, &request, &[]).as_deref(),
+                Some("conv_1")
+            );
+        }
     }
 
     #[test]

@@ -1,12 +1,22 @@
 //! Auxiliary provider endpoints, passed straight through to the provider
-//! without the control plane: Anthropic's `POST /v1/messages/count_tokens`
-//! and both providers' `GET /v1/models` and `GET /v1/models/{id}`.
+//! without the control plane: Anthropic's `POST /v1/messages/count_tokens`,
+//! both providers' `GET /v1/models` and `GET /v1/models/{id}`, and the
+//! Responses API's stored responses: `GET` and `DELETE
+//! /v1/responses/{id}` (`GET` with `?stream=true` replays a stored stream),
+//! `POST /v1/responses/{id}/cancel`, `GET /v1/responses/{id}/input_items`,
+//! `POST /v1/responses/input_tokens` and `POST /v1/responses/compact`.
 //!
-//! They generate nothing, so there is nothing for response policies to see,
-//! and clients (Claude Code, the SDKs) break without them. Request policies
-//! do not see a `count_tokens` body either: that is the price of not opening
-//! a call for it, and `--auxiliary-endpoints false` turns the routes off for
-//! deployments that want every byte to go through policies.
+//! They generate nothing new, so there is nothing for response policies to
+//! see, and clients (Claude Code, the SDKs, agents resuming a background
+//! response) break without them. A stored response read back is the one
+//! `POST /v1/responses` produced, which the policies saw then (when it was
+//! made through Luthien). `compact` does run a model, but what it returns is
+//! one opaque, encrypted item that only the provider can read; it is passed
+//! through like `count_tokens`. Request policies do not see the bodies of
+//! these endpoints (`count_tokens`, `input_tokens`, `compact`): that is the
+//! price of not opening a call for them, and `--auxiliary-endpoints false`
+//! turns the routes off for deployments that want every byte to go through
+//! policies.
 //!
 //! The rules of the main routes still hold: the client key check, the body
 //! limit, the provider key in place of the client's credentials,
@@ -41,6 +51,26 @@ use crate::upstream::{self, SendError};
 pub const COUNT_TOKENS_ROUTE: &str = "/v1/messages/count_tokens";
 pub const MODELS_ROUTE: &str = "/v1/models";
 pub const MODEL_ROUTE: &str = "/v1/models/{*model_id}";
+pub const RESPONSE_ROUTE: &str = "/v1/responses/{response_id}";
+pub const RESPONSE_CANCEL_ROUTE: &str = "/v1/responses/{response_id}/cancel";
+pub const RESPONSE_INPUT_ITEMS_ROUTE: &str = "/v1/responses/{response_id}/input_items";
+pub const INPUT_TOKENS_ROUTE: &str = "/v1/responses/input_tokens";
+pub const COMPACT_ROUTE: &str = "/v1/responses/compact";
+
+/// The methods a path's route takes, for a 405's message.
+pub fn allowed_methods(path: &str) -> &'static str {
+    if path.starts_with("/v1/models") || path.ends_with("/input_items") {
+        "GET"
+    } else if path.starts_with("/v1/responses/")
+        && !path.ends_with("/cancel")
+        && path != INPUT_TOKENS_ROUTE
+        && path != COMPACT_ROUTE
+    {
+        "GET or DELETE"
+    } else {
+        "POST"
+    }
+}
 
 /// An auxiliary endpoint, named for metrics and traces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +78,10 @@ enum Endpoint {
     CountTokens,
     Models,
     Model,
+    /// A stored response: read, deleted, cancelled, or its input items listed.
+    StoredResponse,
+    InputTokens,
+    Compact,
 }
 
 impl Endpoint {
@@ -56,15 +90,25 @@ impl Endpoint {
         match self {
             Endpoint::CountTokens => "count_tokens",
             Endpoint::Models | Endpoint::Model => "models",
+            Endpoint::StoredResponse => "responses",
+            Endpoint::InputTokens => "input_tokens",
+            Endpoint::Compact => "compact",
         }
     }
 
     /// The route, as OpenTelemetry's `http.route`.
-    fn route(self) -> &'static str {
+    fn route(self, path: &str) -> &'static str {
         match self {
             Endpoint::CountTokens => COUNT_TOKENS_ROUTE,
             Endpoint::Models => MODELS_ROUTE,
             Endpoint::Model => "/v1/models/{model_id}",
+            Endpoint::StoredResponse if path.ends_with("/cancel") => RESPONSE_CANCEL_ROUTE,
+            Endpoint::StoredResponse if path.ends_with("/input_items") => {
+                RESPONSE_INPUT_ITEMS_ROUTE
+            }
+            Endpoint::StoredResponse => RESPONSE_ROUTE,
+            Endpoint::InputTokens => INPUT_TOKENS_ROUTE,
+            Endpoint::Compact => COMPACT_ROUTE,
         }
     }
 }
@@ -104,27 +148,62 @@ pub async fn model(State(state): State<Arc<AppState>>, request: Request) -> Resp
     forward(state, api, Endpoint::Model, request).await
 }
 
+/// `GET` / `DELETE /v1/responses/{id}`, `POST /v1/responses/{id}/cancel`
+/// and `GET /v1/responses/{id}/input_items` (OpenAI Responses). The id is
+/// one plain segment, never `.` or `..`, so the path stays under
+/// `/v1/responses/` upstream.
+pub async fn response(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let path = request.uri().path();
+    let id = path
+        .strip_prefix("/v1/responses/")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_default();
+    if !segment_is_plain(id) {
+        return ApiError::new(
+            Api::OpenAiResponses,
+            StatusCode::NOT_FOUND,
+            format!("no route for {} {path}: not a response id", request.method()),
+        )
+        .into_response();
+    }
+    forward(state, Api::OpenAiResponses, Endpoint::StoredResponse, request).await
+}
+
+/// `POST /v1/responses/input_tokens` (OpenAI Responses).
+pub async fn input_tokens(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    forward(state, Api::OpenAiResponses, Endpoint::InputTokens, request).await
+}
+
+/// `POST /v1/responses/compact` (OpenAI Responses; see the module docs).
+pub async fn compact(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    forward(state, Api::OpenAiResponses, Endpoint::Compact, request).await
+}
+
 /// True when every segment after `/v1/models/` is a non-empty name, not
 /// `.` or `..` (percent-encoded or not).
 fn model_path_is_plain(path: &str) -> bool {
     let Some(id) = path.strip_prefix("/v1/models/") else {
         return false;
     };
-    id.split('/').all(|segment| {
-        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
-        !segment.is_empty() && decoded != "." && decoded != ".."
-    })
+    id.split('/').all(segment_is_plain)
+}
+
+/// A non-empty path segment that is not `.` or `..`, percent-encoded or not.
+fn segment_is_plain(segment: &str) -> bool {
+    let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+    !segment.is_empty() && decoded != "." && decoded != ".."
 }
 
 async fn forward(state: Arc<AppState>, api: Api, endpoint: Endpoint, request: Request) -> Response {
+    let route = endpoint.route(request.uri().path());
     let span = tracing::info_span!(
         "luthien.passthrough",
-        otel.name = format!("{} {}", request.method(), endpoint.route()),
+        otel.name = format!("{} {route}", request.method()),
         otel.kind = "server",
         otel.status_code = Empty,
         trace_id = Empty,
         http.request.method = %request.method(),
-        http.route = endpoint.route(),
+        http.route = route,
         gen_ai.provider.name = api.provider(),
         http.response.status_code = Empty,
     );
@@ -337,5 +416,28 @@ mod tests {
         assert_eq!(Endpoint::CountTokens.label(), "count_tokens");
         assert_eq!(Endpoint::Models.label(), "models");
         assert_eq!(Endpoint::Model.label(), "models");
+        assert_eq!(Endpoint::StoredResponse.label(), "responses");
+        assert_eq!(
+            Endpoint::StoredResponse.route("/v1/responses/resp_1/input_items"),
+            RESPONSE_INPUT_ITEMS_ROUTE
+        );
+        assert_eq!(Endpoint::StoredResponse.route("/v1/responses/resp_1"), RESPONSE_ROUTE);
+    }
+
+    #[test]
+    fn each_path_names_the_methods_its_route_takes() {
+        for (path, allowed) in [
+            ("/v1/models", "GET"),
+            ("/v1/responses/resp_1/input_items", "GET"),
+            ("/v1/responses/resp_1", "GET or DELETE"),
+            ("/v1/responses/resp_1/cancel", "POST"),
+            ("/v1/responses/input_tokens", "POST"),
+            ("/v1/responses", "POST"),
+            ("/v1/chat/completions", "POST"),
+        ] {
+            assert_eq!(allowed_methods(path), allowed, "{path}");
+        }
+        assert!(!segment_is_plain("%2E%2e"));
+        assert!(segment_is_plain("resp_68af"));
     }
 }

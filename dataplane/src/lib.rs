@@ -113,12 +113,21 @@ pub fn app(config: DataPlaneConfig) -> Result<(Router, Arc<AppState>), StartErro
     });
     let mut router = Router::new()
         .route("/v1/chat/completions", post(proxy::openai))
-        .route("/v1/messages", post(proxy::anthropic));
+        .route("/v1/messages", post(proxy::anthropic))
+        .route("/v1/responses", post(proxy::responses));
     if state.config.auxiliary_endpoints {
         router = router
             .route(auxiliary::COUNT_TOKENS_ROUTE, post(auxiliary::count_tokens))
             .route(auxiliary::MODELS_ROUTE, get(auxiliary::models))
-            .route(auxiliary::MODEL_ROUTE, get(auxiliary::model));
+            .route(auxiliary::MODEL_ROUTE, get(auxiliary::model))
+            .route(
+                auxiliary::RESPONSE_ROUTE,
+                get(auxiliary::response).delete(auxiliary::response),
+            )
+            .route(auxiliary::RESPONSE_CANCEL_ROUTE, post(auxiliary::response))
+            .route(auxiliary::RESPONSE_INPUT_ITEMS_ROUTE, get(auxiliary::response))
+            .route(auxiliary::INPUT_TOKENS_ROUTE, post(auxiliary::input_tokens))
+            .route(auxiliary::COMPACT_ROUTE, post(auxiliary::compact));
     }
     let router = router
         .route("/health", get(readiness::healthz))
@@ -219,9 +228,9 @@ async fn deliver_unpoliced(state: Arc<AppState>, stop: CancellationToken) {
 async fn not_found(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let api = Api::guess(request.uri().path(), request.headers());
     let served = if state.config.auxiliary_endpoints {
-        "POST /v1/chat/completions, POST /v1/messages, POST /v1/messages/count_tokens, GET /v1/models and GET /v1/models/{model_id}"
+        "POST /v1/chat/completions, POST /v1/messages, POST /v1/responses, POST /v1/messages/count_tokens, GET /v1/models, GET /v1/models/{model_id}, GET and DELETE /v1/responses/{response_id}, POST /v1/responses/{response_id}/cancel, GET /v1/responses/{response_id}/input_items, POST /v1/responses/input_tokens and POST /v1/responses/compact"
     } else {
-        "POST /v1/chat/completions and POST /v1/messages"
+        "POST /v1/chat/completions, POST /v1/messages and POST /v1/responses"
     };
     with_call_id(ApiError::new(
         api,
@@ -237,11 +246,7 @@ async fn not_found(State(state): State<Arc<AppState>>, request: Request) -> Resp
 async fn method_not_allowed(request: Request) -> Response {
     let path = request.uri().path();
     let api = Api::guess(path, request.headers());
-    let allowed = if path.starts_with("/v1/models") {
-        "GET"
-    } else {
-        "POST"
-    };
+    let allowed = auxiliary::allowed_methods(path);
     with_call_id(ApiError::new(
         api,
         StatusCode::METHOD_NOT_ALLOWED,

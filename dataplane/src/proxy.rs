@@ -58,6 +58,10 @@ pub async fn anthropic(State(state): State<Arc<AppState>>, request: Request) -> 
     proxy(state, Api::AnthropicMessages, request).await
 }
 
+pub async fn responses(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    proxy(state, Api::OpenAiResponses, request).await
+}
+
 async fn proxy(state: Arc<AppState>, api: Api, request: Request) -> Response {
     let received = Instant::now();
     let id = Uuid::now_v7();

@@ -42,6 +42,7 @@ pub struct Upstream {
     openai_base: String,
     anthropic_base: String,
     openai_url: String,
+    responses_url: String,
     anthropic_url: String,
     openai_key: Option<HeaderValue>,
     anthropic_key: Option<HeaderValue>,
@@ -99,6 +100,7 @@ impl Upstream {
         Ok(Self {
             client,
             openai_url: format!("{openai_base}/chat/completions"),
+            responses_url: format!("{openai_base}/responses"),
             anthropic_url: format!("{anthropic_base}/v1/messages"),
             openai_base,
             anthropic_base,
@@ -132,6 +134,7 @@ impl Upstream {
         let base = match api {
             Api::OpenAiChat => &self.openai_url,
             Api::AnthropicMessages => &self.anthropic_url,
+            Api::OpenAiResponses => &self.responses_url,
         };
         let mut headers = self.request_headers(api, client_headers, stripped_credential, trace);
         // Policies read the response: it must not arrive compressed.
@@ -162,7 +165,7 @@ impl Upstream {
     ) -> Result<hyper::Response<Incoming>, SendError> {
         let path = client.uri.path();
         let url = match api {
-            Api::OpenAiChat => format!(
+            Api::OpenAiChat | Api::OpenAiResponses => format!(
                 "{}{}",
                 self.openai_base,
                 path.strip_prefix("/v1").unwrap_or(path)
@@ -199,7 +202,7 @@ impl Upstream {
             headers.remove(name);
         }
         match api {
-            Api::OpenAiChat => {
+            Api::OpenAiChat | Api::OpenAiResponses => {
                 if let Some(key) = &self.openai_key {
                     headers.remove("x-api-key");
                     headers.insert(header::AUTHORIZATION, key.clone());

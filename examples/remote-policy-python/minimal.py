@@ -9,7 +9,11 @@ pb, pb_grpc = stubs.load()
 
 
 def last_user_text(body):
-    for message in reversed(body.get("messages", [])):
+    # Chat completions and Anthropic: `messages`; the Responses API: `input`, a string or items.
+    conversation = body.get("messages", body.get("input", []))
+    if isinstance(conversation, str):
+        return conversation
+    for message in reversed(conversation):
         if message.get("role") == "user":
             content = message.get("content")
             if isinstance(content, str):
@@ -37,9 +41,9 @@ class BlockWord(pb_grpc.PolicyServiceServicer):
                         continue_request=pb.PolicyContinue()))  # no body: unchanged
                     continue
                 error = f"blocked: the request mentions {self.word!r}"
-                answer = ({"error": {"message": error, "type": "permission_error"}}
-                          if api == "openai" else
-                          {"type": "error", "error": {"type": "permission_error", "message": error}})
+                answer = ({"type": "error", "error": {"type": "permission_error", "message": error}}
+                          if api == "anthropic" else  # both OpenAI APIs share this shape
+                          {"error": {"message": error, "type": "permission_error"}})
                 yield pb.PolicyResponse(record=pb.PolicyRecord(action="blocked", summary=error))
                 yield pb.PolicyResponse(request_result=pb.PolicyRequestResult(
                     respond=pb.PolicyImmediateResponse(

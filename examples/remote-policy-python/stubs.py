@@ -64,9 +64,11 @@ def load():
 
 
 def api_name(api):
-    """`PolicyCallStart.api` as the short name the examples branch on: `openai` or `anthropic`."""
+    """`PolicyCallStart.api` as the short name the examples branch on, Luthien's own names:
+    `openai` (chat completions), `anthropic` or `openai_responses`."""
     from luthien.common.v1 import api_pb2
-    return "anthropic" if api == api_pb2.API_ANTHROPIC_MESSAGES else "openai"
+    return {api_pb2.API_ANTHROPIC_MESSAGES: "anthropic",
+            api_pb2.API_OPENAI_RESPONSES: "openai_responses"}.get(api, "openai")
 
 
 if __name__ == "__main__":

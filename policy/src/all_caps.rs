@@ -107,13 +107,18 @@ impl CallPolicy for AllCapsCall {
         out: &mut Vec<SseEvent>,
     ) -> Result<(), PolicyError> {
         // Look before rewriting: `json_mut` would re-serialise the event even if nothing changed.
+        // The whole texts a Responses stream repeats after the deltas are upper-cased too.
         let has_lower_case = event.json().is_some_and(|value| {
             let mut found = false;
             shapes::for_each_stream_text(self.api, value, |_, text| found |= !is_upper_case(text));
+            shapes::for_each_stream_final_text(self.api, value, |text| {
+                found |= !is_upper_case(text)
+            });
             found
         });
         if has_lower_case && let Some(value) = event.json_mut() {
             shapes::for_each_stream_text_mut(self.api, value, |_, text| upper_case_in_place(text));
+            shapes::for_each_stream_final_text_mut(self.api, value, upper_case_in_place);
             self.changed_stream_events += 1;
         }
         out.push(event);

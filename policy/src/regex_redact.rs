@@ -19,7 +19,8 @@
 //!
 //! - Requests: all message text (see [`crate::shapes`]), and — because secrets reach a model
 //!   mostly through tools (a file an agent read, a command's output) — tool data too: Anthropic
-//!   `tool_result` contents and `tool_use` inputs, OpenAI `tool_calls[].function.arguments`.
+//!   `tool_result` contents and `tool_use` inputs, OpenAI `tool_calls[].function.arguments`,
+//!   Responses `function_call` arguments and `function_call_output` outputs in `input`.
 //!   Inputs and arguments are JSON: only their string values are searched, and arguments are
 //!   re-serialised when one changed (arguments that are not valid JSON are searched as text).
 //! - Responses, streamed or not: assistant text only. Tool-call arguments a model produces are
@@ -313,10 +314,16 @@ fn add_counts(total: &mut Counts, counts: &[usize]) {
 
 /// Calls `visit` on the tool data of a request (see the module docs): Anthropic `tool_result`
 /// contents (a string or its `text` blocks) and the string values of `tool_use` inputs; the
-/// string values of OpenAI `tool_calls[].function.arguments`. OpenAI `tool` messages are text
-/// content, visited by [`shapes::for_each_request_text`].
+/// string values of OpenAI `tool_calls[].function.arguments`; in a Responses `input`, the
+/// string values of `function_call` arguments and `function_call_output` outputs (a string or
+/// its `input_text` parts). OpenAI `tool` messages are text content, visited by
+/// [`shapes::for_each_request_text`].
 fn for_each_request_tool_text(api: Api, request: &mut Value, visit: &mut impl FnMut(&mut String)) {
-    let Some(Value::Array(messages)) = request.get_mut("messages") else {
+    let conversation = match api {
+        Api::OpenAiResponses => "input",
+        Api::OpenAiChat | Api::AnthropicMessages => "messages",
+    };
+    let Some(Value::Array(messages)) = request.get_mut(conversation) else {
         return;
     };
     for message in messages {
@@ -332,26 +339,26 @@ fn for_each_request_tool_text(api: Api, request: &mut Value, visit: &mut impl Fn
                     }
                 }
             }
+            Api::OpenAiResponses => match message.get("type").and_then(Value::as_str) {
+                Some("function_call") => {
+                    if let Some(Value::String(arguments)) = message.get_mut("arguments") {
+                        visit_json_text(arguments, visit);
+                    }
+                }
+                Some("function_call_output") => {
+                    visit_tool_output(message.get_mut("output"), "input_text", visit);
+                }
+                _ => {}
+            },
             Api::AnthropicMessages => {
                 let Some(Value::Array(blocks)) = message.get_mut("content") else {
                     continue;
                 };
                 for block in blocks {
                     match block.get("type").and_then(Value::as_str) {
-                        Some("tool_result") => match block.get_mut("content") {
-                            Some(Value::String(text)) => visit(text),
-                            Some(Value::Array(parts)) => {
-                                for part in parts {
-                                    if part.get("type").and_then(Value::as_str) != Some("text") {
-                                        continue;
-                                    }
-                                    if let Some(Value::String(text)) = part.get_mut("text") {
-                                        visit(text);
-                                    }
-                                }
-                            }
-                            _ => {}
-                        },
+                        Some("tool_result") => {
+                            visit_tool_output(block.get_mut("content"), "text", visit);
+                        }
                         Some("tool_use") => {
                             if let Some(input) = block.get_mut("input") {
                                 visit_json_strings(input, visit);
@@ -362,6 +369,28 @@ fn for_each_request_tool_text(api: Api, request: &mut Value, visit: &mut impl Fn
                 }
             }
         }
+    }
+}
+
+/// Visits a tool's output: a string, or the `text` of its parts of type `text_type`.
+fn visit_tool_output(
+    output: Option<&mut Value>,
+    text_type: &str,
+    visit: &mut impl FnMut(&mut String),
+) {
+    match output {
+        Some(Value::String(text)) => visit(text),
+        Some(Value::Array(parts)) => {
+            for part in parts {
+                if part.get("type").and_then(Value::as_str) != Some(text_type) {
+                    continue;
+                }
+                if let Some(Value::String(text)) = part.get_mut("text") {
+                    visit(text);
+                }
+            }
+        }
+        _ => {}
     }
 }
 

@@ -6,14 +6,17 @@
 //! thinking blocks or signatures, which clients parse or verify and a text transform would break.
 //!
 //! Streams are described in terms of *content streams*: the text of one OpenAI choice (by
-//! `choices[].index`) or of one Anthropic content block (by block `index`), which arrives in
-//! deltas spread over many events and ends with a known event.
+//! `choices[].index`), of one Anthropic content block (by block `index`) or of one part of a
+//! Responses output item, which arrives in deltas spread over many events and ends with a known
+//! event. The Responses API then repeats each whole text in later events
+//! ([`for_each_stream_final_text_mut`]).
 
 mod anthropic;
 #[cfg(test)]
 pub(crate) mod fixtures;
 mod openai;
 pub mod reply;
+mod responses;
 
 use serde_json::Value;
 
@@ -29,6 +32,7 @@ pub fn for_each_request_text(api: Api, request: &mut Value, mut visit: impl FnMu
     match api {
         Api::OpenAiChat => openai::for_each_request_text(request, &mut visit),
         Api::AnthropicMessages => anthropic::for_each_request_text(request, &mut visit),
+        Api::OpenAiResponses => responses::for_each_request_text(request, &mut visit),
     }
 }
 
@@ -38,6 +42,7 @@ pub fn for_each_response_text(api: Api, response: &mut Value, mut visit: impl Fn
     match api {
         Api::OpenAiChat => openai::for_each_response_text(response, &mut visit),
         Api::AnthropicMessages => anthropic::for_each_response_text(response, &mut visit),
+        Api::OpenAiResponses => responses::for_each_response_text(response, &mut visit),
     }
 }
 
@@ -48,6 +53,7 @@ pub fn for_each_stream_text(api: Api, event: &Value, mut visit: impl FnMut(usize
     match api {
         Api::OpenAiChat => openai::for_each_stream_text(event, &mut visit),
         Api::AnthropicMessages => anthropic::for_each_stream_text(event, &mut visit),
+        Api::OpenAiResponses => responses::for_each_stream_text(event, &mut visit),
     }
 }
 
@@ -60,6 +66,7 @@ pub fn for_each_stream_text_mut(
     match api {
         Api::OpenAiChat => openai::for_each_stream_text_mut(event, &mut visit),
         Api::AnthropicMessages => anthropic::for_each_stream_text_mut(event, &mut visit),
+        Api::OpenAiResponses => responses::for_each_stream_text_mut(event, &mut visit),
     }
 }
 
@@ -69,15 +76,18 @@ pub fn for_each_content_end(api: Api, event: &Value, mut visit: impl FnMut(usize
     match api {
         Api::OpenAiChat => openai::for_each_content_end(event, &mut visit),
         Api::AnthropicMessages => anthropic::for_each_content_end(event, &mut visit),
+        Api::OpenAiResponses => responses::for_each_content_end(event, &mut visit),
     }
 }
 
 /// True for the event after which the client expects nothing more: OpenAI `data: [DONE]`,
-/// Anthropic `message_stop`. Text a policy still holds must be sent before it.
+/// Anthropic `message_stop`, Responses `response.completed`, `.incomplete` or `.failed`. Text a
+/// policy still holds must be sent before it.
 pub fn is_stream_terminator(api: Api, event: &SseEvent) -> bool {
     match api {
         Api::OpenAiChat => event.is_done(),
         Api::AnthropicMessages => event.event_type() == Some("message_stop"),
+        Api::OpenAiResponses => event.json().is_some_and(responses::is_stream_terminator),
     }
 }
 
@@ -87,22 +97,25 @@ pub fn is_empty_text_delta(api: Api, event: &Value) -> bool {
     match api {
         Api::OpenAiChat => openai::is_empty_text_delta(event),
         Api::AnthropicMessages => anthropic::is_empty_text_delta(event),
+        Api::OpenAiResponses => responses::is_empty_text_delta(event),
     }
 }
 
 /// The part of a stream event that events injected into the same stream must repeat (OpenAI:
 /// `id`, `object`, `created`, `model`, `system_fingerprint`, `service_tier`); `None` for
-/// Anthropic, whose deltas carry no envelope.
+/// Anthropic and Responses, whose deltas carry no envelope shared by the whole stream.
 pub fn stream_envelope(api: Api, event: &Value) -> Option<Value> {
     match api {
         Api::OpenAiChat => Some(openai::chunk_envelope(event)),
-        Api::AnthropicMessages => None,
+        Api::AnthropicMessages | Api::OpenAiResponses => None,
     }
 }
 
 /// A stream event adding `text` to content stream `index`: an OpenAI chunk with the envelope
-/// fields of `envelope` (any chunk of the stream, or a [`stream_envelope`]), or an Anthropic
-/// `content_block_delta` with a `text_delta` (`envelope` is ignored).
+/// fields of `envelope` (any chunk of the stream, or a [`stream_envelope`]), an Anthropic
+/// `content_block_delta` with a `text_delta` (`envelope` is ignored), or a Responses
+/// `response.output_text.delta` taking `item_id` and `sequence_number` from `envelope` (the
+/// event it goes before).
 pub fn text_delta_event(
     api: Api,
     envelope: Option<&Value>,
@@ -112,7 +125,44 @@ pub fn text_delta_event(
     match api {
         Api::OpenAiChat => openai::text_delta_event(envelope, index, text),
         Api::AnthropicMessages => anthropic::text_delta_event(index, text),
+        Api::OpenAiResponses => responses::text_delta_event(envelope, index, text),
     }
+}
+
+/// Calls `visit` on every whole copy of an output text that a stream event repeats after the
+/// deltas (Responses `response.output_text.done`, `.content_part.done`, `.output_item.done` and
+/// the terminal event's `response`; the other APIs have none). A policy that rewrites the
+/// deltas must rewrite these the same way, or the original text still reaches the client.
+pub fn for_each_stream_final_text_mut(
+    api: Api,
+    event: &mut Value,
+    mut visit: impl FnMut(&mut String),
+) {
+    if api != Api::OpenAiResponses {
+        return;
+    }
+    for pointer in responses::final_text_pointers(event) {
+        if let Some(Value::String(text)) = event.pointer_mut(&pointer) {
+            visit(text);
+        }
+    }
+}
+
+/// [`for_each_stream_final_text_mut`] for reading.
+pub fn for_each_stream_final_text(api: Api, event: &Value, mut visit: impl FnMut(&str)) {
+    if api != Api::OpenAiResponses {
+        return;
+    }
+    for pointer in responses::final_text_pointers(event) {
+        if let Some(Value::String(text)) = event.pointer(&pointer) {
+            visit(text);
+        }
+    }
+}
+
+/// The content stream of part `content_index` of Responses output item `output_index`.
+pub fn responses_content_stream(output_index: usize, content_index: usize) -> usize {
+    responses::content_stream(output_index, content_index)
 }
 
 /// An error answer in the API's own JSON error format (`luthien-api`'s, the same the data

@@ -159,7 +159,8 @@ impl<R: TextRewriter> CallPolicy for RewriteCall<R> {
             return Ok(());
         }
         if shapes::is_stream_terminator(self.api, &event) {
-            self.flush_all(out);
+            self.flush_all(event.json(), out);
+            self.rewrite_final_texts(&mut event);
             self.record_stream();
             out.push(event);
             return Ok(());
@@ -173,6 +174,7 @@ impl<R: TextRewriter> CallPolicy for RewriteCall<R> {
         }
         self.run_text_deltas(value);
         self.flush_ended_streams(value, out);
+        self.rewrite_final_texts(&mut event);
 
         if self.apply_rewrites(&mut event) {
             out.push(event);
@@ -181,7 +183,7 @@ impl<R: TextRewriter> CallPolicy for RewriteCall<R> {
     }
 
     async fn on_stream_end(&mut self, out: &mut Vec<SseEvent>) -> Result<(), PolicyError> {
-        self.flush_all(out);
+        self.flush_all(None, out);
         self.record_stream();
         Ok(())
     }
@@ -281,18 +283,42 @@ impl<R: TextRewriter> RewriteCall<R> {
         !shapes::is_empty_text_delta(self.api, value)
     }
 
-    /// Sends everything still held, one text delta per content stream.
-    fn flush_all(&mut self, out: &mut Vec<SseEvent>) {
+    /// Sends everything still held, one text delta per content stream, before `next` (the
+    /// terminator, when there is one).
+    fn flush_all(&mut self, next: Option<&Value>, out: &mut Vec<SseEvent>) {
+        let envelope = self.envelope.as_ref().or(next);
         for (index, buffer) in std::mem::take(&mut self.held) {
             let rest = self.rewriter.finish(buffer, &mut self.stream_tally);
             if !rest.is_empty() {
-                out.push(shapes::text_delta_event(
-                    self.api,
-                    self.envelope.as_ref(),
-                    index,
-                    rest,
-                ));
+                out.push(shapes::text_delta_event(self.api, envelope, index, rest));
             }
+        }
+    }
+
+    /// Rewrites the whole copies of texts the event repeats (Responses' `.done` events and
+    /// final response) as a whole: the same rewrite the deltas got piece by piece. Their
+    /// matches were counted in the deltas, so they are not counted again.
+    fn rewrite_final_texts(&self, event: &mut SseEvent) {
+        let mut uncounted = self.rewriter.new_tally();
+        let mut rewritten = Vec::new();
+        if let Some(value) = event.json() {
+            shapes::for_each_stream_final_text(self.api, value, |text| {
+                let mut copy = text.to_owned();
+                self.rewriter.rewrite(&mut copy, &mut uncounted);
+                rewritten.push((copy != text).then_some(copy));
+            });
+        }
+        // Only an event whose text changes is re-serialised.
+        if rewritten.iter().all(Option::is_none) {
+            return;
+        }
+        if let Some(value) = event.json_mut() {
+            let mut rewritten = rewritten.into_iter();
+            shapes::for_each_stream_final_text_mut(self.api, value, |text| {
+                if let Some(Some(new_text)) = rewritten.next() {
+                    *text = new_text;
+                }
+            });
         }
     }
 }

@@ -16,11 +16,39 @@
 //! - Anthropic, streamed: the block's events are dropped and a text block (`content_block_start`,
 //!   one `text_delta`, `content_block_stop`) with the *same index* is sent in their place, so
 //!   the indices of later blocks stay valid.
+//! - Responses (`function_call` and `custom_tool_call` output items), non-streamed: the item
+//!   becomes, in the same place of `output`, a completed assistant `message` item with one
+//!   `output_text` part holding the replacement text (`annotations` and `logprobs` empty). Its
+//!   `id` is `msg_luthien_` followed by the call's `id` without its `fc_` / `ctc_` prefix, so
+//!   it is unique in the response and the same streamed or not.
+//! - Responses, streamed: all the call's events (`output_item.added`, the argument deltas and
+//!   `.done`, `output_item.done`) are dropped, and that same message is sent as a complete,
+//!   well-formed item at the call's *same `output_index`*: `output_item.added` (status
+//!   `in_progress`, no content), `content_part.added` (empty text), one `output_text.delta`
+//!   with the whole text, `output_text.done`, `content_part.done`, `output_item.done`. Every
+//!   event that repeats the call whole — the `response.output` of `response.completed`,
+//!   `.incomplete`, `.failed` and of any other lifecycle event that lists items — gets the
+//!   message in the call's place. So no `output_index` is renumbered (the client sees the
+//!   provider's indices, one item per index), and `sequence_number`s are not renumbered
+//!   either: events that pass keep the provider's numbers (resuming a stream with
+//!   `starting_after` goes by them), and the injected events take, in order, the numbers of
+//!   the events they replace (the last one again when there are fewer), so numbers never go
+//!   down; a number may repeat, which the SDKs accept (they require neither contiguity nor
+//!   uniqueness).
 //!
 //! When every tool call of a response (OpenAI: of a choice) is removed, the finish reason is
 //! rewritten — OpenAI `finish_reason: tool_calls` → `stop`, Anthropic `stop_reason: tool_use`
 //! → `end_turn` — because an agent client that sees `tool_calls` / `tool_use` waits for tool
-//! calls that are no longer there. When only some are removed it stays.
+//! calls that are no longer there. When only some are removed it stays. The Responses API has
+//! no such field: a response with function calls has `status: completed` like any other, and
+//! clients look for `function_call` items in `output`; with none left there is nothing to
+//! rewrite (`status`, `incomplete_details` and `usage` stay as the provider sent them).
+//!
+//! One limit for Responses: a client that chains requests with `previous_response_id` (the
+//! provider keeps the output, `store: true`) sends back no output of the removed call, and
+//! the provider, which still has the call in its stored output, may reject that next request
+//! for the missing `function_call_output`. Clients that resend the whole conversation as
+//! `input` are unaffected.
 //!
 //! **Streams.** A tool call is held until it is complete, then released unchanged
 //! (byte-identical) or replaced:
@@ -38,17 +66,38 @@
 //!   `content` and `tool_calls` separately, so their relative order does not matter.
 //!   A chunk carrying more than one held part (two tool calls, a tool call and text, a tool
 //!   call and the finish reason) is split into one chunk per part plus the rest.
+//! - Responses: from a call item's `response.output_item.added` to its
+//!   `response.output_item.done` (every event naming its `output_index` is part of it). As
+//!   for Anthropic, everything that arrives while an item is held waits behind it, so the
+//!   events keep their order. The arguments inspected are the call's last whole copy
+//!   (`output_item.done`'s item, else `.function_call_arguments.done`), else the deltas.
+//!   Reasoning items (`encrypted_content` included), and every event the gate does not know,
+//!   pass untouched and in order.
 //!
 //! Held parts are also decided — on what has arrived — when the stream ends without their end
-//! (an in-band error, `[DONE]`, `message_stop`, `message_delta`, or the end of the body), so
-//! nothing held is ever lost or released unchecked.
+//! (an in-band error, `[DONE]`, `message_stop`, `message_delta`, Responses
+//! `response.completed` / `.incomplete` / `.failed` / `error`, or the end of the body), so
+//! nothing held is ever lost or released unchecked. A Responses call that is removed that way
+//! is still replaced by a whole message item. A call or message that a Responses lifecycle
+//! event lists but no item event announced is inspected there, as in a non-streamed response.
 //!
 //! When the inspector [`Inspector::inspects_text`], text is held the same way and decided as a
-//! whole: each Anthropic `text` block, and the text of each OpenAI choice (until its finish).
-//! A blocked text is replaced by the inspector's text; it never changes the finish reason.
+//! whole: each Anthropic `text` block, the text of each OpenAI choice (until its finish), and
+//! each Responses `message` item (from `output_item.added` to `output_item.done`), whose
+//! `output_text` parts are decided one by one (concurrently). A blocked text is replaced by the
+//! inspector's text; it never changes the finish reason. A Responses stream repeats each text
+//! whole four times after its deltas, and every copy is replaced: the part's deltas become one
+//! `output_text.delta` carrying the replacement (its `output_text.annotation.added` events are
+//! dropped), and `output_text.done` `text`, `content_part.done` `part`, `output_item.done`
+//! `item` and the terminal event's `response.output` carry it too, without the annotations and
+//! logprobs that pointed into the original. A text kept passes byte-identical; should a copy
+//! differ from the deltas that were inspected, it is set to them.
 
 mod anthropic;
+#[cfg(test)]
+pub(crate) mod fixtures;
 mod openai;
+mod responses;
 #[cfg(test)]
 mod tests;
 
@@ -64,13 +113,16 @@ use super::{Api, CallPolicy, PolicyError, PolicyEvent, SseEvent};
 /// One tool call the model made.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ToolCall {
-    /// OpenAI `id` / Anthropic `id`, when known.
+    /// OpenAI `id` / Anthropic `id` / Responses `call_id` (the id the tool's output answers),
+    /// when known.
     pub id: Option<String>,
-    /// The tool's name (OpenAI `function.name` or `custom.name`; Anthropic `name`).
+    /// The tool's name (OpenAI `function.name` or `custom.name`; Anthropic and Responses
+    /// `name`).
     pub name: String,
     /// The arguments as a JSON text, as the model wrote them: OpenAI `function.arguments`
     /// (`custom.input` for custom tools); Anthropic's streamed `partial_json` concatenated, or
-    /// its `input` serialised.
+    /// its `input` serialised; Responses `arguments` (`input` for custom tool calls, which is
+    /// free text).
     pub arguments: String,
 }
 
@@ -95,7 +147,8 @@ impl ToolCall {
 #[derive(Clone, Copy, Debug)]
 pub enum Subject<'a> {
     ToolCall(&'a ToolCall),
-    /// The whole text of an Anthropic `text` block or of an OpenAI choice.
+    /// The whole text of an Anthropic `text` block, of an OpenAI choice, or of one
+    /// `output_text` part of a Responses `message` item.
     Text(&'a str),
 }
 
@@ -194,6 +247,7 @@ pub async fn inspect_response(
     match api {
         Api::OpenAiChat => openai_response(response, inspector).await,
         Api::AnthropicMessages => anthropic_response(response, inspector).await,
+        Api::OpenAiResponses => responses::inspect_response(response, inspector).await,
     }
 }
 
@@ -362,6 +416,7 @@ pub struct StreamGate {
 enum Gate {
     OpenAi(openai::Gate),
     Anthropic(anthropic::Gate),
+    Responses(responses::Gate),
 }
 
 impl StreamGate {
@@ -369,6 +424,7 @@ impl StreamGate {
         let inner = match api {
             Api::OpenAiChat => Gate::OpenAi(openai::Gate::default()),
             Api::AnthropicMessages => Gate::Anthropic(anthropic::Gate::default()),
+            Api::OpenAiResponses => Gate::Responses(responses::Gate::default()),
         };
         Self { inner }
     }
@@ -385,6 +441,7 @@ impl StreamGate {
         match &mut self.inner {
             Gate::OpenAi(gate) => gate.on_event(event, out, inspector, events).await,
             Gate::Anthropic(gate) => gate.on_event(event, out, inspector, events).await,
+            Gate::Responses(gate) => gate.on_event(event, out, inspector, events).await,
         }
     }
 
@@ -398,6 +455,7 @@ impl StreamGate {
         match &mut self.inner {
             Gate::OpenAi(gate) => gate.finish(out, inspector, events).await,
             Gate::Anthropic(gate) => gate.finish(out, inspector, events).await,
+            Gate::Responses(gate) => gate.finish(out, inspector, events).await,
         }
     }
 }

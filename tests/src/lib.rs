@@ -6,6 +6,7 @@ pub mod bench;
 pub mod client;
 pub mod databases;
 pub mod fake_control_plane;
+pub mod python;
 pub mod stack;
 pub mod wait;
 pub mod wire;

@@ -1,8 +1,11 @@
 //! The request half: parameters, the system prompt, messages and tools.
 //!
-//! Both APIs keep their conversation in `messages[]` and their tools in `tools[]`, so one
-//! reading serves both; OpenAI system prompts are ordinary messages, Anthropic's live in the
-//! top-level `system` (a string or an array of text blocks).
+//! Every API keeps its tools in `tools[]`, and Chat Completions and Anthropic their
+//! conversation in `messages[]`, so one reading serves all; OpenAI system prompts are ordinary
+//! messages, Anthropic's live in the top-level `system` (a string or an array of text blocks).
+//! The Responses API's conversation is `input` (a string, read as one user message, or a list
+//! of items whose messages have the same roles and text shapes) and its system prompt
+//! `instructions`.
 
 use std::borrow::Cow;
 
@@ -13,22 +16,33 @@ use super::text::text_change;
 use super::{Budget, ParamChange, RequestDiff, TextChange, param_changes};
 
 /// Fields with their own entries in [`RequestDiff`], so not listed in `params`.
-const CONTENT_FIELDS: [&str; 3] = ["messages", "system", "tools"];
+const CONTENT_FIELDS: [&str; 5] = ["messages", "system", "tools", "input", "instructions"];
 
 pub(super) fn diff(before: Option<&Value>, after: Option<&Value>, budget: &Budget) -> RequestDiff {
     let mut params = param_changes(&top_level_params(before), &top_level_params(after));
-    let system = diff_system(
-        field(before, "system"),
-        field(after, "system"),
-        budget,
-        &mut params,
-    );
+    let system = diff_system(system(before), system(after), budget, &mut params);
     RequestDiff {
         changed: before != after,
         params,
         system,
-        messages: diff_messages(array(before, "messages"), array(after, "messages"), budget),
+        messages: diff_messages(&conversation(before), &conversation(after), budget),
         tools: diff_tools(array(before, "tools"), array(after, "tools"), budget),
+    }
+}
+
+/// The system prompt: Anthropic `system`, Responses `instructions`.
+fn system(body: Option<&Value>) -> Option<&Value> {
+    field(body, "system").or_else(|| field(body, "instructions"))
+}
+
+/// The conversation: `messages`, or a Responses `input` (a string input is one user message).
+fn conversation(body: Option<&Value>) -> Cow<'_, [Value]> {
+    match field(body, "messages").or_else(|| field(body, "input")) {
+        Some(Value::Array(items)) => Cow::Borrowed(items),
+        Some(text @ Value::String(_)) => {
+            Cow::Owned(vec![serde_json::json!({"role": "user", "content": text})])
+        }
+        _ => Cow::Borrowed(&[]),
     }
 }
 

@@ -1,4 +1,5 @@
-//! The response half: assistant text, tool calls, finish reason, usage, other fields.
+//! The response half: assistant text, tool calls, finish reason (Responses: `status`), usage,
+//! other fields.
 //!
 //! Responses are read in their non-streamed shape (streams are reconstructed before they
 //! are recorded). Each side is first flattened into provider-neutral [`Parts`]; everything
@@ -17,6 +18,9 @@ use luthien_policy::shapes::Api;
 
 /// Anthropic content blocks that are neither text nor tool calls, listed as one param.
 const OTHER_BLOCKS: &str = "content (other blocks)";
+/// Responses output items that are neither messages nor function calls (reasoning, built-in
+/// tool calls), listed as one param.
+const OTHER_ITEMS: &str = "output (other items)";
 
 pub(super) fn diff(
     api: Api,
@@ -53,6 +57,49 @@ impl<'a> Parts<'a> {
             (_, None) => Self::default(),
             (Api::OpenAiChat, Some(body)) => Self::openai(body),
             (Api::AnthropicMessages, Some(body)) => Self::anthropic(body),
+            (Api::OpenAiResponses, Some(body)) => Self::responses(body),
+        }
+    }
+
+    /// `output[]` items: the `output_text` parts of `message` items as paragraphs, function
+    /// and custom-tool calls as tool calls (by `call_id`), the `status` as the finish reason;
+    /// every other item (reasoning, built-in tools) and each message's other fields are params.
+    fn responses(body: &'a Value) -> Self {
+        let mut params = fields_except(body, &["output", "status", "usage"], "");
+        let mut texts = Vec::new();
+        let mut tool_calls = Vec::new();
+        let mut others = Vec::new();
+        for (position, item) in array(Some(body), "output").iter().enumerate() {
+            match item.get("type").and_then(Value::as_str).unwrap_or_default() {
+                "message" => {
+                    for part in array(Some(item), "content") {
+                        match part.get("type").and_then(Value::as_str) {
+                            Some("output_text") => texts.extend(string(part.get("text"))),
+                            Some("refusal") => texts.extend(string(part.get("refusal"))),
+                            _ => others.push(part.clone()),
+                        }
+                    }
+                    params.extend(fields_except(item, &["content"], &format!("output[{position}].")));
+                }
+                "function_call" | "custom_tool_call" => tool_calls.push(ToolCall {
+                    id: string(item.get("call_id")),
+                    name: string(item.get("name")),
+                    arguments: field(Some(item), "arguments")
+                        .or_else(|| field(Some(item), "input"))
+                        .map_or(Value::Null, parse_arguments),
+                }),
+                _ => others.push(item.clone()),
+            }
+        }
+        if !others.is_empty() {
+            params.push((OTHER_ITEMS.to_owned(), Cow::Owned(Value::Array(others))));
+        }
+        Self {
+            text: (!texts.is_empty()).then(|| texts.join("\n\n")),
+            tool_calls,
+            finish_reason: field(Some(body), "status"),
+            usage: field(Some(body), "usage"),
+            params,
         }
     }
 

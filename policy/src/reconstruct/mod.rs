@@ -1,5 +1,6 @@
 //! Stream reconstruction: rebuilds the full response of a streamed call, in the API's own
-//! non-streamed shape (OpenAI `chat.completion`, Anthropic `message`), from its SSE events.
+//! non-streamed shape (OpenAI `chat.completion`, Anthropic `message`, OpenAI Responses
+//! `response`), from its SSE events.
 //!
 //! Every streamed call is reconstructed twice — once from the events upstream sent (the
 //! "original" response) and once from the events the client received (the "final" one) — so
@@ -23,6 +24,7 @@
 
 mod anthropic;
 mod openai;
+mod responses;
 #[cfg(test)]
 mod tests;
 
@@ -45,6 +47,7 @@ pub struct Reconstructor {
 enum State {
     OpenAi(openai::OpenAiStream),
     Anthropic(anthropic::AnthropicStream),
+    Responses(responses::ResponsesStream),
 }
 
 impl Reconstructor {
@@ -52,6 +55,7 @@ impl Reconstructor {
         let state = match api {
             Api::OpenAiChat => State::OpenAi(openai::OpenAiStream::default()),
             Api::AnthropicMessages => State::Anthropic(anthropic::AnthropicStream::default()),
+            Api::OpenAiResponses => State::Responses(responses::ResponsesStream::default()),
         };
         Self {
             state,
@@ -83,6 +87,7 @@ impl Reconstructor {
         match &mut self.state {
             State::OpenAi(stream) => stream.push(data),
             State::Anthropic(stream) => stream.push(event_type, data),
+            State::Responses(stream) => stream.push(event_type, data),
         }
     }
 
@@ -99,6 +104,7 @@ impl Reconstructor {
             + match &self.state {
                 State::OpenAi(stream) => stream.skipped(),
                 State::Anthropic(stream) => stream.skipped(),
+                State::Responses(stream) => stream.skipped(),
             }
     }
 
@@ -112,6 +118,7 @@ impl Reconstructor {
         match &self.state {
             State::OpenAi(stream) => stream.finish(),
             State::Anthropic(stream) => stream.finish(),
+            State::Responses(stream) => stream.finish(),
         }
     }
 
@@ -121,15 +128,18 @@ impl Reconstructor {
         match &self.state {
             State::OpenAi(stream) => stream.usage(),
             State::Anthropic(stream) => stream.usage(),
+            State::Responses(stream) => stream.usage(),
         }
     }
 
     /// The finish reasons seen: OpenAI `finish_reason` of each choice that has one, by choice
-    /// index; Anthropic `stop_reason`.
+    /// index; Anthropic `stop_reason`; Responses `incomplete_details.reason`, else the final
+    /// `status`.
     pub fn finish_reasons(&self) -> Vec<String> {
         match &self.state {
             State::OpenAi(stream) => stream.finish_reasons(),
             State::Anthropic(stream) => stream.finish_reasons(),
+            State::Responses(stream) => stream.finish_reasons(),
         }
     }
 }

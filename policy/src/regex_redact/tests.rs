@@ -267,12 +267,13 @@ async fn long_text_flows_with_a_bounded_delay_and_matches_at_every_split_are_cau
                     questions? Call [REDACTED:phone_numbers] or use key [REDACTED:api_keys] please. \
                     Thanks for shopping with us, have a nice day!";
     for size in [1, 2, 3, 5, 7, 11, 64, 1000] {
-        for api in [Api::OpenAiChat, Api::AnthropicMessages] {
+        for api in Api::ALL {
             let pieces = pieces(&text, size);
             let pieces: Vec<&str> = pieces.iter().map(String::as_str).collect();
             let stream = match api {
                 Api::OpenAiChat => openai_text_stream(&pieces),
                 Api::AnthropicMessages => anthropic_text_stream(&pieces),
+                Api::OpenAiResponses => responses_text_stream(&pieces),
             };
             let mut call = call(&policy, api);
             let mut out = Vec::new();
@@ -284,6 +285,19 @@ async fn long_text_flows_with_a_bounded_delay_and_matches_at_every_split_are_cau
             call.on_stream_end(&mut out).await.unwrap();
             assert_eq!(streamed_text(api, &out), expected, "size {size}, {api:?}");
             assert_eq!(sent, expected);
+            // Every whole copy of the text (Responses repeats it four times) is redacted too.
+            let wire = encode(&out);
+            for secret in ["@", "202-555", "aB3dE6gH9"] {
+                assert!(!wire.contains(secret), "{api:?} leaks {secret}: {wire}");
+            }
+            if api == Api::OpenAiResponses {
+                let mut rebuilt = crate::reconstruct::Reconstructor::new(api);
+                out.iter().for_each(|event| rebuilt.push(event));
+                let rebuilt = rebuilt.finish().unwrap();
+                assert_eq!(rebuilt["output"][0]["content"][0]["text"], expected);
+                let completed = out.last().unwrap().json().unwrap();
+                assert_eq!(completed["response"], rebuilt);
+            }
             let counts = &call.take_events()[0].data["counts"];
             assert_eq!(
                 counts,

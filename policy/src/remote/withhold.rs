@@ -7,9 +7,12 @@
 //!   it properly: OpenAI — a notice text delta, a `finish_reason: stop` chunk for every choice
 //!   still open, `[DONE]`; Anthropic — `message_start` if none was sent, a `content_block_stop`
 //!   for every open block, a text block with the notice, `message_delta` (`end_turn`) if none
-//!   was sent, `message_stop`. Everything upstream sends afterwards is dropped.
+//!   was sent, `message_stop`; Responses — the whole reply of [`reply::responses_events`] if
+//!   `response.created` was not sent, else an `output_item.done` (status `incomplete`) for
+//!   every item still open, a message item with the notice, and `response.completed` listing
+//!   every item sent. Everything upstream sends afterwards is dropped.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use serde_json::{Value, json};
@@ -39,6 +42,10 @@ pub fn withhold_response(api: Api, body: &mut Value, model: &str, notice: &str) 
             reply::openai_completion(&id, created, &model, notice)
         }
         Api::AnthropicMessages => reply::anthropic_message(&id, &model, notice),
+        Api::OpenAiResponses => {
+            let created = body.get("created_at").and_then(Value::as_u64).unwrap_or(0);
+            reply::responses_object(&id, created, &model, notice)
+        }
     };
 }
 
@@ -47,10 +54,15 @@ pub fn withhold_response(api: Api, body: &mut Value, model: &str, notice: &str) 
 pub struct StreamCut {
     /// OpenAI: the envelope of the first upstream chunk, for injected chunks.
     envelope: Option<Value>,
-    /// OpenAI choices / Anthropic blocks started and not yet finished.
+    /// OpenAI choices / Anthropic blocks / Responses output items started and not yet finished.
     open: BTreeSet<u64>,
-    /// Anthropic: the index a new block gets.
+    /// Anthropic: the index a new block gets; Responses: a new output item's.
     next_block: u64,
+    /// Responses: the latest lifecycle `response` sent, the output items sent (as added, then
+    /// as done), and the next `sequence_number`.
+    response: Option<Value>,
+    items: BTreeMap<u64, Value>,
+    next_sequence: u64,
     message_started: bool,
     message_delta_sent: bool,
     /// `[DONE]` / `message_stop` went out: nothing can be added any more.
@@ -111,7 +123,79 @@ impl StreamCut {
                     _ => {}
                 }
             }
+            Api::OpenAiResponses => self.sent_responses_event(value),
         }
+    }
+
+    fn sent_responses_event(&mut self, event: &Value) {
+        if let Some(number) = event.get("sequence_number").and_then(Value::as_u64) {
+            self.next_sequence = self.next_sequence.max(number + 1);
+        }
+        if let Some(response @ Value::Object(_)) = event.get("response") {
+            self.message_started = true;
+            self.response = Some(response.clone());
+        }
+        let index = event.get("output_index").and_then(Value::as_u64);
+        match (event.get("type").and_then(Value::as_str), index, event.get("item")) {
+            (Some("response.output_item.added"), Some(index), Some(item)) => {
+                self.open.insert(index);
+                self.items.insert(index, item.clone());
+                self.next_block = self.next_block.max(index + 1);
+            }
+            (Some("response.output_item.done"), Some(index), Some(item)) => {
+                self.open.remove(&index);
+                self.items.insert(index, item.clone());
+                self.next_block = self.next_block.max(index + 1);
+            }
+            _ => {}
+        }
+    }
+
+    /// The Responses events that end the stream with `notice`.
+    fn cut_responses(&mut self, model: &str, notice: &str) -> Vec<SseEvent> {
+        let Some(response) = self.response.take() else {
+            return reply::responses_events(&reply::fresh_id(Api::OpenAiResponses), 0, model, notice);
+        };
+        let id = response.get("id").and_then(Value::as_str).unwrap_or_default();
+        let created = response.get("created_at").and_then(Value::as_u64).unwrap_or(0);
+        let model = response.get("model").and_then(Value::as_str).unwrap_or(model);
+        let mut events = Vec::new();
+        for index in std::mem::take(&mut self.open) {
+            if let Some(item) = self.items.get_mut(&index) {
+                item["status"] = json!("incomplete");
+                events.push(json!({"type": "response.output_item.done", "output_index": index, "item": item}));
+            }
+        }
+        // The notice: the reply's message item, moved to the next output index.
+        let index = self.next_block;
+        let notice_events = reply::responses_events(&reply::fresh_id(Api::OpenAiResponses), created, model, notice);
+        for event in &notice_events[2..notice_events.len() - 1] {
+            let mut event = event.json().cloned().unwrap_or_default();
+            event["output_index"] = json!(index);
+            if let Some(item) = event.get("item").filter(|_| event["type"] == "response.output_item.done") {
+                self.items.insert(index, item.clone());
+            }
+            events.push(event);
+        }
+        let mut completed = reply::responses_object(id, created, model, notice);
+        if let Value::Object(fields) = &response {
+            for (key, value) in fields {
+                if !matches!(key.as_str(), "status" | "output" | "error" | "incomplete_details") {
+                    completed[key] = value.clone();
+                }
+            }
+        }
+        completed["output"] = Value::Array(self.items.values().cloned().collect());
+        events.push(json!({"type": "response.completed", "response": completed}));
+        events
+            .into_iter()
+            .map(|mut event| {
+                event["sequence_number"] = json!(self.next_sequence);
+                self.next_sequence += 1;
+                let kind = event["type"].as_str().map(str::to_owned);
+                SseEvent::from_json(kind.as_deref(), event)
+            })
+            .collect()
     }
 
     /// The events that end the stream with `notice`; empty when it already ended.
@@ -180,6 +264,7 @@ impl StreamCut {
                 }
                 events.push(event(json!({"type": "message_stop"})));
             }
+            Api::OpenAiResponses => events = self.cut_responses(model, notice),
         }
         events
     }
@@ -221,6 +306,55 @@ mod tests {
         );
         assert_eq!(events[1].json().unwrap()["index"], 1);
         assert!(cut.cut(api, "m", "again").is_empty());
+    }
+
+    #[test]
+    fn responses_cuts_finish_open_items_and_complete_the_response() {
+        let mut cut = StreamCut::default();
+        let api = Api::OpenAiResponses;
+        let response = json!({"id": "resp_1", "object": "response", "created_at": 5, "status": "in_progress",
+            "model": "gpt-5", "output": [], "tools": [], "usage": null});
+        let item = json!({"type": "message", "id": "msg_1", "status": "in_progress", "role": "assistant", "content": []});
+        for value in [
+            json!({"type": "response.created", "sequence_number": 0, "response": response}),
+            json!({"type": "response.output_item.added", "sequence_number": 1, "output_index": 0, "item": item}),
+            json!({"type": "response.output_text.delta", "sequence_number": 2, "output_index": 0,
+                "content_index": 0, "item_id": "msg_1", "delta": "hi", "logprobs": []}),
+        ] {
+            let kind = value["type"].as_str().unwrap().to_owned();
+            cut.sent(api, &SseEvent::from_json(Some(&kind), value));
+        }
+        let events = cut.cut(api, "m", "withheld");
+        assert_eq!(
+            types(&events),
+            [
+                "response.output_item.done",
+                "response.output_item.added",
+                "response.content_part.added",
+                "response.output_text.delta",
+                "response.output_text.done",
+                "response.content_part.done",
+                "response.output_item.done",
+                "response.completed"
+            ]
+        );
+        let numbers: Vec<_> = events.iter().map(|event| event.json().unwrap()["sequence_number"].clone()).collect();
+        assert_eq!(numbers, (3..11).map(|n| json!(n)).collect::<Vec<_>>());
+        assert_eq!(events[0].json().unwrap()["item"]["status"], "incomplete");
+        assert!(events[1..7].iter().all(|event| event.json().unwrap()["output_index"] == 1));
+        assert_eq!(events[3].json().unwrap()["delta"], "withheld");
+        let completed = &events[7].json().unwrap()["response"];
+        assert_eq!((&completed["id"], &completed["model"], &completed["status"]), (&json!("resp_1"), &json!("gpt-5"), &json!("completed")));
+        let output = completed["output"].as_array().unwrap();
+        assert_eq!(output.len(), 2);
+        assert_eq!(output[0]["id"], "msg_1");
+        assert_eq!(output[1]["content"][0]["text"], "withheld");
+        assert!(cut.cut(api, "m", "again").is_empty());
+
+        // Nothing sent yet: a whole reply.
+        let events = StreamCut::default().cut(api, "gpt-5", "withheld");
+        assert_eq!(events.first().unwrap().event_type(), Some("response.created"));
+        assert_eq!(events.last().unwrap().event_type(), Some("response.completed"));
     }
 
     #[test]

@@ -213,6 +213,28 @@ pub(crate) fn anthropic_text_stream(pieces: &[&str]) -> String {
     stream
 }
 
+/// A Responses stream of one message whose text arrives in `pieces`, each whole copy of the
+/// text included (`output_text.done`, `content_part.done`, `output_item.done`,
+/// `response.completed`), as the API sends it.
+pub(crate) fn responses_text_stream(pieces: &[&str]) -> String {
+    let text: String = pieces.concat();
+    let events = crate::shapes::reply::responses_events("resp_01", 1741570283, "gpt-5", &text);
+    let mut stream = String::new();
+    for event in &events {
+        let value = event.json().unwrap();
+        if value["type"] == "response.output_text.delta" {
+            for piece in pieces {
+                let mut delta = value.clone();
+                delta["delta"] = json!(piece);
+                stream += &format!("event: response.output_text.delta\ndata: {delta}\n\n");
+            }
+        } else {
+            stream += &String::from_utf8_lossy(&event.to_bytes());
+        }
+    }
+    stream
+}
+
 /// The assistant text a client would assemble from a stream (all content streams, in order).
 pub(crate) fn streamed_text(api: crate::shapes::Api, events: &[SseEvent]) -> String {
     let mut text = String::new();

@@ -9,6 +9,10 @@
 //!   the usage chunk when `include_usage` was asked for) ending with `data: [DONE]`.
 //! - Anthropic: a `message`, or the event sequence `message_start`, `content_block_start`,
 //!   `content_block_delta`, `content_block_stop`, `message_delta`, `message_stop`.
+//! - OpenAI Responses: a `response` (`status: completed`) with one `message` item, or the
+//!   events `response.created`, `.in_progress`, `.output_item.added`, `.content_part.added`,
+//!   one `.output_text.delta`, `.output_text.done`, `.content_part.done`, `.output_item.done`
+//!   and `response.completed` carrying that same `response`, numbered from 0.
 
 use std::time::SystemTime;
 
@@ -95,6 +99,14 @@ pub fn reply_with_ids(
             "text/event-stream",
             encode(&anthropic_events(id, &shape.model, text)),
         ),
+        (Api::OpenAiResponses, false) => (
+            "application/json",
+            Bytes::from(responses_object(id, created, &shape.model, text).to_string()),
+        ),
+        (Api::OpenAiResponses, true) => (
+            "text/event-stream",
+            encode(&responses_events(id, created, &shape.model, text)),
+        ),
     };
     ImmediateResponse {
         status: 200,
@@ -104,13 +116,96 @@ pub fn reply_with_ids(
     }
 }
 
-/// A new response id in the API's style: `chatcmpl-<32 hex>` or `msg_<32 hex>`.
+/// A new response id in the API's style: `chatcmpl-<32 hex>`, `msg_<32 hex>` or
+/// `resp_<32 hex>`.
 pub fn fresh_id(api: Api) -> String {
     let random = uuid::Uuid::new_v4().simple();
     match api {
         Api::OpenAiChat => format!("chatcmpl-{random}"),
         Api::AnthropicMessages => format!("msg_{random}"),
+        Api::OpenAiResponses => format!("resp_{random}"),
     }
+}
+
+/// A Responses `response` with one assistant `message` item carrying `text`; the item's id is
+/// the response's with `msg_` in place of `resp_`.
+pub fn responses_object(id: &str, created: u64, model: &str, text: &str) -> Value {
+    responses_envelope(id, created, model, "completed", vec![responses_message(id, "completed", text)])
+}
+
+/// The events of a streamed Responses answer carrying `text`.
+pub fn responses_events(id: &str, created: u64, model: &str, text: &str) -> Vec<SseEvent> {
+    let item_id = responses_message_id(id);
+    let part = json!({"type": "output_text", "text": text, "annotations": [], "logprobs": []});
+    let empty_part = json!({"type": "output_text", "text": "", "annotations": [], "logprobs": []});
+    let mut started = responses_envelope(id, created, model, "in_progress", Vec::new());
+    started["usage"] = Value::Null;
+    let events = [
+        json!({"type": "response.created", "response": started}),
+        json!({"type": "response.in_progress", "response": started}),
+        json!({"type": "response.output_item.added", "output_index": 0,
+            "item": responses_message(id, "in_progress", "")}),
+        json!({"type": "response.content_part.added", "item_id": item_id, "output_index": 0,
+            "content_index": 0, "part": empty_part}),
+        json!({"type": "response.output_text.delta", "item_id": item_id, "output_index": 0,
+            "content_index": 0, "delta": text, "logprobs": []}),
+        json!({"type": "response.output_text.done", "item_id": item_id, "output_index": 0,
+            "content_index": 0, "text": text, "logprobs": []}),
+        json!({"type": "response.content_part.done", "item_id": item_id, "output_index": 0,
+            "content_index": 0, "part": part}),
+        json!({"type": "response.output_item.done", "output_index": 0,
+            "item": responses_message(id, "completed", text)}),
+        json!({"type": "response.completed",
+            "response": responses_object(id, created, model, text)}),
+    ];
+    (0u64..)
+        .zip(events)
+        .map(|(sequence_number, mut event)| {
+            event["sequence_number"] = sequence_number.into();
+            let event_type = event["type"].as_str().map(str::to_owned);
+            SseEvent::from_json(event_type.as_deref(), event)
+        })
+        .collect()
+}
+
+/// The fields of a `response` the SDKs require, with zero usage.
+fn responses_envelope(id: &str, created: u64, model: &str, status: &str, output: Vec<Value>) -> Value {
+    json!({
+        "id": id,
+        "object": "response",
+        "created_at": created,
+        "status": status,
+        "error": null,
+        "incomplete_details": null,
+        "instructions": null,
+        "model": model,
+        "output": output,
+        "parallel_tool_calls": true,
+        "tool_choice": "auto",
+        "tools": [],
+        "metadata": {},
+        "usage": {
+            "input_tokens": 0, "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": 0, "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": 0
+        }
+    })
+}
+
+/// An assistant `message` item; in progress it has no content yet.
+fn responses_message(response_id: &str, status: &str, text: &str) -> Value {
+    let content = if status == "in_progress" {
+        json!([])
+    } else {
+        json!([{"type": "output_text", "text": text, "annotations": [], "logprobs": []}])
+    };
+    json!({"type": "message", "id": responses_message_id(response_id), "status": status,
+        "role": "assistant", "content": content})
+}
+
+fn responses_message_id(response_id: &str) -> String {
+    let random = response_id.strip_prefix("resp_").unwrap_or(response_id);
+    format!("msg_{random}")
 }
 
 /// An OpenAI `chat.completion` with one choice carrying `text`.
@@ -372,11 +467,37 @@ mod tests {
     }
 
     #[test]
+    fn responses_stream_rebuilds_to_the_non_streamed_response() {
+        let mut shape = shape(false, false);
+        let whole = reply_with_ids(Api::OpenAiResponses, &shape, "No.", "r", "resp_1", 7);
+        assert_eq!(whole.content_type, "application/json");
+        let whole: Value = serde_json::from_slice(&whole.body).unwrap();
+        assert_eq!(whole["output"][0]["id"], "msg_1");
+        assert_eq!(whole["output"][0]["content"][0]["text"], "No.");
+        assert_eq!((&whole["status"], &whole["model"]), (&json!("completed"), &json!("gpt-4o")));
+
+        shape.stream = true;
+        let streamed = reply_with_ids(Api::OpenAiResponses, &shape, "No.", "r", "resp_1", 7);
+        assert_eq!(streamed.content_type, "text/event-stream");
+        let events = decode(body_text(&streamed));
+        let numbers: Vec<_> = events.iter().map(|event| event.json().unwrap()["sequence_number"].as_u64()).collect();
+        assert_eq!(numbers, (0..9).map(Some).collect::<Vec<_>>());
+        assert_eq!(events[0].event_type(), Some("response.created"));
+        assert!(crate::shapes::is_stream_terminator(Api::OpenAiResponses, &events[8]));
+        assert_eq!(events[8].json().unwrap()["response"], whole);
+        let mut rebuilt = crate::reconstruct::Reconstructor::new(Api::OpenAiResponses);
+        events.iter().for_each(|event| rebuilt.push(event));
+        assert_eq!(rebuilt.finish(), Some(whole));
+        assert_eq!(rebuilt.skipped(), 0);
+    }
+
+    #[test]
     fn fresh_ids_differ_and_follow_the_api_style() {
         let a = fresh_id(Api::OpenAiChat);
         assert!(a.starts_with("chatcmpl-") && a.len() == 41, "{a}");
         assert_ne!(a, fresh_id(Api::OpenAiChat));
         assert!(fresh_id(Api::AnthropicMessages).starts_with("msg_"));
+        assert!(fresh_id(Api::OpenAiResponses).starts_with("resp_"));
         let reply = assistant_reply(Api::OpenAiChat, &json!({"model": "m"}), "t", "r");
         let body: Value = serde_json::from_slice(&reply.body).unwrap();
         assert!(body["created"].as_u64().unwrap() > 1_700_000_000);

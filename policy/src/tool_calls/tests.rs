@@ -132,6 +132,7 @@ fn mock_stream(api: Api, reply: &Reply) -> String {
     match api {
         Api::OpenAiChat => concat(&mock_openai::stream_events(reply, true)),
         Api::AnthropicMessages => concat(&mock_anthropic::stream_events(reply)),
+        Api::OpenAiResponses => unreachable!("Responses streams are hand-written below"),
     }
 }
 
@@ -139,6 +140,7 @@ fn mock_body(api: Api, reply: &Reply) -> Value {
     let body = match api {
         Api::OpenAiChat => mock_openai::completion(reply),
         Api::AnthropicMessages => mock_anthropic::message_body(reply),
+        Api::OpenAiResponses => unreachable!("Responses bodies are hand-written below"),
     };
     serde_json::from_slice(&body).unwrap()
 }
@@ -165,6 +167,7 @@ fn tool_call_bytes(api: Api, events: &[SseEvent], index: u64) -> Vec<Bytes> {
                         .is_some_and(|t| t.starts_with("content_block"))
                         && value["index"] == index
                 }
+                Api::OpenAiResponses => value["output_index"] == index,
             }
         })
         .map(SseEvent::to_bytes)
@@ -253,6 +256,7 @@ async fn removing_one_of_two_tool_calls_keeps_the_other_byte_for_byte_and_the_fi
                     json!({"type": "text", "text": "[bash blocked]"})
                 );
             }
+            Api::OpenAiResponses => unreachable!(),
         }
         // The bash arguments, split right after the backslash of an escaped quote, reached
         // the inspector whole.
@@ -303,6 +307,7 @@ async fn removing_every_tool_call_rewrites_the_finish_reason() {
                     ])
                 );
             }
+            Api::OpenAiResponses => unreachable!(),
         }
         assert_eq!(call.take_events().len(), 2);
     }
@@ -670,6 +675,7 @@ async fn held_text_is_released_unchanged_or_replaced_whole() {
                     assert_eq!(finished["choices"][0]["finish_reason"], "tool_calls")
                 }
                 Api::AnthropicMessages => assert_eq!(finished["stop_reason"], "tool_use"),
+                Api::OpenAiResponses => unreachable!(),
             }
         }
     }
@@ -754,4 +760,479 @@ fn normalized_arguments_are_compact_json() {
     };
     assert_eq!(cut.normalized_arguments(), "{\"a\": ");
     assert!(cut.parsed_arguments().is_none());
+}
+
+// ---------------------------------------------------------------------------------------
+// OpenAI Responses
+//
+// Every filtered stream is also run through `check_sdk_stream`, which enforces what the
+// openai SDK's stream accumulator raises on.
+
+mod responses {
+    use super::*;
+    use crate::tool_calls::fixtures::{
+        RESPONSE_ID, StreamBuilder, check_sdk_stream, custom_tool_call, function_call, message,
+        reasoning, response_object,
+    };
+
+    const API: Api = Api::OpenAiResponses;
+    const WEATHER_ARGUMENTS: &str = r#"{"city":"Paris"}"#;
+    const BASH_ARGUMENTS: &str = r#"{"command":"ls -la /tmp && echo \"done\""}"#;
+    const BASH_ID: &str = "fc_68af0b1d4e5f8196b1c2d3e4f5a6b7c80c4ae15eaec1d1f4";
+    const BASH_MESSAGE_ID: &str = "msg_luthien_68af0b1d4e5f8196b1c2d3e4f5a6b7c80c4ae15eaec1d1f4";
+    const ENCRYPTED: &str = "gAAAAABor1sQ3v0n-Xo8iK9yQ2ZkzW1pT4cJ7hE_r6LmNfUaVbDgS0_=";
+
+    fn weather() -> Value {
+        function_call(
+            "fc_68af0b1a2b3c8196a0b1c2d3e4f5a6b70c4ae15eaec1d1f4",
+            "call_Wz2xqPL8cEJ3pY4yH1mB0kTn",
+            "get_weather",
+            WEATHER_ARGUMENTS,
+        )
+    }
+
+    fn bash() -> Value {
+        function_call(BASH_ID, "call_7hGfR2sVdK9qL0mN3bX5cZ1a", "bash", BASH_ARGUMENTS)
+    }
+
+    /// The message that replaces a blocked call.
+    fn replacement(id: &str, text: &str) -> Value {
+        json!({"id": id, "type": "message", "status": "completed", "content": [
+            {"type": "output_text", "annotations": [], "logprobs": [], "text": text}
+        ], "role": "assistant"})
+    }
+
+    /// Runs a stream through a guard and checks the result as the SDK would; returns what the
+    /// client got, the final response and the policy events.
+    async fn run(inspector: &Arc<BlockNames>, stream: &str) -> (Vec<SseEvent>, Value, Vec<PolicyEvent>) {
+        let mut call = guard(API, inspector);
+        let out = run_stream(&mut call, stream).await;
+        let completed = check_sdk_stream(&out)
+            .unwrap_or_else(|error| panic!("{error}\n{}", encode(&out)))
+            .unwrap_or(Value::Null);
+        (out, completed, call.take_events())
+    }
+
+    /// The non-streamed answer listing `items`, filtered.
+    async fn filtered_body(inspector: &Arc<BlockNames>, items: &[Value]) -> (Value, Vec<PolicyEvent>) {
+        let mut body = response_object("completed", items);
+        let mut call = guard(API, inspector);
+        call.on_response(&mut body).await.unwrap();
+        (body, call.take_events())
+    }
+
+    fn types(events: &[SseEvent]) -> Vec<&str> {
+        events.iter().filter_map(SseEvent::event_type).collect()
+    }
+
+    fn sequence_numbers(events: &[SseEvent]) -> Vec<u64> {
+        events
+            .iter()
+            .map(|event| event.json().unwrap()["sequence_number"].as_u64().unwrap())
+            .collect()
+    }
+
+    /// The events of output item `index`.
+    fn item_events(events: &[SseEvent], index: u64) -> Vec<SseEvent> {
+        events
+            .iter()
+            .filter(|event| event.json().is_some_and(|value| value["output_index"] == index))
+            .cloned()
+            .collect()
+    }
+
+    const MESSAGE_EVENTS: [&str; 6] = [
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+    ];
+
+    #[tokio::test]
+    async fn removing_one_of_two_calls_replaces_it_in_place_streamed_and_not() {
+        let items = [weather(), bash()];
+        let stream = StreamBuilder::complete(&items, 5);
+        let upstream = decode(&stream);
+        let inspector = BlockNames::new(&["bash"]);
+        let (out, completed, events) = run(&inspector, &stream).await;
+
+        // The lifecycle events and the get_weather call pass byte for byte.
+        assert_eq!(encode(&out[..2]), encode(&upstream[..2]));
+        let kept = item_events(&out, 0);
+        assert_eq!(encode(&kept), encode(&item_events(&upstream, 0)));
+        assert!(kept.iter().all(|event| !event.is_modified()));
+
+        // bash is gone, a whole message stands at its output_index.
+        let wire = encode(&out);
+        assert!(!wire.contains("ls -la") && !wire.contains(BASH_ID), "{wire}");
+        let replaced = item_events(&out, 1);
+        assert_eq!(types(&replaced), MESSAGE_EVENTS);
+        let message = replacement(BASH_MESSAGE_ID, "[bash blocked]");
+        assert_eq!(replaced[5].json().unwrap()["item"], message);
+        assert_eq!(
+            replaced[0].json().unwrap(),
+            &json!({"type": "response.output_item.added", "sequence_number": upstream_number(&upstream, 1, 0),
+                "output_index": 1, "item": {"id": BASH_MESSAGE_ID, "type": "message", "status": "in_progress", "content": [], "role": "assistant"}})
+        );
+        assert_eq!(streamed_text(API, &out), "[bash blocked]");
+
+        // Sequence numbers: the provider's, the injected events taking the removed ones'.
+        let removed = sequence_numbers(&item_events(&upstream, 1));
+        assert_eq!(sequence_numbers(&replaced), removed[..6]);
+        let numbers = sequence_numbers(&out);
+        assert!(numbers.windows(2).all(|pair| pair[0] <= pair[1]), "{numbers:?}");
+        assert_eq!(numbers.last(), sequence_numbers(&upstream).last());
+
+        // response.completed lists the message in the call's place; nothing else changed.
+        assert_eq!(completed["output"], json!([weather(), message]));
+        assert_eq!(completed["status"], "completed");
+        let mut expected = response_object("completed", &items);
+        expected["output"][1] = message.clone();
+        assert_eq!(completed, expected);
+
+        // The non-streamed answer is filtered the same way, with the same events.
+        let (body, body_events) = filtered_body(&inspector, &items).await;
+        assert_eq!(body, completed);
+        assert_eq!(events, body_events);
+        assert_eq!(events.len(), 1);
+        assert_eq!(
+            events[0].data,
+            json!({"tool": "bash", "id": "call_7hGfR2sVdK9qL0mN3bX5cZ1a"})
+        );
+        // The arguments were inspected whole (their deltas split the escaped quotes).
+        assert_eq!(
+            inspector.asked(),
+            [
+                format!("get_weather {WEATHER_ARGUMENTS}"),
+                format!("bash {BASH_ARGUMENTS}"),
+                format!("get_weather {WEATHER_ARGUMENTS}"),
+                format!("bash {BASH_ARGUMENTS}"),
+            ]
+        );
+        assert_eq!(reconstruct(API, &out), body);
+    }
+
+    fn upstream_number(upstream: &[SseEvent], index: u64, position: usize) -> u64 {
+        sequence_numbers(&item_events(upstream, index))[position]
+    }
+
+    #[tokio::test]
+    async fn removing_every_call_leaves_the_status_completed() {
+        let items = [weather(), bash()];
+        let stream = StreamBuilder::complete(&items, 7);
+        let inspector = BlockNames::new(&["bash", "get_weather"]);
+        let (out, completed, events) = run(&inspector, &stream).await;
+        assert_eq!(events.len(), 2);
+        assert_eq!(
+            completed["output"],
+            json!([
+                replacement("msg_luthien_68af0b1a2b3c8196a0b1c2d3e4f5a6b70c4ae15eaec1d1f4", "[get_weather blocked]"),
+                replacement(BASH_MESSAGE_ID, "[bash blocked]"),
+            ])
+        );
+        // Nothing in the format says "tool calls follow": status and details stay.
+        assert_eq!(completed["status"], "completed");
+        assert_eq!(completed["incomplete_details"], Value::Null);
+        assert_eq!(completed["usage"]["output_tokens"], 142);
+        assert_eq!(
+            streamed_text(API, &out),
+            "[get_weather blocked][bash blocked]"
+        );
+        assert_eq!(types(&item_events(&out, 0)), MESSAGE_EVENTS);
+        assert_eq!(types(&item_events(&out, 1)), MESSAGE_EVENTS);
+        let (body, _) = filtered_body(&inspector, &items).await;
+        assert_eq!(body, completed);
+        assert_eq!(reconstruct(API, &out), body);
+    }
+
+    #[tokio::test]
+    async fn text_before_a_call_is_not_delayed_and_text_after_it_waits_for_it() {
+        let intro = message("msg_68af0b19f0e48196a9b8c7d6e5f4a3b20c4ae15eaec1d1f4", "Let me check the weather.");
+        let outro = message("msg_68af0b1ff0e48196a9b8c7d6e5f4a3b20c4ae15eaec1d1f4", "Done.");
+        let items = [intro.clone(), weather(), outro.clone()];
+        let stream = StreamBuilder::complete(&items, 6);
+        let inspector = BlockNames::new(&["get_weather"]);
+        let mut call = guard(API, &inspector);
+        let mut out = Vec::new();
+        let mut held = 0;
+        for event in decode(&stream) {
+            let value = event.json().unwrap().clone();
+            let bytes = event.to_bytes();
+            let before = out.len();
+            call.on_event(event, &mut out).await.unwrap();
+            match value["output_index"].as_u64() {
+                // The message before the call leaves at once, unchanged.
+                Some(0) => {
+                    assert_eq!(out.len(), before + 1);
+                    assert_eq!(out[before].to_bytes(), bytes);
+                }
+                // The call is held until its output_item.done, then replaced.
+                Some(1) if value["type"] == "response.output_item.done" => {
+                    assert_eq!(types(&out[before..]), MESSAGE_EVENTS);
+                }
+                Some(1) => {
+                    assert_eq!(out.len(), before);
+                    held += 1;
+                }
+                _ => {}
+            }
+        }
+        call.on_stream_end(&mut out).await.unwrap();
+        assert!(held > 2);
+        let completed = check_sdk_stream(&out).unwrap().unwrap();
+        assert_eq!(
+            completed["output"],
+            json!([intro, replacement("msg_luthien_68af0b1a2b3c8196a0b1c2d3e4f5a6b70c4ae15eaec1d1f4", "[get_weather blocked]"), outro])
+        );
+        assert_eq!(
+            streamed_text(API, &out),
+            "Let me check the weather.[get_weather blocked]Done."
+        );
+        // The text after the call passed unchanged once the call was decided.
+        assert_eq!(
+            encode(&item_events(&out, 2)),
+            encode(&item_events(&decode(&stream), 2))
+        );
+    }
+
+    #[tokio::test]
+    async fn reasoning_items_pass_untouched() {
+        let thought = reasoning("rs_68af0b16c1d48196aa6b4f3e2d1c0b9a0c4ae15eaec1d1f4", ENCRYPTED);
+        let items = [thought.clone(), bash()];
+        let stream = StreamBuilder::complete(&items, 4);
+        let upstream = decode(&stream);
+        let inspector = BlockNames::new(&["bash"]);
+        let (out, completed, _) = run(&inspector, &stream).await;
+        let passed = item_events(&out, 0);
+        assert_eq!(encode(&passed), encode(&item_events(&upstream, 0)));
+        assert!(passed.iter().all(|event| !event.is_modified()));
+        assert_eq!(completed["output"][0], thought);
+        assert_eq!(completed["output"][0]["encrypted_content"], ENCRYPTED);
+        assert_eq!(completed["output"][1]["type"], "message");
+        let (body, _) = filtered_body(&inspector, &items).await;
+        assert_eq!(body["output"][0], thought);
+        assert_eq!(body, completed);
+    }
+
+    #[tokio::test]
+    async fn kept_calls_leave_byte_identical() {
+        let items = [
+            reasoning("rs_68af0b16c1d48196aa6b4f3e2d1c0b9a0c4ae15eaec1d1f4", ENCRYPTED),
+            message("msg_68af0b19f0e48196a9b8c7d6e5f4a3b20c4ae15eaec1d1f4", "Checking."),
+            weather(),
+            custom_tool_call("ctc_68af0b2a", "call_c1", "apply_patch", "*** Begin Patch\n*** End Patch"),
+            bash(),
+        ];
+        let stream = StreamBuilder::complete(&items, 3);
+        let inspector = BlockNames::new(&["deploy"]);
+        let (out, completed, events) = run(&inspector, &stream).await;
+        assert_eq!(encode(&out), stream);
+        assert!(out.iter().all(|event| !event.is_modified()));
+        assert_eq!(completed, response_object("completed", &items));
+        assert!(events.is_empty());
+        let (body, _) = filtered_body(&inspector, &items).await;
+        assert_eq!(body, response_object("completed", &items));
+        assert_eq!(
+            inspector.asked()[..3],
+            [
+                format!("get_weather {WEATHER_ARGUMENTS}"),
+                "apply_patch *** Begin Patch\n*** End Patch".to_owned(),
+                format!("bash {BASH_ARGUMENTS}"),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn custom_tool_calls_are_removed_too() {
+        let patch = custom_tool_call("ctc_68af0b2a", "call_c1", "apply_patch", "*** Begin Patch\n*** Delete File: /etc/passwd\n*** End Patch");
+        let items = [patch];
+        let stream = StreamBuilder::complete(&items, 9);
+        let inspector = BlockNames::new(&["apply_patch"]);
+        let (out, completed, events) = run(&inspector, &stream).await;
+        assert!(!encode(&out).contains("passwd"));
+        assert_eq!(
+            completed["output"],
+            json!([replacement("msg_luthien_68af0b2a", "[apply_patch blocked]")])
+        );
+        assert_eq!(events[0].data["id"], "call_c1");
+        let (body, _) = filtered_body(&inspector, &items).await;
+        assert_eq!(body, completed);
+    }
+
+    /// A stream cut inside the bash call (after its added event and two argument deltas).
+    fn cut_stream() -> StreamBuilder {
+        let mut builder = StreamBuilder::new();
+        builder.item(0, &weather(), 50).item_until(1, &bash(), 10, 3);
+        builder
+    }
+
+    #[tokio::test]
+    async fn a_call_cut_off_is_decided_on_what_arrived() {
+        let partial = r#"{"command":"ls -la /tm"#;
+        let mut failed_call = bash();
+        failed_call["status"] = json!("incomplete");
+        failed_call["arguments"] = json!(partial);
+        let endings: [(&str, Option<&str>); 4] = [
+            ("end of body", None),
+            ("response.failed", Some("response.failed")),
+            ("response.incomplete", Some("response.incomplete")),
+            ("error", Some("error")),
+        ];
+        for (label, ending) in endings {
+            let mut builder = cut_stream();
+            match ending {
+                Some("error") => {
+                    builder.event("error", json!({"code": "server_error", "message": "The server had an error.", "param": null}));
+                }
+                Some(kind) => {
+                    builder.terminal(kind, &[weather(), failed_call.clone()]);
+                }
+                None => {}
+            }
+            let stream = builder.build();
+            let upstream = decode(&stream);
+            let inspector = BlockNames::new(&["bash"]);
+            let mut call = guard(API, &inspector);
+            let mut out = Vec::new();
+            for event in decode(&stream) {
+                call.on_event(event, &mut out).await.unwrap();
+            }
+            if ending.is_none() {
+                // Held until the body ends.
+                assert!(item_events(&out, 1).is_empty(), "{label}");
+                call.on_stream_end(&mut out).await.unwrap();
+            }
+            check_sdk_stream(&out).unwrap_or_else(|error| panic!("{label}: {error}"));
+            assert_eq!(inspector.asked().last().unwrap(), &format!("bash {partial}"), "{label}");
+            assert_eq!(types(&item_events(&out, 1)), MESSAGE_EVENTS, "{label}");
+            let wire = encode(&out);
+            assert!(!wire.contains("ls -la"), "{label}: {wire}");
+            // The replacement comes before the event that ended the stream, which passes
+            // (its copy of the call replaced).
+            let last = out.last().unwrap();
+            match ending {
+                None => assert_eq!(last.event_type(), Some("response.output_item.done")),
+                Some("error") => assert_eq!(last.to_bytes(), upstream.last().unwrap().to_bytes()),
+                Some(kind) => {
+                    assert_eq!(last.event_type(), Some(kind));
+                    let output = &last.json().unwrap()["response"]["output"];
+                    assert_eq!(output[0], weather(), "{label}");
+                    assert_eq!(output[1], replacement(BASH_MESSAGE_ID, "[bash blocked]"), "{label}");
+                }
+            }
+            assert_eq!(call.take_events().len(), 1, "{label}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_call_only_the_terminal_event_lists_is_inspected_there() {
+        let mut builder = StreamBuilder::new();
+        builder.terminal("response.completed", &[bash()]);
+        let inspector = BlockNames::new(&["bash"]);
+        let (out, completed, events) = run(&inspector, &builder.build()).await;
+        assert_eq!(out.len(), 3);
+        assert_eq!(
+            completed["output"],
+            json!([replacement(BASH_MESSAGE_ID, "[bash blocked]")])
+        );
+        assert_eq!(events.len(), 1);
+        assert_eq!(completed["id"], RESPONSE_ID);
+    }
+
+    #[tokio::test]
+    async fn judged_text_is_replaced_in_every_copy() {
+        let text = "The quick brown fox jumps over the lazy dog.";
+        let answer = message("msg_68af0b19f0e48196a9b8c7d6e5f4a3b20c4ae15eaec1d1f4", text);
+        let items = [answer.clone(), bash()];
+        let stream = StreamBuilder::complete(&items, 8);
+        // "fox" is split across deltas: only the whole text has it.
+        let inspector = BlockNames::with_text(&[], "fox");
+        let (out, completed, events) = run(&inspector, &stream).await;
+        let wire = encode(&out);
+        for word in ["quick", "fox", "lazy"] {
+            assert!(!wire.contains(word), "{word} leaked: {wire}");
+        }
+        assert_eq!(streamed_text(API, &out), "[text blocked]");
+        let blocked = json!([{"type": "output_text", "annotations": [], "logprobs": [], "text": "[text blocked]"}]);
+        let message_events = item_events(&out, 0);
+        assert_eq!(
+            types(&message_events),
+            MESSAGE_EVENTS,
+            "one delta left"
+        );
+        for event in &message_events {
+            let value = event.json().unwrap();
+            match value["type"].as_str().unwrap() {
+                "response.output_text.done" => assert_eq!(value["text"], "[text blocked]"),
+                "response.content_part.done" => assert_eq!(value["part"], blocked[0]),
+                "response.output_item.done" => assert_eq!(value["item"]["content"], blocked),
+                _ => {}
+            }
+        }
+        assert_eq!(completed["output"][0]["content"], blocked);
+        assert_eq!(completed["output"][0]["id"], answer["id"]);
+        // The bash call was kept, byte for byte.
+        assert_eq!(encode(&item_events(&out, 1)), encode(&item_events(&decode(&stream), 1)));
+        assert_eq!(completed["output"][1], bash());
+        assert_eq!(events.len(), 1);
+        assert_eq!(inspector.asked()[0], format!("text: {text}"));
+
+        let (body, _) = filtered_body(&inspector, &items).await;
+        assert_eq!(body, completed);
+        assert_eq!(reconstruct(API, &out), body);
+
+        // Text the inspector keeps passes byte-identical.
+        let inspector = BlockNames::with_text(&[], "wolf");
+        let (out, _, events) = run(&inspector, &stream).await;
+        assert_eq!(encode(&out), stream);
+        assert!(events.is_empty());
+    }
+
+    #[tokio::test]
+    async fn judged_text_and_a_call_blocked_together() {
+        let answer = message("msg_68af0b19f0e48196a9b8c7d6e5f4a3b20c4ae15eaec1d1f4", "I will run rm now.");
+        let items = [answer, bash()];
+        let stream = StreamBuilder::complete(&items, 4);
+        let inspector = BlockNames::with_text(&["bash"], "rm");
+        let (out, completed, events) = run(&inspector, &stream).await;
+        assert_eq!(streamed_text(API, &out), "[text blocked][bash blocked]");
+        assert_eq!(completed["output"][0]["content"][0]["text"], "[text blocked]");
+        assert_eq!(completed["output"][1], replacement(BASH_MESSAGE_ID, "[bash blocked]"));
+        assert_eq!(events.len(), 2);
+        let (body, _) = filtered_body(&inspector, &items).await;
+        assert_eq!(body, completed);
+    }
+
+    #[tokio::test]
+    async fn a_replaced_text_loses_its_annotations_and_logprobs() {
+        let id = "msg_68af0b19f0e48196a9b8c7d6e5f4a3b20c4ae15eaec1d1f4";
+        let text = "See the fox at https://example.com/fox.";
+        let annotation = json!({"type": "url_citation", "start_index": 15, "end_index": 38, "title": "Fox", "url": "https://example.com/fox"});
+        let logprob = json!({"token": "See", "logprob": -0.1, "bytes": [83, 101, 101], "top_logprobs": []});
+        let mut answer = message(id, text);
+        answer["content"][0]["annotations"] = json!([annotation]);
+        answer["content"][0]["logprobs"] = json!([logprob]);
+        let mut builder = StreamBuilder::new();
+        builder
+            .event("response.output_item.added", json!({"output_index": 0, "item": {"id": id, "type": "message", "status": "in_progress", "content": [], "role": "assistant"}}))
+            .event("response.content_part.added", json!({"item_id": id, "output_index": 0, "content_index": 0, "part": {"type": "output_text", "annotations": [], "logprobs": [], "text": ""}}))
+            .event("response.output_text.delta", json!({"item_id": id, "output_index": 0, "content_index": 0, "delta": "See the fox", "logprobs": [logprob]}))
+            .event("response.output_text.delta", json!({"item_id": id, "output_index": 0, "content_index": 0, "delta": " at https://example.com/fox.", "logprobs": []}))
+            .event("response.output_text.annotation.added", json!({"item_id": id, "output_index": 0, "content_index": 0, "annotation_index": 0, "annotation": annotation}))
+            .event("response.output_text.done", json!({"item_id": id, "output_index": 0, "content_index": 0, "text": text, "logprobs": [logprob]}))
+            .event("response.content_part.done", json!({"item_id": id, "output_index": 0, "content_index": 0, "part": answer["content"][0]}))
+            .event("response.output_item.done", json!({"output_index": 0, "item": answer}))
+            .terminal("response.completed", &[answer.clone()]);
+        let inspector = BlockNames::with_text(&[], "fox");
+        let (out, completed, _) = run(&inspector, &builder.build()).await;
+        let wire = encode(&out);
+        assert!(!wire.contains("example.com") && !wire.contains("-0.1"), "{wire}");
+        assert_eq!(types(&out[2..8]), MESSAGE_EVENTS);
+        assert_eq!(
+            completed["output"][0]["content"],
+            json!([{"type": "output_text", "annotations": [], "logprobs": [], "text": "[text blocked]"}])
+        );
+    }
 }

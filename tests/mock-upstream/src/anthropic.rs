@@ -11,6 +11,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use crate::reply::Reply;
+use crate::sse::event;
 
 /// The `id` of every message.
 pub const MESSAGE_ID: &str = "msg_mock_0001";
@@ -130,7 +131,9 @@ pub fn model_list_body(
 }
 
 fn stop_reason(reply: &Reply) -> &'static str {
-    if reply.tool_calls.is_empty() {
+    if reply.truncated {
+        "max_tokens"
+    } else if reply.tool_calls.is_empty() {
         "end_turn"
     } else {
         "tool_use"
@@ -304,8 +307,4 @@ pub fn stream_events(reply: &Reply) -> Vec<Bytes> {
     );
     push("message_stop", json!({ "type": "message_stop" }));
     events
-}
-
-fn event(kind: &str, data: &Value) -> Bytes {
-    Bytes::from(format!("event: {kind}\ndata: {data}\n\n"))
 }

@@ -1,4 +1,4 @@
-//! The HTTP routes and the request flow shared by both APIs.
+//! The HTTP routes and the request flow shared by all APIs.
 //!
 //! Every request goes through the same steps: record it, read the control headers, answer
 //! with a forced error status or hang if asked to, read the body, then render the [`Reply`]
@@ -22,6 +22,8 @@ use crate::reply::{Reply, RequestBody};
 use crate::scenario::{Controls, Scenario};
 use crate::sse::StreamStats;
 use crate::{anthropic, openai, sse};
+
+mod responses;
 
 /// How long the `hang` scenario holds a request before answering `504`. A client that gives
 /// up earlier closes the connection, which ends the request at once; the limit is for clients
@@ -68,6 +70,15 @@ impl Shared {
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/chat/completions", any(openai_handler))
+        .route("/v1/responses", any(responses::create))
+        .route("/v1/responses/input_tokens", any(responses::input_tokens))
+        .route("/v1/responses/compact", any(responses::compact))
+        .route("/v1/responses/{response_id}", any(responses::by_id))
+        .route("/v1/responses/{response_id}/cancel", any(responses::cancel))
+        .route(
+            "/v1/responses/{response_id}/input_items",
+            any(responses::input_items),
+        )
         .route("/v1/messages", any(anthropic_handler))
         .route("/v1/messages/count_tokens", any(count_tokens_handler))
         .route("/v1/models", any(models_handler))
@@ -80,6 +91,9 @@ pub fn router(shared: Arc<Shared>) -> Router {
 }
 
 /// The provider API a route speaks.
+///
+/// The Responses routes count as `OpenAi`: what the enum decides (the error format and the
+/// "overloaded" status) is the same for both OpenAI APIs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Api {
     OpenAi,
@@ -148,7 +162,7 @@ async fn anthropic_handler(
 async fn prelude(
     api: Api,
     shared: &Shared,
-    allowed: &Method,
+    allowed: &[Method],
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
@@ -157,7 +171,7 @@ async fn prelude(
     shared.record(method, uri, headers, body);
     tracing::debug!(?api, %method, %uri, "mock request");
 
-    if method != allowed {
+    if !allowed.contains(method) {
         return Err(api.error(
             StatusCode::METHOD_NOT_ALLOWED,
             &format!("mock upstream: {method} is not allowed on {}", uri.path()),
@@ -193,10 +207,17 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let controls = match prelude(api, shared, &Method::POST, &method, &uri, &headers, &body).await {
+    let controls = match prelude(api, shared, &[Method::POST], &method, &uri, &headers, &body).await
+    {
         Ok(controls) => controls,
         Err(response) => return response,
     };
+    if controls.scenario == Scenario::Failed {
+        return api.error(
+            StatusCode::BAD_REQUEST,
+            "mock upstream: the failed scenario is only for the Responses API (POST /v1/responses)",
+        );
+    }
     let request = match RequestBody::parse(&body) {
         Ok(request) => request,
         Err(message) => {
@@ -223,7 +244,12 @@ async fn handle(
         Api::OpenAi => openai::stream_events(&reply, request.include_usage),
         Api::Anthropic => anthropic::stream_events(&reply),
     };
-    let body = sse::body(events, controls.delay, Arc::clone(&shared.streams));
+    event_stream(shared, events, controls.delay)
+}
+
+/// A `text/event-stream` answer sending `events`, paced by `delay` and counted.
+fn event_stream(shared: &Shared, events: Vec<Bytes>, delay: Duration) -> Response {
+    let body = sse::body(events, delay, Arc::clone(&shared.streams));
     (
         [(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"))],
         body,
@@ -241,8 +267,16 @@ async fn count_tokens_handler(
     body: Bytes,
 ) -> Response {
     let api = Api::Anthropic;
-    if let Err(response) =
-        prelude(api, &shared, &Method::POST, &method, &uri, &headers, &body).await
+    if let Err(response) = prelude(
+        api,
+        &shared,
+        &[Method::POST],
+        &method,
+        &uri,
+        &headers,
+        &body,
+    )
+    .await
     {
         return response;
     }
@@ -278,7 +312,8 @@ async fn models_handler(
     body: Bytes,
 ) -> Response {
     let api = models_api(&headers);
-    if let Err(response) = prelude(api, &shared, &Method::GET, &method, &uri, &headers, &body).await
+    if let Err(response) =
+        prelude(api, &shared, &[Method::GET], &method, &uri, &headers, &body).await
     {
         return response;
     }
@@ -308,7 +343,8 @@ async fn model_handler(
     body: Bytes,
 ) -> Response {
     let api = models_api(&headers);
-    if let Err(response) = prelude(api, &shared, &Method::GET, &method, &uri, &headers, &body).await
+    if let Err(response) =
+        prelude(api, &shared, &[Method::GET], &method, &uri, &headers, &body).await
     {
         return response;
     }

@@ -1,13 +1,17 @@
 //! A deterministic mock LLM provider for end-to-end tests and benchmarks.
 //!
 //! [`MockUpstream`] is a real HTTP server speaking the OpenAI Chat Completions
-//! (`POST /v1/chat/completions`) and Anthropic Messages (`POST /v1/messages`) wire formats,
-//! streaming and not, plus the auxiliary endpoints clients call around them: Anthropic's
-//! `POST /v1/messages/count_tokens` and both providers' `GET /v1/models` and
-//! `GET /v1/models/{id}` (Anthropic's format when the request carries `anthropic-version`). Its answers are byte-for-byte deterministic (fixed ids and timestamps,
-//! the request's `model` echoed), so a test can call it directly and through the proxy and
-//! compare bytes; and the streamed and non-streamed answers to one request carry the same
-//! content, so a test can prove that a reassembled stream equals the non-streamed answer.
+//! (`POST /v1/chat/completions`), OpenAI Responses (`POST /v1/responses`, see [`responses`])
+//! and Anthropic Messages (`POST /v1/messages`) wire formats, streaming and not, plus the
+//! auxiliary endpoints clients call around them: Anthropic's `POST /v1/messages/count_tokens`,
+//! the Responses API's retrieve (also as a stream replay), delete, cancel, input items,
+//! `POST /v1/responses/input_tokens` and `POST /v1/responses/compact`, and both providers'
+//! `GET /v1/models` and `GET /v1/models/{id}` (Anthropic's format when the request carries
+//! `anthropic-version`). Its answers are byte-for-byte deterministic (fixed ids and
+//! timestamps, the request's `model` echoed), so a test can call it directly and through the
+//! proxy and compare bytes; and the streamed and non-streamed answers to one request carry the
+//! same content, so a test can prove that a reassembled stream equals the non-streamed answer
+//! (for the Responses API, the stream's terminal `response` is the non-streamed body itself).
 //!
 //! What to answer is chosen per request through `x-mock-*` headers (see [`scenario`]), so one
 //! instance serves many concurrent tests. The handle records every request and counts
@@ -26,6 +30,7 @@ pub mod anthropic;
 mod app;
 pub mod openai;
 pub mod reply;
+pub mod responses;
 pub mod scenario;
 mod sse;
 
@@ -130,7 +135,8 @@ impl MockUpstream {
         self.addr
     }
 
-    /// The OpenAI base URL, `http://ADDR/v1` (clients append `/chat/completions`).
+    /// The OpenAI base URL, `http://ADDR/v1` (clients append `/chat/completions` or
+    /// `/responses`).
     pub fn openai_base_url(&self) -> String {
         format!("http://{}/v1", self.addr)
     }

@@ -12,10 +12,13 @@ use tracing_subscriber::EnvFilter;
 
 /// A deterministic mock OpenAI / Anthropic provider.
 ///
-/// Serves POST /v1/chat/completions and POST /v1/messages, plus POST
-/// /v1/messages/count_tokens, GET /v1/models and GET /v1/models/{id}. Each request chooses its answer
-/// with headers: x-mock-scenario (text, tools, text_and_tools, thinking, stream_error, hang),
-/// x-mock-text, x-mock-chunk-size, x-mock-chunks, x-mock-delay-ms and x-mock-status.
+/// Serves POST /v1/chat/completions, POST /v1/responses and POST /v1/messages, plus POST
+/// /v1/messages/count_tokens, GET /v1/models and GET /v1/models/{id}, and the Responses API's
+/// GET and DELETE /v1/responses/{id}, POST /v1/responses/{id}/cancel, GET
+/// /v1/responses/{id}/input_items, POST /v1/responses/input_tokens and POST
+/// /v1/responses/compact. Each request chooses its answer with headers: x-mock-scenario (text,
+/// tools, text_and_tools, thinking, stream_error, incomplete, failed, hang), x-mock-text,
+/// x-mock-chunk-size, x-mock-chunks, x-mock-delay-ms and x-mock-status.
 #[derive(Debug, Parser)]
 #[command(name = "mock-upstream", version)]
 struct Args {

@@ -27,7 +27,7 @@ pub fn error_body(kind: &str, message: &str) -> Bytes {
     Bytes::from(error_json(kind, message).to_string())
 }
 
-fn error_json(kind: &str, message: &str) -> Value {
+pub(crate) fn error_json(kind: &str, message: &str) -> Value {
     json!({
         "error": {
             "message": message,
@@ -82,7 +82,9 @@ pub fn model_not_found_body(id: &str) -> Bytes {
 }
 
 fn finish_reason(reply: &Reply) -> &'static str {
-    if reply.tool_calls.is_empty() {
+    if reply.truncated {
+        "length"
+    } else if reply.tool_calls.is_empty() {
         "stop"
     } else {
         "tool_calls"

@@ -5,7 +5,7 @@
 //! (same text, tool calls, thinking, stop reason and usage). Everything here is a pure
 //! function of the request, so the same request always yields the same bytes.
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::scenario::{Controls, DEFAULT_CHUNK_SIZE, Scenario, Split};
 
@@ -50,7 +50,8 @@ pub const TOOL_CALLS: [ToolCall; 2] = [
     },
 ];
 
-/// The reasoning of the `thinking` scenario (Anthropic only).
+/// The reasoning of the `thinking` scenario (Anthropic's thinking block, the summary of a
+/// Responses reasoning item).
 pub const THINKING_TEXT: &str =
     "The user wants a short greeting. I will answer with the configured text, nothing more.";
 /// The signature that closes the thinking block (base64 of `mock-signature-0001`).
@@ -71,23 +72,34 @@ pub struct RequestBody {
     /// OpenAI `stream_options.include_usage`.
     pub include_usage: bool,
     /// A deterministic stand-in for prompt tokens: the number of whitespace-separated words
-    /// in every string under `messages` and `system`. It depends on the JSON content only,
+    /// in every string under `messages` and `system` (Responses: `input` and `instructions`). It depends on the JSON content only,
     /// not on its formatting, so a proxy that re-serializes the body sees the same usage.
     pub input_tokens: u64,
 }
 
 /// The model echoed back when the request names none.
-const DEFAULT_MODEL: &str = "mock-model";
+pub const DEFAULT_MODEL: &str = "mock-model";
+
+/// Reads a request body that must be a JSON object; the error message is meant for a `400`
+/// answer.
+pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, String> {
+    match serde_json::from_slice(body) {
+        Ok(Value::Object(fields)) => Ok(fields),
+        Ok(_) => Err("request body must be a JSON object".to_owned()),
+        Err(err) => Err(format!("request body is not valid JSON: {err}")),
+    }
+}
 
 impl RequestBody {
-    /// Reads the request body; the error message is meant for a `400` answer.
+    /// Reads a Chat Completions or Messages request body, counting the words under `messages`
+    /// and `system`; the error message is meant for a `400` answer.
     pub fn parse(body: &[u8]) -> Result<Self, String> {
-        let json: Value = serde_json::from_slice(body)
-            .map_err(|err| format!("request body is not valid JSON: {err}"))?;
-        let Value::Object(fields) = &json else {
-            return Err("request body must be a JSON object".to_owned());
-        };
+        Self::from_fields(&parse_object(body)?, &["messages", "system"])
+    }
 
+    /// Reads the fields of a request body, counting the words of the strings under the
+    /// `counted` fields as its input tokens.
+    pub fn from_fields(fields: &Map<String, Value>, counted: &[&str]) -> Result<Self, String> {
         let model = match fields.get("model") {
             None => DEFAULT_MODEL.to_owned(),
             Some(Value::String(model)) => model.clone(),
@@ -101,7 +113,7 @@ impl RequestBody {
             }
             Some(_) => return Err("`stream_options` must be an object".to_owned()),
         };
-        let input_tokens = ["messages", "system"]
+        let input_tokens = counted
             .iter()
             .filter_map(|key| fields.get(*key))
             .map(count_words)
@@ -124,7 +136,7 @@ fn optional_bool(value: Option<&Value>, name: &str) -> Result<bool, String> {
     }
 }
 
-fn count_words(value: &Value) -> u64 {
+pub(crate) fn count_words(value: &Value) -> u64 {
     match value {
         Value::String(text) => words(text),
         Value::Array(items) => items.iter().map(count_words).sum(),
@@ -133,7 +145,7 @@ fn count_words(value: &Value) -> u64 {
     }
 }
 
-fn words(text: &str) -> u64 {
+pub(crate) fn words(text: &str) -> u64 {
     // A usize count always fits in a u64 on supported targets.
     u64::try_from(text.split_whitespace().count()).unwrap_or(u64::MAX)
 }
@@ -142,7 +154,7 @@ fn words(text: &str) -> u64 {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
     pub model: String,
-    /// Comes first in the answer (Anthropic only).
+    /// Comes first in the answer (Anthropic and Responses).
     pub thinking: Option<Thinking>,
     /// `None` when the answer is tool calls only (OpenAI then sends `content: null`).
     pub text: Option<String>,
@@ -150,13 +162,19 @@ pub struct Reply {
     pub tool_calls: &'static [ToolCall],
     /// The stream breaks off with an error event after part of the text.
     pub fails_mid_stream: bool,
+    /// The answer stops after part of the text with a failed status (Responses only; the
+    /// renderers of the other APIs never see it).
+    pub failed: bool,
+    /// The answer hit the output token limit: the text is all there is, but it is reported as
+    /// cut off (finish reason `length`, stop reason `max_tokens`, status `incomplete`).
+    pub truncated: bool,
     pub input_tokens: u64,
     pub output_tokens: u64,
 }
 
 impl Reply {
     /// Builds the answer to `request`; `with_thinking` says whether the API has thinking
-    /// blocks (the OpenAI chat format has none).
+    /// blocks or reasoning items (the OpenAI chat format has none).
     pub fn new(controls: &Controls, request: &RequestBody, with_thinking: bool) -> Self {
         let scenario = controls.scenario;
         let text = match scenario {
@@ -190,6 +208,8 @@ impl Reply {
             split: controls.split,
             tool_calls,
             fails_mid_stream: scenario == Scenario::StreamError,
+            failed: scenario == Scenario::Failed,
+            truncated: scenario == Scenario::Incomplete,
             input_tokens: request.input_tokens,
             output_tokens,
         }
@@ -214,7 +234,7 @@ impl Reply {
         })
     }
 
-    /// How many of `total` content deltas a failing stream sends before its error event:
+    /// How many of `total` content deltas a failing answer gets through before its error:
     /// the first half, so the client has already seen part of the answer.
     pub fn deltas_before_error(total: usize) -> usize {
         total.div_ceil(2)

@@ -44,22 +44,33 @@ pub enum Scenario {
     Tools,
     /// Assistant text followed by one tool call (`get_weather`).
     TextAndTools,
-    /// Anthropic: a thinking block with a signature, then the text. OpenAI: just the text.
+    /// Anthropic: a thinking block with a signature, then the text. Responses: a reasoning
+    /// item (summary and encrypted content), then the text. Chat Completions: just the text.
     Thinking,
     /// A stream that breaks off with an in-band error event after part of the text; a
     /// non-streaming request gets an "overloaded" HTTP error instead.
     StreamError,
+    /// The text, reported as cut off by the output token limit: finish reason `length`
+    /// (Chat Completions), stop reason `max_tokens` (Anthropic), status `incomplete` with
+    /// reason `max_output_tokens` (Responses, streamed as `response.incomplete`).
+    Incomplete,
+    /// Responses only: part of the text, then status `failed` with a `server_error` (streamed
+    /// as `response.failed`, not streamed as a `200` response object). The other APIs have no
+    /// such status and answer `400`.
+    Failed,
     /// Never send response headers (for upstream-timeout tests); gives up after two minutes.
     Hang,
 }
 
 impl Scenario {
-    const NAMES: [(&'static str, Scenario); 6] = [
+    const NAMES: [(&'static str, Scenario); 8] = [
         ("text", Scenario::Text),
         ("tools", Scenario::Tools),
         ("text_and_tools", Scenario::TextAndTools),
         ("thinking", Scenario::Thinking),
         ("stream_error", Scenario::StreamError),
+        ("incomplete", Scenario::Incomplete),
+        ("failed", Scenario::Failed),
         ("hang", Scenario::Hang),
     ];
 

@@ -64,6 +64,11 @@ impl StreamStats {
     }
 }
 
+/// One named event: `event: KIND\ndata: JSON\n\n` (the Anthropic and Responses streams).
+pub fn event(kind: &str, data: &serde_json::Value) -> Bytes {
+    Bytes::from(format!("event: {kind}\ndata: {data}\n\n"))
+}
+
 /// A response body that sends `events` one frame each, sleeping `delay` between two events.
 pub fn body(events: Vec<Bytes>, delay: Duration, stats: Arc<StreamStats>) -> Body {
     let events: BoxStream<'static, Bytes> = if delay.is_zero() {

@@ -324,25 +324,7 @@ fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// The interpreter for the Python example: `LUTHIEN_TEST_PYTHON`, else the virtual environment
-/// `.ci/test` provisions (`target/test-venv`), else `python3` from the path.
-fn python() -> PathBuf {
-    if let Some(python) = std::env::var_os("LUTHIEN_TEST_PYTHON") {
-        return PathBuf::from(python);
-    }
-    let venv = repo_root().join("target/test-venv/bin/python");
-    if venv.exists() {
-        return venv;
-    }
-    PathBuf::from("python3")
-}
+use luthien_tests::python::{interpreter as python, repo_root};
 
 static PYTHON_READY: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
 
@@ -353,20 +335,9 @@ async fn python_ready() {
         .get_or_init(|| async {
             let root = repo_root();
             let python = python();
-            let install = "`bash .ci/test` provisions it in target/test-venv";
-            let check = Command::new(&python)
-                .args(["-c", "import grpc, grpc_tools, google.protobuf"])
-                .output()
-                .unwrap_or_else(|error| {
-                    panic!(
-                        "{} is needed for the Python example ({error}); {install}",
-                        python.display()
-                    )
-                });
-            assert!(
-                check.status.success(),
-                "the Python example needs grpcio and grpcio-tools: {install}\n{}",
-                String::from_utf8_lossy(&check.stderr)
+            luthien_tests::python::require(
+                "grpc, grpc_tools, google.protobuf",
+                "the Python example",
             );
             let stubs = Command::new(&python)
                 .arg(root.join("examples/remote-policy-python/stubs.py"))
