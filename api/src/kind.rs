@@ -18,7 +18,11 @@ pub enum Api {
 
 impl Api {
     /// Every API, in the order the documentation lists them.
-    pub const ALL: [Api; 3] = [Api::OpenAiChat, Api::AnthropicMessages, Api::OpenAiResponses];
+    pub const ALL: [Api; 3] = [
+        Api::OpenAiChat,
+        Api::AnthropicMessages,
+        Api::OpenAiResponses,
+    ];
 
     /// The short name used in records, the debug API's `api` filter, the activity stream and
     /// remote policy servers' `api` field: `openai`, `anthropic`, `openai_responses`.
@@ -184,7 +188,10 @@ mod tests {
     fn guess_recognises_anthropic_requests() {
         let mut headers = HeaderMap::new();
         assert_eq!(Api::guess("/v1/models", &headers), Api::OpenAiChat);
-        assert_eq!(Api::guess("/v1/responses/resp_1", &headers), Api::OpenAiResponses);
+        assert_eq!(
+            Api::guess("/v1/responses/resp_1", &headers),
+            Api::OpenAiResponses
+        );
         assert_eq!(
             Api::guess("/v1/messages/count_tokens", &headers),
             Api::AnthropicMessages

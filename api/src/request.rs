@@ -120,6 +120,9 @@ mod tests {
             {"type": "function_call_output", "call_id": "c", "output": "done"}
         ]});
         assert_eq!(last_user_text(&request).as_deref(), Some("look\nhere"));
-        assert_eq!(last_user_text(&json!({"input": [], "previous_response_id": "resp_1"})), None);
+        assert_eq!(
+            last_user_text(&json!({"input": [], "previous_response_id": "resp_1"})),
+            None
+        );
     }
 }

@@ -162,11 +162,20 @@ pub async fn response(State(state): State<Arc<AppState>>, request: Request) -> R
         return ApiError::new(
             Api::OpenAiResponses,
             StatusCode::NOT_FOUND,
-            format!("no route for {} {path}: not a response id", request.method()),
+            format!(
+                "no route for {} {path}: not a response id",
+                request.method()
+            ),
         )
         .into_response();
     }
-    forward(state, Api::OpenAiResponses, Endpoint::StoredResponse, request).await
+    forward(
+        state,
+        Api::OpenAiResponses,
+        Endpoint::StoredResponse,
+        request,
+    )
+    .await
 }
 
 /// `POST /v1/responses/input_tokens` (OpenAI Responses).
@@ -421,7 +430,10 @@ mod tests {
             Endpoint::StoredResponse.route("/v1/responses/resp_1/input_items"),
             RESPONSE_INPUT_ITEMS_ROUTE
         );
-        assert_eq!(Endpoint::StoredResponse.route("/v1/responses/resp_1"), RESPONSE_ROUTE);
+        assert_eq!(
+            Endpoint::StoredResponse.route("/v1/responses/resp_1"),
+            RESPONSE_ROUTE
+        );
     }
 
     #[test]

@@ -125,7 +125,10 @@ pub fn app(config: DataPlaneConfig) -> Result<(Router, Arc<AppState>), StartErro
                 get(auxiliary::response).delete(auxiliary::response),
             )
             .route(auxiliary::RESPONSE_CANCEL_ROUTE, post(auxiliary::response))
-            .route(auxiliary::RESPONSE_INPUT_ITEMS_ROUTE, get(auxiliary::response))
+            .route(
+                auxiliary::RESPONSE_INPUT_ITEMS_ROUTE,
+                get(auxiliary::response),
+            )
             .route(auxiliary::INPUT_TOKENS_ROUTE, post(auxiliary::input_tokens))
             .route(auxiliary::COMPACT_ROUTE, post(auxiliary::compact));
     }

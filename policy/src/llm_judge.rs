@@ -31,6 +31,16 @@
 //! non-2xx status or a timeout is a judge error, handled by `on_error`. The tool calls of one
 //! OpenAI choice are judged concurrently.
 //!
+//! It works the same on the three APIs the gateway serves (OpenAI Chat Completions, Anthropic
+//! Messages, OpenAI Responses): what is judged is a tool call — Responses `function_call` and
+//! `custom_tool_call` items included, with the custom tool's free-text `input` as
+//! `{arguments}` — or, with `judge_text`, a whole text (an Anthropic `text` block, an OpenAI
+//! choice's text, one `output_text` part of a Responses `message` item). A Responses item is
+//! judged when its `response.output_item.done` arrives (the parts of one message
+//! concurrently); a blocked one is replaced in the stream and in every copy the stream repeats
+//! (see [`super::tool_calls`]). The judge itself is always asked over Chat Completions,
+//! whatever API the judged call uses.
+//!
 //! Templates: `prompt_template` and `text_prompt_template` may use `{tool_name}`, `{arguments}`
 //! (compact JSON), `{text}` and `{rules}` (what does not apply is empty);
 //! `replacement_text` `{name}`, `{explanation}` and `{score}`; `text_replacement_text`

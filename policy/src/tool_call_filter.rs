@@ -21,8 +21,9 @@
 //!   character, case-sensitive).
 //! - `arguments_regex`: the [regex](https://docs.rs/regex) is found in the arguments written as
 //!   compact JSON (no spaces between tokens, strings escaped as JSON: a quote inside a string is
-//!   `\"`), so the same call reads the same in both APIs, streamed or not. Arguments that are
-//!   not JSON are searched as they are.
+//!   `\"`), so the same call reads the same in every API, streamed or not. Arguments that are
+//!   not JSON are searched as they are — among them the free-text `input` of a Responses
+//!   `custom_tool_call`.
 //! - `arguments_json_path`: the [JSONPath](https://www.rfc-editor.org/rfc/rfc9535) `path`
 //!   selects at least one value of the parsed arguments, and, when `regex` is given, the regex
 //!   is found in one of them (a string as its text, anything else as compact JSON). Arguments
@@ -30,8 +31,10 @@
 //!
 //! `replacement_text` may use `{name}` (the tool) and `{rule}` (the rule's name). Removal,
 //! replacement, streaming and the finish-reason rewrite are described in
-//! [`super::tool_calls`]. Every removal is recorded as a `blocked` policy event naming the tool,
-//! the tool call id and the rule.
+//! [`super::tool_calls`]; in the Responses API the rules apply to `function_call` and
+//! `custom_tool_call` items, and a removed call becomes a `message` item in its place. Every
+//! removal is recorded as a `blocked` policy event naming the tool, the tool call id (Responses:
+//! the `call_id`) and the rule.
 
 use std::collections::HashSet;
 use std::sync::Arc;

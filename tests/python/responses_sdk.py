@@ -8,6 +8,7 @@ The end-to-end tests run it through the data plane (tests/tests/e2e/responses.rs
   create   client.responses.create(**kwargs), streamed when kwargs has "stream": true
   stream   with client.responses.stream(**kwargs) as s: every event, then s.get_final_response()
   retrieve, delete, cancel, input_items, input_tokens, compact   the stored-response endpoints
+           (`retrieve` with "stream": true lists the replayed events with their numbers)
 
 It prints one JSON object: `result` (the SDK's parsed object, as JSON), `events` (for streams:
 each event's type and, for text deltas, the delta), `text` (the SDK's `output_text` of the
@@ -50,6 +51,10 @@ def run(client, spec):
             final = stream.get_final_response()
         return {"events": events, "result": dump(final), "text": final.output_text}
     response_id = spec.get("id", "resp_mock_0001")
+    if call == "retrieve" and kwargs.get("stream"):
+        events = list(responses.retrieve(response_id, **kwargs))
+        return {"events": [dict(event_summary(e), sequence_number=e.sequence_number)
+                           for e in events]}
     if call == "retrieve":
         return {"result": dump(responses.retrieve(response_id, **kwargs))}
     if call == "delete":

@@ -37,7 +37,10 @@ pub fn require(modules: &str, purpose: &str) {
         .args(["-c", &format!("import {modules}")])
         .output()
         .unwrap_or_else(|error| {
-            panic!("{} is needed for {purpose} ({error}); {install}", python.display())
+            panic!(
+                "{} is needed for {purpose} ({error}); {install}",
+                python.display()
+            )
         });
     assert!(
         check.status.success(),

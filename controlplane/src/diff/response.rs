@@ -79,7 +79,11 @@ impl<'a> Parts<'a> {
                             _ => others.push(part.clone()),
                         }
                     }
-                    params.extend(fields_except(item, &["content"], &format!("output[{position}].")));
+                    params.extend(fields_except(
+                        item,
+                        &["content"],
+                        &format!("output[{position}]."),
+                    ));
                 }
                 "function_call" | "custom_tool_call" => tool_calls.push(ToolCall {
                     id: string(item.get("call_id")),

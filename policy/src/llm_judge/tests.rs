@@ -390,3 +390,117 @@ async fn the_tool_calls_of_one_choice_are_judged_concurrently() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn responses_calls_and_texts_are_judged_in_every_copy() {
+    use crate::tool_calls::fixtures::{
+        StreamBuilder, check_sdk_stream, function_call, message, reasoning, response_object,
+    };
+
+    let mock = MockUpstream::start().await.unwrap();
+    let policy = scripted(&mock, VIOLATION, "judge_text: true");
+    let text = "Deleting everything.";
+    let thought = reasoning("rs_1", "gAAAAABor1sQ3v0n");
+    let items = [
+        thought.clone(),
+        message("msg_1", text),
+        function_call("fc_1", "call_1", "bash", r#"{"command":"rm -rf \"/\""}"#),
+    ];
+    // Deltas of 4 characters split the text and the escaped quotes.
+    let stream = StreamBuilder::complete(&items, 4);
+    let info = CallInfo::new("c1", Api::OpenAiResponses, "m", true);
+    let mut call = policy.start_call(&info);
+    let out = run_stream(call.as_mut(), &stream).await;
+    let completed = check_sdk_stream(&out)
+        .unwrap_or_else(|error| panic!("{error}\n{}", encode(&out)))
+        .unwrap();
+    let text_blocked = "This response was blocked by the LLM judge: deletes files";
+    let call_blocked = "Tool call bash was blocked by the LLM judge: deletes files";
+    assert_eq!(
+        streamed_text(Api::OpenAiResponses, &out),
+        format!("{text_blocked}{call_blocked}")
+    );
+    let wire = encode(&out);
+    assert!(
+        !wire.contains("Deleting") && !wire.contains("rm -rf"),
+        "{wire}"
+    );
+    assert_eq!(completed["output"][0], thought);
+    assert_eq!(completed["output"][1]["content"][0]["text"], text_blocked);
+    assert_eq!(
+        completed["output"][2],
+        json!({"id": "msg_luthien_1", "type": "message", "status": "completed", "content": [
+            {"type": "output_text", "annotations": [], "logprobs": [], "text": call_blocked}
+        ], "role": "assistant"})
+    );
+    assert_eq!(completed["status"], "completed");
+    let events = call.take_events();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0].data["target"], "text");
+    assert_eq!(events[1].data["tool"], "bash");
+    assert_eq!(events[1].data["tool_call_id"], "call_1");
+    // The judge saw the whole text and the whole arguments.
+    let prompts: Vec<String> = mock
+        .requests()
+        .iter()
+        .map(|request| {
+            request.json()["messages"][1]["content"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(prompts.len(), 2);
+    assert!(prompts[0].contains(text), "{}", prompts[0]);
+    assert!(
+        prompts[1].contains(r#"{"command":"rm -rf \"/\""}"#),
+        "{}",
+        prompts[1]
+    );
+
+    // Non-streamed: the same answer is judged and rewritten the same way.
+    let mut body = response_object("completed", &items);
+    let info = CallInfo::new("c2", Api::OpenAiResponses, "m", false);
+    let mut call = policy.start_call(&info);
+    call.on_response(&mut body).await.unwrap();
+    assert_eq!(body, completed);
+    assert_eq!(call.take_events().len(), 2);
+}
+
+#[tokio::test]
+async fn responses_calls_the_judge_allows_pass_byte_identical() {
+    use crate::tool_calls::fixtures::{StreamBuilder, custom_tool_call, function_call, message};
+
+    let mock = MockUpstream::start().await.unwrap();
+    let policy = scripted(&mock, FINE, "judge_text: true\ntools: [bash, apply_patch]");
+    let items = [
+        message("msg_1", "Listing files."),
+        function_call("fc_1", "call_1", "bash", r#"{"command":"ls"}"#),
+        function_call("fc_2", "call_2", "read_file", r#"{"path":"a"}"#),
+        custom_tool_call(
+            "ctc_1",
+            "call_3",
+            "apply_patch",
+            "*** Begin Patch\n*** End Patch",
+        ),
+    ];
+    let stream = StreamBuilder::complete(&items, 5);
+    let info = CallInfo::new("c1", Api::OpenAiResponses, "m", true);
+    let mut call = policy.start_call(&info);
+    let out = run_stream(call.as_mut(), &stream).await;
+    assert_eq!(encode(&out), stream);
+    assert!(call.take_events().is_empty());
+    // The text, bash and apply_patch were judged; read_file is not in `tools`.
+    let prompts: Vec<String> = mock
+        .requests()
+        .iter()
+        .map(|request| {
+            request.json()["messages"][1]["content"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(prompts.len(), 3);
+    assert!(prompts[2].contains("`apply_patch`") && prompts[2].contains("*** Begin Patch"));
+}

@@ -13,8 +13,9 @@
 //!   `input` deltas, reasoning `summary` parts and texts and `reasoning_text` content. Each
 //!   `.done` event sets the whole value it repeats, and `response.output_item.done` replaces
 //!   the item (it is the only place some fields arrive, such as a reasoning item's
-//!   `encrypted_content`). Items the terminal event lists that no item event announced are
-//!   taken from it. A stream cut short keeps its items as far as they got.
+//!   `encrypted_content`). For an item that never got its `output_item.done` (a failed or
+//!   incomplete response), the terminal event's copy is the final word when it lists one. A
+//!   stream cut short keeps its items as far as they got.
 //! - **`error`** events (in-band, mid-stream): kept as the result's `error` when the
 //!   lifecycle left it `null`.
 //! - Progress events of built-in tools (`response.web_search_call.searching`, …) name an
@@ -25,6 +26,9 @@
 //! For a complete stream the result equals the stream's own `response.completed` object
 //! (tested on every scenario of the mock provider), which is what the SDKs return as the final
 //! response; built from the events, it also reflects what a policy changed in them.
+
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 
@@ -39,8 +43,8 @@ pub(super) struct ResponsesStream {
     response: Option<Map<String, Value>>,
     /// The terminal event's `output`, for items no item event announced.
     terminal_output: Vec<Value>,
-    /// Output items by `output_index`.
-    items: BTreeMap<u64, Map<String, Value>>,
+    /// Output items by `output_index`, and whether `response.output_item.done` sent it whole.
+    items: BTreeMap<u64, (Map<String, Value>, bool)>,
     /// An in-band `error` event's error.
     error: Option<Value>,
     seen: bool,
@@ -77,7 +81,8 @@ impl ResponsesStream {
             "response.output_item.added" | "response.output_item.done" => {
                 match (index(fields, "output_index"), fields.get("item")) {
                     (Some(position), Some(Value::Object(item))) => {
-                        self.items.insert(position, item.clone());
+                        let done = kind == "response.output_item.done";
+                        self.items.insert(position, (item.clone(), done));
                         true
                     }
                     _ => false,
@@ -110,10 +115,15 @@ impl ResponsesStream {
         let Some(kind) = kind.strip_prefix("response.") else {
             return Some(false);
         };
-        let item = self.items.get_mut(&index(fields, "output_index")?)?;
+        let (item, _) = self.items.get_mut(&index(fields, "output_index")?)?;
         match kind {
             "content_part.added" | "content_part.done" => {
-                set_at(item, "content", index(fields, "content_index")?, fields.get("part")?);
+                set_at(
+                    item,
+                    "content",
+                    index(fields, "content_index")?,
+                    fields.get("part")?,
+                );
             }
             "output_text.delta" => {
                 let part = element(item, "content", index(fields, "content_index")?)?;
@@ -136,7 +146,12 @@ impl ResponsesStream {
             "output_text.annotation.added" => {
                 let part = element(item, "content", index(fields, "content_index")?)?;
                 let annotation = fields.get("annotation")?;
-                set_at(part, "annotations", index(fields, "annotation_index")?, annotation);
+                set_at(
+                    part,
+                    "annotations",
+                    index(fields, "annotation_index")?,
+                    annotation,
+                );
             }
             "refusal.delta" => {
                 let part = element(item, "content", index(fields, "content_index")?)?;
@@ -155,7 +170,12 @@ impl ResponsesStream {
                 item.insert("input".to_owned(), fields.get("input")?.clone());
             }
             "reasoning_summary_part.added" | "reasoning_summary_part.done" => {
-                set_at(item, "summary", index(fields, "summary_index")?, fields.get("part")?);
+                set_at(
+                    item,
+                    "summary",
+                    index(fields, "summary_index")?,
+                    fields.get("part")?,
+                );
             }
             "reasoning_summary_text.delta" => {
                 let part = element(item, "summary", index(fields, "summary_index")?)?;
@@ -171,7 +191,11 @@ impl ResponsesStream {
                     let part = serde_json::json!({"type": "reasoning_text", "text": ""});
                     set_at(item, "content", position, &part);
                 }
-                append(element(item, "content", position)?, "text", fields.get("delta")?);
+                append(
+                    element(item, "content", position)?,
+                    "text",
+                    fields.get("delta")?,
+                );
             }
             "reasoning_text.done" => {
                 let part = element(item, "content", index(fields, "content_index")?)?;
@@ -201,10 +225,13 @@ impl ResponsesStream {
         let mut output: BTreeMap<u64, Value> = self
             .items
             .iter()
-            .map(|(&position, item)| (position, Value::Object(item.clone())))
+            .map(|(&position, (item, _))| (position, Value::Object(item.clone())))
             .collect();
         for (position, item) in (0u64..).zip(&self.terminal_output) {
-            output.entry(position).or_insert_with(|| item.clone());
+            let done = self.items.get(&position).is_some_and(|(_, done)| *done);
+            if !done {
+                output.insert(position, item.clone());
+            }
         }
         let output = Value::Array(output.into_values().collect());
         response.insert("output".to_owned(), output);

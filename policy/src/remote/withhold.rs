@@ -136,7 +136,11 @@ impl StreamCut {
             self.response = Some(response.clone());
         }
         let index = event.get("output_index").and_then(Value::as_u64);
-        match (event.get("type").and_then(Value::as_str), index, event.get("item")) {
+        match (
+            event.get("type").and_then(Value::as_str),
+            index,
+            event.get("item"),
+        ) {
             (Some("response.output_item.added"), Some(index), Some(item)) => {
                 self.open.insert(index);
                 self.items.insert(index, item.clone());
@@ -154,11 +158,25 @@ impl StreamCut {
     /// The Responses events that end the stream with `notice`.
     fn cut_responses(&mut self, model: &str, notice: &str) -> Vec<SseEvent> {
         let Some(response) = self.response.take() else {
-            return reply::responses_events(&reply::fresh_id(Api::OpenAiResponses), 0, model, notice);
+            return reply::responses_events(
+                &reply::fresh_id(Api::OpenAiResponses),
+                0,
+                model,
+                notice,
+            );
         };
-        let id = response.get("id").and_then(Value::as_str).unwrap_or_default();
-        let created = response.get("created_at").and_then(Value::as_u64).unwrap_or(0);
-        let model = response.get("model").and_then(Value::as_str).unwrap_or(model);
+        let id = response
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let created = response
+            .get("created_at")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        let model = response
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or(model);
         let mut events = Vec::new();
         for index in std::mem::take(&mut self.open) {
             if let Some(item) = self.items.get_mut(&index) {
@@ -168,11 +186,19 @@ impl StreamCut {
         }
         // The notice: the reply's message item, moved to the next output index.
         let index = self.next_block;
-        let notice_events = reply::responses_events(&reply::fresh_id(Api::OpenAiResponses), created, model, notice);
+        let notice_events = reply::responses_events(
+            &reply::fresh_id(Api::OpenAiResponses),
+            created,
+            model,
+            notice,
+        );
         for event in &notice_events[2..notice_events.len() - 1] {
             let mut event = event.json().cloned().unwrap_or_default();
             event["output_index"] = json!(index);
-            if let Some(item) = event.get("item").filter(|_| event["type"] == "response.output_item.done") {
+            if let Some(item) = event
+                .get("item")
+                .filter(|_| event["type"] == "response.output_item.done")
+            {
                 self.items.insert(index, item.clone());
             }
             events.push(event);
@@ -180,7 +206,10 @@ impl StreamCut {
         let mut completed = reply::responses_object(id, created, model, notice);
         if let Value::Object(fields) = &response {
             for (key, value) in fields {
-                if !matches!(key.as_str(), "status" | "output" | "error" | "incomplete_details") {
+                if !matches!(
+                    key.as_str(),
+                    "status" | "output" | "error" | "incomplete_details"
+                ) {
                     completed[key] = value.clone();
                 }
             }
@@ -338,13 +367,23 @@ mod tests {
                 "response.completed"
             ]
         );
-        let numbers: Vec<_> = events.iter().map(|event| event.json().unwrap()["sequence_number"].clone()).collect();
+        let numbers: Vec<_> = events
+            .iter()
+            .map(|event| event.json().unwrap()["sequence_number"].clone())
+            .collect();
         assert_eq!(numbers, (3..11).map(|n| json!(n)).collect::<Vec<_>>());
         assert_eq!(events[0].json().unwrap()["item"]["status"], "incomplete");
-        assert!(events[1..7].iter().all(|event| event.json().unwrap()["output_index"] == 1));
+        assert!(
+            events[1..7]
+                .iter()
+                .all(|event| event.json().unwrap()["output_index"] == 1)
+        );
         assert_eq!(events[3].json().unwrap()["delta"], "withheld");
         let completed = &events[7].json().unwrap()["response"];
-        assert_eq!((&completed["id"], &completed["model"], &completed["status"]), (&json!("resp_1"), &json!("gpt-5"), &json!("completed")));
+        assert_eq!(
+            (&completed["id"], &completed["model"], &completed["status"]),
+            (&json!("resp_1"), &json!("gpt-5"), &json!("completed"))
+        );
         let output = completed["output"].as_array().unwrap();
         assert_eq!(output.len(), 2);
         assert_eq!(output[0]["id"], "msg_1");
@@ -353,8 +392,14 @@ mod tests {
 
         // Nothing sent yet: a whole reply.
         let events = StreamCut::default().cut(api, "gpt-5", "withheld");
-        assert_eq!(events.first().unwrap().event_type(), Some("response.created"));
-        assert_eq!(events.last().unwrap().event_type(), Some("response.completed"));
+        assert_eq!(
+            events.first().unwrap().event_type(),
+            Some("response.created")
+        );
+        assert_eq!(
+            events.last().unwrap().event_type(),
+            Some("response.completed")
+        );
     }
 
     #[test]

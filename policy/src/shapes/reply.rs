@@ -130,7 +130,13 @@ pub fn fresh_id(api: Api) -> String {
 /// A Responses `response` with one assistant `message` item carrying `text`; the item's id is
 /// the response's with `msg_` in place of `resp_`.
 pub fn responses_object(id: &str, created: u64, model: &str, text: &str) -> Value {
-    responses_envelope(id, created, model, "completed", vec![responses_message(id, "completed", text)])
+    responses_envelope(
+        id,
+        created,
+        model,
+        "completed",
+        vec![responses_message(id, "completed", text)],
+    )
 }
 
 /// The events of a streamed Responses answer carrying `text`.
@@ -169,7 +175,13 @@ pub fn responses_events(id: &str, created: u64, model: &str, text: &str) -> Vec<
 }
 
 /// The fields of a `response` the SDKs require, with zero usage.
-fn responses_envelope(id: &str, created: u64, model: &str, status: &str, output: Vec<Value>) -> Value {
+fn responses_envelope(
+    id: &str,
+    created: u64,
+    model: &str,
+    status: &str,
+    output: Vec<Value>,
+) -> Value {
     json!({
         "id": id,
         "object": "response",
@@ -474,16 +486,25 @@ mod tests {
         let whole: Value = serde_json::from_slice(&whole.body).unwrap();
         assert_eq!(whole["output"][0]["id"], "msg_1");
         assert_eq!(whole["output"][0]["content"][0]["text"], "No.");
-        assert_eq!((&whole["status"], &whole["model"]), (&json!("completed"), &json!("gpt-4o")));
+        assert_eq!(
+            (&whole["status"], &whole["model"]),
+            (&json!("completed"), &json!("gpt-4o"))
+        );
 
         shape.stream = true;
         let streamed = reply_with_ids(Api::OpenAiResponses, &shape, "No.", "r", "resp_1", 7);
         assert_eq!(streamed.content_type, "text/event-stream");
         let events = decode(body_text(&streamed));
-        let numbers: Vec<_> = events.iter().map(|event| event.json().unwrap()["sequence_number"].as_u64()).collect();
+        let numbers: Vec<_> = events
+            .iter()
+            .map(|event| event.json().unwrap()["sequence_number"].as_u64())
+            .collect();
         assert_eq!(numbers, (0..9).map(Some).collect::<Vec<_>>());
         assert_eq!(events[0].event_type(), Some("response.created"));
-        assert!(crate::shapes::is_stream_terminator(Api::OpenAiResponses, &events[8]));
+        assert!(crate::shapes::is_stream_terminator(
+            Api::OpenAiResponses,
+            &events[8]
+        ));
         assert_eq!(events[8].json().unwrap()["response"], whole);
         let mut rebuilt = crate::reconstruct::Reconstructor::new(Api::OpenAiResponses);
         events.iter().for_each(|event| rebuilt.push(event));

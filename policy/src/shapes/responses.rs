@@ -47,7 +47,11 @@ pub(super) fn for_each_request_text(request: &mut Value, visit: &mut impl FnMut(
         Some(Value::String(input)) => visit(input),
         Some(Value::Array(items)) => {
             for item in items.iter_mut().filter(|item| is_message(item)) {
-                visit_parts_mut(item.get_mut("content"), &["input_text", "output_text"], visit);
+                visit_parts_mut(
+                    item.get_mut("content"),
+                    &["input_text", "output_text"],
+                    visit,
+                );
             }
         }
         _ => {}
@@ -148,7 +152,11 @@ pub(crate) fn final_text_pointers(event: &Value) -> Vec<String> {
         Some(_) => {
             if let Some(response) = event.get("response") {
                 for (position, item) in array(response.get("output")).iter().enumerate() {
-                    message_text_pointers(&format!("/response/output/{position}"), item, &mut pointers);
+                    message_text_pointers(
+                        &format!("/response/output/{position}"),
+                        item,
+                        &mut pointers,
+                    );
                 }
             }
         }
@@ -302,7 +310,12 @@ mod tests {
         for_each_content_end(Api::OpenAiResponses, &done, |index| ended.push(index));
         assert_eq!(ended, [content_stream(2, 1)]);
 
-        let injected = text_delta_event(Api::OpenAiResponses, Some(&done), content_stream(2, 1), "x".into());
+        let injected = text_delta_event(
+            Api::OpenAiResponses,
+            Some(&done),
+            content_stream(2, 1),
+            "x".into(),
+        );
         assert_eq!(injected.event_type(), Some("response.output_text.delta"));
         let mut injected = injected.json().unwrap().clone();
         assert!(!is_empty_text_delta(Api::OpenAiResponses, &injected));
@@ -323,15 +336,39 @@ mod tests {
             {"type": "output_text", "text": "two", "annotations": []}
         ]});
         let cases = [
-            (json!({"type": "response.output_text.done", "text": "one"}), vec!["/text"]),
-            (json!({"type": "response.content_part.done", "part": {"type": "output_text", "text": "one"}}), vec!["/part/text"]),
-            (json!({"type": "response.content_part.done", "part": {"type": "refusal", "refusal": "no"}}), vec![]),
-            (json!({"type": "response.output_item.done", "item": message}), vec!["/item/content/0/text", "/item/content/2/text"]),
-            (json!({"type": "response.completed", "response": {"output": [
-                {"type": "function_call", "arguments": "{}"}, message
-            ]}}), vec!["/response/output/1/content/0/text", "/response/output/1/content/2/text"]),
-            (json!({"type": "response.output_text.delta", "delta": "one"}), vec![]),
-            (json!({"type": "response.function_call_arguments.done", "arguments": "{}"}), vec![]),
+            (
+                json!({"type": "response.output_text.done", "text": "one"}),
+                vec!["/text"],
+            ),
+            (
+                json!({"type": "response.content_part.done", "part": {"type": "output_text", "text": "one"}}),
+                vec!["/part/text"],
+            ),
+            (
+                json!({"type": "response.content_part.done", "part": {"type": "refusal", "refusal": "no"}}),
+                vec![],
+            ),
+            (
+                json!({"type": "response.output_item.done", "item": message}),
+                vec!["/item/content/0/text", "/item/content/2/text"],
+            ),
+            (
+                json!({"type": "response.completed", "response": {"output": [
+                    {"type": "function_call", "arguments": "{}"}, message
+                ]}}),
+                vec![
+                    "/response/output/1/content/0/text",
+                    "/response/output/1/content/2/text",
+                ],
+            ),
+            (
+                json!({"type": "response.output_text.delta", "delta": "one"}),
+                vec![],
+            ),
+            (
+                json!({"type": "response.function_call_arguments.done", "arguments": "{}"}),
+                vec![],
+            ),
         ];
         for (event, expected) in cases {
             assert_eq!(final_text_pointers(&event), expected, "{event}");

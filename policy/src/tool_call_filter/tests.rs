@@ -4,6 +4,7 @@ use super::*;
 use crate::shapes::Api;
 use crate::shapes::fixtures::{decode, encode, run_stream, streamed_text};
 use crate::tool_calls::ToolCall;
+use crate::tool_calls::fixtures::check_sdk_stream;
 
 fn filter(yaml: &str) -> Result<ToolCallFilter, String> {
     let config: ToolCallFilterConfig = serde_yaml_ng::from_str(yaml).map_err(|e| e.to_string())?;
@@ -221,6 +222,23 @@ const OPENAI_STREAM: &str = concat!(
     "data: [DONE]\n\n",
 );
 
+const RESPONSES_STREAM: &str = concat!(
+    "event: response.created\ndata: {\"type\":\"response.created\",\"sequence_number\":0,\"response\":{\"id\":\"resp_68af0b0ec8f08196\",\"object\":\"response\",\"created_at\":1756300046,\"status\":\"in_progress\",\"background\":false,\"error\":null,\"incomplete_details\":null,\"instructions\":null,\"max_output_tokens\":null,\"model\":\"gpt-5-2025-08-07\",\"output\":[],\"parallel_tool_calls\":true,\"previous_response_id\":null,\"reasoning\":{\"effort\":\"medium\",\"summary\":null},\"store\":true,\"temperature\":1.0,\"text\":{\"format\":{\"type\":\"text\"}},\"tool_choice\":\"auto\",\"tools\":[],\"top_p\":1.0,\"truncation\":\"disabled\",\"usage\":null,\"user\":null,\"metadata\":{}}}\n\n",
+    "event: response.in_progress\ndata: {\"type\":\"response.in_progress\",\"sequence_number\":1,\"response\":{\"id\":\"resp_68af0b0ec8f08196\",\"object\":\"response\",\"created_at\":1756300046,\"status\":\"in_progress\",\"background\":false,\"error\":null,\"incomplete_details\":null,\"instructions\":null,\"max_output_tokens\":null,\"model\":\"gpt-5-2025-08-07\",\"output\":[],\"parallel_tool_calls\":true,\"previous_response_id\":null,\"reasoning\":{\"effort\":\"medium\",\"summary\":null},\"store\":true,\"temperature\":1.0,\"text\":{\"format\":{\"type\":\"text\"}},\"tool_choice\":\"auto\",\"tools\":[],\"top_p\":1.0,\"truncation\":\"disabled\",\"usage\":null,\"user\":null,\"metadata\":{}}}\n\n",
+    "event: response.output_item.added\ndata: {\"type\":\"response.output_item.added\",\"sequence_number\":2,\"output_index\":0,\"item\":{\"id\":\"msg_68af0b19f0e48196\",\"type\":\"message\",\"status\":\"in_progress\",\"content\":[],\"role\":\"assistant\"}}\n\n",
+    "event: response.content_part.added\ndata: {\"type\":\"response.content_part.added\",\"sequence_number\":3,\"item_id\":\"msg_68af0b19f0e48196\",\"output_index\":0,\"content_index\":0,\"part\":{\"type\":\"output_text\",\"annotations\":[],\"logprobs\":[],\"text\":\"\"}}\n\n",
+    "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"sequence_number\":4,\"item_id\":\"msg_68af0b19f0e48196\",\"output_index\":0,\"content_index\":0,\"delta\":\"Cleaning up.\",\"logprobs\":[],\"obfuscation\":\"Xk2\"}\n\n",
+    "event: response.output_text.done\ndata: {\"type\":\"response.output_text.done\",\"sequence_number\":5,\"item_id\":\"msg_68af0b19f0e48196\",\"output_index\":0,\"content_index\":0,\"text\":\"Cleaning up.\",\"logprobs\":[]}\n\n",
+    "event: response.content_part.done\ndata: {\"type\":\"response.content_part.done\",\"sequence_number\":6,\"item_id\":\"msg_68af0b19f0e48196\",\"output_index\":0,\"content_index\":0,\"part\":{\"type\":\"output_text\",\"annotations\":[],\"logprobs\":[],\"text\":\"Cleaning up.\"}}\n\n",
+    "event: response.output_item.done\ndata: {\"type\":\"response.output_item.done\",\"sequence_number\":7,\"output_index\":0,\"item\":{\"id\":\"msg_68af0b19f0e48196\",\"type\":\"message\",\"status\":\"completed\",\"content\":[{\"type\":\"output_text\",\"annotations\":[],\"logprobs\":[],\"text\":\"Cleaning up.\"}],\"role\":\"assistant\"}}\n\n",
+    "event: response.output_item.added\ndata: {\"type\":\"response.output_item.added\",\"sequence_number\":8,\"output_index\":1,\"item\":{\"id\":\"fc_68af0b1d4e5f8196\",\"type\":\"function_call\",\"status\":\"in_progress\",\"arguments\":\"\",\"call_id\":\"call_1\",\"name\":\"bash\"}}\n\n",
+    "event: response.function_call_arguments.delta\ndata: {\"type\":\"response.function_call_arguments.delta\",\"sequence_number\":9,\"item_id\":\"fc_68af0b1d4e5f8196\",\"output_index\":1,\"delta\":\"{\\\"command\\\":\\\"rm -\",\"obfuscation\":\"a1\"}\n\n",
+    "event: response.function_call_arguments.delta\ndata: {\"type\":\"response.function_call_arguments.delta\",\"sequence_number\":10,\"item_id\":\"fc_68af0b1d4e5f8196\",\"output_index\":1,\"delta\":\"rf /tmp/x\\\"}\",\"obfuscation\":\"b2\"}\n\n",
+    "event: response.function_call_arguments.done\ndata: {\"type\":\"response.function_call_arguments.done\",\"sequence_number\":11,\"item_id\":\"fc_68af0b1d4e5f8196\",\"output_index\":1,\"arguments\":\"{\\\"command\\\":\\\"rm -rf /tmp/x\\\"}\"}\n\n",
+    "event: response.output_item.done\ndata: {\"type\":\"response.output_item.done\",\"sequence_number\":12,\"output_index\":1,\"item\":{\"id\":\"fc_68af0b1d4e5f8196\",\"type\":\"function_call\",\"status\":\"completed\",\"arguments\":\"{\\\"command\\\":\\\"rm -rf /tmp/x\\\"}\",\"call_id\":\"call_1\",\"name\":\"bash\"}}\n\n",
+    "event: response.completed\ndata: {\"type\":\"response.completed\",\"sequence_number\":13,\"response\":{\"id\":\"resp_68af0b0ec8f08196\",\"object\":\"response\",\"created_at\":1756300046,\"status\":\"completed\",\"background\":false,\"error\":null,\"incomplete_details\":null,\"instructions\":null,\"max_output_tokens\":null,\"model\":\"gpt-5-2025-08-07\",\"output\":[{\"id\":\"msg_68af0b19f0e48196\",\"type\":\"message\",\"status\":\"completed\",\"content\":[{\"type\":\"output_text\",\"annotations\":[],\"logprobs\":[],\"text\":\"Cleaning up.\"}],\"role\":\"assistant\"},{\"id\":\"fc_68af0b1d4e5f8196\",\"type\":\"function_call\",\"status\":\"completed\",\"arguments\":\"{\\\"command\\\":\\\"rm -rf /tmp/x\\\"}\",\"call_id\":\"call_1\",\"name\":\"bash\"}],\"parallel_tool_calls\":true,\"previous_response_id\":null,\"reasoning\":{\"effort\":\"medium\",\"summary\":null},\"store\":true,\"temperature\":1.0,\"text\":{\"format\":{\"type\":\"text\"}},\"tool_choice\":\"auto\",\"tools\":[],\"top_p\":1.0,\"truncation\":\"disabled\",\"usage\":{\"input_tokens\":36,\"input_tokens_details\":{\"cached_tokens\":0},\"output_tokens\":87,\"output_tokens_details\":{\"reasoning_tokens\":64},\"total_tokens\":123},\"user\":null,\"metadata\":{}}}\n\n",
+);
+
 const ANTHROPIC_STREAM: &str = concat!(
     "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude-sonnet-4-5\",\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":10,\"output_tokens\":1}}}\n\n",
     "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
@@ -242,6 +260,7 @@ async fn streams_lose_the_call_and_get_the_text_in_both_apis() {
     for (api, stream, kept) in [
         (Api::OpenAiChat, OPENAI_STREAM, 1),
         (Api::AnthropicMessages, ANTHROPIC_STREAM, 4),
+        (Api::OpenAiResponses, RESPONSES_STREAM, 8),
     ] {
         let mut call = policy.start_call(&call_info(api, true));
         let out = run_stream(call.as_mut(), stream).await;
@@ -259,6 +278,18 @@ async fn streams_lose_the_call_and_get_the_text_in_both_apis() {
             Api::AnthropicMessages => {
                 assert!(wire.contains("\"stop_reason\":\"end_turn\""));
                 assert!(wire.contains("\"index\":1,\"content_block\":{\"type\":\"text\""));
+            }
+            Api::OpenAiResponses => {
+                let completed = check_sdk_stream(&out).unwrap().unwrap();
+                assert_eq!(completed["status"], "completed");
+                assert_eq!(
+                    completed["output"][1],
+                    json!({"id": "msg_luthien_68af0b1d4e5f8196", "type": "message", "status": "completed",
+                        "content": [{"type": "output_text", "annotations": [], "logprobs": [],
+                            "text": "Tool call bash was blocked by policy: no-rm-rf"}],
+                        "role": "assistant"})
+                );
+                assert!(!wire.contains("fc_68af0b1d4e5f8196"), "{wire}");
             }
         }
         let events = call.take_events();
@@ -312,4 +343,27 @@ async fn non_streamed_answers_lose_the_call_in_both_apis() {
     );
     assert_eq!(anthropic["stop_reason"], "end_turn");
     assert_eq!(call.take_events()[0].data["tool_call_id"], "toolu_1");
+
+    // Responses: the call item becomes a message item in its place; the status stays.
+    let text = json!({"id": "msg_1", "type": "message", "status": "completed", "content": [
+        {"type": "output_text", "annotations": [], "logprobs": [], "text": "Cleaning up."}
+    ], "role": "assistant"});
+    let mut responses = json!({
+        "id": "resp_1", "object": "response", "created_at": 1, "status": "completed", "model": "gpt-5",
+        "output": [
+            text,
+            {"id": "fc_1", "type": "function_call", "status": "completed", "arguments": "{\"command\":\"rm -rf /tmp/x\"}", "call_id": "call_1", "name": "bash"},
+            {"id": "fc_2", "type": "function_call", "status": "completed", "arguments": "{\"command\":\"ls\"}", "call_id": "call_2", "name": "bash"}
+        ],
+        "usage": {"input_tokens": 10, "output_tokens": 30, "total_tokens": 40}
+    });
+    let original = responses.clone();
+    let mut call = policy.start_call(&call_info(Api::OpenAiResponses, false));
+    call.on_response(&mut responses).await.unwrap();
+    let mut expected = original;
+    expected["output"][1] = json!({"id": "msg_luthien_1", "type": "message", "status": "completed", "content": [
+        {"type": "output_text", "annotations": [], "logprobs": [], "text": "Tool call bash was blocked by policy: no-rm-rf"}
+    ], "role": "assistant"});
+    assert_eq!(responses, expected);
+    assert_eq!(call.take_events()[0].data["tool_call_id"], "call_1");
 }

@@ -267,7 +267,8 @@ fn identity(item: &Value) -> (String, Option<String>, Option<String>) {
 fn compatible_id(previous: &Value, replacement: &Value) -> bool {
     previous.get("id") == replacement.get("id")
         || (previous.get("id").is_none_or(Value::is_null)
-            && ["function_call", "custom_tool_call"].contains(&previous["type"].as_str().unwrap_or_default()))
+            && ["function_call", "custom_tool_call"]
+                .contains(&previous["type"].as_str().unwrap_or_default()))
 }
 
 /// Checks a stream as the Python SDK's `ResponseStreamState` does (every `RuntimeError` and
@@ -291,7 +292,10 @@ pub(crate) fn check_sdk_stream(events: &[SseEvent]) -> Result<Option<Value>, Str
             .ok_or_else(|| at(format!("not JSON: {}", event.data())))?;
         let kind = value["type"].as_str().ok_or_else(|| at("no type".into()))?;
         if event.event_type() != Some(kind) {
-            return Err(at(format!("event name {:?} is not {kind}", event.event_type())));
+            return Err(at(format!(
+                "event name {:?} is not {kind}",
+                event.event_type()
+            )));
         }
         if ended {
             return Err(at(format!("{kind} after the terminal event")));
@@ -383,8 +387,10 @@ pub(crate) fn check_sdk_stream(events: &[SseEvent]) -> Result<Option<Value>, Str
                     )));
                 }
             }
-            "response.function_call_arguments.delta" | "response.function_call_arguments.done"
-            | "response.custom_tool_call_input.delta" | "response.custom_tool_call_input.done" => {
+            "response.function_call_arguments.delta"
+            | "response.function_call_arguments.done"
+            | "response.custom_tool_call_input.delta"
+            | "response.custom_tool_call_input.done" => {
                 let mut owner = item(&items)?;
                 let (call, field) = if kind.contains("custom") {
                     ("custom_tool_call", "input")
@@ -434,7 +440,9 @@ pub(crate) fn check_sdk_stream(events: &[SseEvent]) -> Result<Option<Value>, Str
                     .iter()
                     .any(|(other, item)| *other != index && identity(item) == identity(finished))
                 {
-                    return Err(at("Response snapshot has conflicting output identities.".into()));
+                    return Err(at(
+                        "Response snapshot has conflicting output identities.".into()
+                    ));
                 }
                 done.insert(index, finished.clone());
             }
@@ -451,7 +459,9 @@ pub(crate) fn check_sdk_stream(events: &[SseEvent]) -> Result<Option<Value>, Str
                     for item in done.values() {
                         if let Some(last) = find(item) {
                             if !compatible_id(item, &last) {
-                                return Err(at("Completed response output identity changed.".into()));
+                                return Err(at(
+                                    "Completed response output identity changed.".into()
+                                ));
                             }
                             if &last != item {
                                 return Err(at(format!(
@@ -465,7 +475,7 @@ pub(crate) fn check_sdk_stream(events: &[SseEvent]) -> Result<Option<Value>, Str
                         let finished = find(item).is_some_and(|last| compatible_id(item, &last));
                         if !done.contains_key(index) && !finished {
                             return Err(at(
-                                "Cannot complete response with unfinished output items.".into()
+                                "Cannot complete response with unfinished output items.".into(),
                             ));
                         }
                     }

@@ -15,7 +15,10 @@ use crate::shapes::{self, Api};
 use crate::{PolicyEvent, SseEvent};
 
 /// The output items that are tool calls a client runs, and the field of their arguments.
-const CALL_FIELDS: [(&str, &str); 2] = [("function_call", "arguments"), ("custom_tool_call", "input")];
+const CALL_FIELDS: [(&str, &str); 2] = [
+    ("function_call", "arguments"),
+    ("custom_tool_call", "input"),
+];
 
 /// The prefix of the `id` of a message that replaces a blocked call.
 const REPLACEMENT_ID_PREFIX: &str = "msg_luthien_";
@@ -136,7 +139,10 @@ async fn settle_output(
             fresh.push((position, Fresh::Message(message_texts(item))));
         }
     }
-    let subjects: Vec<Subject<'_>> = fresh.iter().flat_map(|(_, fresh)| fresh.subjects()).collect();
+    let subjects: Vec<Subject<'_>> = fresh
+        .iter()
+        .flat_map(|(_, fresh)| fresh.subjects())
+        .collect();
     let mut decisions = inspect_all(inspector, &subjects).await.into_iter();
     let mut outcomes = Vec::new();
     for (position, fresh) in &fresh {
@@ -152,9 +158,7 @@ async fn settle_output(
                     }
                 }
             }
-            Fresh::Message(texts) => {
-                Outcome::Texts(decide_texts(texts, &mut decisions, events))
-            }
+            Fresh::Message(texts) => Outcome::Texts(decide_texts(texts, &mut decisions, events)),
         };
         outcomes.push(Known {
             message: matches!(fresh, Fresh::Message(_)),
@@ -315,8 +319,14 @@ fn refresh_output_text(response: &mut Value) {
         return;
     }
     let mut joined = String::new();
-    for item in array(response.get("output")).iter().filter(|item| is_message(item)) {
-        for part in array(item.get("content")).iter().filter(|part| is_output_text(part)) {
+    for item in array(response.get("output"))
+        .iter()
+        .filter(|item| is_message(item))
+    {
+        for part in array(item.get("content"))
+            .iter()
+            .filter(|part| is_output_text(part))
+        {
             joined.push_str(text(part, "text").unwrap_or_default());
         }
     }
@@ -572,7 +582,8 @@ impl Held {
         }
         match &mut self.kind {
             HeldKind::Call { deltas, whole } => match kind {
-                "response.function_call_arguments.delta" | "response.custom_tool_call_input.delta" => {
+                "response.function_call_arguments.delta"
+                | "response.custom_tool_call_input.delta" => {
                     deltas.push_str(text(event, "delta").unwrap_or_default());
                 }
                 "response.function_call_arguments.done" => {
@@ -590,7 +601,10 @@ impl Held {
                 match kind {
                     "response.content_part.added" => {
                         if let Some(part) = event.get("part").filter(|part| is_output_text(part)) {
-                            parts.insert(content_index, text(part, "text").unwrap_or_default().to_owned());
+                            parts.insert(
+                                content_index,
+                                text(part, "text").unwrap_or_default().to_owned(),
+                            );
                         }
                     }
                     "response.output_text.delta" => parts
@@ -598,7 +612,10 @@ impl Held {
                         .or_default()
                         .push_str(text(event, "delta").unwrap_or_default()),
                     "response.output_text.done" => {
-                        whole.insert(content_index, text(event, "text").unwrap_or_default().to_owned());
+                        whole.insert(
+                            content_index,
+                            text(event, "text").unwrap_or_default().to_owned(),
+                        );
                     }
                     _ => {}
                 }
@@ -608,13 +625,16 @@ impl Held {
     }
 
     /// What to ask about the item, on what has arrived. A call's arguments are its last whole
-    /// copy (`output_item.done`, then `.arguments.done`), else the deltas; a message's texts
-    /// are as streamed, plus the parts only a whole copy carries.
+    /// copy (`output_item.done`, then `.arguments.done`), else what was streamed; a message's
+    /// texts are as streamed (`content_part.added` text and deltas), a whole copy standing in
+    /// for a part nothing was streamed for.
     fn subjects(&self) -> Fresh {
         match &self.kind {
             HeldKind::Call { deltas, whole } => {
+                // As streamed: the added item's arguments (normally empty) and the deltas,
+                // as the SDKs accumulate them.
                 let mut call = item_call(&self.added).unwrap_or_default();
-                call.arguments.clone_from(deltas);
+                call.arguments.push_str(deltas);
                 if let Some(whole) = whole {
                     call.arguments.clone_from(whole);
                 }
@@ -634,13 +654,16 @@ impl Held {
                 Fresh::Call(call)
             }
             HeldKind::Message { parts, whole } => {
+                // A part nothing was streamed for takes its text from a whole copy.
                 let mut texts = parts.clone();
-                for (index, text) in whole {
-                    texts.entry(*index).or_insert_with(|| text.clone());
-                }
-                if let Some(done) = &self.done {
-                    for (index, text) in message_texts(done) {
-                        texts.entry(index).or_insert(text);
+                let copies = whole
+                    .iter()
+                    .map(|(index, text)| (*index, text.clone()))
+                    .chain(self.done.iter().flat_map(message_texts));
+                for (index, copy) in copies {
+                    let text = texts.entry(index).or_default();
+                    if text.is_empty() {
+                        *text = copy;
                     }
                 }
                 Fresh::Message(texts)
@@ -687,7 +710,10 @@ fn message_events(output_index: usize, message: &Value, removed: &[SseEvent]) ->
         .filter_map(|event| event.json()?.get("sequence_number").cloned())
         .collect();
     let id = message.get("id").cloned().unwrap_or(Value::Null);
-    let part = message.pointer("/content/0").cloned().unwrap_or(Value::Null);
+    let part = message
+        .pointer("/content/0")
+        .cloned()
+        .unwrap_or(Value::Null);
     let text = part.get("text").cloned().unwrap_or(Value::Null);
     let mut opened = message.clone();
     opened["status"] = json!("in_progress");

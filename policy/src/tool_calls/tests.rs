@@ -10,7 +10,9 @@ use std::sync::Mutex;
 use bytes::Bytes;
 use luthien_mock_upstream::reply::{Reply, RequestBody};
 use luthien_mock_upstream::scenario::{Controls, Scenario};
-use luthien_mock_upstream::{anthropic as mock_anthropic, openai as mock_openai};
+use luthien_mock_upstream::{
+    anthropic as mock_anthropic, openai as mock_openai, responses as mock_responses,
+};
 use serde_json::json;
 
 use super::*;
@@ -108,6 +110,11 @@ fn reconstruct(api: Api, events: &[SseEvent]) -> Value {
 }
 
 fn mock_reply(scenario: Scenario) -> Reply {
+    mock_reply_for(Api::OpenAiChat, scenario)
+}
+
+/// The mock's reply in `api`, with reasoning (thinking) in the APIs that have it.
+fn mock_reply_for(api: Api, scenario: Scenario) -> Reply {
     let controls = Controls {
         scenario,
         ..Controls::default()
@@ -118,7 +125,7 @@ fn mock_reply(scenario: Scenario) -> Reply {
         include_usage: true,
         input_tokens: 7,
     };
-    Reply::new(&controls, &request, false)
+    Reply::new(&controls, &request, api != Api::OpenAiChat)
 }
 
 fn concat(events: &[Bytes]) -> String {
@@ -132,7 +139,12 @@ fn mock_stream(api: Api, reply: &Reply) -> String {
     match api {
         Api::OpenAiChat => concat(&mock_openai::stream_events(reply, true)),
         Api::AnthropicMessages => concat(&mock_anthropic::stream_events(reply)),
-        Api::OpenAiResponses => unreachable!("Responses streams are hand-written below"),
+        Api::OpenAiResponses => concat(&mock_responses::stream_events(
+            mock_responses::RESPONSE_ID,
+            reply,
+            &mock_responses::Request::empty(),
+            None,
+        )),
     }
 }
 
@@ -140,7 +152,11 @@ fn mock_body(api: Api, reply: &Reply) -> Value {
     let body = match api {
         Api::OpenAiChat => mock_openai::completion(reply),
         Api::AnthropicMessages => mock_anthropic::message_body(reply),
-        Api::OpenAiResponses => unreachable!("Responses bodies are hand-written below"),
+        Api::OpenAiResponses => mock_responses::response_body(
+            mock_responses::RESPONSE_ID,
+            reply,
+            &mock_responses::Request::empty(),
+        ),
     };
     serde_json::from_slice(&body).unwrap()
 }
@@ -180,8 +196,13 @@ fn tool_call_bytes(api: Api, events: &[SseEvent], index: u64) -> Vec<Bytes> {
 #[tokio::test]
 async fn filtered_streams_reconstruct_to_the_filtered_non_streamed_answer() {
     let mut checked = 0;
-    for api in [Api::OpenAiChat, Api::AnthropicMessages] {
-        for scenario in [Scenario::Tools, Scenario::TextAndTools, Scenario::Text] {
+    for api in Api::ALL {
+        for scenario in [
+            Scenario::Tools,
+            Scenario::TextAndTools,
+            Scenario::Text,
+            Scenario::Thinking,
+        ] {
             for blocked in [
                 &[][..],
                 &["bash"][..],
@@ -189,7 +210,7 @@ async fn filtered_streams_reconstruct_to_the_filtered_non_streamed_answer() {
                 &["get_weather", "bash"][..],
             ] {
                 let label = format!("{api:?} {scenario:?} blocking {blocked:?}");
-                let reply = mock_reply(scenario);
+                let reply = mock_reply_for(api, scenario);
                 let inspector = BlockNames::new(blocked);
 
                 let mut body = mock_body(api, &reply);
@@ -202,6 +223,11 @@ async fn filtered_streams_reconstruct_to_the_filtered_non_streamed_answer() {
                 let streamed = run_stream(&mut call, &mock_stream(api, &reply)).await;
                 let stream_events = call.take_events();
                 assert_eq!(reconstruct(api, &streamed), body, "{label}");
+                if api == Api::OpenAiResponses {
+                    let completed = fixtures::check_sdk_stream(&streamed)
+                        .unwrap_or_else(|error| panic!("{label}: {error}"));
+                    assert_eq!(completed.as_ref(), Some(&body), "{label}");
+                }
                 assert_eq!(response_events, stream_events, "{label}");
 
                 let removed = reply
@@ -218,13 +244,13 @@ async fn filtered_streams_reconstruct_to_the_filtered_non_streamed_answer() {
             }
         }
     }
-    assert_eq!(checked, 24);
+    assert_eq!(checked, 48);
 }
 
 #[tokio::test]
 async fn removing_one_of_two_tool_calls_keeps_the_other_byte_for_byte_and_the_finish_reason() {
     let reply = mock_reply(Scenario::Tools);
-    for api in [Api::OpenAiChat, Api::AnthropicMessages] {
+    for api in Api::ALL {
         let upstream = decode(&mock_stream(api, &reply));
         let inspector = BlockNames::new(&["bash"]);
         let mut call = guard(api, &inspector);
@@ -256,7 +282,15 @@ async fn removing_one_of_two_tool_calls_keeps_the_other_byte_for_byte_and_the_fi
                     json!({"type": "text", "text": "[bash blocked]"})
                 );
             }
-            Api::OpenAiResponses => unreachable!(),
+            Api::OpenAiResponses => {
+                assert_eq!(finished["status"], "completed");
+                let output = finished["output"].as_array().unwrap();
+                assert_eq!(output.len(), 2);
+                assert_eq!(output[0]["arguments"], r#"{"city":"Paris"}"#);
+                assert_eq!(output[1]["type"], "message");
+                assert_eq!(output[1]["content"][0]["text"], "[bash blocked]");
+                fixtures::check_sdk_stream(&out).unwrap();
+            }
         }
         // The bash arguments, split right after the backslash of an escaped quote, reached
         // the inspector whole.
@@ -273,7 +307,7 @@ async fn removing_one_of_two_tool_calls_keeps_the_other_byte_for_byte_and_the_fi
 #[tokio::test]
 async fn removing_every_tool_call_rewrites_the_finish_reason() {
     let reply = mock_reply(Scenario::Tools);
-    for api in [Api::OpenAiChat, Api::AnthropicMessages] {
+    for api in Api::ALL {
         let inspector = BlockNames::new(&["bash", "get_weather"]);
         let mut call = guard(api, &inspector);
         let out = run_stream(&mut call, &mock_stream(api, &reply)).await;
@@ -307,7 +341,18 @@ async fn removing_every_tool_call_rewrites_the_finish_reason() {
                     ])
                 );
             }
-            Api::OpenAiResponses => unreachable!(),
+            Api::OpenAiResponses => {
+                // Nothing plays the part of a finish reason: the status stays.
+                assert_eq!(finished["status"], "completed");
+                let texts: Vec<&Value> = finished["output"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|item| &item["content"][0]["text"])
+                    .collect();
+                assert_eq!(texts, ["[get_weather blocked]", "[bash blocked]"]);
+                fixtures::check_sdk_stream(&out).unwrap();
+            }
         }
         assert_eq!(call.take_events().len(), 2);
     }
@@ -337,7 +382,7 @@ async fn openai_kept_tool_calls_are_renumbered_without_gaps() {
 
 #[tokio::test]
 async fn text_outside_tool_calls_is_not_delayed() {
-    for api in [Api::OpenAiChat, Api::AnthropicMessages] {
+    for api in Api::ALL {
         let reply = mock_reply(Scenario::TextAndTools);
         let inspector = BlockNames::new(&["get_weather"]);
         let mut call = guard(api, &inspector);
@@ -640,7 +685,7 @@ async fn openai_stream_error_releases_held_calls_before_the_error() {
 
 #[tokio::test]
 async fn held_text_is_released_unchanged_or_replaced_whole() {
-    for api in [Api::OpenAiChat, Api::AnthropicMessages] {
+    for api in Api::ALL {
         let reply = mock_reply(Scenario::TextAndTools);
         // "fox" is split across deltas of 8 characters: only the whole text has it.
         for (word, expected_text) in [
@@ -675,7 +720,16 @@ async fn held_text_is_released_unchanged_or_replaced_whole() {
                     assert_eq!(finished["choices"][0]["finish_reason"], "tool_calls")
                 }
                 Api::AnthropicMessages => assert_eq!(finished["stop_reason"], "tool_use"),
-                Api::OpenAiResponses => unreachable!(),
+                Api::OpenAiResponses => {
+                    let calls = finished["output"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .filter(|item| item["type"] == "function_call")
+                        .count();
+                    assert_eq!(calls, 1);
+                    fixtures::check_sdk_stream(&out).unwrap();
+                }
             }
         }
     }
@@ -792,7 +846,12 @@ mod responses {
     }
 
     fn bash() -> Value {
-        function_call(BASH_ID, "call_7hGfR2sVdK9qL0mN3bX5cZ1a", "bash", BASH_ARGUMENTS)
+        function_call(
+            BASH_ID,
+            "call_7hGfR2sVdK9qL0mN3bX5cZ1a",
+            "bash",
+            BASH_ARGUMENTS,
+        )
     }
 
     /// The message that replaces a blocked call.
@@ -804,7 +863,10 @@ mod responses {
 
     /// Runs a stream through a guard and checks the result as the SDK would; returns what the
     /// client got, the final response and the policy events.
-    async fn run(inspector: &Arc<BlockNames>, stream: &str) -> (Vec<SseEvent>, Value, Vec<PolicyEvent>) {
+    async fn run(
+        inspector: &Arc<BlockNames>,
+        stream: &str,
+    ) -> (Vec<SseEvent>, Value, Vec<PolicyEvent>) {
         let mut call = guard(API, inspector);
         let out = run_stream(&mut call, stream).await;
         let completed = check_sdk_stream(&out)
@@ -814,7 +876,10 @@ mod responses {
     }
 
     /// The non-streamed answer listing `items`, filtered.
-    async fn filtered_body(inspector: &Arc<BlockNames>, items: &[Value]) -> (Value, Vec<PolicyEvent>) {
+    async fn filtered_body(
+        inspector: &Arc<BlockNames>,
+        items: &[Value],
+    ) -> (Value, Vec<PolicyEvent>) {
         let mut body = response_object("completed", items);
         let mut call = guard(API, inspector);
         call.on_response(&mut body).await.unwrap();
@@ -836,7 +901,11 @@ mod responses {
     fn item_events(events: &[SseEvent], index: u64) -> Vec<SseEvent> {
         events
             .iter()
-            .filter(|event| event.json().is_some_and(|value| value["output_index"] == index))
+            .filter(|event| {
+                event
+                    .json()
+                    .is_some_and(|value| value["output_index"] == index)
+            })
             .cloned()
             .collect()
     }
@@ -849,6 +918,60 @@ mod responses {
         "response.content_part.done",
         "response.output_item.done",
     ];
+
+    /// The check refuses what the SDK raises on: an item never finished, an index added
+    /// twice, an event for an item never added, an identity that changes, and copies that
+    /// disagree with the deltas.
+    #[test]
+    fn the_sdk_check_refuses_inconsistent_streams() {
+        let events = decode(&StreamBuilder::complete(
+            &[message("msg_1", "hi"), bash()],
+            3,
+        ));
+        assert!(check_sdk_stream(&events).unwrap().is_some());
+        let without = |kind: &str, index: u64| -> Vec<SseEvent> {
+            events
+                .iter()
+                .filter(|event| {
+                    let value = event.json().unwrap();
+                    !(value["type"] == kind && value["output_index"] == index)
+                })
+                .cloned()
+                .collect()
+        };
+        let error = |events: &[SseEvent]| check_sdk_stream(events).unwrap_err();
+        // An item never done is accepted when the final output lists it, not otherwise.
+        let mut unfinished = without("response.output_item.done", 1);
+        assert!(check_sdk_stream(&unfinished).is_ok());
+        let last = unfinished.len() - 1;
+        unfinished[last].json_mut().unwrap()["response"]["output"][1]["call_id"] =
+            json!("call_other");
+        assert!(error(&unfinished).contains("unfinished output items"));
+        assert!(
+            error(&without("response.output_item.added", 1))
+                .contains("before receiving its output item")
+        );
+        assert!(error(&without("response.content_part.added", 0)).contains("no output_text part"));
+        let mut twice = events.clone();
+        twice.insert(3, events[2].clone());
+        assert!(error(&twice).contains("Duplicate response output index 0"));
+        let mut changed = events.clone();
+        let done = changed.len() - 2;
+        changed[done].json_mut().unwrap()["item"]["call_id"] = json!("call_other");
+        assert!(
+            error(&changed).contains("identity changed"),
+            "{}",
+            error(&changed)
+        );
+        let last = events.len() - 1;
+        let mut leaked = events.clone();
+        leaked[last].json_mut().unwrap()["response"]["output"][0]["content"][0]["text"] =
+            json!("other");
+        assert!(error(&leaked).contains("repeats"));
+        let mut renamed = events;
+        renamed[2].json_mut().unwrap()["item"]["id"] = json!("msg_2");
+        assert!(error(&renamed).contains("item_id"));
+    }
 
     #[tokio::test]
     async fn removing_one_of_two_calls_replaces_it_in_place_streamed_and_not() {
@@ -866,7 +989,10 @@ mod responses {
 
         // bash is gone, a whole message stands at its output_index.
         let wire = encode(&out);
-        assert!(!wire.contains("ls -la") && !wire.contains(BASH_ID), "{wire}");
+        assert!(
+            !wire.contains("ls -la") && !wire.contains(BASH_ID),
+            "{wire}"
+        );
         let replaced = item_events(&out, 1);
         assert_eq!(types(&replaced), MESSAGE_EVENTS);
         let message = replacement(BASH_MESSAGE_ID, "[bash blocked]");
@@ -882,7 +1008,10 @@ mod responses {
         let removed = sequence_numbers(&item_events(&upstream, 1));
         assert_eq!(sequence_numbers(&replaced), removed[..6]);
         let numbers = sequence_numbers(&out);
-        assert!(numbers.windows(2).all(|pair| pair[0] <= pair[1]), "{numbers:?}");
+        assert!(
+            numbers.windows(2).all(|pair| pair[0] <= pair[1]),
+            "{numbers:?}"
+        );
         assert_eq!(numbers.last(), sequence_numbers(&upstream).last());
 
         // response.completed lists the message in the call's place; nothing else changed.
@@ -928,7 +1057,10 @@ mod responses {
         assert_eq!(
             completed["output"],
             json!([
-                replacement("msg_luthien_68af0b1a2b3c8196a0b1c2d3e4f5a6b70c4ae15eaec1d1f4", "[get_weather blocked]"),
+                replacement(
+                    "msg_luthien_68af0b1a2b3c8196a0b1c2d3e4f5a6b70c4ae15eaec1d1f4",
+                    "[get_weather blocked]"
+                ),
                 replacement(BASH_MESSAGE_ID, "[bash blocked]"),
             ])
         );
@@ -949,8 +1081,14 @@ mod responses {
 
     #[tokio::test]
     async fn text_before_a_call_is_not_delayed_and_text_after_it_waits_for_it() {
-        let intro = message("msg_68af0b19f0e48196a9b8c7d6e5f4a3b20c4ae15eaec1d1f4", "Let me check the weather.");
-        let outro = message("msg_68af0b1ff0e48196a9b8c7d6e5f4a3b20c4ae15eaec1d1f4", "Done.");
+        let intro = message(
+            "msg_68af0b19f0e48196a9b8c7d6e5f4a3b20c4ae15eaec1d1f4",
+            "Let me check the weather.",
+        );
+        let outro = message(
+            "msg_68af0b1ff0e48196a9b8c7d6e5f4a3b20c4ae15eaec1d1f4",
+            "Done.",
+        );
         let items = [intro.clone(), weather(), outro.clone()];
         let stream = StreamBuilder::complete(&items, 6);
         let inspector = BlockNames::new(&["get_weather"]);
@@ -984,7 +1122,14 @@ mod responses {
         let completed = check_sdk_stream(&out).unwrap().unwrap();
         assert_eq!(
             completed["output"],
-            json!([intro, replacement("msg_luthien_68af0b1a2b3c8196a0b1c2d3e4f5a6b70c4ae15eaec1d1f4", "[get_weather blocked]"), outro])
+            json!([
+                intro,
+                replacement(
+                    "msg_luthien_68af0b1a2b3c8196a0b1c2d3e4f5a6b70c4ae15eaec1d1f4",
+                    "[get_weather blocked]"
+                ),
+                outro
+            ])
         );
         assert_eq!(
             streamed_text(API, &out),
@@ -999,7 +1144,10 @@ mod responses {
 
     #[tokio::test]
     async fn reasoning_items_pass_untouched() {
-        let thought = reasoning("rs_68af0b16c1d48196aa6b4f3e2d1c0b9a0c4ae15eaec1d1f4", ENCRYPTED);
+        let thought = reasoning(
+            "rs_68af0b16c1d48196aa6b4f3e2d1c0b9a0c4ae15eaec1d1f4",
+            ENCRYPTED,
+        );
         let items = [thought.clone(), bash()];
         let stream = StreamBuilder::complete(&items, 4);
         let upstream = decode(&stream);
@@ -1019,10 +1167,21 @@ mod responses {
     #[tokio::test]
     async fn kept_calls_leave_byte_identical() {
         let items = [
-            reasoning("rs_68af0b16c1d48196aa6b4f3e2d1c0b9a0c4ae15eaec1d1f4", ENCRYPTED),
-            message("msg_68af0b19f0e48196a9b8c7d6e5f4a3b20c4ae15eaec1d1f4", "Checking."),
+            reasoning(
+                "rs_68af0b16c1d48196aa6b4f3e2d1c0b9a0c4ae15eaec1d1f4",
+                ENCRYPTED,
+            ),
+            message(
+                "msg_68af0b19f0e48196a9b8c7d6e5f4a3b20c4ae15eaec1d1f4",
+                "Checking.",
+            ),
             weather(),
-            custom_tool_call("ctc_68af0b2a", "call_c1", "apply_patch", "*** Begin Patch\n*** End Patch"),
+            custom_tool_call(
+                "ctc_68af0b2a",
+                "call_c1",
+                "apply_patch",
+                "*** Begin Patch\n*** End Patch",
+            ),
             bash(),
         ];
         let stream = StreamBuilder::complete(&items, 3);
@@ -1046,7 +1205,12 @@ mod responses {
 
     #[tokio::test]
     async fn custom_tool_calls_are_removed_too() {
-        let patch = custom_tool_call("ctc_68af0b2a", "call_c1", "apply_patch", "*** Begin Patch\n*** Delete File: /etc/passwd\n*** End Patch");
+        let patch = custom_tool_call(
+            "ctc_68af0b2a",
+            "call_c1",
+            "apply_patch",
+            "*** Begin Patch\n*** Delete File: /etc/passwd\n*** End Patch",
+        );
         let items = [patch];
         let stream = StreamBuilder::complete(&items, 9);
         let inspector = BlockNames::new(&["apply_patch"]);
@@ -1064,13 +1228,15 @@ mod responses {
     /// A stream cut inside the bash call (after its added event and two argument deltas).
     fn cut_stream() -> StreamBuilder {
         let mut builder = StreamBuilder::new();
-        builder.item(0, &weather(), 50).item_until(1, &bash(), 10, 3);
+        builder
+            .item(0, &weather(), 50)
+            .item_until(1, &bash(), 10, 3);
         builder
     }
 
     #[tokio::test]
     async fn a_call_cut_off_is_decided_on_what_arrived() {
-        let partial = r#"{"command":"ls -la /tm"#;
+        let partial = r#"{"command":"ls -la /"#;
         let mut failed_call = bash();
         failed_call["status"] = json!("incomplete");
         failed_call["arguments"] = json!(partial);
@@ -1105,7 +1271,11 @@ mod responses {
                 call.on_stream_end(&mut out).await.unwrap();
             }
             check_sdk_stream(&out).unwrap_or_else(|error| panic!("{label}: {error}"));
-            assert_eq!(inspector.asked().last().unwrap(), &format!("bash {partial}"), "{label}");
+            assert_eq!(
+                inspector.asked().last().unwrap(),
+                &format!("bash {partial}"),
+                "{label}"
+            );
             assert_eq!(types(&item_events(&out, 1)), MESSAGE_EVENTS, "{label}");
             let wire = encode(&out);
             assert!(!wire.contains("ls -la"), "{label}: {wire}");
@@ -1119,10 +1289,75 @@ mod responses {
                     assert_eq!(last.event_type(), Some(kind));
                     let output = &last.json().unwrap()["response"]["output"];
                     assert_eq!(output[0], weather(), "{label}");
-                    assert_eq!(output[1], replacement(BASH_MESSAGE_ID, "[bash blocked]"), "{label}");
+                    assert_eq!(
+                        output[1],
+                        replacement(BASH_MESSAGE_ID, "[bash blocked]"),
+                        "{label}"
+                    );
                 }
             }
             assert_eq!(call.take_events().len(), 1, "{label}");
+        }
+    }
+
+    /// Some OpenAI-compatible servers send a call's arguments whole in `output_item.added`,
+    /// without deltas.
+    #[tokio::test]
+    async fn arguments_sent_whole_in_the_added_item_are_inspected() {
+        let mut builder = StreamBuilder::new();
+        builder.event(
+            "response.output_item.added",
+            json!({"output_index": 0, "item": bash()}),
+        );
+        let stream = builder.build();
+        let inspector = BlockNames::new(&["bash"]);
+        let (out, _, _) = run(&inspector, &stream).await;
+        assert_eq!(inspector.asked(), [format!("bash {BASH_ARGUMENTS}")]);
+        assert_eq!(types(&out[2..]), MESSAGE_EVENTS);
+
+        builder.event(
+            "response.output_item.done",
+            json!({"output_index": 0, "item": bash()}),
+        );
+        builder.terminal("response.completed", &[bash()]);
+        let stream = builder.build();
+        let inspector = BlockNames::new(&[]);
+        let (out, completed, _) = run(&inspector, &stream).await;
+        assert_eq!(encode(&out), stream);
+        assert_eq!(completed["output"][0], bash());
+        assert_eq!(inspector.asked(), [format!("bash {BASH_ARGUMENTS}")]);
+    }
+
+    /// The mock's streams that end early (`response.failed`, `response.incomplete`, an
+    /// `error` event) with the message held for a text inspector: kept, they pass byte for
+    /// byte; blocked, the text is replaced in what was sent and in the terminal event's copy.
+    #[tokio::test]
+    async fn mock_streams_ending_early_release_the_held_text() {
+        for scenario in [
+            Scenario::Failed,
+            Scenario::Incomplete,
+            Scenario::StreamError,
+        ] {
+            let reply = mock_reply_for(API, scenario);
+            let stream = mock_stream(API, &reply);
+            let inspector = BlockNames::with_text(&[], "wolf");
+            let (out, _, _) = run(&inspector, &stream).await;
+            assert_eq!(encode(&out), stream, "{scenario:?}");
+            assert_eq!(inspector.asked().len(), 1, "{scenario:?}");
+
+            let inspector = BlockNames::with_text(&[], "Hello");
+            let (out, _, events) = run(&inspector, &stream).await;
+            assert_eq!(events.len(), 1, "{scenario:?}");
+            let wire = encode(&out);
+            assert!(!wire.contains("Hello"), "{scenario:?}: {wire}");
+            assert_eq!(streamed_text(API, &out), "[text blocked]", "{scenario:?}");
+            let last = out.last().unwrap().json().unwrap();
+            if let Some(output) = last["response"]["output"].as_array() {
+                assert_eq!(
+                    output[0]["content"][0]["text"], "[text blocked]",
+                    "{scenario:?}"
+                );
+            }
         }
     }
 
@@ -1157,11 +1392,7 @@ mod responses {
         assert_eq!(streamed_text(API, &out), "[text blocked]");
         let blocked = json!([{"type": "output_text", "annotations": [], "logprobs": [], "text": "[text blocked]"}]);
         let message_events = item_events(&out, 0);
-        assert_eq!(
-            types(&message_events),
-            MESSAGE_EVENTS,
-            "one delta left"
-        );
+        assert_eq!(types(&message_events), MESSAGE_EVENTS, "one delta left");
         for event in &message_events {
             let value = event.json().unwrap();
             match value["type"].as_str().unwrap() {
@@ -1174,7 +1405,10 @@ mod responses {
         assert_eq!(completed["output"][0]["content"], blocked);
         assert_eq!(completed["output"][0]["id"], answer["id"]);
         // The bash call was kept, byte for byte.
-        assert_eq!(encode(&item_events(&out, 1)), encode(&item_events(&decode(&stream), 1)));
+        assert_eq!(
+            encode(&item_events(&out, 1)),
+            encode(&item_events(&decode(&stream), 1))
+        );
         assert_eq!(completed["output"][1], bash());
         assert_eq!(events.len(), 1);
         assert_eq!(inspector.asked()[0], format!("text: {text}"));
@@ -1192,14 +1426,23 @@ mod responses {
 
     #[tokio::test]
     async fn judged_text_and_a_call_blocked_together() {
-        let answer = message("msg_68af0b19f0e48196a9b8c7d6e5f4a3b20c4ae15eaec1d1f4", "I will run rm now.");
+        let answer = message(
+            "msg_68af0b19f0e48196a9b8c7d6e5f4a3b20c4ae15eaec1d1f4",
+            "I will run rm now.",
+        );
         let items = [answer, bash()];
         let stream = StreamBuilder::complete(&items, 4);
         let inspector = BlockNames::with_text(&["bash"], "rm");
         let (out, completed, events) = run(&inspector, &stream).await;
         assert_eq!(streamed_text(API, &out), "[text blocked][bash blocked]");
-        assert_eq!(completed["output"][0]["content"][0]["text"], "[text blocked]");
-        assert_eq!(completed["output"][1], replacement(BASH_MESSAGE_ID, "[bash blocked]"));
+        assert_eq!(
+            completed["output"][0]["content"][0]["text"],
+            "[text blocked]"
+        );
+        assert_eq!(
+            completed["output"][1],
+            replacement(BASH_MESSAGE_ID, "[bash blocked]")
+        );
         assert_eq!(events.len(), 2);
         let (body, _) = filtered_body(&inspector, &items).await;
         assert_eq!(body, completed);
@@ -1210,7 +1453,8 @@ mod responses {
         let id = "msg_68af0b19f0e48196a9b8c7d6e5f4a3b20c4ae15eaec1d1f4";
         let text = "See the fox at https://example.com/fox.";
         let annotation = json!({"type": "url_citation", "start_index": 15, "end_index": 38, "title": "Fox", "url": "https://example.com/fox"});
-        let logprob = json!({"token": "See", "logprob": -0.1, "bytes": [83, 101, 101], "top_logprobs": []});
+        let logprob =
+            json!({"token": "See", "logprob": -0.1, "bytes": [83, 101, 101], "top_logprobs": []});
         let mut answer = message(id, text);
         answer["content"][0]["annotations"] = json!([annotation]);
         answer["content"][0]["logprobs"] = json!([logprob]);
@@ -1228,7 +1472,10 @@ mod responses {
         let inspector = BlockNames::with_text(&[], "fox");
         let (out, completed, _) = run(&inspector, &builder.build()).await;
         let wire = encode(&out);
-        assert!(!wire.contains("example.com") && !wire.contains("-0.1"), "{wire}");
+        assert!(
+            !wire.contains("example.com") && !wire.contains("-0.1"),
+            "{wire}"
+        );
         assert_eq!(types(&out[2..8]), MESSAGE_EVENTS);
         assert_eq!(
             completed["output"][0]["content"],

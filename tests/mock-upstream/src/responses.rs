@@ -41,7 +41,7 @@ pub const COMPLETED_AT: u64 = CREATED_AT + 1;
 pub const MESSAGE_ID: &str = "msg_mock_0001";
 /// The id of the `thinking` scenario's reasoning item.
 pub const REASONING_ID: &str = "rs_mock_0001";
-/// The reasoning item's `encrypted_content`: opaque base64, long enough to span TCP reads.
+/// The reasoning item's `encrypted_content`: opaque base64 that clients must pass back as is.
 pub const REASONING_ENCRYPTED_CONTENT: &str = "bHV0aGllbiBtb2NrIHVwc3RyZWFtOiB0aGUgZW5jcnlwdGVkIHJlYXNvbmluZyBvZiByc19tb2NrXzAwMDEuIE9wYXF1ZSB0byBjbGllbnRzLCB3aGljaCBwYXNzIGl0IGJhY2sgdmVyYmF0aW0gaW4gdGhlaXIgbmV4dCByZXF1ZXN0Lg==";
 /// The `error.message` of a failed response (the `failed` scenario).
 pub const FAILURE_MESSAGE: &str = "The server had an error while processing your request.";

@@ -486,12 +486,33 @@ async fn turned_off_they_are_404_and_other_paths_stay_404() {
     )
     .await
     .assert_anthropic_error(404, "no route");
+    for (method, path) in [
+        ("GET", "/v1/responses/resp_1"),
+        ("DELETE", "/v1/responses/resp_1"),
+        ("POST", "/v1/responses/resp_1/cancel"),
+        ("GET", "/v1/responses/resp_1/input_items"),
+        ("POST", "/v1/responses/input_tokens"),
+        ("POST", "/v1/responses/compact"),
+    ] {
+        let url = format!("{}{path}", off.url);
+        let response = luthien_tests::client::read(
+            Client::new()
+                .send(method, &url, &[("authorization", &bearer)], "{}")
+                .await,
+        )
+        .await;
+        response.assert_openai_error(404, "no route");
+    }
     assert!(mock.requests().is_empty(), "nothing reached upstream");
 
     // On (the default): generation endpoints without a policy route stay
     // 404, and the message lists the auxiliary routes.
     let stack = Stack::start(StackOptions::default()).await;
-    for path in ["/v1/responses", "/v1/embeddings", "/v1/completions"] {
+    for path in [
+        "/v1/embeddings",
+        "/v1/completions",
+        "/v1/images/generations",
+    ] {
         let response = post(&format!("{}{path}", stack.proxy), &[], "{}").await;
         response.assert_openai_error(404, path);
         response.assert_openai_error(404, "POST /v1/messages/count_tokens");

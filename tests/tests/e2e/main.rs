@@ -23,4 +23,5 @@ mod policy_redact_block;
 mod policy_tools_judge;
 mod recording;
 mod remote_policy;
+mod responses;
 mod telemetry;

@@ -9,7 +9,6 @@
 //! `cargo test --release -p luthien-tests --test e2e -- --ignored --nocapture remote_policy::remote_policy_overhead`
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -67,10 +67,11 @@ impl Events {
 /// The streamed answer for response `id`, without the events numbered up to
 /// `starting_after` when given.
 ///
-/// A `stream_error` answer sends half of the text deltas, then an `error` event (see
-/// [`error_event`]) and stops. A `failed` answer sends half of the text deltas, then
-/// `response.failed` without finishing the message (whose final form in the failed response
-/// is `incomplete`, with the text sent so far).
+/// A `stream_error` answer sends half of the text deltas, then an `error` event with its
+/// fields nested under `error` (as the live API sends it and the SDK raises on), and stops.
+/// A `failed` answer sends half of the text deltas, then `response.failed` without finishing
+/// the message (whose final form in the failed response is `incomplete`, with the text sent
+/// so far).
 pub fn stream_events(
     id: &str,
     reply: &Reply,

@@ -8,4 +8,5 @@ mod anthropic;
 mod auxiliary;
 mod control;
 mod openai;
+mod responses;
 mod support;

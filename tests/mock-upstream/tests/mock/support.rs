@@ -11,6 +11,7 @@ use serde_json::Value;
 
 pub const OPENAI: &str = "/v1/chat/completions";
 pub const ANTHROPIC: &str = "/v1/messages";
+pub const RESPONSES: &str = "/v1/responses";
 
 /// A response, with its body as the frames it arrived in.
 #[derive(Debug)]
@@ -143,6 +144,15 @@ pub fn anthropic_request(stream: bool) -> Value {
     })
 }
 
+pub fn responses_request(stream: bool) -> Value {
+    serde_json::json!({
+        "model": "gpt-4o-mini",
+        "instructions": "You are terse.",
+        "input": [{ "role": "user", "content": "Say hello to the world." }],
+        "stream": stream,
+    })
+}
+
 /// The `data:` payloads of an OpenAI stream, in order (`[DONE]` kept as a string).
 pub fn openai_data(answer: &Answer) -> Vec<String> {
     answer
@@ -158,8 +168,8 @@ pub fn openai_data(answer: &Answer) -> Vec<String> {
         .collect()
 }
 
-/// The `(event, data)` pairs of an Anthropic stream, in order; asserts that the event name
-/// matches the data's `type`.
+/// The `(event, data)` pairs of an Anthropic or Responses stream, in order; asserts that the
+/// event name matches the data's `type`.
 pub fn anthropic_events(answer: &Answer) -> Vec<(String, Value)> {
     answer
         .events()
