@@ -5,13 +5,17 @@ outside an allowed directory.
     python3 examples/remote-policy-python/server.py --port 7002 --allowed-dir /workspace
 
 It asks for the response and stream phases only (it never sees requests). Tool calls are
-found in OpenAI `tool_calls[].function.arguments` and Anthropic `tool_use.input`; every string
+found in OpenAI `tool_calls[].function.arguments`, Anthropic `tool_use.input` and OpenAI
+Responses `function_call` items' `arguments`; every string
 in the arguments is cut into words, and a word that is an absolute path, a home path (`~`) or
 climbs with `..` must resolve inside the allowed directory. A call that does not is removed
 and replaced by an explanatory text; when every call was removed the finish reason becomes
 `stop` / `end_turn`. In streams each call is held until complete (OpenAI: until its choice's
 finish chunk, then re-sent whole and renumbered; Anthropic: from its `content_block_start` to
-its `content_block_stop`). Every removal is sent as a PolicyRecord.
+its `content_block_stop`; Responses: from its `response.output_item.added` to its
+`response.output_item.done`, everything after it waiting behind it). A removed Responses call
+becomes, at the same `output_index`, a message item with the explanation, in the stream and
+in `response.completed`. Every removal is sent as a PolicyRecord.
 """
 
 import argparse
@@ -86,9 +90,32 @@ class Guard:
         return (f"[path-guard] Removed the call to `{blocked['tool']}`: it touches "
                 f"{', '.join(blocked['paths'])}, outside the allowed directory {self.allowed}.")
 
+    def replacement(self, call, blocked):
+        """Responses: the message item that takes a removed `function_call` item's place."""
+        return {"type": "message", "id": "msg_pathguard_" + call.get("id", call.get("call_id", "")),
+                "status": "completed", "role": "assistant",
+                "content": [{"type": "output_text", "text": self.explanation(blocked),
+                             "annotations": [], "logprobs": []}]}
+
+    def replace_calls(self, output, removed, decided):
+        """Responses: replaces the blocked `function_call` items of `output` in place; `decided`
+        holds the replacements already made in the stream, by `call_id`."""
+        for i, item in enumerate(output):
+            if item.get("type") != "function_call":
+                continue
+            if item.get("call_id") in decided:
+                output[i] = decided[item["call_id"]] or item
+                continue
+            blocked = self.check(item.get("name", ""), item.get("arguments", ""))
+            if blocked:
+                removed.append(blocked)
+                output[i] = self.replacement(item, blocked)
+
     def response(self, api, body, removed):
         """Checks a complete response in place."""
-        if api == "openai":
+        if api == "openai_responses":
+            self.replace_calls(body.get("output", []), removed, {})
+        elif api == "openai":
             for choice in body.get("choices", []):
                 message = choice.get("message") or {}
                 calls = message.pop("tool_calls", None)
@@ -136,6 +163,8 @@ class StreamGuard:
         self.openai = {}  # choice index -> {call index -> {"id", "name", "arguments"}}
         self.envelope = {}
         self.block = None  # Anthropic: the tool_use block held
+        self.item = None  # Responses: the function_call item held
+        self.decided = {}  # Responses: call_id -> replacement message item (None: kept)
         self.kept = self.removed = 0
 
     def on_event(self, ev, out, removed):
@@ -145,6 +174,8 @@ class StreamGuard:
             value = None
         if self.api == "openai":
             self.openai_event(ev, value, out, removed)
+        elif self.api == "openai_responses":
+            self.responses_event(ev, value, out, removed)
         else:
             self.anthropic_event(ev, value, out, removed)
 
@@ -153,6 +184,73 @@ class StreamGuard:
             self.release_choice(choice, out, removed)
         if self.block:
             self.release_block(None, out, removed)
+        if self.item:
+            self.release_item(out, removed)
+
+    def responses_event(self, ev, value, out, removed):
+        value = value if isinstance(value, dict) else {}
+        kind = value.get("type")
+        if self.item is not None:
+            self.item["events"].append(ev)
+            if value.get("output_index") == self.item["index"]:
+                if kind == "response.function_call_arguments.delta":
+                    self.item["call"]["arguments"] += value.get("delta", "")
+                elif kind == "response.output_item.done":
+                    self.item["call"] = value.get("item", self.item["call"])
+                    self.release_item(out, removed)
+            elif kind in ("response.completed", "response.incomplete", "response.failed"):
+                self.release_item(out, removed)  # cut short: decided on what arrived
+            return
+        item = value.get("item") or {}
+        if kind == "response.output_item.added" and item.get("type") == "function_call":
+            self.item = {"index": value.get("output_index"), "call": dict(item), "events": [ev]}
+        elif kind in ("response.completed", "response.incomplete", "response.failed") and self.removed:
+            self.guard.replace_calls((value.get("response") or {}).get("output", []), removed,
+                                     self.decided)
+            out.append(event(value, kind, ev.seq))
+        else:
+            out.append(ev)
+
+    def release_item(self, out, removed):
+        held, self.item = self.item, None
+        call = held["call"]
+        blocked = self.guard.check(call.get("name", ""), call.get("arguments", ""))
+        own, later = [], []
+        for ev in held["events"]:
+            ours = json.loads(ev.data or "{}").get("output_index") == held["index"]
+            (own if ours else later).append(ev)
+        if not blocked:
+            self.kept += 1
+            self.decided[call.get("call_id")] = None
+            out.extend(own)
+            self.responses_events_after(later, out, removed)
+            return
+        self.removed += 1
+        removed.append(blocked)
+        message = self.guard.replacement(call, blocked)
+        self.decided[call.get("call_id")] = message
+        text, part = message["content"][0]["text"], message["content"][0]
+        common = {"output_index": held["index"], "sequence_number":
+                  json.loads(held["events"][0].data).get("sequence_number", 0)}
+        in_part = {**common, "item_id": message["id"], "content_index": 0}
+        for kind, fields in [
+                ("response.output_item.added", {"item": {**message, "status": "in_progress", "content": []}}),
+                ("response.content_part.added", {**in_part, "part": {**part, "text": ""}}),
+                ("response.output_text.delta", {**in_part, "delta": text, "logprobs": []}),
+                ("response.output_text.done", {**in_part, "text": text, "logprobs": []}),
+                ("response.content_part.done", {**in_part, "part": part}),
+                ("response.output_item.done", {"item": message})]:
+            out.append(event({"type": kind, **common, **fields}, kind))
+        # Anything that arrived while the call was held and is not part of it.
+        self.responses_events_after(later, out, removed)
+
+    def responses_events_after(self, events, out, removed):
+        for ev in events:
+            try:
+                value = json.loads(ev.data)
+            except ValueError:
+                value = None
+            self.responses_event(ev, value, out, removed)
 
     def openai_event(self, ev, chunk, out, removed):
         if not isinstance(chunk, dict):  # [DONE]

@@ -197,12 +197,12 @@ fn visit_content_mut(content: &mut Value, visit: &mut impl FnMut(&mut String)) {
 }
 
 /// The elements of an optional JSON array; empty when absent or not an array.
-fn array(value: Option<&Value>) -> &[Value] {
+pub(crate) fn array(value: Option<&Value>) -> &[Value] {
     value.and_then(Value::as_array).map_or(&[], Vec::as_slice)
 }
 
 /// [`array`], mutably.
-fn array_mut(value: Option<&mut Value>) -> &mut [Value] {
+pub(crate) fn array_mut(value: Option<&mut Value>) -> &mut [Value] {
     match value {
         Some(Value::Array(items)) => items,
         _ => &mut [],
@@ -210,10 +210,15 @@ fn array_mut(value: Option<&mut Value>) -> &mut [Value] {
 }
 
 /// A JSON number as an index; `None` when absent, negative or not an integer.
-fn as_index(value: Option<&Value>) -> Option<usize> {
+pub(crate) fn as_index(value: Option<&Value>) -> Option<usize> {
     value
         .and_then(Value::as_u64)
         .and_then(|index| usize::try_from(index).ok())
+}
+
+/// A stream event's JSON `type` (Anthropic and Responses repeat their SSE `event:` name there).
+pub(crate) fn event_type(event: &Value) -> Option<&str> {
+    event.get("type").and_then(Value::as_str)
 }
 
 #[cfg(test)]

@@ -48,3 +48,29 @@ pub fn require(modules: &str, purpose: &str) {
         String::from_utf8_lossy(&check.stderr)
     );
 }
+
+/// Runs `tests/python/responses_sdk.py`: the official `openai` SDK's Responses API against
+/// `base_url` (`http://…/v1`), doing what `spec` says, and returns what it printed. Awaited,
+/// never waited for, so a stack on the calling test's runtime keeps serving.
+pub async fn responses_sdk(base_url: &str, spec: &serde_json::Value) -> serde_json::Value {
+    static SDK_INSTALLED: std::sync::Once = std::sync::Once::new();
+    SDK_INSTALLED.call_once(|| require("openai", "the Responses API SDK tests"));
+    let output = tokio::process::Command::new(interpreter())
+        .arg(repo_root().join("tests/python/responses_sdk.py"))
+        .arg(base_url)
+        .arg(spec.to_string())
+        .output()
+        .await
+        .expect("the SDK script runs");
+    assert!(
+        output.status.success(),
+        "the SDK script failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+        panic!(
+            "the SDK script printed no JSON ({error}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
+}

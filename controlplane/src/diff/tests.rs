@@ -897,3 +897,100 @@ fn mutate(value: &mut Value, rng: &mut impl FnMut(usize) -> usize) {
         other => *other = json!([words[rng(words.len())]]),
     }
 }
+
+#[test]
+fn responses_calls_diff_input_instructions_output_text_and_function_calls() {
+    let request = |secret: &str| {
+        json!({
+            "model": "gpt-5",
+            "instructions": format!("The user is {secret}."),
+            "input": [
+                {"role": "user", "content": "Weather in Paris?"},
+                {"type": "function_call", "call_id": "call_0", "name": "lookup", "arguments": "{}"},
+                {"type": "function_call_output", "call_id": "call_0", "output": "ok"},
+                {"type": "message", "role": "user", "content": [{"type": "input_text", "text": format!("Mail {secret}")}]}
+            ]
+        })
+    };
+    let response = |text: &str, calls: Value| {
+        let mut output = vec![
+            json!({"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "opaque"}),
+            json!({"type": "message", "id": "msg_1", "status": "completed", "role": "assistant",
+                "content": [{"type": "output_text", "text": text, "annotations": []}]}),
+        ];
+        output.extend(calls.as_array().unwrap().iter().cloned());
+        json!({"id": "resp_1", "object": "response", "status": "completed", "model": "gpt-5",
+            "output": output, "usage": {"input_tokens": 5, "output_tokens": 7}})
+    };
+    let call = |id: &str, name: &str| {
+        json!({"type": "function_call", "id": format!("fc_{id}"), "call_id": format!("call_{id}"),
+            "name": name, "arguments": "{\"city\":\"Paris\"}", "status": "completed"})
+    };
+    let (request_before, request_after) = (request("a@b.co"), request("[REDACTED]"));
+    let response_before = response(
+        "Sunny, a@b.co.",
+        json!([call("1", "get_weather"), call("2", "bash")]),
+    );
+    let response_after = response(
+        "Sunny, [REDACTED].",
+        json!([call("1", "get_weather"), {"type": "message", "id": "msg_luthien_2", "status": "completed",
+            "role": "assistant", "content": [{"type": "output_text", "text": "blocked", "annotations": []}]}]),
+    );
+    let result = diff(
+        Api::OpenAiResponses,
+        (Some(&request_before), Some(&request_after)),
+        (Some(&response_before), Some(&response_after)),
+    );
+    // `instructions` is the system prompt, `input` the conversation (a string is one message).
+    let system = result.request.system.as_ref().unwrap();
+    assert_eq!(system.before.as_deref(), Some("The user is a@b.co."));
+    assert_eq!(system.after.as_deref(), Some("The user is [REDACTED]."));
+    assert!(
+        result.request.params.is_empty(),
+        "{:?}",
+        result.request.params
+    );
+    let changed: Vec<_> = result
+        .request
+        .messages
+        .iter()
+        .filter(|message| message.op == Op::Change)
+        .map(|message| message.after_index)
+        .collect();
+    assert_eq!(changed, [Some(3)]);
+
+    let response = &result.response;
+    let text = response.text.as_ref().unwrap();
+    assert_eq!(text.before.as_deref(), Some("Sunny, a@b.co."));
+    assert_eq!(text.after.as_deref(), Some("Sunny, [REDACTED].\n\nblocked"));
+    let calls: Vec<_> = response
+        .tool_calls
+        .iter()
+        .map(|call| (call.op, call.id.as_deref(), call.name.as_deref()))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            (Op::Equal, Some("call_1"), Some("get_weather")),
+            (Op::Delete, Some("call_2"), Some("bash"))
+        ]
+    );
+    assert_eq!(
+        response.finish_reason.as_ref().map(|change| &change.after),
+        Some(&json!("completed"))
+    );
+    // The reasoning item is unchanged, so it is not listed; the added message's id is.
+    assert!(
+        response
+            .params
+            .iter()
+            .all(|param| !param.path.contains("other items"))
+    );
+
+    let plain = diff(
+        Api::OpenAiResponses,
+        (Some(&json!({"input": "hi"})), Some(&json!({"input": "HI"}))),
+        (None, None),
+    );
+    assert_eq!(plain.request.messages[0].role.as_deref(), Some("user"));
+}

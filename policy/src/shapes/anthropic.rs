@@ -7,7 +7,7 @@
 
 use serde_json::{Value, json};
 
-use super::{array_mut, as_index, visit_content_mut};
+use super::{array_mut, as_index, event_type, visit_content_mut};
 use crate::sse::SseEvent;
 
 pub(super) fn for_each_request_text(request: &mut Value, visit: &mut impl FnMut(&mut String)) {
@@ -90,11 +90,6 @@ pub(super) fn text_delta_event(index: usize, text: String) -> SseEvent {
         Some("content_block_delta"),
         json!({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": text}}),
     )
-}
-
-/// The event's JSON `type` (which repeats its SSE `event:` name).
-fn event_type(event: &Value) -> Option<&str> {
-    event.get("type").and_then(Value::as_str)
 }
 
 #[cfg(test)]

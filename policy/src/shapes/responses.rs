@@ -16,7 +16,7 @@
 
 use serde_json::{Value, json};
 
-use super::{array, array_mut, as_index};
+use super::{array, array_mut, as_index, event_type};
 use crate::sse::SseEvent;
 
 /// The event that ends a stream; the client expects nothing after it.
@@ -230,11 +230,6 @@ fn visit_parts_mut(
         }
         _ => {}
     }
-}
-
-/// The event's JSON `type` (which repeats its SSE `event:` name).
-fn event_type(event: &Value) -> Option<&str> {
-    event.get("type").and_then(Value::as_str)
 }
 
 #[cfg(test)]

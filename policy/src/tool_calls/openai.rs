@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 
 use super::{Decision, Inspector, Subject, ToolCall, inspect_all};
-use crate::shapes::{self, Api};
+use crate::shapes::{self, Api, array, as_index};
 use crate::{PolicyEvent, SseEvent};
 
 #[derive(Default)]
@@ -467,16 +467,6 @@ fn is_blank(key: &str, value: &Value) -> bool {
 
 fn is_null(value: Option<&Value>) -> bool {
     value.is_none_or(Value::is_null)
-}
-
-fn array(value: Option<&Value>) -> &[Value] {
-    value.and_then(Value::as_array).map_or(&[], Vec::as_slice)
-}
-
-fn as_index(value: Option<&Value>) -> Option<usize> {
-    value
-        .and_then(Value::as_u64)
-        .and_then(|index| usize::try_from(index).ok())
 }
 
 fn choice_index(choice: &Value, position: usize) -> usize {

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use serde_json::{Value, json};
 
 use super::{Decision, Inspector, Subject, ToolCall, inspect_all};
-use crate::shapes::{self, Api};
+use crate::shapes::{self, Api, array, as_index};
 use crate::{PolicyEvent, SseEvent};
 
 /// The output items that are tool calls a client runs, and the field of their arguments.
@@ -837,14 +837,4 @@ fn is_output_text(part: &Value) -> bool {
 
 fn text<'a>(value: &'a Value, field: &str) -> Option<&'a str> {
     value.get(field).and_then(Value::as_str)
-}
-
-fn array(value: Option<&Value>) -> &[Value] {
-    value.and_then(Value::as_array).map_or(&[], Vec::as_slice)
-}
-
-fn as_index(value: Option<&Value>) -> Option<usize> {
-    value
-        .and_then(Value::as_u64)
-        .and_then(|index| usize::try_from(index).ok())
 }

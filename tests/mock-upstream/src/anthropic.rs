@@ -10,7 +10,7 @@
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use crate::reply::Reply;
+use crate::reply::{self, Reply};
 use crate::sse::event;
 
 /// The `id` of every message.
@@ -89,14 +89,7 @@ pub fn model_list_body(
     after_id: Option<&str>,
     before_id: Option<&str>,
 ) -> Result<Bytes, String> {
-    let limit = match limit {
-        None => DEFAULT_MODELS_LIMIT,
-        Some(text) => text
-            .parse::<usize>()
-            .ok()
-            .filter(|limit| (1..=MAX_MODELS_LIMIT).contains(limit))
-            .ok_or_else(|| format!("limit: must be an integer from 1 to {MAX_MODELS_LIMIT}"))?,
-    };
+    let limit = reply::page_limit(limit, DEFAULT_MODELS_LIMIT, MAX_MODELS_LIMIT)?;
     let position = |name: &str, id: &str| {
         MODELS
             .iter()

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Query, Request};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use bytes::Bytes;
@@ -45,24 +45,6 @@ impl Shared {
             requests: Mutex::new(Vec::new()),
             streams: Arc::new(StreamStats::default()),
         }
-    }
-
-    fn record(&self, method: &Method, uri: &Uri, headers: &HeaderMap, body: &Bytes) {
-        if !self.record {
-            return;
-        }
-        let request = RecordedRequest {
-            method: method.clone(),
-            path: uri.path().to_owned(),
-            query: uri.query().map(str::to_owned),
-            headers: headers.clone(),
-            body: body.clone(),
-        };
-        // A poisoned lock only means another request panicked mid-push; the list is intact.
-        self.requests
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(request);
     }
 }
 
@@ -110,6 +92,14 @@ impl Api {
         json_response(status, body)
     }
 
+    /// A `400` for a request the mock cannot serve, saying why.
+    fn bad_request(self, message: &str) -> Response {
+        self.error(
+            StatusCode::BAD_REQUEST,
+            &format!("mock upstream: {message}"),
+        )
+    }
+
     /// The status a non-streaming request of the `stream_error` scenario gets: each API's
     /// "overloaded" status.
     fn overloaded_status(self) -> StatusCode {
@@ -137,159 +127,180 @@ fn error_type(status: StatusCode) -> &'static str {
     }
 }
 
-async fn openai_handler(
-    State(shared): State<Arc<Shared>>,
+/// A request as every route receives it: the state, and the request read whole (the body
+/// too, since every request is recorded as received).
+pub struct Call {
+    shared: Arc<Shared>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
-    handle(Api::OpenAi, &shared, method, uri, headers, body).await
 }
 
-async fn anthropic_handler(
-    State(shared): State<Arc<Shared>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    handle(Api::Anthropic, &shared, method, uri, headers, body).await
+impl FromRequest<Arc<Shared>> for Call {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, shared: &Arc<Shared>) -> Result<Self, Response> {
+        let method = request.method().clone();
+        let uri = request.uri().clone();
+        let headers = request.headers().clone();
+        let body = Bytes::from_request(request, shared)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        Ok(Self {
+            shared: Arc::clone(shared),
+            method,
+            uri,
+            headers,
+            body,
+        })
+    }
 }
 
-/// The steps every route shares: record the request, check the method, read the control
-/// headers, and answer a forced status or hang when asked to. `Err` is the answer.
-async fn prelude(
-    api: Api,
-    shared: &Shared,
-    allowed: &[Method],
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: &Bytes,
-) -> Result<Controls, Response> {
-    shared.record(method, uri, headers, body);
-    tracing::debug!(?api, %method, %uri, "mock request");
+/// What a route answers: `Err` is an answer given before the route got to its own, such as
+/// the prelude's or a `400` for a body that does not parse.
+type Answer = Result<Response, Response>;
 
-    if !allowed.contains(method) {
-        return Err(api.error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            &format!("mock upstream: {method} is not allowed on {}", uri.path()),
-        ));
-    }
-    let controls = match Controls::from_headers(headers) {
-        Ok(controls) => controls,
-        Err(err) => return Err(api.error(StatusCode::BAD_REQUEST, &err.to_string())),
-    };
-    if let Some(status) = controls.status {
-        let reason = status.canonical_reason().unwrap_or(error_type(status));
-        return Err(api.error(
-            status,
-            &format!("mock upstream: forced {} {reason}", status.as_u16()),
-        ));
-    }
-    if controls.scenario == Scenario::Hang {
-        // Dropping the mock closes the connection, which drops this future early.
-        tokio::time::sleep(HANG_LIMIT).await;
-        return Err(api.error(
-            StatusCode::GATEWAY_TIMEOUT,
-            "mock upstream: the hang scenario gave up",
-        ));
-    }
-    Ok(controls)
-}
-
-async fn handle(
-    api: Api,
-    shared: &Shared,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let controls = match prelude(api, shared, &[Method::POST], &method, &uri, &headers, &body).await
-    {
-        Ok(controls) => controls,
-        Err(response) => return response,
-    };
-    if controls.scenario == Scenario::Failed {
-        return api.error(
-            StatusCode::BAD_REQUEST,
-            "mock upstream: the failed scenario is only for the Responses API (POST /v1/responses)",
-        );
-    }
-    let request = match RequestBody::parse(&body) {
-        Ok(request) => request,
-        Err(message) => {
-            return api.error(
-                StatusCode::BAD_REQUEST,
-                &format!("mock upstream: {message}"),
-            );
+impl Call {
+    fn record(&self) {
+        let shared = &self.shared;
+        if !shared.record {
+            return;
         }
-    };
+        let request = RecordedRequest {
+            method: self.method.clone(),
+            path: self.uri.path().to_owned(),
+            query: self.uri.query().map(str::to_owned),
+            headers: self.headers.clone(),
+            body: self.body.clone(),
+        };
+        // A poisoned lock only means another request panicked mid-push; the list is intact.
+        shared
+            .requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(request);
+    }
 
-    let reply = Reply::new(&controls, &request, api == Api::Anthropic);
-    if !request.stream {
+    /// The steps every route shares: record the request, check the method, read the control
+    /// headers, and answer a forced status or hang when asked to. `Err` is the answer.
+    async fn prelude(&self, api: Api, allowed: &[Method]) -> Result<Controls, Response> {
+        let (method, uri) = (&self.method, &self.uri);
+        self.record();
+        tracing::debug!(?api, %method, %uri, "mock request");
+
+        if !allowed.contains(method) {
+            return Err(api.error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &format!("mock upstream: {method} is not allowed on {}", uri.path()),
+            ));
+        }
+        let controls = match Controls::from_headers(&self.headers) {
+            Ok(controls) => controls,
+            Err(err) => return Err(api.error(StatusCode::BAD_REQUEST, &err.to_string())),
+        };
+        if let Some(status) = controls.status {
+            let reason = status.canonical_reason().unwrap_or(error_type(status));
+            return Err(api.error(
+                status,
+                &format!("mock upstream: forced {} {reason}", status.as_u16()),
+            ));
+        }
+        if controls.scenario == Scenario::Hang {
+            // Dropping the mock closes the connection, which drops this future early.
+            tokio::time::sleep(HANG_LIMIT).await;
+            return Err(api.error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "mock upstream: the hang scenario gave up",
+            ));
+        }
+        Ok(controls)
+    }
+
+    /// The body as `parse` reads it, or a `400` in `api`'s format saying what is wrong.
+    fn parse<T>(&self, api: Api, parse: fn(&[u8]) -> Result<T, String>) -> Result<T, Response> {
+        parse(&self.body).map_err(|message| api.bad_request(&message))
+    }
+
+    /// The query parameters; the error is a message for a `400`.
+    fn query(&self) -> Result<HashMap<String, String>, String> {
+        Query::try_from_uri(&self.uri)
+            .map(|Query(query)| query)
+            .map_err(|err| err.body_text())
+    }
+
+    /// Renders an answer in `api`'s format: the JSON `body`, or when `stream` is set the
+    /// `events`, paced by `controls`. A non-streamed `stream_error` answer is the API's
+    /// "overloaded" error instead, since there is no stream for the error to break off.
+    fn answer(
+        &self,
+        api: Api,
+        controls: &Controls,
+        reply: &Reply,
+        stream: bool,
+        body: impl FnOnce() -> Bytes,
+        events: impl FnOnce() -> Vec<Bytes>,
+    ) -> Response {
+        if stream {
+            let body = sse::body(events(), controls.delay, Arc::clone(&self.shared.streams));
+            return (
+                [(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"))],
+                body,
+            )
+                .into_response();
+        }
         if reply.fails_mid_stream {
             return api.error(api.overloaded_status(), "Overloaded");
         }
-        let body = match api {
-            Api::OpenAi => openai::completion(&reply),
-            Api::Anthropic => anthropic::message_body(&reply),
-        };
-        return json_response(StatusCode::OK, body);
+        json_response(StatusCode::OK, body())
     }
-
-    let events = match api {
-        Api::OpenAi => openai::stream_events(&reply, request.include_usage),
-        Api::Anthropic => anthropic::stream_events(&reply),
-    };
-    event_stream(shared, events, controls.delay)
 }
 
-/// A `text/event-stream` answer sending `events`, paced by `delay` and counted.
-fn event_stream(shared: &Shared, events: Vec<Bytes>, delay: Duration) -> Response {
-    let body = sse::body(events, delay, Arc::clone(&shared.streams));
-    (
-        [(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"))],
-        body,
-    )
-        .into_response()
+/// `POST /v1/chat/completions`.
+async fn openai_handler(call: Call) -> Answer {
+    handle(Api::OpenAi, call).await
+}
+
+/// `POST /v1/messages`.
+async fn anthropic_handler(call: Call) -> Answer {
+    handle(Api::Anthropic, call).await
+}
+
+async fn handle(api: Api, call: Call) -> Answer {
+    let controls = call.prelude(api, &[Method::POST]).await?;
+    if controls.scenario == Scenario::Failed {
+        return Err(api.bad_request(
+            "the failed scenario is only for the Responses API (POST /v1/responses)",
+        ));
+    }
+    let request = call.parse(api, RequestBody::parse)?;
+    let reply = Reply::new(&controls, &request, api == Api::Anthropic);
+    Ok(call.answer(
+        api,
+        &controls,
+        &reply,
+        request.stream,
+        || match api {
+            Api::OpenAi => openai::completion(&reply),
+            Api::Anthropic => anthropic::message_body(&reply),
+        },
+        || match api {
+            Api::OpenAi => openai::stream_events(&reply, request.include_usage),
+            Api::Anthropic => anthropic::stream_events(&reply),
+        },
+    ))
 }
 
 /// Anthropic `POST /v1/messages/count_tokens`: `{"input_tokens": N}`, N counted as for the
 /// `usage` of a message (words under `messages` and `system`).
-async fn count_tokens_handler(
-    State(shared): State<Arc<Shared>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn count_tokens_handler(call: Call) -> Answer {
     let api = Api::Anthropic;
-    if let Err(response) = prelude(
-        api,
-        &shared,
-        &[Method::POST],
-        &method,
-        &uri,
-        &headers,
-        &body,
-    )
-    .await
-    {
-        return response;
-    }
-    match RequestBody::parse(&body) {
-        Ok(request) => json_response(
-            StatusCode::OK,
-            anthropic::count_tokens_body(request.input_tokens),
-        ),
-        Err(message) => api.error(
-            StatusCode::BAD_REQUEST,
-            &format!("mock upstream: {message}"),
-        ),
-    }
+    call.prelude(api, &[Method::POST]).await?;
+    let request = call.parse(api, RequestBody::parse)?;
+    Ok(json_response(
+        StatusCode::OK,
+        anthropic::count_tokens_body(request.input_tokens),
+    ))
 }
 
 /// Both providers serve `/v1/models` at the same path (relative to their base URLs); like
@@ -304,51 +315,31 @@ fn models_api(headers: &HeaderMap) -> Api {
 }
 
 /// `GET /v1/models`: OpenAI's list, or Anthropic's page (`limit`, `after_id`, `before_id`).
-async fn models_handler(
-    State(shared): State<Arc<Shared>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let api = models_api(&headers);
-    if let Err(response) =
-        prelude(api, &shared, &[Method::GET], &method, &uri, &headers, &body).await
-    {
-        return response;
-    }
-    match api {
-        Api::OpenAi => json_response(StatusCode::OK, openai::model_list_body()),
+async fn models_handler(call: Call) -> Answer {
+    let api = models_api(&call.headers);
+    call.prelude(api, &[Method::GET]).await?;
+    let body = match api {
+        Api::OpenAi => openai::model_list_body(),
         Api::Anthropic => {
-            let query: HashMap<String, String> = match Query::try_from_uri(&uri) {
-                Ok(Query(query)) => query,
-                Err(err) => return api.error(StatusCode::BAD_REQUEST, &err.body_text()),
-            };
+            let invalid = |message: String| api.error(StatusCode::BAD_REQUEST, &message);
+            let query = call.query().map_err(invalid)?;
             let param = |name: &str| query.get(name).map(String::as_str);
-            match anthropic::model_list_body(param("limit"), param("after_id"), param("before_id"))
-            {
-                Ok(body) => json_response(StatusCode::OK, body),
-                Err(message) => api.error(StatusCode::BAD_REQUEST, &message),
-            }
+            anthropic::model_list_body(param("limit"), param("after_id"), param("before_id"))
+                .map_err(invalid)?
         }
-    }
+    };
+    Ok(json_response(StatusCode::OK, body))
 }
 
 /// `GET /v1/models/{model_id}`: the model object, or a `404` in the provider's format.
-async fn model_handler(
-    State(shared): State<Arc<Shared>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let api = models_api(&headers);
-    if let Err(response) =
-        prelude(api, &shared, &[Method::GET], &method, &uri, &headers, &body).await
-    {
-        return response;
-    }
-    let id = uri.path().strip_prefix("/v1/models/").unwrap_or_default();
+async fn model_handler(call: Call) -> Answer {
+    let api = models_api(&call.headers);
+    call.prelude(api, &[Method::GET]).await?;
+    let id = call
+        .uri
+        .path()
+        .strip_prefix("/v1/models/")
+        .unwrap_or_default();
     let (found, not_found) = match api {
         Api::OpenAi => (openai::model_body(id), openai::model_not_found_body(id)),
         Api::Anthropic => (
@@ -356,23 +347,21 @@ async fn model_handler(
             anthropic::model_not_found_body(id),
         ),
     };
-    match found {
+    Ok(match found {
         Some(body) => json_response(StatusCode::OK, body),
         None => json_response(StatusCode::NOT_FOUND, not_found),
-    }
+    })
 }
 
-async fn not_found(
-    State(shared): State<Arc<Shared>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    shared.record(&method, &uri, &headers, &body);
+async fn not_found(call: Call) -> Response {
+    call.record();
     Api::OpenAi.error(
         StatusCode::NOT_FOUND,
-        &format!("mock upstream: no route for {method} {}", uri.path()),
+        &format!(
+            "mock upstream: no route for {} {}",
+            call.method,
+            call.uri.path()
+        ),
     )
 }
 

@@ -90,6 +90,19 @@ pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, String> {
     }
 }
 
+/// The page size of a listing's `limit` query parameter: `default` when absent, else an
+/// integer from 1 to `max`. The error is a message for a `400`.
+pub(crate) fn page_limit(limit: Option<&str>, default: usize, max: usize) -> Result<usize, String> {
+    match limit {
+        None => Ok(default),
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|limit| (1..=max).contains(limit))
+            .ok_or_else(|| format!("limit: must be an integer from 1 to {max}")),
+    }
+}
+
 impl RequestBody {
     /// Reads a Chat Completions or Messages request body, counting the words under `messages`
     /// and `system`; the error message is meant for a `400` answer.

@@ -413,16 +413,7 @@ pub fn input_items_body(
     order: Option<&str>,
     after: Option<&str>,
 ) -> Result<Bytes, String> {
-    let limit = match limit {
-        None => DEFAULT_INPUT_ITEMS_LIMIT,
-        Some(text) => text
-            .parse::<usize>()
-            .ok()
-            .filter(|limit| (1..=MAX_INPUT_ITEMS_LIMIT).contains(limit))
-            .ok_or_else(|| {
-                format!("limit: must be an integer from 1 to {MAX_INPUT_ITEMS_LIMIT}")
-            })?,
-    };
+    let limit = reply::page_limit(limit, DEFAULT_INPUT_ITEMS_LIMIT, MAX_INPUT_ITEMS_LIMIT)?;
     let mut ordered: Vec<_> = INPUT_ITEMS.iter().collect();
     match order {
         None | Some("desc") => ordered.reverse(),

@@ -597,6 +597,52 @@ async fn the_rust_example_removes_tool_calls_outside_the_allowed_dir() {
     assert_path_guard_applies(&stack).await;
 }
 
+/// Both examples guard the Responses API too (the Rust one through `tool_calls`' rules, the
+/// Python one by hand): the SDK sees the `bash` call replaced by a message, streamed and not.
+#[tokio::test]
+async fn the_examples_guard_the_responses_api_too() {
+    let rust = serve_rust_example().await;
+    assert_path_guard_applies_to_responses(&rust.url).await;
+    let python = start_python("server.py", &["--allowed-dir", "/workspace"]).await;
+    assert_path_guard_applies_to_responses(&python.url).await;
+}
+
+async fn assert_path_guard_applies_to_responses(server: &str) {
+    let stack = Stack::start(StackOptions::yaml(&chain(&[remote_yaml(
+        "path-guard",
+        server,
+        "",
+    )])))
+    .await;
+    for (call, stream) in [("create", false), ("create", true), ("stream", false)] {
+        let mut kwargs = json!({"model": "gpt-5", "input": "what is up"});
+        if stream {
+            kwargs["stream"] = json!(true);
+        }
+        let spec = json!({"call": call, "kwargs": kwargs, "headers": {"x-mock-scenario": "tools"}});
+        let printed =
+            luthien_tests::python::responses_sdk(&format!("{}/v1", stack.proxy), &spec).await;
+        let output = printed["result"]["output"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{call} stream={stream}: {printed}"));
+        let kinds: Vec<(&str, &str)> = output
+            .iter()
+            .map(|item| {
+                let kind = item["type"].as_str().unwrap();
+                let name = item["name"].as_str().unwrap_or("");
+                (kind, name)
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [("function_call", "get_weather"), ("message", "")],
+            "{printed}"
+        );
+        let text = output[1]["content"][0]["text"].as_str().unwrap();
+        assert!(text.contains("Removed the call to `bash`"), "{text}");
+    }
+}
+
 #[tokio::test]
 async fn the_python_example_removes_tool_calls_outside_the_allowed_dir() {
     let server = start_python("server.py", &["--allowed-dir", "/workspace"]).await;

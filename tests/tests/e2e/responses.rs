@@ -56,29 +56,9 @@ fn final_response(stream: bool, body: &[u8]) -> Value {
     }
 }
 
-/// Runs the SDK script against the data plane and returns what it printed. The stack runs on
-/// this test's runtime, so the script is awaited, never waited for.
+/// The official SDK against the data plane (see `tests/python/responses_sdk.py`).
 async fn sdk(stack: &Stack, spec: Value) -> Value {
-    static SDK_INSTALLED: std::sync::Once = std::sync::Once::new();
-    SDK_INSTALLED.call_once(|| python::require("openai", "the Responses API SDK tests"));
-    let output = tokio::process::Command::new(python::interpreter())
-        .arg(python::repo_root().join("tests/python/responses_sdk.py"))
-        .arg(format!("{}/v1", stack.proxy))
-        .arg(spec.to_string())
-        .output()
-        .await
-        .expect("the SDK script runs");
-    assert!(
-        output.status.success(),
-        "the SDK script failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
-        panic!(
-            "the SDK script printed no JSON ({error}): {}",
-            String::from_utf8_lossy(&output.stdout)
-        )
-    })
+    python::responses_sdk(&format!("{}/v1", stack.proxy), &spec).await
 }
 
 fn sdk_kwargs(stream: bool) -> Value {

@@ -5,15 +5,10 @@
 //! `x-mock-*` headers of the retrieving request, with the id of the path. So a test that
 //! retrieves with the headers it created with gets the same output back.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-
-use axum::extract::{Query, State};
 use axum::response::Response;
-use bytes::Bytes;
-use http::{HeaderMap, Method, StatusCode, Uri};
+use http::{Method, StatusCode};
 
-use super::{Api, Shared, event_stream, json_response, prelude};
+use super::{Answer, Api, Call, json_response};
 use crate::reply::Reply;
 use crate::responses::{self, RESPONSE_ID, Request};
 use crate::scenario::Controls;
@@ -22,204 +17,103 @@ use crate::scenario::Controls;
 const API: Api = Api::OpenAi;
 
 /// `POST /v1/responses`: the answer, as a response object or as an event stream.
-pub async fn create(
-    State(shared): State<Arc<Shared>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let controls = match prelude(
-        API,
-        &shared,
-        &[Method::POST],
-        &method,
-        &uri,
-        &headers,
-        &body,
-    )
-    .await
-    {
-        Ok(controls) => controls,
-        Err(response) => return response,
-    };
-    match Request::parse(&body) {
-        Ok(request) => {
-            let stream = request.body.stream;
-            answer(&shared, &controls, &request, RESPONSE_ID, stream, None)
-        }
-        Err(message) => bad_request(&message),
-    }
+pub async fn create(call: Call) -> Answer {
+    let controls = call.prelude(API, &[Method::POST]).await?;
+    let request = call.parse(API, Request::parse)?;
+    let stream = request.body.stream;
+    Ok(answer(
+        &call,
+        &controls,
+        &request,
+        RESPONSE_ID,
+        stream,
+        None,
+    ))
 }
 
 /// `GET /v1/responses/{id}` (the response, or with `?stream=true` a replay of its events,
 /// from after `starting_after` when given) and `DELETE /v1/responses/{id}`.
-pub async fn by_id(
-    State(shared): State<Arc<Shared>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let allowed = [Method::GET, Method::DELETE];
-    let controls = match prelude(API, &shared, &allowed, &method, &uri, &headers, &body).await {
-        Ok(controls) => controls,
-        Err(response) => return response,
-    };
-    let id = response_id(&uri, "");
-    if !responses::is_known_id(id) {
-        return json_response(StatusCode::NOT_FOUND, responses::not_found_body(id));
+pub async fn by_id(call: Call) -> Answer {
+    let controls = call.prelude(API, &[Method::GET, Method::DELETE]).await?;
+    let id = stored_id(&call, "")?;
+    if call.method == Method::DELETE {
+        return Ok(json_response(StatusCode::OK, responses::deleted_body(id)));
     }
-    if method == Method::DELETE {
-        return json_response(StatusCode::OK, responses::deleted_body(id));
-    }
-    let query = match query(&uri) {
-        Ok(query) => query,
-        Err(message) => return bad_request(&message),
-    };
+    let query = call.query().map_err(|message| API.bad_request(&message))?;
     let stream = match query.get("stream").map(String::as_str) {
         None | Some("false") => false,
         Some("true") => true,
         Some(other) => {
-            return bad_request(&format!("stream: expected true or false, got {other:?}"));
+            let message = format!("stream: expected true or false, got {other:?}");
+            return Err(API.bad_request(&message));
         }
     };
     let starting_after = match query.get("starting_after").map(|text| text.parse::<u64>()) {
         None => None,
         Some(Ok(number)) => Some(number),
-        Some(Err(_)) => return bad_request("starting_after: must be a non-negative integer"),
+        Some(Err(_)) => {
+            return Err(API.bad_request("starting_after: must be a non-negative integer"));
+        }
     };
-    answer(
-        &shared,
+    let request = Request::empty();
+    Ok(answer(
+        &call,
         &controls,
-        &Request::empty(),
+        &request,
         id,
         stream,
         starting_after,
-    )
+    ))
 }
 
 /// `POST /v1/responses/{id}/cancel`: the response, in status `cancelled`.
-pub async fn cancel(
-    State(shared): State<Arc<Shared>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let controls = match prelude(
-        API,
-        &shared,
-        &[Method::POST],
-        &method,
-        &uri,
-        &headers,
-        &body,
-    )
-    .await
-    {
-        Ok(controls) => controls,
-        Err(response) => return response,
-    };
-    let id = response_id(&uri, "/cancel");
-    if !responses::is_known_id(id) {
-        return json_response(StatusCode::NOT_FOUND, responses::not_found_body(id));
-    }
+pub async fn cancel(call: Call) -> Answer {
+    let controls = call.prelude(API, &[Method::POST]).await?;
+    let id = stored_id(&call, "/cancel")?;
     let request = Request::empty();
     let reply = Reply::new(&controls, &request.body, true);
-    json_response(
+    Ok(json_response(
         StatusCode::OK,
         responses::cancelled_body(id, &reply, &request),
-    )
+    ))
 }
 
 /// `GET /v1/responses/{id}/input_items`: a page of the fixed input items.
-pub async fn input_items(
-    State(shared): State<Arc<Shared>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if let Err(response) =
-        prelude(API, &shared, &[Method::GET], &method, &uri, &headers, &body).await
-    {
-        return response;
-    }
-    let id = response_id(&uri, "/input_items");
-    if !responses::is_known_id(id) {
-        return json_response(StatusCode::NOT_FOUND, responses::not_found_body(id));
-    }
-    let query = match query(&uri) {
-        Ok(query) => query,
-        Err(message) => return bad_request(&message),
-    };
+pub async fn input_items(call: Call) -> Answer {
+    call.prelude(API, &[Method::GET]).await?;
+    stored_id(&call, "/input_items")?;
+    let query = call.query().map_err(|message| API.bad_request(&message))?;
     let param = |name: &str| query.get(name).map(String::as_str);
-    match responses::input_items_body(param("limit"), param("order"), param("after")) {
-        Ok(body) => json_response(StatusCode::OK, body),
-        Err(message) => bad_request(&message),
-    }
+    let body = responses::input_items_body(param("limit"), param("order"), param("after"))
+        .map_err(|message| API.bad_request(&message))?;
+    Ok(json_response(StatusCode::OK, body))
 }
 
 /// `POST /v1/responses/input_tokens`: the input tokens of a would-be request.
-pub async fn input_tokens(
-    State(shared): State<Arc<Shared>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if let Err(response) = prelude(
-        API,
-        &shared,
-        &[Method::POST],
-        &method,
-        &uri,
-        &headers,
-        &body,
-    )
-    .await
-    {
-        return response;
-    }
-    match Request::parse(&body) {
-        Ok(request) => json_response(StatusCode::OK, responses::input_tokens_body(&request)),
-        Err(message) => bad_request(&message),
-    }
+pub async fn input_tokens(call: Call) -> Answer {
+    call.prelude(API, &[Method::POST]).await?;
+    let request = call.parse(API, Request::parse)?;
+    Ok(json_response(
+        StatusCode::OK,
+        responses::input_tokens_body(&request),
+    ))
 }
 
 /// `POST /v1/responses/compact`: the request's user messages and one compaction item.
-pub async fn compact(
-    State(shared): State<Arc<Shared>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if let Err(response) = prelude(
-        API,
-        &shared,
-        &[Method::POST],
-        &method,
-        &uri,
-        &headers,
-        &body,
-    )
-    .await
-    {
-        return response;
-    }
-    match Request::parse(&body) {
-        Ok(request) => json_response(StatusCode::OK, responses::compacted_body(&request)),
-        Err(message) => bad_request(&message),
-    }
+pub async fn compact(call: Call) -> Answer {
+    call.prelude(API, &[Method::POST]).await?;
+    let request = call.parse(API, Request::parse)?;
+    Ok(json_response(
+        StatusCode::OK,
+        responses::compacted_body(&request),
+    ))
 }
 
 /// Renders the answer to `request` as response `id`: JSON, or an event stream from after
 /// `starting_after`. A non-streamed `stream_error` answer is an "overloaded" error, as on the
 /// other APIs; `failed` and `incomplete` are `200` response objects in those statuses.
 fn answer(
-    shared: &Shared,
+    call: &Call,
     controls: &Controls,
     request: &Request,
     id: &str,
@@ -227,36 +121,28 @@ fn answer(
     starting_after: Option<u64>,
 ) -> Response {
     let reply = Reply::new(controls, &request.body, true);
-    if stream {
-        let events = responses::stream_events(id, &reply, request, starting_after);
-        return event_stream(shared, events, controls.delay);
-    }
-    if reply.fails_mid_stream {
-        return API.error(API.overloaded_status(), "Overloaded");
-    }
-    json_response(
-        StatusCode::OK,
-        responses::response_body(id, &reply, request),
+    call.answer(
+        API,
+        controls,
+        &reply,
+        stream,
+        || responses::response_body(id, &reply, request),
+        || responses::stream_events(id, &reply, request, starting_after),
     )
 }
 
-/// The `{id}` of `/v1/responses/{id}{suffix}`, as sent.
-fn response_id<'u>(uri: &'u Uri, suffix: &str) -> &'u str {
-    let path = uri.path();
+/// The `{id}` of `/v1/responses/{id}{suffix}`, as sent, or a `404` when the mock does not
+/// "have" that response.
+fn stored_id<'c>(call: &'c Call, suffix: &str) -> Result<&'c str, Response> {
+    let path = call.uri.path();
     let rest = path.strip_prefix("/v1/responses/").unwrap_or(path);
-    rest.strip_suffix(suffix).unwrap_or(rest)
-}
-
-/// The query parameters; the error is a message for a `400`.
-fn query(uri: &Uri) -> Result<HashMap<String, String>, String> {
-    Query::try_from_uri(uri)
-        .map(|Query(query)| query)
-        .map_err(|err| err.body_text())
-}
-
-fn bad_request(message: &str) -> Response {
-    API.error(
-        StatusCode::BAD_REQUEST,
-        &format!("mock upstream: {message}"),
-    )
+    let id = rest.strip_suffix(suffix).unwrap_or(rest);
+    if responses::is_known_id(id) {
+        Ok(id)
+    } else {
+        Err(json_response(
+            StatusCode::NOT_FOUND,
+            responses::not_found_body(id),
+        ))
+    }
 }

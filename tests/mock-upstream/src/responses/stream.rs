@@ -35,37 +35,26 @@ fn error_event() -> Value {
     })
 }
 
-/// Collects the events, numbering them; those at or before `starting_after` are numbered
-/// but not sent (a replay that resumes after an event the client already has).
-struct Events {
-    frames: Vec<Bytes>,
-    next: u64,
-    starting_after: Option<u64>,
-}
+/// The events of a stream, numbered as they are added.
+#[derive(Debug, Default)]
+struct Events(Vec<(&'static str, Value)>);
 
 impl Events {
     /// Adds the event `kind`, whose data is `type`, `sequence_number`, then `fields`.
-    fn push(&mut self, kind: &str, fields: Value) {
-        let sequence_number = self.next;
-        self.next += 1;
-        if self
-            .starting_after
-            .is_some_and(|after| sequence_number <= after)
-        {
-            return;
-        }
+    fn push(&mut self, kind: &'static str, fields: Value) {
         let mut data = Map::new();
         data.insert("type".into(), kind.into());
-        data.insert("sequence_number".into(), sequence_number.into());
+        data.insert("sequence_number".into(), self.0.len().into());
         if let Value::Object(fields) = fields {
             data.extend(fields);
         }
-        self.frames.push(sse::event(kind, &Value::Object(data)));
+        self.0.push((kind, Value::Object(data)));
     }
 }
 
 /// The streamed answer for response `id`, without the events numbered up to
-/// `starting_after` when given.
+/// `starting_after` when given (a replay that resumes after an event the client already
+/// has).
 ///
 /// A `stream_error` answer sends half of the text deltas, then an `error` event with its
 /// fields nested under `error` (as the live API sends it and the SDK raises on), and stops.
@@ -78,11 +67,19 @@ pub fn stream_events(
     request: &Request,
     starting_after: Option<u64>,
 ) -> Vec<Bytes> {
-    let mut events = Events {
-        frames: Vec::new(),
-        next: 0,
-        starting_after,
-    };
+    let skip = starting_after.map_or(0, |after| {
+        usize::try_from(after).map_or(usize::MAX, |after| after.saturating_add(1))
+    });
+    events(id, reply, request)
+        .iter()
+        .skip(skip)
+        .map(|(kind, data)| sse::event(kind, data))
+        .collect()
+}
+
+/// Every event of the streamed answer, as its name and data, before framing.
+pub(super) fn events(id: &str, reply: &Reply, request: &Request) -> Vec<(&'static str, Value)> {
+    let mut events = Events::default();
     let in_progress = response(id, reply, request, Status::InProgress, Vec::new());
     events.push(
         "response.created",
@@ -98,37 +95,21 @@ pub fn stream_events(
         let item_id = item.id();
         match item {
             Item::Reasoning { deltas } => {
-                reasoning_events(&mut events, &item_id, output_index, deltas);
+                let head = SUMMARY.head(&item_id, output_index);
+                SUMMARY.start(&mut events, &head, deltas);
+                SUMMARY.finish(&mut events, &head, deltas);
             }
             Item::Message { deltas, .. } => {
-                let head =
-                    json!({ "item_id": item_id, "output_index": output_index, "content_index": 0 });
-                events.push(
-                    "response.content_part.added",
-                    with(&head, json!({ "part": output_text("") })),
-                );
-                for delta in deltas {
-                    events.push(
-                        "response.output_text.delta",
-                        with(&head, json!({ "delta": delta, "logprobs": [] })),
-                    );
-                }
+                let head = OUTPUT_TEXT.head(&item_id, output_index);
+                OUTPUT_TEXT.start(&mut events, &head, deltas);
                 if reply.fails_mid_stream {
                     events.push("error", error_event());
-                    return events.frames;
+                    return events.0;
                 }
                 if reply.failed {
                     break;
                 }
-                let text = deltas.concat();
-                events.push(
-                    "response.output_text.done",
-                    with(&head, json!({ "text": text, "logprobs": [] })),
-                );
-                events.push(
-                    "response.content_part.done",
-                    with(&head, json!({ "part": output_text(&text) })),
-                );
+                OUTPUT_TEXT.finish(&mut events, &head, deltas);
             }
             Item::FunctionCall { call, .. } => {
                 let head = json!({ "item_id": item_id, "output_index": output_index });
@@ -159,31 +140,85 @@ pub fn stream_events(
         terminal,
         json!({ "response": final_response(id, reply, request, None) }),
     );
-    events.frames
+    events.0
 }
 
-/// A reasoning item's summary: one part, streamed as text deltas.
-fn reasoning_events(events: &mut Events, item_id: &str, output_index: usize, deltas: &[&str]) {
-    let head = json!({ "item_id": item_id, "output_index": output_index, "summary_index": 0 });
-    events.push(
-        "response.reasoning_summary_part.added",
-        with(&head, json!({ "part": summary_part("") })),
-    );
-    for delta in deltas {
+/// A part whose text is streamed as deltas. The message's `output_text` part and the
+/// reasoning item's summary part go through the same four events, under their own names.
+struct TextPart {
+    /// The names of the events: the part added, a text delta, the text done, the part done.
+    part_added: &'static str,
+    text_delta: &'static str,
+    text_done: &'static str,
+    part_done: &'static str,
+    /// The field that numbers the part within its item.
+    index_field: &'static str,
+    /// The part object holding a text.
+    part: fn(&str) -> Value,
+    /// Whether the text events carry `logprobs` (output text does, a summary does not).
+    logprobs: bool,
+}
+
+const OUTPUT_TEXT: TextPart = TextPart {
+    part_added: "response.content_part.added",
+    text_delta: "response.output_text.delta",
+    text_done: "response.output_text.done",
+    part_done: "response.content_part.done",
+    index_field: "content_index",
+    part: output_text,
+    logprobs: true,
+};
+
+const SUMMARY: TextPart = TextPart {
+    part_added: "response.reasoning_summary_part.added",
+    text_delta: "response.reasoning_summary_text.delta",
+    text_done: "response.reasoning_summary_text.done",
+    part_done: "response.reasoning_summary_part.done",
+    index_field: "summary_index",
+    part: summary_part,
+    logprobs: false,
+};
+
+impl TextPart {
+    /// The fields every event of the item's only part starts with.
+    fn head(&self, item_id: &str, output_index: usize) -> Value {
+        let mut head = Map::new();
+        head.insert("item_id".into(), item_id.into());
+        head.insert("output_index".into(), output_index.into());
+        head.insert(self.index_field.into(), 0.into());
+        Value::Object(head)
+    }
+
+    /// The part announced empty, then the text deltas.
+    fn start(&self, events: &mut Events, head: &Value, deltas: &[&str]) {
         events.push(
-            "response.reasoning_summary_text.delta",
-            with(&head, json!({ "delta": delta })),
+            self.part_added,
+            with(head, json!({ "part": (self.part)("") })),
+        );
+        for delta in deltas {
+            events.push(self.text_delta, with(head, self.text("delta", delta)));
+        }
+    }
+
+    /// The whole text, then the finished part.
+    fn finish(&self, events: &mut Events, head: &Value, deltas: &[&str]) {
+        let text = deltas.concat();
+        events.push(self.text_done, with(head, self.text("text", &text)));
+        events.push(
+            self.part_done,
+            with(head, json!({ "part": (self.part)(&text) })),
         );
     }
-    let text = deltas.concat();
-    events.push(
-        "response.reasoning_summary_text.done",
-        with(&head, json!({ "text": text })),
-    );
-    events.push(
-        "response.reasoning_summary_part.done",
-        with(&head, json!({ "part": summary_part(&text) })),
-    );
+
+    /// `{field: text}`, with `logprobs` after it when the part has them.
+    fn text(&self, field: &str, text: &str) -> Value {
+        let mut fields = Map::new();
+        fields.insert(field.into(), text.into());
+        if self.logprobs {
+            fields.insert("logprobs".into(), json!([]));
+        }
+        Value::Object(fields)
+    }
 }
 
 /// The fields of `head` followed by those of `rest` (both objects).
