@@ -204,6 +204,18 @@ async fn replay_runs_a_recorded_call_through_another_chain() {
             .await;
         calls.push(response.header("x-luthien-call-id").unwrap().to_owned());
     }
+    // The Responses API replays the same way, streams rebuilt into its `response` object.
+    for stream in [false, true] {
+        let body = json!({"model": "gpt-5", "stream": stream, "input": "Tell me about the fox."});
+        let response = Client::new()
+            .post(
+                &format!("{}/v1/responses", stack.proxy),
+                &[],
+                body.to_string(),
+            )
+            .await;
+        calls.push(response.header("x-luthien-call-id").unwrap().to_owned());
+    }
     let base = stack.debug_http.clone().unwrap();
     for call_id in &calls {
         luthien_tests::wait::completed_call_json(&base, call_id).await;

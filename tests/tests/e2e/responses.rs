@@ -364,6 +364,17 @@ async fn calls_are_recorded_with_the_stream_rebuilt_as_its_final_response() {
             Some("Say hello, then call the tools.")
         );
     }
+    let metrics = luthien_tests::client::read(
+        Client::new()
+            .send("GET", &format!("{}/metrics", stack.proxy), &[], "")
+            .await,
+    )
+    .await;
+    assert!(
+        metrics.text().contains(r#"api="openai_responses""#),
+        "{}",
+        metrics.text()
+    );
     // The debug API filters on the API's name.
     let debug = stack.debug_http.as_ref().unwrap();
     let listed = Client::new()
@@ -471,4 +482,66 @@ async fn stored_response_endpoints_pass_through_to_openai() {
     .await;
     wrong.assert_openai_error(405, "GET or DELETE");
     assert_eq!(stack.mock.requests().len(), expected.len());
+    // Counted under this API's name and the endpoint's bounded label.
+    let metrics = luthien_tests::client::read(
+        Client::new()
+            .send("GET", &format!("{}/metrics", stack.proxy), &[], "")
+            .await,
+    )
+    .await;
+    for series in [
+        r#"luthien_passthrough_total{api="openai_responses",endpoint="responses",status="200"} 5"#,
+        r#"luthien_passthrough_total{api="openai_responses",endpoint="input_tokens",status="200"} 1"#,
+        r#"luthien_passthrough_total{api="openai_responses",endpoint="compact",status="200"} 1"#,
+    ] {
+        assert!(
+            metrics.text().contains(series),
+            "{series} in {}",
+            metrics.text()
+        );
+    }
+}
+
+/// Upstream goes silent mid-stream: the data plane ends the stream with its own error event in
+/// this API's shape (fields nested under `error` and flat), which the SDK raises, and errors
+/// before the stream began are OpenAI's JSON with the call id.
+#[tokio::test]
+async fn luthiens_own_errors_are_in_this_apis_shape() {
+    let stack = Stack::start(StackOptions {
+        upstream_timeout: std::time::Duration::from_millis(400),
+        ..StackOptions::yaml("policies: [{type: all_caps}]")
+    })
+    .await;
+    let stalling = [BEARER, ("x-mock-delay-ms", "1500")];
+    let response = Client::new()
+        .post(&proxy_url(&stack), &stalling, request(true).to_string())
+        .await;
+    assert_eq!(response.status, 200);
+    let last = events(&response.body).pop().unwrap();
+    assert_eq!(last.event.as_deref(), Some("error"));
+    let error = last.json();
+    assert_eq!(error["type"], "error");
+    assert_eq!(error["error"]["message"], error["message"]);
+    assert!(
+        error["message"].as_str().unwrap().contains("upstream"),
+        "{error}"
+    );
+
+    let printed = sdk(
+        &stack,
+        json!({"call": "create", "kwargs": sdk_kwargs(true),
+        "headers": {"x-mock-delay-ms": "1500"}}),
+    )
+    .await;
+    assert_eq!(printed["error"]["class"], "APIError", "{printed}");
+
+    let hang = Client::new()
+        .post(
+            &proxy_url(&stack),
+            &[BEARER, ("x-mock-scenario", "hang")],
+            request(false).to_string(),
+        )
+        .await;
+    hang.assert_openai_error(504, "in time");
+    assert!(hang.header("x-luthien-call-id").is_some());
 }

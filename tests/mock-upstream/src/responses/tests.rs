@@ -1,3 +1,6 @@
+//! The Responses renderer, on its events before framing (`stream::events`); the framing,
+//! and the routes around the renderer, are tested over HTTP in `tests/mock/responses.rs`.
+
 use serde_json::{Value, json};
 
 use super::*;
@@ -11,6 +14,12 @@ const SCENARIOS: [Scenario; 6] = [
     Scenario::Incomplete,
     Scenario::Failed,
 ];
+
+/// The splits each scenario is streamed with: several characters, one, and a count.
+const SPLITS: [Split; 3] = [Split::Size(8), Split::Size(1), Split::Count(5)];
+
+/// An event's name and its data.
+type Event = (&'static str, Value);
 
 fn request(stream: bool) -> Request {
     let body = json!({
@@ -37,46 +46,41 @@ fn reply(scenario: Scenario, split: Split, request: &Request) -> Reply {
     Reply::new(&controls, &request.body, true)
 }
 
-/// The `(event, data)` pairs of a stream; checks the frame syntax and that the event name is
-/// the data's `type`.
-fn events(frames: &[Bytes]) -> Vec<(String, Value)> {
-    frames
-        .iter()
-        .map(|frame| {
-            let text = std::str::from_utf8(frame).expect("UTF-8 frame");
-            let (name, data) = text
-                .strip_prefix("event: ")
-                .and_then(|rest| rest.strip_suffix("\n\n"))
-                .and_then(|rest| rest.split_once("\ndata: "))
-                .unwrap_or_else(|| panic!("not a named event: {text:?}"));
-            let data: Value = serde_json::from_str(data).expect("event JSON");
-            assert_eq!(data["type"], name, "event name and type differ");
-            (name.to_owned(), data)
-        })
-        .collect()
+/// The non-streamed response `RESPONSE_ID`, as JSON.
+fn body(reply: &Reply, request: &Request) -> Value {
+    serde_json::from_slice(&response_body(RESPONSE_ID, reply, request)).expect("JSON")
 }
 
-fn splits() -> [Split; 3] {
-    [Split::Size(8), Split::Size(1), Split::Count(5)]
+/// The streamed response `RESPONSE_ID`.
+fn events(reply: &Reply, request: &Request) -> Vec<Event> {
+    stream::events(RESPONSE_ID, reply, request)
+}
+
+/// The events of the streamed answer to [`request`] in `scenario`.
+fn streamed(scenario: Scenario, split: Split) -> Vec<Event> {
+    let request = request(true);
+    events(&reply(scenario, split, &request), &request)
 }
 
 #[test]
 fn the_terminal_response_is_the_non_streamed_body() {
     for scenario in SCENARIOS {
-        for split in splits() {
+        for split in SPLITS {
             let request = request(true);
             let reply = reply(scenario, split, &request);
-            let body: Value = serde_json::from_slice(&response_body(RESPONSE_ID, &reply, &request))
-                .expect("JSON");
-            let events = events(&stream_events(RESPONSE_ID, &reply, &request, None));
+            let events = events(&reply, &request);
             let (name, last) = events.last().expect("events");
             let expected = match scenario {
                 Scenario::Failed => "response.failed",
                 Scenario::Incomplete => "response.incomplete",
                 _ => "response.completed",
             };
-            assert_eq!(name, expected, "{scenario:?}");
-            assert_eq!(last["response"], body, "{scenario:?} {split:?}");
+            assert_eq!(*name, expected, "{scenario:?}");
+            assert_eq!(
+                last["response"],
+                body(&reply, &request),
+                "{scenario:?} {split:?}"
+            );
         }
     }
 }
@@ -84,10 +88,7 @@ fn the_terminal_response_is_the_non_streamed_body() {
 #[test]
 fn sequence_numbers_count_from_zero() {
     for scenario in SCENARIOS.into_iter().chain([Scenario::StreamError]) {
-        let request = request(true);
-        let reply = reply(scenario, Split::Size(3), &request);
-        let events = events(&stream_events(RESPONSE_ID, &reply, &request, None));
-        for (expected, (name, data)) in events.iter().enumerate() {
+        for (expected, (name, data)) in streamed(scenario, Split::Size(3)).iter().enumerate() {
             assert_eq!(data["sequence_number"], expected, "{scenario:?} {name}");
             // `type` then `sequence_number` lead every event.
             let keys: Vec<&String> = data.as_object().expect("object").keys().take(2).collect();
@@ -157,10 +158,10 @@ fn every_event_is_well_formed() {
     for scenario in SCENARIOS.into_iter().chain([Scenario::StreamError]) {
         let request = request(true);
         let reply = reply(scenario, Split::Size(5), &request);
-        for (name, data) in events(&stream_events(RESPONSE_ID, &reply, &request, None)) {
+        for (name, data) in events(&reply, &request) {
             let fields = data.as_object().expect("object");
             let mut expected = vec!["type", "sequence_number"];
-            expected.extend(required_fields(&name));
+            expected.extend(required_fields(name));
             let mut keys: Vec<&str> = fields.keys().map(String::as_str).collect();
             keys.sort_unstable();
             expected.sort_unstable();
@@ -216,19 +217,17 @@ fn every_event_is_well_formed() {
 }
 
 /// Where `encrypted_content` appears in the stream: the names of those events.
-fn encrypted_content_carriers(events: &[(String, Value)]) -> Vec<&str> {
+fn encrypted_content_carriers(events: &[Event]) -> Vec<&str> {
     events
         .iter()
         .filter(|(_, data)| data.to_string().contains("encrypted_content"))
-        .map(|(name, _)| name.as_str())
+        .map(|(name, _)| *name)
         .collect()
 }
 
 #[test]
 fn encrypted_content_is_only_in_finished_items() {
-    let request = request(true);
-    let reply = reply(Scenario::Thinking, Split::Size(8), &request);
-    let events = events(&stream_events(RESPONSE_ID, &reply, &request, None));
+    let events = streamed(Scenario::Thinking, Split::Size(8));
     assert_eq!(
         encrypted_content_carriers(&events),
         ["response.output_item.done", "response.completed"]
@@ -236,7 +235,7 @@ fn encrypted_content_is_only_in_finished_items() {
     let (_, done) = events
         .iter()
         .find(|(name, data)| {
-            name == "response.output_item.done" && data["item"]["type"] == "reasoning"
+            *name == "response.output_item.done" && data["item"]["type"] == "reasoning"
         })
         .expect("reasoning done");
     assert_eq!(
@@ -249,98 +248,57 @@ fn encrypted_content_is_only_in_finished_items() {
     );
 
     // Without reasoning, nothing is encrypted.
-    let reply = self::reply(Scenario::Text, Split::Size(8), &request);
-    let events = self::events(&stream_events(RESPONSE_ID, &reply, &request, None));
+    let events = streamed(Scenario::Text, Split::Size(8));
     assert!(encrypted_content_carriers(&events).is_empty());
 }
 
 /// Rebuilds the output from the added items and the deltas, as the SDK's stream state does,
 /// checking each event against the item it belongs to.
-fn rebuild(events: &[(String, Value)]) -> Vec<Value> {
+fn rebuild(events: &[Event]) -> Vec<Value> {
     let mut output: Vec<Value> = Vec::new();
     for (name, data) in events {
-        let index = data["output_index"].as_u64().map(|index| index as usize);
-        match name.as_str() {
-            "response.output_item.added" => {
-                assert_eq!(index, Some(output.len()), "items added out of order");
-                output.push(data["item"].clone());
-            }
+        if *name == "response.output_item.added" {
+            assert_eq!(
+                data["output_index"],
+                output.len(),
+                "items added out of order"
+            );
+            output.push(data["item"].clone());
+            continue;
+        }
+        let Some(index) = data["output_index"].as_u64() else {
+            continue;
+        };
+        let item = &mut output[index as usize];
+        if let Some(item_id) = data.get("item_id") {
+            assert_eq!(item["id"], *item_id, "{name}");
+        }
+        // A message's text parts are its `content`, a reasoning item's its `summary`.
+        let (parts, index_field) = if data.get("summary_index").is_some() {
+            ("summary", "summary_index")
+        } else {
+            ("content", "content_index")
+        };
+        match *name {
             "response.output_item.done" => {
-                let item = &mut output[index.expect("index")];
                 assert_eq!(item["id"], data["item"]["id"]);
                 *item = data["item"].clone();
             }
-            "response.content_part.added" => {
-                let item = &mut output[index.expect("index")];
-                assert_eq!(item["id"], data["item_id"]);
-                let content = item["content"].as_array_mut().expect("content");
-                assert_eq!(data["content_index"], content.len());
-                content.push(data["part"].clone());
+            "response.content_part.added" | "response.reasoning_summary_part.added" => {
+                add_part(&mut item[parts], data, index_field);
             }
-            "response.output_text.delta" => {
-                let item = &mut output[index.expect("index")];
-                assert_eq!(item["id"], data["item_id"]);
-                let part =
-                    &mut item["content"][data["content_index"].as_u64().expect("ci") as usize];
-                let text = format!(
-                    "{}{}",
-                    part["text"].as_str().expect("text"),
-                    data["delta"].as_str().expect("delta")
-                );
-                part["text"] = text.into();
+            "response.output_text.delta" | "response.reasoning_summary_text.delta" => {
+                append(&mut item[parts][at(data, index_field)]["text"], data);
             }
-            "response.function_call_arguments.delta" => {
-                let item = &mut output[index.expect("index")];
-                assert_eq!(item["id"], data["item_id"]);
-                let arguments = format!(
-                    "{}{}",
-                    item["arguments"].as_str().expect("arguments"),
-                    data["delta"].as_str().expect("delta")
-                );
-                item["arguments"] = arguments.into();
+            "response.function_call_arguments.delta" => append(&mut item["arguments"], data),
+            "response.output_text.done" | "response.reasoning_summary_text.done" => {
+                assert_eq!(item[parts][at(data, index_field)]["text"], data["text"]);
             }
-            "response.reasoning_summary_part.added" => {
-                let item = &mut output[index.expect("index")];
-                let summary = item["summary"].as_array_mut().expect("summary");
-                assert_eq!(data["summary_index"], summary.len());
-                summary.push(data["part"].clone());
-            }
-            "response.reasoning_summary_text.delta" => {
-                let item = &mut output[index.expect("index")];
-                let part =
-                    &mut item["summary"][data["summary_index"].as_u64().expect("si") as usize];
-                let text = format!(
-                    "{}{}",
-                    part["text"].as_str().expect("text"),
-                    data["delta"].as_str().expect("delta")
-                );
-                part["text"] = text.into();
-            }
-            "response.output_text.done" => {
-                let item = &output[index.expect("index")];
-                assert_eq!(
-                    item["content"][0]["text"], data["text"],
-                    "text done differs"
-                );
-            }
-            "response.content_part.done" => {
-                let item = &output[index.expect("index")];
-                assert_eq!(item["content"][0], data["part"], "part done differs");
+            "response.content_part.done" | "response.reasoning_summary_part.done" => {
+                assert_eq!(item[parts][at(data, index_field)], data["part"]);
             }
             "response.function_call_arguments.done" => {
-                let item = &output[index.expect("index")];
-                assert_eq!(
-                    item["arguments"], data["arguments"],
-                    "arguments done differ"
-                );
-            }
-            "response.reasoning_summary_text.done" => {
-                let item = &output[index.expect("index")];
-                assert_eq!(item["summary"][0]["text"], data["text"]);
-            }
-            "response.reasoning_summary_part.done" => {
-                let item = &output[index.expect("index")];
-                assert_eq!(item["summary"][0], data["part"]);
+                assert_eq!(item["arguments"], data["arguments"]);
             }
             _ => {}
         }
@@ -348,27 +306,46 @@ fn rebuild(events: &[(String, Value)]) -> Vec<Value> {
     output
 }
 
+/// The event's `field`, an index.
+fn at(data: &Value, field: &str) -> usize {
+    data[field].as_u64().expect(field) as usize
+}
+
+/// Adds the event's `part` to `parts`, whose next index its `index_field` must be.
+fn add_part(parts: &mut Value, data: &Value, index_field: &str) {
+    let parts = parts.as_array_mut().expect("parts");
+    assert_eq!(
+        at(data, index_field),
+        parts.len(),
+        "parts added out of order"
+    );
+    parts.push(data["part"].clone());
+}
+
+/// Appends the event's `delta` to the string `text`.
+fn append(text: &mut Value, data: &Value) {
+    let joined = format!(
+        "{}{}",
+        text.as_str().expect("text"),
+        data["delta"].as_str().expect("delta")
+    );
+    *text = joined.into();
+}
+
 #[test]
 fn deltas_rebuild_the_final_output() {
-    for scenario in [
-        Scenario::Text,
-        Scenario::Tools,
-        Scenario::TextAndTools,
-        Scenario::Thinking,
-        Scenario::Incomplete,
-    ] {
-        for split in splits() {
-            let request = request(true);
-            let reply = reply(scenario, split, &request);
-            let events = events(&stream_events(RESPONSE_ID, &reply, &request, None));
+    // A failed response's message is never finished, so there is nothing to rebuild it to.
+    for scenario in SCENARIOS.into_iter().filter(|s| *s != Scenario::Failed) {
+        for split in SPLITS {
+            let events = streamed(scenario, split);
             let (_, last) = events.last().expect("events");
             let final_output = last["response"]["output"].clone();
 
             // Before `output_item.done` replaces them, the rebuilt items differ from the final
             // ones only in status and encrypted content.
-            let added_and_deltas: Vec<(String, Value)> = events
+            let added_and_deltas: Vec<Event> = events
                 .iter()
-                .filter(|(name, _)| name != "response.output_item.done")
+                .filter(|(name, _)| *name != "response.output_item.done")
                 .cloned()
                 .collect();
             let mut partial = rebuild(&added_and_deltas);
@@ -396,11 +373,10 @@ fn deltas_rebuild_the_final_output() {
 #[test]
 fn scenarios_have_the_documented_output() {
     let request = request(false);
-    let output = |scenario| {
-        let reply = reply(scenario, Split::Size(8), &request);
-        let body: Value =
-            serde_json::from_slice(&response_body(RESPONSE_ID, &reply, &request)).expect("JSON");
-        body
+    let output = |scenario| body(&reply(scenario, Split::Size(8), &request), &request);
+    let types = |body: &Value| -> Vec<Value> {
+        let items = body["output"].as_array().expect("output");
+        items.iter().map(|item| item["type"].clone()).collect()
     };
 
     let text = output(Scenario::Text);
@@ -433,22 +409,10 @@ fn scenarios_have_the_documented_output() {
     assert_eq!(calls[1]["name"], "bash");
 
     let mixed = output(Scenario::TextAndTools);
-    let types: Vec<&Value> = mixed["output"]
-        .as_array()
-        .expect("output")
-        .iter()
-        .map(|item| &item["type"])
-        .collect();
-    assert_eq!(types, ["message", "function_call"]);
+    assert_eq!(types(&mixed), ["message", "function_call"]);
 
     let thinking = output(Scenario::Thinking);
-    let types: Vec<&Value> = thinking["output"]
-        .as_array()
-        .expect("output")
-        .iter()
-        .map(|item| &item["type"])
-        .collect();
-    assert_eq!(types, ["reasoning", "message"]);
+    assert_eq!(types(&thinking), ["reasoning", "message"]);
     let reasoning_tokens = crate::reply::words(crate::reply::THINKING_TEXT);
     assert_eq!(
         thinking["usage"]["output_tokens_details"]["reasoning_tokens"],
@@ -482,9 +446,9 @@ fn scenarios_have_the_documented_output() {
 fn stream_error_breaks_off_with_a_nested_error() {
     let request = request(true);
     let reply = reply(Scenario::StreamError, Split::Size(8), &request);
-    let events = events(&stream_events(RESPONSE_ID, &reply, &request, None));
+    let events = events(&reply, &request);
     let (name, last) = events.last().expect("events");
-    assert_eq!(name, "error");
+    assert_eq!(*name, "error");
     assert_eq!(
         *last,
         json!({
@@ -495,7 +459,7 @@ fn stream_error_breaks_off_with_a_nested_error() {
     );
     let deltas = events
         .iter()
-        .filter(|(name, _)| name == "response.output_text.delta")
+        .filter(|(name, _)| *name == "response.output_text.delta")
         .count();
     assert_eq!(deltas, reply.text_deltas().len().div_ceil(2));
     assert!(
