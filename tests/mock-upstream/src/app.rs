@@ -218,8 +218,25 @@ impl Call {
     }
 
     /// The body as `parse` reads it, or a `400` in `api`'s format saying what is wrong.
+    #[expect(
+        clippy::result_large_err,
+        reason = "the error is the answer, moved once per request"
+    )]
     fn parse<T>(&self, api: Api, parse: fn(&[u8]) -> Result<T, String>) -> Result<T, Response> {
         parse(&self.body).map_err(|message| api.bad_request(&message))
+    }
+
+    /// A `POST` route whose answer depends on its body alone: the prelude, the body as
+    /// `parse` reads it, then a `200` with the JSON `body` makes of the request.
+    async fn json_of_body<T>(
+        &self,
+        api: Api,
+        parse: fn(&[u8]) -> Result<T, String>,
+        body: impl FnOnce(&T) -> Bytes,
+    ) -> Answer {
+        self.prelude(api, &[Method::POST]).await?;
+        let request = self.parse(api, parse)?;
+        Ok(json_response(StatusCode::OK, body(&request)))
     }
 
     /// The query parameters; the error is a message for a `400`.
@@ -294,13 +311,10 @@ async fn handle(api: Api, call: Call) -> Answer {
 /// Anthropic `POST /v1/messages/count_tokens`: `{"input_tokens": N}`, N counted as for the
 /// `usage` of a message (words under `messages` and `system`).
 async fn count_tokens_handler(call: Call) -> Answer {
-    let api = Api::Anthropic;
-    call.prelude(api, &[Method::POST]).await?;
-    let request = call.parse(api, RequestBody::parse)?;
-    Ok(json_response(
-        StatusCode::OK,
-        anthropic::count_tokens_body(request.input_tokens),
-    ))
+    call.json_of_body(Api::Anthropic, RequestBody::parse, |request| {
+        anthropic::count_tokens_body(request.input_tokens)
+    })
+    .await
 }
 
 /// Both providers serve `/v1/models` at the same path (relative to their base URLs); like

@@ -1053,8 +1053,10 @@ async fn activity_monitor_pushes_calls_and_filters_them_live() {
 
 /// An Anthropic answer whose tool call a policy replaced with a text: the answer's two text
 /// blocks read as two paragraphs (they once ran together as "….Tool call …").
+/// A tool call replaced by text reads as a paragraph of its own after the assistant's text,
+/// in Anthropic's text blocks and in the Responses API's output items (streamed).
 #[tokio::test]
-async fn diff_viewer_shows_anthropic_text_blocks_apart() {
+async fn diff_viewer_shows_replaced_tool_calls_as_paragraphs() {
     let database = TestDatabase::sqlite().await;
     let stack = Stack::start(StackOptions {
         database_url: Some(database.url.clone()),
@@ -1063,60 +1065,75 @@ async fn diff_viewer_shows_anthropic_text_blocks_apart() {
         )
     })
     .await;
-    let body = json!({"model": "claude-sonnet-4-5", "max_tokens": 200,
-        "messages": [{"role": "user", "content": "What is the weather in Paris?"}]});
-    let response = Client::new()
-        .post(
-            &stack.anthropic_url(),
-            &[
-                ("anthropic-version", "2023-06-01"),
-                ("x-mock-scenario", "text_and_tools"),
-            ],
-            body.to_string(),
-        )
-        .await;
-    assert_eq!(response.status, 200, "{}", response.text());
-    let call_id = response
-        .header("x-luthien-call-id")
-        .expect("call id")
-        .to_owned();
-    wait_recorded(&stack, &call_id, None).await;
-
-    let browser = Browser::start().await;
-    browser
-        .goto(&format!(
-            "{}/debug/diff?call_id={call_id}",
-            debug_url(&stack)
-        ))
-        .await;
-    wait_for_call(&browser, &call_id).await;
-    let after = browser
-        .js(
-            "return document.querySelector('section.response .side.after .text').textContent",
-            vec![],
-        )
-        .await;
-    let after = after.as_str().unwrap();
-    let (text, replacement) = after
-        .split_once("\n\n")
-        .unwrap_or_else(|| panic!("two paragraphs: {after:?}"));
-    assert!(!text.is_empty(), "{after:?}");
-    assert_eq!(
-        replacement,
-        "Tool call get_weather was blocked by policy: no-weather"
+    let prompt = "What is the weather in Paris?";
+    let anthropic = (
+        stack.anthropic_url(),
+        json!({"model": "claude-sonnet-4-5", "max_tokens": 200,
+            "messages": [{"role": "user", "content": prompt}]}),
     );
-    let listed = browser
-        .wait_for(
-            "the call in the list",
-            "const row = document.querySelector(`#calls-body tr[data-call-id='${arguments[0]}']`);
-             return row && {preview: row.querySelector('.preview').textContent,
-                            acted: [...row.querySelectorAll('.acted .badge')].map(b => b.textContent)};",
-            vec![json!(call_id)],
-        )
-        .await;
-    assert_eq!(listed["preview"], "What is the weather in Paris?");
-    assert_eq!(listed["acted"], json!(["weather-filter"]));
-    browser.screenshot("debug-anthropic-blocks").await;
+    let responses = (
+        format!("{}/v1/responses", stack.proxy),
+        json!({"model": "gpt-5", "stream": true, "input": [{"role": "user", "content": prompt}]}),
+    );
+    let browser = Browser::start().await;
+    for (url, body) in [anthropic, responses] {
+        let response = Client::new()
+            .post(
+                &url,
+                &[
+                    ("anthropic-version", "2023-06-01"),
+                    ("x-mock-scenario", "text_and_tools"),
+                ],
+                body.to_string(),
+            )
+            .await;
+        assert_eq!(response.status, 200, "{}", response.text());
+        let call_id = response
+            .header("x-luthien-call-id")
+            .expect("call id")
+            .to_owned();
+        wait_recorded(&stack, &call_id, None).await;
+
+        browser
+            .goto(&format!(
+                "{}/debug/diff?call_id={call_id}",
+                debug_url(&stack)
+            ))
+            .await;
+        wait_for_call(&browser, &call_id).await;
+        let after = browser
+            .js(
+                "return document.querySelector('section.response .side.after .text').textContent",
+                vec![],
+            )
+            .await;
+        let after = after.as_str().unwrap();
+        let (text, replacement) = after
+            .split_once("\n\n")
+            .unwrap_or_else(|| panic!("two paragraphs in {url}: {after:?}"));
+        assert!(!text.is_empty(), "{after:?}");
+        assert_eq!(
+            replacement,
+            "Tool call get_weather was blocked by policy: no-weather"
+        );
+        let listed = browser
+            .wait_for(
+                "the call in the list",
+                "const row = document.querySelector(`#calls-body tr[data-call-id='${arguments[0]}']`);
+                 return row && {preview: row.querySelector('.preview').textContent,
+                                acted: [...row.querySelectorAll('.acted .badge')].map(b => b.textContent)};",
+                vec![json!(call_id)],
+            )
+            .await;
+        assert_eq!(listed["preview"], prompt);
+        assert_eq!(listed["acted"], json!(["weather-filter"]));
+        let name = if url.ends_with("/responses") {
+            "debug-responses-output"
+        } else {
+            "debug-anthropic-blocks"
+        };
+        browser.screenshot(name).await;
+    }
     browser.quit().await;
 }
 

@@ -91,22 +91,14 @@ pub async fn input_items(call: Call) -> Answer {
 
 /// `POST /v1/responses/input_tokens`: the input tokens of a would-be request.
 pub async fn input_tokens(call: Call) -> Answer {
-    call.prelude(API, &[Method::POST]).await?;
-    let request = call.parse(API, Request::parse)?;
-    Ok(json_response(
-        StatusCode::OK,
-        responses::input_tokens_body(&request),
-    ))
+    call.json_of_body(API, Request::parse, responses::input_tokens_body)
+        .await
 }
 
 /// `POST /v1/responses/compact`: the request's user messages and one compaction item.
 pub async fn compact(call: Call) -> Answer {
-    call.prelude(API, &[Method::POST]).await?;
-    let request = call.parse(API, Request::parse)?;
-    Ok(json_response(
-        StatusCode::OK,
-        responses::compacted_body(&request),
-    ))
+    call.json_of_body(API, Request::parse, responses::compacted_body)
+        .await
 }
 
 /// Renders the answer to `request` as response `id`: JSON, or an event stream from after
@@ -133,6 +125,10 @@ fn answer(
 
 /// The `{id}` of `/v1/responses/{id}{suffix}`, as sent, or a `404` when the mock does not
 /// "have" that response.
+#[expect(
+    clippy::result_large_err,
+    reason = "the error is the answer, moved once per request"
+)]
 fn stored_id<'c>(call: &'c Call, suffix: &str) -> Result<&'c str, Response> {
     let path = call.uri.path();
     let rest = path.strip_prefix("/v1/responses/").unwrap_or(path);

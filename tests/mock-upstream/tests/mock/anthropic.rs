@@ -3,22 +3,22 @@
 use luthien_mock_upstream::MockUpstream;
 use serde_json::{Value, json};
 
-use crate::support::{ANTHROPIC, anthropic_events, anthropic_request, post};
+use crate::support::{
+    ANTHROPIC, anthropic_events, anthropic_request, assert_same_bytes, fresh_answer, post,
+    whole_and_stream,
+};
 
 const SCENARIOS: [&str; 4] = ["text", "tools", "text_and_tools", "thinking"];
 
 #[tokio::test]
 async fn non_stream_text_is_byte_exact() {
-    let mock = MockUpstream::start().await.expect("mock");
-    let answer = post(
-        &mock,
+    let answer = fresh_answer(
         ANTHROPIC,
         &[("x-mock-text", "Hi there")],
         &anthropic_request(false),
+        "application/json",
     )
     .await;
-    assert_eq!(answer.status, 200);
-    assert_eq!(answer.content_type(), "application/json");
     assert_eq!(
         answer.text(),
         concat!(
@@ -32,16 +32,13 @@ async fn non_stream_text_is_byte_exact() {
 
 #[tokio::test]
 async fn stream_text_is_byte_exact() {
-    let mock = MockUpstream::start().await.expect("mock");
-    let answer = post(
-        &mock,
+    let answer = fresh_answer(
         ANTHROPIC,
         &[("x-mock-text", "Hi there"), ("x-mock-chunk-size", "5")],
         &anthropic_request(true),
+        "text/event-stream",
     )
     .await;
-    assert_eq!(answer.status, 200);
-    assert_eq!(answer.content_type(), "text/event-stream");
     let expected = [
         r#"event: message_start
 data: {"type":"message_start","message":{"id":"msg_mock_0001","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":9,"output_tokens":1,"cache_creation_input_tokens":0,"cache_read_input_tokens":0}}}"#,
@@ -150,10 +147,7 @@ async fn stream_rebuilds_to_the_non_stream_answer() {
     let mock = MockUpstream::start().await.expect("mock");
     for scenario in SCENARIOS {
         let headers = [("x-mock-scenario", scenario)];
-        let whole = post(&mock, ANTHROPIC, &headers, &anthropic_request(false)).await;
-        assert_eq!(whole.status, 200, "{scenario}");
-        let stream = post(&mock, ANTHROPIC, &headers, &anthropic_request(true)).await;
-        assert_eq!(stream.status, 200, "{scenario}");
+        let (whole, stream) = whole_and_stream(&mock, ANTHROPIC, &headers, anthropic_request).await;
         assert_eq!(
             rebuild(&anthropic_events(&stream)),
             whole.json(),
@@ -258,13 +252,5 @@ async fn stream_error_breaks_off_in_band() {
 #[tokio::test]
 async fn same_request_same_bytes() {
     let mock = MockUpstream::start().await.expect("mock");
-    for scenario in SCENARIOS {
-        for stream in [false, true] {
-            let headers = [("x-mock-scenario", scenario)];
-            let body = anthropic_request(stream);
-            let first = post(&mock, ANTHROPIC, &headers, &body).await;
-            let second = post(&mock, ANTHROPIC, &headers, &body).await;
-            assert_eq!(first.bytes(), second.bytes(), "{scenario}, stream {stream}");
-        }
-    }
+    assert_same_bytes(&mock, ANTHROPIC, &SCENARIOS, anthropic_request).await;
 }

@@ -5,7 +5,7 @@ use http::Method;
 use luthien_mock_upstream::MockUpstream;
 use serde_json::json;
 
-use crate::support::{anthropic_request, post, send};
+use crate::support::{anthropic_request, get, post, send};
 
 const VERSION: (&str, &str) = ("anthropic-version", "2023-06-01");
 
@@ -34,14 +34,7 @@ async fn count_tokens_counts_like_the_message_usage() {
     .await;
     assert_eq!(bad.status, 400);
     assert_eq!(bad.json()["type"], "error");
-    let get = send(
-        &mock,
-        Method::GET,
-        "/v1/messages/count_tokens",
-        &[VERSION],
-        "",
-    )
-    .await;
+    let get = get(&mock, "/v1/messages/count_tokens", &[VERSION]).await;
     assert_eq!(get.status, 405);
     let forced = post(
         &mock,
@@ -62,7 +55,7 @@ async fn count_tokens_counts_like_the_message_usage() {
 #[tokio::test]
 async fn anthropic_models_are_listed_and_paginated() {
     let mock = MockUpstream::start().await.expect("mock");
-    let all = send(&mock, Method::GET, "/v1/models", &[VERSION], "").await;
+    let all = get(&mock, "/v1/models", &[VERSION]).await;
     assert_eq!(all.status, 200);
     assert_eq!(all.content_type(), "application/json");
     assert_eq!(
@@ -76,39 +69,33 @@ async fn anthropic_models_are_listed_and_paginated() {
         )
     );
 
-    let page = send(&mock, Method::GET, "/v1/models?limit=1", &[VERSION], "").await;
+    let page = get(&mock, "/v1/models?limit=1", &[VERSION]).await;
     let page = page.json();
     assert_eq!(page["data"].as_array().map(Vec::len), Some(1));
     assert_eq!(page["has_more"], true);
     assert_eq!(page["last_id"], "claude-haiku-4-5-20251001");
-    let next = send(
+    let next = get(
         &mock,
-        Method::GET,
         "/v1/models?limit=5&after_id=claude-haiku-4-5-20251001",
         &[VERSION],
-        "",
     )
     .await
     .json();
     assert_eq!(next["first_id"], "claude-sonnet-4-5-20250929");
     assert_eq!(next["has_more"], false);
-    let previous = send(
+    let previous = get(
         &mock,
-        Method::GET,
         "/v1/models?limit=1&before_id=claude-opus-4-1-20250805",
         &[VERSION],
-        "",
     )
     .await
     .json();
     assert_eq!(previous["first_id"], "claude-sonnet-4-5-20250929");
     assert_eq!(previous["has_more"], true);
-    let empty = send(
+    let empty = get(
         &mock,
-        Method::GET,
         "/v1/models?after_id=claude-opus-4-1-20250805",
         &[VERSION],
-        "",
     )
     .await
     .json();
@@ -123,14 +110,7 @@ async fn anthropic_models_are_listed_and_paginated() {
         "after_id=nope",
         "after_id=a&before_id=b",
     ] {
-        let answer = send(
-            &mock,
-            Method::GET,
-            &format!("/v1/models?{bad}"),
-            &[VERSION],
-            "",
-        )
-        .await;
+        let answer = get(&mock, &format!("/v1/models?{bad}"), &[VERSION]).await;
         assert_eq!(answer.status, 400, "{bad}");
         assert_eq!(answer.json()["error"]["type"], "invalid_request_error");
     }
@@ -140,20 +120,13 @@ async fn anthropic_models_are_listed_and_paginated() {
 #[tokio::test]
 async fn anthropic_model_by_id_or_not_found() {
     let mock = MockUpstream::start().await.expect("mock");
-    let model = send(
-        &mock,
-        Method::GET,
-        "/v1/models/claude-sonnet-4-5-20250929",
-        &[VERSION],
-        "",
-    )
-    .await;
+    let model = get(&mock, "/v1/models/claude-sonnet-4-5-20250929", &[VERSION]).await;
     assert_eq!(model.status, 200);
     assert_eq!(
         model.text(),
         r#"{"type":"model","id":"claude-sonnet-4-5-20250929","display_name":"Claude Sonnet 4.5","created_at":"2025-09-29T00:00:00Z"}"#
     );
-    let missing = send(&mock, Method::GET, "/v1/models/claude-nope", &[VERSION], "").await;
+    let missing = get(&mock, "/v1/models/claude-nope", &[VERSION]).await;
     assert_eq!(missing.status, 404);
     assert_eq!(
         missing.text(),
@@ -164,7 +137,7 @@ async fn anthropic_model_by_id_or_not_found() {
 #[tokio::test]
 async fn openai_models_are_listed_and_found() {
     let mock = MockUpstream::start().await.expect("mock");
-    let all = send(&mock, Method::GET, "/v1/models", &[], "").await;
+    let all = get(&mock, "/v1/models", &[]).await;
     assert_eq!(all.status, 200);
     assert_eq!(all.content_type(), "application/json");
     assert_eq!(
@@ -176,12 +149,12 @@ async fn openai_models_are_listed_and_found() {
             r#"{"id":"o3-mini","object":"model","created":1737146383,"owned_by":"system"}]}"#
         )
     );
-    let model = send(&mock, Method::GET, "/v1/models/gpt-4o-mini", &[], "").await;
+    let model = get(&mock, "/v1/models/gpt-4o-mini", &[]).await;
     assert_eq!(
         model.text(),
         r#"{"id":"gpt-4o-mini","object":"model","created":1686935002,"owned_by":"openai"}"#
     );
-    let missing = send(&mock, Method::GET, "/v1/models/gpt-nope", &[], "").await;
+    let missing = get(&mock, "/v1/models/gpt-nope", &[]).await;
     assert_eq!(missing.status, 404);
     assert_eq!(
         missing.text(),

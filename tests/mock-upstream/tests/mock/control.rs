@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::support::{
     ANTHROPIC, OPENAI, anthropic_events, anthropic_request, client, openai_data, openai_request,
-    post, request, send,
+    post, request, send, slow_stream,
 };
 
 #[tokio::test]
@@ -189,17 +189,9 @@ async fn abandoned_and_completed_streams_are_counted() {
     assert_eq!(mock.abandoned_streams(), 0);
 
     // Read the first event of a slow stream, then hang up.
-    let response = client()
-        .request(request(
-            &mock,
-            Method::POST,
-            OPENAI,
-            &[("x-mock-delay-ms", "20"), ("x-mock-chunks", "100")],
-            openai_request(true, false).to_string(),
-        ))
+    let mut body = slow_stream(&mock, OPENAI, &openai_request(true, false))
         .await
-        .expect("response");
-    let mut body = response.into_body();
+        .into_body();
     let first = body.frame().await.expect("a frame").expect("frame");
     let first = first.into_data().expect("data frame");
     assert!(first.starts_with(b"data: {"), "{first:?}");

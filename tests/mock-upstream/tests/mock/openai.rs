@@ -3,22 +3,21 @@
 use luthien_mock_upstream::MockUpstream;
 use serde_json::{Map, Value, json};
 
-use crate::support::{OPENAI, openai_data, openai_request, post};
+use crate::support::{
+    OPENAI, assert_same_bytes, fresh_answer, openai_data, openai_request, post, whole_and_stream,
+};
 
 const SCENARIOS: [&str; 4] = ["text", "tools", "text_and_tools", "thinking"];
 
 #[tokio::test]
 async fn non_stream_text_is_byte_exact() {
-    let mock = MockUpstream::start().await.expect("mock");
-    let answer = post(
-        &mock,
+    let answer = fresh_answer(
         OPENAI,
         &[("x-mock-text", "Hi there")],
         &openai_request(false, false),
+        "application/json",
     )
     .await;
-    assert_eq!(answer.status, 200);
-    assert_eq!(answer.content_type(), "application/json");
     assert_eq!(
         answer.text(),
         concat!(
@@ -33,16 +32,13 @@ async fn non_stream_text_is_byte_exact() {
 
 #[tokio::test]
 async fn stream_text_is_byte_exact() {
-    let mock = MockUpstream::start().await.expect("mock");
-    let answer = post(
-        &mock,
+    let answer = fresh_answer(
         OPENAI,
         &[("x-mock-text", "Hi there"), ("x-mock-chunk-size", "5")],
         &openai_request(true, true),
+        "text/event-stream",
     )
     .await;
-    assert_eq!(answer.status, 200);
-    assert_eq!(answer.content_type(), "text/event-stream");
     let head = r#"{"id":"chatcmpl-mock-0001","object":"chat.completion.chunk","created":1700000000,"model":"gpt-4o-mini","system_fingerprint":"fp_mock","choices":"#;
     let expected = [
         format!(
@@ -175,17 +171,10 @@ async fn stream_rebuilds_to_the_non_stream_answer() {
     for scenario in SCENARIOS {
         for include_usage in [false, true] {
             let headers = [("x-mock-scenario", scenario)];
-            let whole = post(&mock, OPENAI, &headers, &openai_request(false, false)).await;
-            assert_eq!(whole.status, 200, "{scenario}");
+            // Usage is asked for (or not) only in the stream.
+            let request = |stream| openai_request(stream, stream && include_usage);
+            let (whole, stream) = whole_and_stream(&mock, OPENAI, &headers, request).await;
             let whole = whole.json();
-            let stream = post(
-                &mock,
-                OPENAI,
-                &headers,
-                &openai_request(true, include_usage),
-            )
-            .await;
-            assert_eq!(stream.status, 200, "{scenario}");
 
             let (choice, usage) = rebuild(&openai_data(&stream), include_usage);
             assert_eq!(choice, whole["choices"][0], "{scenario}");
@@ -289,13 +278,6 @@ async fn stream_error_breaks_off_in_band() {
 #[tokio::test]
 async fn same_request_same_bytes() {
     let mock = MockUpstream::start().await.expect("mock");
-    for scenario in SCENARIOS {
-        for stream in [false, true] {
-            let headers = [("x-mock-scenario", scenario)];
-            let body = openai_request(stream, true);
-            let first = post(&mock, OPENAI, &headers, &body).await;
-            let second = post(&mock, OPENAI, &headers, &body).await;
-            assert_eq!(first.bytes(), second.bytes(), "{scenario}, stream {stream}");
-        }
-    }
+    let request = |stream| openai_request(stream, true);
+    assert_same_bytes(&mock, OPENAI, &SCENARIOS, request).await;
 }

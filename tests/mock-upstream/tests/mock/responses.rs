@@ -5,11 +5,15 @@ use std::time::Duration;
 
 use http::Method;
 use luthien_mock_upstream::MockUpstream;
+use luthien_mock_upstream::reply::Reply;
+use luthien_mock_upstream::responses::{self, RESPONSE_ID, Request};
+use luthien_mock_upstream::scenario::{Controls, Scenario};
 use serde_json::{Value, json};
 
 use crate::support::{
-    ANTHROPIC, OPENAI, RESPONSES, anthropic_events, anthropic_request, openai_request, post,
-    responses_request, send,
+    ANTHROPIC, OPENAI, RESPONSES, anthropic_events, anthropic_request, assert_same_bytes,
+    fresh_answer, get, openai_request, post, responses_request, send, slow_stream,
+    whole_and_stream,
 };
 
 const SCENARIOS: [&str; 6] = [
@@ -23,16 +27,13 @@ const SCENARIOS: [&str; 6] = [
 
 #[tokio::test]
 async fn non_stream_text_is_byte_exact() {
-    let mock = MockUpstream::start().await.expect("mock");
-    let answer = post(
-        &mock,
+    let answer = fresh_answer(
         RESPONSES,
         &[("x-mock-text", "Hi there")],
         &responses_request(false),
+        "application/json",
     )
     .await;
-    assert_eq!(answer.status, 200);
-    assert_eq!(answer.content_type(), "application/json");
     assert_eq!(
         answer.text(),
         concat!(
@@ -62,11 +63,8 @@ async fn stream_ends_with_the_non_stream_answer() {
     for scenario in SCENARIOS {
         for chunking in [("x-mock-chunk-size", "3"), ("x-mock-chunks", "7")] {
             let headers = [("x-mock-scenario", scenario), chunking];
-            let whole = post(&mock, RESPONSES, &headers, &responses_request(false)).await;
-            assert_eq!(whole.status, 200, "{scenario}");
-            let stream = post(&mock, RESPONSES, &headers, &responses_request(true)).await;
-            assert_eq!(stream.status, 200, "{scenario}");
-            assert_eq!(stream.content_type(), "text/event-stream");
+            let (whole, stream) =
+                whole_and_stream(&mock, RESPONSES, &headers, responses_request).await;
             assert!(!stream.text().contains("[DONE]"));
 
             let events = anthropic_events(&stream);
@@ -111,24 +109,16 @@ async fn stream_error_breaks_off_with_a_nested_error_event() {
     let stream = post(&mock, RESPONSES, &headers, &responses_request(true)).await;
     assert_eq!(stream.status, 200);
     let events = anthropic_events(&stream);
-    let (name, last) = events.last().expect("events");
-    assert_eq!(name, "error");
-    assert_eq!(
-        *last,
-        json!({
-            "type": "error",
-            "sequence_number": events.len() - 1,
-            "error": {
-                "type": "server_error", "code": "server_error",
-                "message": "Overloaded", "param": null,
-            },
-        })
-    );
-    assert!(
-        events
-            .iter()
-            .any(|(name, _)| name == "response.output_text.delta")
-    );
+    assert_eq!(events.last().expect("events").0, "error");
+    // The stream is the renderer's, whose unit tests pin the error event's shape.
+    let request = Request::parse(responses_request(true).to_string().as_bytes()).expect("valid");
+    let controls = Controls {
+        scenario: Scenario::StreamError,
+        ..Controls::default()
+    };
+    let reply = Reply::new(&controls, &request.body, true);
+    let rendered = responses::stream_events(RESPONSE_ID, &reply, &request, None);
+    assert_eq!(stream.bytes(), rendered.concat());
 
     let whole = post(&mock, RESPONSES, &headers, &responses_request(false)).await;
     assert_eq!(whole.status, 503);
@@ -183,9 +173,9 @@ async fn errors_use_the_openai_shape() {
     assert_eq!(bad_json.json()["error"]["type"], "invalid_request_error");
     let bad_input = post(&mock, RESPONSES, &[], &json!({ "input": 1 })).await;
     assert_eq!(bad_input.status, 400);
-    let get = send(&mock, Method::GET, RESPONSES, &[], "").await;
-    assert_eq!(get.status, 405);
-    assert_eq!(get.json()["error"]["type"], "invalid_request_error");
+    let got = get(&mock, RESPONSES, &[]).await;
+    assert_eq!(got.status, 405);
+    assert_eq!(got.json()["error"]["type"], "invalid_request_error");
 }
 
 #[tokio::test]
@@ -194,7 +184,7 @@ async fn stored_responses_are_retrieved_replayed_and_cancelled() {
     let headers = [("x-mock-scenario", "text_and_tools")];
     let path = "/v1/responses/resp_abc";
 
-    let retrieved = send(&mock, Method::GET, path, &headers, "").await;
+    let retrieved = get(&mock, path, &headers).await;
     assert_eq!(retrieved.status, 200);
     let retrieved = retrieved.json();
     assert_eq!(retrieved["id"], "resp_abc");
@@ -204,23 +194,14 @@ async fn stored_responses_are_retrieved_replayed_and_cancelled() {
         .json();
     assert_eq!(retrieved["output"], created["output"]);
 
-    let replay = send(
-        &mock,
-        Method::GET,
-        &format!("{path}?stream=true"),
-        &headers,
-        "",
-    )
-    .await;
+    let replay = get(&mock, &format!("{path}?stream=true"), &headers).await;
     assert_eq!(replay.content_type(), "text/event-stream");
     let events = anthropic_events(&replay);
     assert_eq!(events.last().expect("events").1["response"], retrieved);
-    let resumed = send(
+    let resumed = get(
         &mock,
-        Method::GET,
         &format!("{path}?stream=true&starting_after=4"),
         &headers,
-        "",
     )
     .await;
     let resumed = anthropic_events(&resumed);
@@ -252,7 +233,7 @@ async fn stored_responses_are_retrieved_replayed_and_cancelled() {
         );
     }
     for query in ["stream=maybe", "stream=true&starting_after=-1"] {
-        let bad = send(&mock, Method::GET, &format!("{path}?{query}"), &[], "").await;
+        let bad = get(&mock, &format!("{path}?{query}"), &[]).await;
         assert_eq!(bad.status, 400, "{query}");
     }
     let put = send(&mock, Method::PUT, path, &[], "").await;
@@ -262,12 +243,10 @@ async fn stored_responses_are_retrieved_replayed_and_cancelled() {
 #[tokio::test]
 async fn input_items_tokens_and_compaction() {
     let mock = MockUpstream::start().await.expect("mock");
-    let items = send(
+    let items = get(
         &mock,
-        Method::GET,
         "/v1/responses/resp_abc/input_items?order=asc&limit=1",
         &[],
-        "",
     )
     .await;
     assert_eq!(items.status, 200);
@@ -280,14 +259,7 @@ async fn input_items_tokens_and_compaction() {
             r#""last_id":"msg_mock_input_0001","has_more":true}"#
         )
     );
-    let bad = send(
-        &mock,
-        Method::GET,
-        "/v1/responses/resp_abc/input_items?limit=0",
-        &[],
-        "",
-    )
-    .await;
+    let bad = get(&mock, "/v1/responses/resp_abc/input_items?limit=0", &[]).await;
     assert_eq!(bad.status, 400);
 
     let counted = post(
@@ -350,26 +322,9 @@ async fn input_items_tokens_and_compaction() {
 #[tokio::test]
 async fn same_request_same_bytes_and_abandonment_is_counted() {
     let mock = MockUpstream::start().await.expect("mock");
-    for scenario in SCENARIOS {
-        for stream in [false, true] {
-            let headers = [("x-mock-scenario", scenario)];
-            let body = responses_request(stream);
-            let first = post(&mock, RESPONSES, &headers, &body).await;
-            let second = post(&mock, RESPONSES, &headers, &body).await;
-            assert_eq!(first.bytes(), second.bytes(), "{scenario}, stream {stream}");
-        }
-    }
+    assert_same_bytes(&mock, RESPONSES, &SCENARIOS, responses_request).await;
 
-    let response = crate::support::client()
-        .request(crate::support::request(
-            &mock,
-            Method::POST,
-            RESPONSES,
-            &[("x-mock-delay-ms", "20"), ("x-mock-chunks", "100")],
-            responses_request(true).to_string(),
-        ))
-        .await
-        .expect("response");
+    let response = slow_stream(&mock, RESPONSES, &responses_request(true)).await;
     drop(response);
     assert!(mock.wait_abandoned(1, Duration::from_secs(5)).await);
 }

@@ -1,8 +1,9 @@
 //! A minimal HTTP client and SSE splitters for the tests.
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, StatusCode};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -117,6 +118,77 @@ pub async fn post(
     body: &Value,
 ) -> Answer {
     send(mock, Method::POST, path, headers, body.to_string()).await
+}
+
+pub async fn get(mock: &MockUpstream, path: &str, headers: &[(&str, &str)]) -> Answer {
+    send(mock, Method::GET, path, headers, "").await
+}
+
+/// The head of a slow stream (100 deltas, 20 ms apart) answering `body` posted to `path`,
+/// for a test that hangs up before the end.
+pub async fn slow_stream(mock: &MockUpstream, path: &str, body: &Value) -> Response<Incoming> {
+    let headers = [("x-mock-delay-ms", "20"), ("x-mock-chunks", "100")];
+    client()
+        .request(request(
+            mock,
+            Method::POST,
+            path,
+            &headers,
+            body.to_string(),
+        ))
+        .await
+        .expect("response")
+}
+
+/// A fresh mock's answer to `body` posted to `path` with `headers`, checked to be a `200` of
+/// `content_type`: how each byte-exact test starts.
+pub async fn fresh_answer(
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &Value,
+    content_type: &str,
+) -> Answer {
+    let mock = MockUpstream::start().await.expect("mock");
+    let answer = post(&mock, path, headers, body).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.content_type(), content_type);
+    answer
+}
+
+/// The non-streamed and the streamed answer to `request(stream)` posted to `path` with
+/// `headers`, each checked to be a `200` of its content type, for a test that compares them.
+pub async fn whole_and_stream(
+    mock: &MockUpstream,
+    path: &str,
+    headers: &[(&str, &str)],
+    request: impl Fn(bool) -> Value,
+) -> (Answer, Answer) {
+    let whole = post(mock, path, headers, &request(false)).await;
+    assert_eq!(whole.status, 200, "{headers:?}");
+    assert_eq!(whole.content_type(), "application/json");
+    let stream = post(mock, path, headers, &request(true)).await;
+    assert_eq!(stream.status, 200, "{headers:?}");
+    assert_eq!(stream.content_type(), "text/event-stream");
+    (whole, stream)
+}
+
+/// Asserts that `request(stream)` posted twice to `path` gets the same bytes twice, in each
+/// of `scenarios`, streamed and not.
+pub async fn assert_same_bytes(
+    mock: &MockUpstream,
+    path: &str,
+    scenarios: &[&str],
+    request: impl Fn(bool) -> Value,
+) {
+    for scenario in scenarios {
+        for stream in [false, true] {
+            let headers = [("x-mock-scenario", *scenario)];
+            let body = request(stream);
+            let first = post(mock, path, &headers, &body).await;
+            let second = post(mock, path, &headers, &body).await;
+            assert_eq!(first.bytes(), second.bytes(), "{scenario}, stream {stream}");
+        }
+    }
 }
 
 pub fn openai_request(stream: bool, include_usage: bool) -> Value {
