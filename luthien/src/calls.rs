@@ -72,7 +72,7 @@ pub struct ListArgs {
     /// Exact model name.
     #[arg(long)]
     model: Option<String>,
-    /// `openai` or `anthropic`.
+    /// `openai`, `anthropic` or `openai_responses`.
     #[arg(long)]
     api: Option<Api>,
     /// Call status: completed, blocked, upstream_error, in_progress, …

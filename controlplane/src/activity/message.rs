@@ -33,7 +33,7 @@ pub struct ActivityMessage {
     /// `request`, `response`, `policy`, … (the event's `type` tag).
     pub event_type: String,
     pub model: String,
-    /// `openai` or `anthropic`.
+    /// `openai`, `anthropic` or `openai_responses`.
     pub api: Api,
     /// Unix time of the event in microseconds.
     pub timestamp_micros: i64,

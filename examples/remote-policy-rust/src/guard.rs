@@ -1,7 +1,7 @@
 //! The policy itself: a tool call whose arguments name a path outside the allowed directory is
 //! removed and replaced by a text saying why.
 //!
-//! Everything else — finding tool calls in both APIs, holding streamed calls until their
+//! Everything else — finding tool calls in all three APIs, holding streamed calls until their
 //! arguments are complete, renumbering the calls kept, rewriting the finish reason when none is
 //! left — is `luthien_policy::tool_calls`, the same code the built-in `tool_call_filter` runs.
 //! This file only answers its one question: keep this call, or replace it with what?
