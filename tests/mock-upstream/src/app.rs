@@ -2,8 +2,10 @@
 //!
 //! Every request goes through the same steps: record it, read the control headers, answer
 //! with a forced error status or hang if asked to, read the body, then render the [`Reply`]
-//! as JSON or as an event stream in the API's own format. Errors always use the format of
-//! the API that was called, because that is what a proxy must pass through or translate.
+//! as JSON or as an event stream in the API's own format. Each route receives the request
+//! as a [`Call`], whose methods are those steps, so that a route only says what is its own.
+//! Errors always use the format of the API that was called, because that is what a proxy
+//! must pass through or translate.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};

@@ -34,8 +34,8 @@ async fn count_tokens_counts_like_the_message_usage() {
     .await;
     assert_eq!(bad.status, 400);
     assert_eq!(bad.json()["type"], "error");
-    let get = get(&mock, "/v1/messages/count_tokens", &[VERSION]).await;
-    assert_eq!(get.status, 405);
+    let got = get(&mock, "/v1/messages/count_tokens", &[VERSION]).await;
+    assert_eq!(got.status, 405);
     let forced = post(
         &mock,
         "/v1/messages/count_tokens",

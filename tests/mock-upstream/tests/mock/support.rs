@@ -1,4 +1,4 @@
-//! A minimal HTTP client and SSE splitters for the tests.
+//! A minimal HTTP client, SSE splitters, and the request-and-check steps several tests share.
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
