@@ -33,25 +33,26 @@ pub fn content_texts(content: &Value) -> impl Iterator<Item = &str> {
 /// have none). `instructions` is the system prompt, not a user message. A conversation
 /// continued with `previous_response_id` lives on the provider: only this request's `input`
 /// is seen.
-fn last_user_content(request: &Value) -> Option<&Value> {
+/// `None` when there is no user message; `Some(None)` when it has no content.
+fn last_user_content(request: &Value) -> Option<Option<&Value>> {
     let conversation = match request.get("messages") {
         Some(messages) => messages,
         None => match request.get("input")? {
-            input @ Value::String(_) => return Some(input),
+            input @ Value::String(_) => return Some(Some(input)),
             items => items,
         },
     };
-    conversation
+    let message = conversation
         .as_array()?
         .iter()
         .rev()
-        .find(|message| message.get("role").and_then(Value::as_str) == Some("user"))?
-        .get("content")
+        .find(|message| message.get("role").and_then(Value::as_str) == Some("user"))?;
+    Some(message.get("content"))
 }
 
 /// The last user message's text pieces; nothing when it has no content.
 fn last_user_texts(request: &Value) -> Option<impl Iterator<Item = &str>> {
-    Some(content_texts(last_user_content(request)?))
+    Some(last_user_content(request)?.into_iter().flat_map(content_texts))
 }
 
 /// The text of the last message with role `user`, its pieces joined by newlines. `None` when
