@@ -52,7 +52,11 @@ fn last_user_content(request: &Value) -> Option<Option<&Value>> {
 
 /// The last user message's text pieces; nothing when it has no content.
 fn last_user_texts(request: &Value) -> Option<impl Iterator<Item = &str>> {
-    Some(last_user_content(request)?.into_iter().flat_map(content_texts))
+    Some(
+        last_user_content(request)?
+            .into_iter()
+            .flat_map(content_texts),
+    )
 }
 
 /// The text of the last message with role `user`, its pieces joined by newlines. `None` when

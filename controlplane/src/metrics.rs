@@ -58,6 +58,9 @@ pub struct Global {
     /// Policy reloads refused, and 1 while the file on disk is one that was refused.
     pub policy_reload_failures: Counter,
     pub policy_reload_failing: Gauge,
+    /// Calls whose request a data plane sent upstream before its decision while their chain
+    /// inspects requests (a reload had not yet reached that data plane).
+    pub request_decisions_skipped: Counter,
 }
 
 /// The process's metrics.
@@ -71,6 +74,7 @@ pub fn global() -> &'static Global {
         store: Arc::default(),
         policy_reload_failures: Counter::default(),
         policy_reload_failing: Gauge::default(),
+        request_decisions_skipped: Counter::default(),
     })
 }
 
@@ -134,6 +138,11 @@ pub fn render(sources: &MetricsSources) -> String {
         "luthien_policy_reload_failing",
         "1 while the policy file on disk is one a reload refused, else 0",
         global.policy_reload_failing.clone(),
+    );
+    registry.register(
+        "luthien_request_decisions_skipped",
+        "Calls a data plane sent upstream before their request decision while their chain inspects requests (a reload that had not reached it yet); their request was not policed",
+        global.request_decisions_skipped.clone(),
     );
     registry.register(
         "luthien_tokens",

@@ -253,7 +253,12 @@ impl CallDriver {
             emitted: Vec::new(),
             chain_failed: false,
         };
-        let decision = self.decide_request(&mut call, &start).await;
+        let mut decision = if start.sent_before_decision && self.chain.inspects_requests() {
+            self.request_gone_upstream(&mut call)
+        } else {
+            self.decide_request(&mut call, &start).await
+        };
+        decision.requests_not_inspected = !self.chain.inspects_requests();
         let (rewritten, immediate) = match &decision.action {
             Some(Action::ContinueRequest(continued)) => (continued.body.clone(), None),
             Some(Action::ImmediateResponse(response)) => (None, Some(response.body.clone())),
@@ -299,18 +304,39 @@ impl CallDriver {
             .inc();
     }
 
-    /// Request phase. A read-only chain answers at once, unchanged, in
-    /// observe mode: no parsing, no copy.
-    async fn decide_request(&self, call: &mut ActiveCall, start: &CallStart) -> RequestDecision {
-        if self.chain.read_only() {
-            call.mode = ResponseMode::Observe;
-            return continue_unchanged(ResponseMode::Observe);
-        }
-        call.mode = if self.chain.transforms_responses() {
+    /// The response mode of this call's chain.
+    fn response_mode(&self) -> ResponseMode {
+        if !self.chain.read_only() && self.chain.transforms_responses() {
             ResponseMode::Transform
         } else {
             ResponseMode::Observe
-        };
+        }
+    }
+
+    /// The request went upstream before its decision (`CallStart.sent_before_decision`), but
+    /// this call's chain inspects requests: the data plane had not yet heard of the reload that
+    /// made it so. Too late to police the request; it is recorded and counted as such, and
+    /// the response is policed as usual.
+    fn request_gone_upstream(&self, call: &mut ActiveCall) -> RequestDecision {
+        call.mode = self.response_mode();
+        crate::metrics::global().request_decisions_skipped.inc();
+        tracing::warn!(call_id = %call.info.call_id, "request sent upstream before the chain, which now inspects requests, could see it");
+        call.recorder.policy_event(
+            "luthien",
+            "request_not_policed",
+            "the data plane sent the request upstream before its decision (the chain began inspecting requests in a reload it had not heard of yet); the request policies did not run",
+            serde_json::json!({"reason": "sent_before_decision"}),
+        );
+        continue_unchanged(call.mode)
+    }
+
+    /// Request phase. A read-only chain answers at once, unchanged, in
+    /// observe mode: no parsing, no copy.
+    async fn decide_request(&self, call: &mut ActiveCall, start: &CallStart) -> RequestDecision {
+        call.mode = self.response_mode();
+        if self.chain.read_only() {
+            return continue_unchanged(call.mode);
+        }
         // Response-only chains (tool_call_filter, all_caps, …): the request
         // goes on unparsed, so a large agent request costs nothing here.
         if !self.chain.inspects_requests() {
@@ -338,6 +364,7 @@ impl CallDriver {
                         body: Some(Bytes::from(rewritten)),
                     })),
                     response_mode: call.mode.into(),
+                    requests_not_inspected: false,
                 },
                 Err(error) => {
                     let message = format!("rewritten request could not be encoded: {error}");
@@ -742,6 +769,7 @@ fn continue_unchanged(mode: ResponseMode) -> RequestDecision {
     RequestDecision {
         action: Some(Action::ContinueRequest(ContinueRequest { body: None })),
         response_mode: mode.into(),
+        requests_not_inspected: false,
     }
 }
 
@@ -759,6 +787,7 @@ fn immediate(response: ImmediateResponse) -> RequestDecision {
             },
         )),
         response_mode: ResponseMode::Unspecified.into(),
+        requests_not_inspected: false,
     }
 }
 

@@ -72,6 +72,9 @@ pub struct ControlMetrics {
     /// Calls moved to another control plane, and moves the retry budget refused.
     pub retries: Counter,
     pub retries_refused: Counter,
+    /// Calls sent upstream at the same time as their `CallStart`, the chain needing no
+    /// request decision.
+    pub sent_before_decision: Counter,
     /// 1 while a control plane reports SERVING, else 0.
     pub serving: Family<EndpointLabels, Gauge>,
 }
@@ -169,6 +172,11 @@ impl Metrics {
             "luthien_control_plane_retries_refused",
             "Moves to another control plane the retry budget refused (the fail mode applied)",
             control.retries_refused.clone(),
+        );
+        registry.register(
+            "luthien_requests_sent_before_decision",
+            "Calls sent upstream at the same time as their CallStart, because the control plane's last decision said its chain does not inspect requests",
+            control.sent_before_decision.clone(),
         );
         registry.register(
             "luthien_control_plane_serving",

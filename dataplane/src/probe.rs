@@ -19,6 +19,9 @@ pub struct RequestProbe {
     max_tokens: Option<u64>,
     #[serde(default)]
     max_completion_tokens: Option<u64>,
+    /// The Responses API's name for it.
+    #[serde(default)]
+    max_output_tokens: Option<u64>,
 }
 
 impl RequestProbe {
@@ -32,7 +35,9 @@ impl RequestProbe {
 
     /// The limit on generated tokens, whichever field the API names it by.
     pub fn max_tokens(&self) -> Option<u64> {
-        self.max_completion_tokens.or(self.max_tokens)
+        self.max_completion_tokens
+            .or(self.max_output_tokens)
+            .or(self.max_tokens)
     }
 }
 
@@ -42,7 +47,7 @@ pub fn probe(body: &[u8]) -> Result<RequestProbe, String> {
     let probe = serde_json::from_slice(body)
         .map_err(|error| format!("request body is not valid JSON for this API: {error}"))?;
     // A derived struct also deserializes from an array, by position: `["gpt-4o", true]`
-    // would read as model and stream. Both APIs take an object.
+    // would read as model and stream. Every API takes an object.
     if body.iter().find(|byte| !byte.is_ascii_whitespace()) != Some(&b'{') {
         return Err("request body is not valid JSON for this API: it must be an object".to_owned());
     }

@@ -201,6 +201,13 @@ struct Decided {
     mode: StreamMode,
 }
 
+/// An upstream request that has answered (its head) or failed, and how long it took.
+struct Sent {
+    result: Result<Result<http::Response<Incoming>, SendError>, tokio::time::error::Elapsed>,
+    elapsed: Duration,
+    span: tracing::Span,
+}
+
 impl Call {
     fn error(&self, status: StatusCode, message: impl Into<String>) -> Response {
         ApiError::new(self.api, status, message).into_response()
@@ -224,8 +231,21 @@ impl Call {
 
     async fn phases(&mut self, request: Request) -> Phase<Response> {
         let accepted = self.request_phase(request).await?;
-        let decided = self.decision_phase(&accepted).await?;
-        let upstream = self.upstream_phase(&accepted, decided.body).await?;
+        let (decided, upstream) = if self.state.control.send_before_decision() {
+            // The chain does not inspect requests: the decision can only be "continue,
+            // unchanged", so it is awaited beside the upstream request, not before it.
+            let sending = self.send_upstream(&accepted, accepted.body.clone());
+            let (decided, sent) = tokio::join!(self.decision_phase(&accepted, true), sending);
+            let decided = decided?;
+            if decided.body.as_ptr() != accepted.body.as_ptr() {
+                tracing::warn!(call_id = %self.id, "the control plane rewrote a request that had already gone upstream; the rewrite was not applied");
+            }
+            (decided, self.upstream_answered(sent)?)
+        } else {
+            let decided = self.decision_phase(&accepted, false).await?;
+            let sent = self.send_upstream(&accepted, decided.body.clone()).await;
+            (decided, self.upstream_answered(sent)?)
+        };
         if accepted.stream && upstream.status().is_success() {
             return Ok(self.stream_phase(upstream, decided.mode));
         }
@@ -294,7 +314,7 @@ impl Call {
 
     /// Decision phase: the control plane may rewrite the request, answer it itself, and picks
     /// the response mode. Without a control plane the fail mode decides.
-    async fn decision_phase(&mut self, accepted: &Accepted) -> Phase<Decided> {
+    async fn decision_phase(&mut self, accepted: &Accepted, sent_before: bool) -> Phase<Decided> {
         let start = CallStart {
             call_id: self.id.to_string(),
             api: self.api.kind().into(),
@@ -308,6 +328,7 @@ impl Call {
             }),
             body: accepted.body.clone(),
             received_at_unix_micros: luthien_api::time::unix_micros(),
+            sent_before_decision: sent_before,
         };
         let unpoliced = Decided {
             body: accepted.body.clone(),
@@ -350,39 +371,57 @@ impl Call {
         }
     }
 
-    /// Upstream phase: sends the (possibly rewritten) body and waits for the response head.
-    async fn upstream_phase(
-        &mut self,
-        accepted: &Accepted,
+    /// Upstream phase, first half: sends the (possibly rewritten) body and waits for the
+    /// response head. It borrows nothing of the call, so it can run beside the decision.
+    fn send_upstream<'a>(
+        &self,
+        accepted: &'a Accepted,
         body: Bytes,
-    ) -> Phase<http::Response<Incoming>> {
-        let config = &self.state.config;
-        let upstream_span = tracing::info_span!(
+    ) -> impl Future<Output = Sent> + 'a {
+        let state = Arc::clone(&self.state);
+        let api = self.api;
+        let span = tracing::info_span!(
             "luthien.upstream",
             otel.kind = "client",
-            gen_ai.provider.name = self.api.provider(),
+            gen_ai.provider.name = api.provider(),
             http.response.status_code = Empty,
         );
-        let upstream_trace = config
+        let trace = state
+            .config
             .propagate_trace_upstream
-            .then(|| propagation::outgoing(&upstream_span, &self.client_trace));
-        let started = Instant::now();
-        let sent = tokio::time::timeout(
-            config.upstream_timeout,
-            self.state.upstream.send(
-                self.api,
-                accepted.parts.uri.query(),
-                &accepted.parts.headers,
-                accepted.stripped_credential.as_ref(),
-                body,
-                upstream_trace.as_ref(),
-            ),
-        )
-        .instrument(upstream_span.clone())
-        .await;
-        let elapsed = started.elapsed();
+            .then(|| propagation::outgoing(&span, &self.client_trace));
+        async move {
+            let started = Instant::now();
+            let result = tokio::time::timeout(
+                state.config.upstream_timeout,
+                state.upstream.send(
+                    api,
+                    accepted.parts.uri.query(),
+                    &accepted.parts.headers,
+                    accepted.stripped_credential.as_ref(),
+                    body,
+                    trace.as_ref(),
+                ),
+            )
+            .instrument(span.clone())
+            .await;
+            Sent {
+                result,
+                elapsed: started.elapsed(),
+                span,
+            }
+        }
+    }
+
+    /// Upstream phase, second half: the response head, or the call's early end.
+    fn upstream_answered(&mut self, sent: Sent) -> Phase<http::Response<Incoming>> {
+        let Sent {
+            result,
+            elapsed,
+            span: upstream_span,
+        } = sent;
         self.upstream_wait += elapsed;
-        match sent {
+        match result {
             Ok(Ok(response)) => {
                 upstream_span.record("http.response.status_code", response.status().as_u16());
                 let metric = &self.state.metrics.upstream;

@@ -163,6 +163,8 @@ fn continue_call(mode: ResponseMode) -> ToData {
     ToData::RequestDecision(RequestDecision {
         action: Some(Action::ContinueRequest(ContinueRequest { body: None })),
         response_mode: mode.into(),
+        // A scripted control plane keeps the data plane waiting for each decision.
+        requests_not_inspected: false,
     })
 }
 

@@ -12,6 +12,7 @@ mod retry_budget;
 mod tls;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -149,6 +150,9 @@ pub struct ControlClient {
     timeouts: Timeouts,
     tasks: TaskTracker,
     open_streams: Gauge,
+    /// The last request decision said its chain does not inspect requests: calls may go
+    /// upstream before their decision (see [`ControlClient::send_before_decision`]).
+    requests_not_inspected: Arc<AtomicBool>,
 }
 
 /// How the data plane reaches its control planes.
@@ -192,7 +196,27 @@ impl ControlClient {
             tasks: TaskTracker::new(),
             open_streams: metrics.open_streams.clone(),
             metrics,
+            requests_not_inspected: Arc::default(),
         })
+    }
+
+    /// Decides (and counts) whether the next call goes upstream at the same time as its
+    /// `CallStart`, without
+    /// waiting for its request decision: the last decision received said its chain does not
+    /// inspect requests, so the decision can only be "continue, unchanged". It is still awaited
+    /// before the response is handled (it carries the response mode).
+    ///
+    /// The window: a reload that makes the chain inspect requests is heard of with the first
+    /// decision after it; the calls this data plane sent in between (one round trip's worth)
+    /// reach upstream unpoliced on the request side. The control plane records each as
+    /// `request_not_policed` and counts it in `luthien_request_decisions_skipped_total`, and
+    /// polices their responses. Every other chain change needs no such care.
+    pub fn send_before_decision(&self) -> bool {
+        let may = self.requests_not_inspected.load(Ordering::Relaxed);
+        if may {
+            self.metrics.sent_before_decision.inc();
+        }
+        may
     }
 
     /// Finds the control planes (the first round before returning, bounded) and keeps
@@ -348,6 +372,7 @@ impl ControlClient {
             timeouts: self.timeouts,
             tasks: self.tasks.clone(),
             ended: false,
+            requests_not_inspected: Arc::clone(&self.requests_not_inspected),
             _open: open,
         })
     }
@@ -364,6 +389,8 @@ pub struct CallSession {
     timeouts: Timeouts,
     tasks: TaskTracker,
     ended: bool,
+    /// Where its request decision says whether the chain inspects requests.
+    requests_not_inspected: Arc<AtomicBool>,
     /// Counts this stream in the open-streams gauge while it lives.
     _open: OpenStream,
 }
@@ -423,9 +450,15 @@ impl CallSession {
         }
     }
 
+    /// The request decision; what it says of the chain steers the next calls (see
+    /// [`ControlClient::send_before_decision`]).
     pub async fn request_decision(&mut self) -> Result<RequestDecision, ControlError> {
         match self.receive().await? {
-            FromControl::RequestDecision(decision) => Ok(decision),
+            FromControl::RequestDecision(decision) => {
+                self.requests_not_inspected
+                    .store(decision.requests_not_inspected, Ordering::Relaxed);
+                Ok(decision)
+            }
             other => Err(unexpected("RequestDecision", &other)),
         }
     }

@@ -307,3 +307,91 @@ policies:
     .await;
     assert_eq!(policy.json()["policies"][0]["kind"], "noop");
 }
+
+/// A chain that does not inspect requests lets the data plane send each call upstream beside
+/// its `CallStart`. A reload to a chain that does (here `block`) reaches the data plane with
+/// the next decision: the one call sent in between is recorded as not policed on the request
+/// side and counted, and the call after it is blocked.
+#[tokio::test]
+async fn a_reload_to_a_request_policy_is_heard_of_with_the_next_decision() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.yaml");
+    std::fs::write(&path, "policies: [{type: all_caps}]").unwrap();
+    let database = TestDatabase::sqlite().await;
+    let stack = Stack::start(StackOptions {
+        control_plane: ControlPlane::File(path.clone()),
+        database_url: Some(database.url.clone()),
+        ..StackOptions::default()
+    })
+    .await;
+    let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});
+    let call = || async {
+        Client::new()
+            .post(&stack.openai_url(), &[], body.to_string())
+            .await
+    };
+    let metric = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let data_plane_metrics = || async {
+        let url = format!("{}/metrics", stack.proxy);
+        luthien_tests::client::read(Client::new().send("GET", &url, &[], "").await)
+            .await
+            .text()
+            .to_owned()
+    };
+    let control_plane_metrics = || async {
+        let url = format!("{}/metrics", stack.debug_http.as_ref().unwrap());
+        luthien_tests::client::read(Client::new().send("GET", &url, &[], "").await)
+            .await
+            .text()
+            .to_owned()
+    };
+    const SENT: &str = "luthien_requests_sent_before_decision_total";
+    const SKIPPED: &str = "luthien_request_decisions_skipped_total";
+
+    // The first call waits (nothing is known of the chain yet); its decision says the chain
+    // does not inspect requests, so the second goes upstream beside its CallStart.
+    for expected_sent in [0.0, 1.0] {
+        let response = call().await;
+        assert_eq!(response.status, 200);
+        assert_eq!(
+            response.json()["choices"][0]["message"]["content"],
+            TEXT.to_uppercase()
+        );
+        assert_eq!(metric(&data_plane_metrics().await, SENT), expected_sent);
+    }
+
+    let skipped_before = metric(&control_plane_metrics().await, SKIPPED);
+    std::fs::write(
+        &path,
+        "policies: [{type: block, config: {rules: [{name: no-mini, models_deny: ['*-mini']}]}}]",
+    )
+    .unwrap();
+    let mut admin = policies_client(&stack).await;
+    wait_for_policy(&mut admin, &["block"]).await;
+
+    // In the window: sent before the decision, which now comes from a blocking chain.
+    let unpoliced = call().await;
+    assert_eq!(unpoliced.status, 200, "{}", unpoliced.text());
+    let call_id = unpoliced.header("x-luthien-call-id").unwrap().to_owned();
+    let recorded =
+        luthien_tests::wait::completed_call_json(stack.debug_http.as_ref().unwrap(), &call_id)
+            .await;
+    let events = recorded["events"].as_array().unwrap();
+    assert!(
+        events.iter().any(|event| {
+            event["payload"]["policy"] == "luthien"
+                && event["payload"]["action"] == "request_not_policed"
+        }),
+        "{recorded}"
+    );
+    assert!(metric(&control_plane_metrics().await, SKIPPED) >= skipped_before + 1.0);
+
+    // Heard of: the next call waits for its decision, and is blocked.
+    let blocked = call().await;
+    assert_eq!(blocked.status, 403, "{}", blocked.text());
+    assert_eq!(metric(&data_plane_metrics().await, SENT), 2.0);
+}
