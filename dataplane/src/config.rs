@@ -118,12 +118,20 @@ pub struct DataPlaneConfig {
     #[arg(long = "propagate-trace-upstream", env = "LUTHIEN_PROPAGATE_TRACE_UPSTREAM", default_value_t = true, action = clap::ArgAction::Set)]
     pub propagate_trace_upstream: bool,
 
-    /// Pass the provider endpoints that generate nothing (`POST
-    /// /v1/messages/count_tokens`, `GET /v1/models`, `GET /v1/models/{id}`)
-    /// straight to the provider, without the control plane; `false` answers
-    /// them 404 so that no byte bypasses the policies.
+    /// Pass the provider endpoints that generate nothing new (`POST
+    /// /v1/messages/count_tokens`, `GET /v1/models`, `GET /v1/models/{id}`, the
+    /// Responses API's stored responses) straight to the provider, without the
+    /// control plane; `false` answers them 404 so that no byte bypasses the
+    /// policies.
     #[arg(long = "auxiliary-endpoints", env = "LUTHIEN_AUXILIARY_ENDPOINTS", default_value_t = true, action = clap::ArgAction::Set)]
     pub auxiliary_endpoints: bool,
+
+    /// When the control plane's chain does not inspect requests, send each request upstream
+    /// at the same time as its call opens on the control plane instead of after its request
+    /// decision; `false` always waits for the decision (no request is sent in the window after
+    /// a reload to a chain that inspects requests).
+    #[arg(long = "send-before-decision", env = "LUTHIEN_SEND_BEFORE_DECISION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub send_before_decision: bool,
 
     /// On SIGTERM, how long the data plane keeps accepting calls after `/readyz` turned false,
     /// so that load balancers notice before it stops.

@@ -231,7 +231,8 @@ impl Call {
 
     async fn phases(&mut self, request: Request) -> Phase<Response> {
         let accepted = self.request_phase(request).await?;
-        let (decided, upstream) = if self.state.control.send_before_decision() {
+        let early = self.state.config.send_before_decision;
+        let (decided, upstream) = if early && self.state.control.send_before_decision() {
             // The chain does not inspect requests: the decision can only be "continue,
             // unchanged", so it is awaited beside the upstream request, not before it.
             let sending = self.send_upstream(&accepted, accepted.body.clone());

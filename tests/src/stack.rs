@@ -201,6 +201,7 @@ impl Stack {
             cp_connect_timeout: Duration::from_millis(500),
             propagate_trace_upstream: true,
             auxiliary_endpoints: true,
+            send_before_decision: true,
             drain_delay: options.drain_delay,
             drain_timeout: Duration::from_secs(10),
             edge: options.edge,

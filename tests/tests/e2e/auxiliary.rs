@@ -80,6 +80,7 @@ async fn data_plane(openai: &MockUpstream, anthropic: &MockUpstream, auxiliary: 
         cp_connect_timeout: Duration::from_millis(300),
         propagate_trace_upstream: true,
         auxiliary_endpoints: auxiliary,
+        send_before_decision: true,
         drain_delay: Duration::ZERO,
         drain_timeout: Duration::from_secs(10),
         edge: Default::default(),
