@@ -33,6 +33,16 @@ async fn post(url: &str, scenario: &str, text: Option<&str>, body: &Value) -> Te
     Client::new().post(url, &headers, body.to_string()).await
 }
 
+/// Any request, read whole.
+async fn send(method: &str, url: &str, headers: &[(&str, &str)], body: &str) -> TestResponse {
+    luthien_tests::client::read(
+        Client::new()
+            .send(method, url, headers, body.to_owned())
+            .await,
+    )
+    .await
+}
+
 fn proxy_url(stack: &Stack) -> String {
     format!("{}/v1/responses", stack.proxy)
 }
@@ -364,12 +374,7 @@ async fn calls_are_recorded_with_the_stream_rebuilt_as_its_final_response() {
             Some("Say hello, then call the tools.")
         );
     }
-    let metrics = luthien_tests::client::read(
-        Client::new()
-            .send("GET", &format!("{}/metrics", stack.proxy), &[], "")
-            .await,
-    )
-    .await;
+    let metrics = send("GET", &format!("{}/metrics", stack.proxy), &[], "").await;
     assert!(
         metrics.text().contains(r#"api="openai_responses""#),
         "{}",
@@ -377,15 +382,8 @@ async fn calls_are_recorded_with_the_stream_rebuilt_as_its_final_response() {
     );
     // The debug API filters on the API's name.
     let debug = stack.debug_http.as_ref().unwrap();
-    let listed = Client::new()
-        .send(
-            "GET",
-            &format!("{debug}/debug/calls?api=openai_responses"),
-            &[],
-            "",
-        )
-        .await;
-    let listed = luthien_tests::client::read(listed).await.json();
+    let url = format!("{debug}/debug/calls?api=openai_responses");
+    let listed = send("GET", &url, &[], "").await.json();
     assert_eq!(listed["calls"].as_array().unwrap().len(), 2, "{listed}");
 }
 
@@ -457,38 +455,25 @@ async fn stored_response_endpoints_pass_through_to_openai() {
             .is_some_and(|query| query.contains("starting_after=5"))
     );
     // An id may not climb out of the path; no method but theirs.
-    let climbing = luthien_tests::client::read(
-        Client::new()
-            .send(
-                "GET",
-                &format!("{}/v1/responses/%2e%2e", stack.proxy),
-                &[BEARER],
-                "",
-            )
-            .await,
+    let climbing = send(
+        "GET",
+        &format!("{}/v1/responses/%2e%2e", stack.proxy),
+        &[BEARER],
+        "",
     )
     .await;
     climbing.assert_openai_error(404, "not a response id");
-    let wrong = luthien_tests::client::read(
-        Client::new()
-            .send(
-                "POST",
-                &format!("{}/v1/responses/{id}", stack.proxy),
-                &[BEARER],
-                "{}",
-            )
-            .await,
+    let wrong = send(
+        "POST",
+        &format!("{}/v1/responses/{id}", stack.proxy),
+        &[BEARER],
+        "{}",
     )
     .await;
     wrong.assert_openai_error(405, "GET or DELETE");
     assert_eq!(stack.mock.requests().len(), expected.len());
     // Counted under this API's name and the endpoint's bounded label.
-    let metrics = luthien_tests::client::read(
-        Client::new()
-            .send("GET", &format!("{}/metrics", stack.proxy), &[], "")
-            .await,
-    )
-    .await;
+    let metrics = send("GET", &format!("{}/metrics", stack.proxy), &[], "").await;
     for series in [
         r#"luthien_passthrough_total{api="openai_responses",endpoint="responses",status="200"} 5"#,
         r#"luthien_passthrough_total{api="openai_responses",endpoint="input_tokens",status="200"} 1"#,
