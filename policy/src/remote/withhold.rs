@@ -184,25 +184,13 @@ impl StreamCut {
                 events.push(json!({"type": "response.output_item.done", "output_index": index, "item": item}));
             }
         }
-        // The notice: the reply's message item, moved to the next output index.
+        // The notice: a message item of its own at the next output index.
         let index = self.next_block;
-        let notice_events = reply::responses_events(
-            &reply::fresh_id(Api::OpenAiResponses),
-            created,
-            model,
-            notice,
-        );
-        for event in &notice_events[2..notice_events.len() - 1] {
-            let mut event = event.json().cloned().unwrap_or_default();
-            event["output_index"] = json!(index);
-            if let Some(item) = event
-                .get("item")
-                .filter(|_| event["type"] == "response.output_item.done")
-            {
-                self.items.insert(index, item.clone());
-            }
-            events.push(event);
-        }
+        let message_id = reply::fresh_id(Api::OpenAiResponses).replacen("resp_", "msg_", 1);
+        let message = reply::responses_message(&message_id, notice);
+        let position = usize::try_from(index).unwrap_or(usize::MAX);
+        events.extend(reply::responses_message_events(position, &message));
+        self.items.insert(index, message);
         let mut completed = reply::responses_object(id, created, model, notice);
         if let Value::Object(fields) = &response {
             for (key, value) in fields {
@@ -218,11 +206,10 @@ impl StreamCut {
         events.push(json!({"type": "response.completed", "response": completed}));
         events
             .into_iter()
-            .map(|mut event| {
-                event["sequence_number"] = json!(self.next_sequence);
+            .map(|event| {
+                let number = self.next_sequence;
                 self.next_sequence += 1;
-                let kind = event["type"].as_str().map(str::to_owned);
-                SseEvent::from_json(kind.as_deref(), event)
+                reply::numbered_event(event, number.into())
             })
             .collect()
     }

@@ -130,48 +130,79 @@ pub fn fresh_id(api: Api) -> String {
 /// A Responses `response` with one assistant `message` item carrying `text`; the item's id is
 /// the response's with `msg_` in place of `resp_`.
 pub fn responses_object(id: &str, created: u64, model: &str, text: &str) -> Value {
-    responses_envelope(
-        id,
-        created,
-        model,
-        "completed",
-        vec![responses_message(id, "completed", text)],
-    )
+    let message = responses_message(&responses_message_id(id), text);
+    responses_envelope(id, created, model, "completed", vec![message])
 }
 
 /// The events of a streamed Responses answer carrying `text`.
 pub fn responses_events(id: &str, created: u64, model: &str, text: &str) -> Vec<SseEvent> {
-    let item_id = responses_message_id(id);
-    let part = json!({"type": "output_text", "text": text, "annotations": [], "logprobs": []});
-    let empty_part = json!({"type": "output_text", "text": "", "annotations": [], "logprobs": []});
     let mut started = responses_envelope(id, created, model, "in_progress", Vec::new());
     started["usage"] = Value::Null;
-    let events = [
+    let message = responses_message(&responses_message_id(id), text);
+    let mut events = vec![
         json!({"type": "response.created", "response": started}),
         json!({"type": "response.in_progress", "response": started}),
-        json!({"type": "response.output_item.added", "output_index": 0,
-            "item": responses_message(id, "in_progress", "")}),
-        json!({"type": "response.content_part.added", "item_id": item_id, "output_index": 0,
-            "content_index": 0, "part": empty_part}),
-        json!({"type": "response.output_text.delta", "item_id": item_id, "output_index": 0,
-            "content_index": 0, "delta": text, "logprobs": []}),
-        json!({"type": "response.output_text.done", "item_id": item_id, "output_index": 0,
-            "content_index": 0, "text": text, "logprobs": []}),
-        json!({"type": "response.content_part.done", "item_id": item_id, "output_index": 0,
-            "content_index": 0, "part": part}),
-        json!({"type": "response.output_item.done", "output_index": 0,
-            "item": responses_message(id, "completed", text)}),
-        json!({"type": "response.completed",
-            "response": responses_object(id, created, model, text)}),
     ];
+    events.extend(responses_message_events(0, &message));
+    events.push(json!({"type": "response.completed",
+        "response": responses_object(id, created, model, text)}));
     (0u64..)
         .zip(events)
-        .map(|(sequence_number, mut event)| {
-            event["sequence_number"] = sequence_number.into();
-            let event_type = event["type"].as_str().map(str::to_owned);
-            SseEvent::from_json(event_type.as_deref(), event)
-        })
+        .map(|(number, event)| numbered_event(event, number.into()))
         .collect()
+}
+
+/// A completed assistant `message` item with one `output_text` part carrying `text`.
+pub fn responses_message(id: &str, text: &str) -> Value {
+    json!({"type": "message", "id": id, "status": "completed", "role": "assistant",
+        "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]})
+}
+
+/// The events that stream `message` (a completed item with one `output_text` part) whole at
+/// `output_index`: the item added (in progress, no content), its part added empty, the text in
+/// one delta, then the text, the part and the item done. Without `sequence_number`s, which
+/// the caller gives ([`numbered_event`]).
+pub fn responses_message_events(output_index: usize, message: &Value) -> Vec<Value> {
+    let id = message.get("id").cloned().unwrap_or(Value::Null);
+    let part = message
+        .pointer("/content/0")
+        .cloned()
+        .unwrap_or(Value::Null);
+    let text = part.get("text").cloned().unwrap_or(Value::Null);
+    let mut opened = message.clone();
+    opened["status"] = json!("in_progress");
+    opened["content"] = json!([]);
+    let mut empty_part = part.clone();
+    empty_part["text"] = json!("");
+    vec![
+        json!({"type": "response.output_item.added", "output_index": output_index, "item": opened}),
+        json!({"type": "response.content_part.added", "item_id": id, "output_index": output_index,
+            "content_index": 0, "part": empty_part}),
+        json!({"type": "response.output_text.delta", "item_id": id, "output_index": output_index,
+            "content_index": 0, "delta": text, "logprobs": []}),
+        json!({"type": "response.output_text.done", "item_id": id, "output_index": output_index,
+            "content_index": 0, "text": text, "logprobs": []}),
+        json!({"type": "response.content_part.done", "item_id": id, "output_index": output_index,
+            "content_index": 0, "part": part}),
+        json!({"type": "response.output_item.done", "output_index": output_index, "item": message}),
+    ]
+}
+
+/// A Responses event from its data, `sequence_number` placed after `type` as the API sends it
+/// (left out when `null`), named by its `type`.
+pub fn numbered_event(body: Value, sequence_number: Value) -> SseEvent {
+    let kind = body["type"].as_str().map(str::to_owned);
+    let mut event = serde_json::Map::new();
+    let Value::Object(fields) = body else {
+        return SseEvent::from_json(kind.as_deref(), body);
+    };
+    let mut fields = fields.into_iter();
+    event.extend(fields.next());
+    if !sequence_number.is_null() {
+        event.insert("sequence_number".to_owned(), sequence_number);
+    }
+    event.extend(fields);
+    SseEvent::from_json(kind.as_deref(), Value::Object(event))
 }
 
 /// The fields of a `response` the SDKs require, with zero usage.
@@ -202,17 +233,6 @@ fn responses_envelope(
             "total_tokens": 0
         }
     })
-}
-
-/// An assistant `message` item; in progress it has no content yet.
-fn responses_message(response_id: &str, status: &str, text: &str) -> Value {
-    let content = if status == "in_progress" {
-        json!([])
-    } else {
-        json!([{"type": "output_text", "text": text, "annotations": [], "logprobs": []}])
-    };
-    json!({"type": "message", "id": responses_message_id(response_id), "status": status,
-        "role": "assistant", "content": content})
 }
 
 fn responses_message_id(response_id: &str) -> String {

@@ -8,10 +8,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{Decision, Inspector, Subject, ToolCall, inspect_all};
-use crate::shapes::{self, Api, array, as_index};
+use crate::shapes::{self, Api, array, as_index, reply};
 use crate::{PolicyEvent, SseEvent};
 
 /// The output items that are tool calls a client runs, and the field of their arguments.
@@ -264,17 +264,7 @@ fn message_texts(item: &Value) -> BTreeMap<usize, String> {
 
 /// The completed message that takes the place of blocked call `call` (at `output_index`).
 fn replacement_message(call: &Value, output_index: usize, text: String) -> Value {
-    json!({
-        "id": replacement_id(call, output_index),
-        "type": "message",
-        "status": "completed",
-        "content": [output_text_part(text)],
-        "role": "assistant",
-    })
-}
-
-fn output_text_part(text: String) -> Value {
-    json!({"type": "output_text", "annotations": [], "logprobs": [], "text": text})
+    reply::responses_message(&replacement_id(call, output_index), &text)
 }
 
 /// `msg_luthien_` and the blocked call's `id` (or `call_id`) without its prefix: unique in the
@@ -709,38 +699,12 @@ fn message_events(output_index: usize, message: &Value, removed: &[SseEvent]) ->
         .iter()
         .filter_map(|event| event.json()?.get("sequence_number").cloned())
         .collect();
-    let id = message.get("id").cloned().unwrap_or(Value::Null);
-    let part = message
-        .pointer("/content/0")
-        .cloned()
-        .unwrap_or(Value::Null);
-    let text = part.get("text").cloned().unwrap_or(Value::Null);
-    let mut opened = message.clone();
-    opened["status"] = json!("in_progress");
-    opened["content"] = json!([]);
-    let mut empty_part = part.clone();
-    empty_part["text"] = json!("");
-    let bodies = [
-        json!({"type": "response.output_item.added", "output_index": output_index, "item": opened}),
-        json!({"type": "response.content_part.added", "item_id": id, "output_index": output_index, "content_index": 0, "part": empty_part}),
-        json!({"type": "response.output_text.delta", "item_id": id, "output_index": output_index, "content_index": 0, "delta": text, "logprobs": []}),
-        json!({"type": "response.output_text.done", "item_id": id, "output_index": output_index, "content_index": 0, "text": text, "logprobs": []}),
-        json!({"type": "response.content_part.done", "item_id": id, "output_index": output_index, "content_index": 0, "part": part}),
-        json!({"type": "response.output_item.done", "output_index": output_index, "item": message}),
-    ];
-    bodies
+    reply::responses_message_events(output_index, message)
         .into_iter()
         .enumerate()
         .map(|(position, body)| {
-            let kind = body["type"].as_str().map(str::to_owned);
-            let mut event = json!({"type": body["type"].clone()});
-            if let Some(number) = numbers.get(position).or(numbers.last()) {
-                event["sequence_number"] = number.clone();
-            }
-            if let (Value::Object(event), Value::Object(body)) = (&mut event, body) {
-                event.extend(body.into_iter().filter(|(key, _)| key != "type"));
-            }
-            SseEvent::from_json(kind.as_deref(), event)
+            let number = numbers.get(position).or(numbers.last()).cloned();
+            reply::numbered_event(body, number.unwrap_or(Value::Null))
         })
         .collect()
 }
