@@ -354,15 +354,7 @@ impl ControlClient {
         let response = timeout_at(deadline, client.process_call(request))
             .await
             .map_err(|_| ControlError::Timeout(self.timeouts.inactivity))?
-            .map_err(|status| match status.code() {
-                // `Cancelled` before the stream opened is the client's own: the connection was
-                // closing (a GOAWAY from a control plane shutting down) and the request was
-                // never sent ("operation was canceled"), so the next control plane may take it.
-                tonic::Code::Unavailable | tonic::Code::Cancelled => {
-                    ControlError::Unavailable(status.message().to_owned())
-                }
-                _ => ControlError::Refused(status.message().to_owned()),
-            })?;
+            .map_err(not_opened)?;
         endpoint.streams.inc();
         endpoint.succeeded();
         Ok(CallSession {
@@ -375,6 +367,25 @@ impl ControlClient {
             requests_not_inspected: Arc::clone(&self.requests_not_inspected),
             _open: open,
         })
+    }
+}
+
+/// Why a stream did not open. A status the control plane sent refuses the call; one the
+/// data plane's own connection made up means no policy saw it, so the next control plane may
+/// take it: `Unavailable` (unreachable), `Cancelled` (the connection was closing, a GOAWAY from
+/// a control plane shutting down, and the request was never sent), and any transport failure,
+/// such as a connection reset under a stream just opened on it (a control plane killed between
+/// two calls: `Unknown`, "transport error").
+fn not_opened(status: tonic::Status) -> ControlError {
+    let transport =
+        std::iter::successors(std::error::Error::source(&status), |error| error.source())
+            .any(|error| error.is::<tonic::transport::Error>());
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::Cancelled => {
+            ControlError::Unavailable(status.message().to_owned())
+        }
+        _ if transport => ControlError::Unavailable(status.message().to_owned()),
+        _ => ControlError::Refused(status.message().to_owned()),
     }
 }
 

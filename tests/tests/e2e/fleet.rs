@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -562,6 +562,132 @@ async fn a_control_plane_that_stops_answering_is_ejected() {
         1,
         "the silent control plane got one call, and then none"
     );
+}
+
+/// A TCP relay in front of a control plane that, once armed, cuts the connection (a reset) at
+/// the next HEADERS frame the data plane sends on it: a stream opened on a connection that dies
+/// before the control plane answers, as when the control plane is killed between two calls.
+struct ConnectionCutter {
+    url: String,
+    armed: Arc<AtomicBool>,
+    cuts: Arc<AtomicUsize>,
+    _stop: DropGuard,
+}
+
+impl ConnectionCutter {
+    async fn start(target: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let armed = Arc::new(AtomicBool::new(false));
+        let cuts = Arc::new(AtomicUsize::new(0));
+        let stop = CancellationToken::new();
+        let (armed_, cuts_, stopped) = (Arc::clone(&armed), Arc::clone(&cuts), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let (client, _) = tokio::select! {
+                    () = stopped.cancelled() => return,
+                    accepted = listener.accept() => accepted.unwrap(),
+                };
+                let (armed, cuts) = (Arc::clone(&armed_), Arc::clone(&cuts_));
+                tokio::spawn(Self::relay(client, target, armed, cuts));
+            }
+        });
+        Self {
+            url,
+            armed,
+            cuts,
+            _stop: stop.drop_guard(),
+        }
+    }
+
+    /// Copies the control plane's side as it comes; reads the data plane's side frame by frame
+    /// (RFC 9113 §4.1: 9-byte header, type at offset 3) to see where each stream opens.
+    async fn relay(
+        client: tokio::net::TcpStream,
+        target: SocketAddr,
+        armed: Arc<AtomicBool>,
+        cuts: Arc<AtomicUsize>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        const HEADERS: u8 = 0x1;
+        let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+            return;
+        };
+        // SO_LINGER 0: closing is a reset, as the socket of a killed process may give.
+        if client.set_zero_linger().is_err() {
+            return;
+        }
+        let (mut from_client, mut to_client) = client.into_split();
+        let (mut from_server, mut to_server) = server.into_split();
+        let answers = tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
+            to_client
+        });
+        let mut preface = [0; 24];
+        if from_client.read_exact(&mut preface).await.is_err()
+            || to_server.write_all(&preface).await.is_err()
+        {
+            return;
+        }
+        loop {
+            let mut header = [0; 9];
+            if from_client.read_exact(&mut header).await.is_err() {
+                return;
+            }
+            let length = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+            let mut payload = vec![0; length];
+            if from_client.read_exact(&mut payload).await.is_err() {
+                return;
+            }
+            if header[3] == HEADERS && armed.swap(false, Ordering::SeqCst) {
+                cuts.fetch_add(1, Ordering::SeqCst);
+                // Both halves go: the socket closes with a reset (zero linger, set above).
+                answers.abort();
+                return;
+            }
+            if to_server.write_all(&header).await.is_err()
+                || to_server.write_all(&payload).await.is_err()
+            {
+                return;
+            }
+        }
+    }
+}
+
+/// A stream whose connection breaks before the control plane answers it never reached a policy:
+/// the call moves to the next control plane instead of failing.
+#[tokio::test]
+async fn a_call_whose_connection_breaks_before_the_stream_opens_moves_on() {
+    let healthy = Stack::start(StackOptions::default()).await;
+    let control_plane = healthy.control_plane.clone().unwrap();
+    let target: SocketAddr = control_plane.trim_start_matches("http://").parse().unwrap();
+    let cutter = ConnectionCutter::start(target).await;
+    let stack = Stack::start(StackOptions {
+        control_plane: ControlPlane::External(format!("{}, {control_plane}", cutter.url)),
+        ..StackOptions::default()
+    })
+    .await;
+    luthien_tests::wait::eventually(
+        "both control planes serving",
+        Duration::from_secs(10),
+        || async {
+            let serving = endpoint_metric(&stack.proxy, "luthien_control_plane_serving").await;
+            (serving.len() == 2 && serving.values().all(|v| *v == 1)).then_some(())
+        },
+    )
+    .await;
+    let client = Client::new();
+    // Round robin: within two calls one tries the cut connection first.
+    cutter.armed.store(true, Ordering::SeqCst);
+    for kind in 0..4 {
+        call(&client, &stack.proxy, kind)
+            .await
+            .unwrap_or_else(|error| panic!("call {kind} failed: {error}"));
+    }
+    assert_eq!(cutter.cuts.load(Ordering::SeqCst), 1, "a call met the cut");
+    let cutter_endpoint = cutter.url.trim_start_matches("http://");
+    let failures = endpoint_metric(&stack.proxy, "luthien_control_plane_failures_total").await;
+    assert_eq!(failures.get(cutter_endpoint), Some(&1), "{failures:?}");
 }
 
 /// A control plane frozen mid-flight (as SIGSTOP freezes a process: connections open, nothing
