@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use luthien_proto::common::v1::Header;
 use luthien_proto::dataplane::v1::{CallEnd, CallOutcome};
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::activity::{ActivityBus, ActivityMessage};
@@ -21,7 +22,8 @@ use luthien_policy::reconstruct::Reconstructor;
 use luthien_policy::shapes::Api;
 use luthien_policy::sse::SseEvent;
 use luthien_store::events::{
-    CallEvent, CallStatus, CallSummary, EventPayload, PREVIEW_CHARS, SCHEMA_VERSION, TokenUsage,
+    Body, CallEvent, CallStatus, CallSummary, EventPayload, PREVIEW_CHARS, SCHEMA_VERSION,
+    TokenUsage,
 };
 use luthien_store::{EventSink, Record};
 
@@ -85,9 +87,11 @@ pub struct CallRecorder {
     /// The policies that recorded an event, in the order they first did.
     policies: Vec<String>,
     stream: Option<StreamRecord>,
-    response: Option<(Value, Value)>,
+    response: Option<(Body, Body)>,
     /// A response a policy produced instead of calling upstream.
-    immediate: Option<Value>,
+    immediate: Option<Body>,
+    /// What the record and the trace read of the response the client received.
+    facts: ResponseFacts,
     usage: TokenUsage,
     /// What went wrong with the stream itself, when something did.
     fault: Option<StreamFault>,
@@ -127,26 +131,33 @@ impl CallRecorder {
             stream,
             response: None,
             immediate: None,
+            facts: ResponseFacts::default(),
             usage: TokenUsage::default(),
             fault: None,
         }
     }
 
-    /// Records the request as received and as forwarded (`None`: unchanged).
+    /// Records the request as received and as forwarded (`None`: unchanged). The bodies are
+    /// kept as their text; the request is read for the session and the preview only.
     pub fn request(&mut self, original: &[u8], rewritten: Option<&[u8]>, headers: &[Header]) {
-        let original: Value = body_value(original);
-        self.session_id = session_id(self.info.api, &original, headers);
+        let read = body_value(original);
+        self.session_id = session_id(self.info.api, &read, headers);
+        // The preview only goes into records.
+        if self.recording.sink.is_some() {
+            let forwarded = rewritten.map(body_value);
+            self.preview = luthien_api::request::last_user_preview(
+                forwarded.as_ref().unwrap_or(&read),
+                PREVIEW_CHARS,
+            );
+        }
+        let original = Body::from_bytes(original);
         let final_ = match rewritten {
             Some(bytes) => {
                 self.policy_changed = true;
-                body_value(bytes)
+                Body::from_bytes(bytes)
             }
             None => original.clone(),
         };
-        // The preview only goes into records.
-        if self.recording.sink.is_some() {
-            self.preview = luthien_api::request::last_user_preview(&final_, PREVIEW_CHARS);
-        }
         let headers: Map<String, Value> = headers
             .iter()
             .map(|header| (header.name.clone(), Value::String(header.value.clone())))
@@ -161,23 +172,24 @@ impl CallRecorder {
 
     /// Records the response a policy answered with instead of upstream.
     pub fn immediate_response(&mut self, body: &[u8]) {
-        let body = serde_json::from_slice(body)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()));
+        let body = Body::from_bytes(body);
+        self.facts = ResponseFacts::read(&body);
         self.policy_changed = true;
         self.immediate = Some(body);
     }
 
     /// Records a non-streamed response (`None`: unchanged).
     pub fn response(&mut self, original: &[u8], rewritten: Option<&[u8]>) {
-        let original: Value = body_value(original);
+        let original = Body::from_bytes(original);
         let final_ = match rewritten {
             Some(bytes) => {
                 self.policy_changed = true;
-                body_value(bytes)
+                Body::from_bytes(bytes)
             }
             None => original.clone(),
         };
-        self.usage = usage_of(self.info.api, &final_);
+        self.facts = ResponseFacts::read(&final_);
+        self.usage = self.facts.usage(self.info.api);
         self.response = Some((original, final_));
     }
 
@@ -287,9 +299,13 @@ impl CallRecorder {
                     self.policy_changed = true;
                 }
                 self.usage = stream.client.usage();
+                let final_ = stream.client.finish();
+                if let Some(final_) = &final_ {
+                    self.facts = ResponseFacts::of(final_);
+                }
                 (
-                    stream.upstream.finish(),
-                    stream.client.finish(),
+                    stream.upstream.finish().map(Body::from),
+                    final_.map(Body::from),
                     stream.received,
                     stream.sent,
                 )
@@ -298,10 +314,11 @@ impl CallRecorder {
             (None, None, Some(immediate)) => (None, Some(immediate), 0, 1),
             (None, None, None) => (None, None, 0, 0),
         };
-        if original != final_ {
+        let same = Body::same_text_if_any(original.as_ref(), final_.as_ref());
+        if !same {
             self.policy_changed = true;
         }
-        annotate_span(self.info.api, final_.as_ref(), self.usage);
+        annotate_span(self.info.api, &self.facts, self.usage);
         crate::metrics::global().tokens(self.info.api.metric_label(), &self.info.model, self.usage);
         let millis = |micros: u64| (micros > 0).then(|| micros as f64 / 1000.0);
         let duration_ms = end.and_then(|end| millis(end.duration_micros));
@@ -421,10 +438,99 @@ fn body_value(bytes: &[u8]) -> Value {
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
 }
 
+/// What the record and the trace read of a response body: its usage, model, id and why it
+/// stopped. Read from the body's text straight into these few fields, skipping the rest, so a
+/// response is never built into a tree on its way to the store. A body of another shape (an
+/// error, text) has no facts.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ResponseFacts {
+    model: Option<String>,
+    id: Option<String>,
+    usage: Option<UsageFacts>,
+    /// OpenAI Chat Completions.
+    choices: Option<Vec<ChoiceFacts>>,
+    /// Anthropic Messages.
+    stop_reason: Option<String>,
+    /// OpenAI Responses.
+    status: Option<String>,
+    incomplete_details: Option<IncompleteFacts>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct UsageFacts {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ChoiceFacts {
+    finish_reason: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct IncompleteFacts {
+    reason: Option<String>,
+}
+
+impl ResponseFacts {
+    fn read(body: &Body) -> Self {
+        serde_json::from_str(body.json()).unwrap_or_default()
+    }
+
+    /// Of a stream's reconstruction, which is a tree already.
+    fn of(response: &Value) -> Self {
+        Self::deserialize(response).unwrap_or_default()
+    }
+
+    /// Token usage, in each API's names.
+    fn usage(&self, api: Api) -> TokenUsage {
+        let Some(usage) = &self.usage else {
+            return TokenUsage::default();
+        };
+        match api {
+            Api::OpenAiChat => TokenUsage {
+                input_tokens: usage.prompt_tokens,
+                output_tokens: usage.completion_tokens,
+            },
+            Api::AnthropicMessages | Api::OpenAiResponses => TokenUsage {
+                input_tokens: usage.input_tokens,
+                output_tokens: usage.output_tokens,
+            },
+        }
+    }
+
+    /// Why the response stopped: each choice's finish reason, Anthropic's stop reason, or a
+    /// Responses response's reason for stopping early (`max_output_tokens`), else its status.
+    fn finish_reasons(&self, api: Api) -> Vec<&str> {
+        match api {
+            Api::OpenAiChat => self
+                .choices
+                .iter()
+                .flatten()
+                .filter_map(|choice| choice.finish_reason.as_deref())
+                .collect(),
+            Api::AnthropicMessages => self.stop_reason.as_deref().into_iter().collect(),
+            Api::OpenAiResponses => self
+                .incomplete_details
+                .as_ref()
+                .and_then(|details| details.reason.as_deref())
+                .or(self.status.as_deref())
+                .into_iter()
+                .collect(),
+        }
+    }
+}
+
 /// GenAI response attributes on the current span (the control plane's call
 /// span: the control plane is where the response is reconstructed). Only
 /// these fields, never a body.
-fn annotate_span(api: Api, response: Option<&Value>, usage: TokenUsage) {
+fn annotate_span(api: Api, response: &ResponseFacts, usage: TokenUsage) {
     use luthien_telemetry::opentelemetry::{Array, StringValue, Value as OtelValue};
     use luthien_telemetry::tracing_opentelemetry::OpenTelemetrySpanExt;
     let span = tracing::Span::current();
@@ -437,54 +543,25 @@ fn annotate_span(api: Api, response: Option<&Value>, usage: TokenUsage) {
     if let Some(tokens) = usage.output_tokens {
         span.record("gen_ai.usage.output_tokens", tokens);
     }
-    let Some(response) = response else {
+    if let Some(model) = &response.model {
+        span.record("gen_ai.response.model", model.as_str());
+    }
+    if let Some(id) = &response.id {
+        span.record("gen_ai.response.id", id.as_str());
+    }
+    if !luthien_telemetry::tracing_enabled() {
         return;
-    };
-    if let Some(model) = response["model"].as_str() {
-        span.record("gen_ai.response.model", model);
     }
-    if let Some(id) = response["id"].as_str() {
-        span.record("gen_ai.response.id", id);
-    }
-    let reasons: Vec<StringValue> = match api {
-        Api::OpenAiChat => response["choices"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|choice| choice["finish_reason"].as_str())
-            .map(|reason| StringValue::from(reason.to_owned()))
-            .collect(),
-        Api::AnthropicMessages => response["stop_reason"]
-            .as_str()
-            .map(|reason| StringValue::from(reason.to_owned()))
-            .into_iter()
-            .collect(),
-        // Why it stopped early when it did (`max_output_tokens`), else the final status.
-        Api::OpenAiResponses => response["incomplete_details"]["reason"]
-            .as_str()
-            .or_else(|| response["status"].as_str())
-            .map(|reason| StringValue::from(reason.to_owned()))
-            .into_iter()
-            .collect(),
-    };
-    if !reasons.is_empty() && luthien_telemetry::tracing_enabled() {
+    let reasons: Vec<StringValue> = response
+        .finish_reasons(api)
+        .into_iter()
+        .map(|reason| StringValue::from(reason.to_owned()))
+        .collect();
+    if !reasons.is_empty() {
         span.set_attribute(
             "gen_ai.response.finish_reasons",
             OtelValue::Array(Array::String(reasons)),
         );
-    }
-}
-
-/// Token usage of a non-streamed response body.
-fn usage_of(api: Api, response: &Value) -> TokenUsage {
-    let usage = &response["usage"];
-    let (input, output) = match api {
-        Api::OpenAiChat => ("prompt_tokens", "completion_tokens"),
-        Api::AnthropicMessages | Api::OpenAiResponses => ("input_tokens", "output_tokens"),
-    };
-    TokenUsage {
-        input_tokens: usage[input].as_u64(),
-        output_tokens: usage[output].as_u64(),
     }
 }
 
@@ -547,19 +624,51 @@ mod tests {
     }
 
     #[test]
-    fn usage_is_read_in_each_api_shape() {
-        let openai = json!({"usage": {"prompt_tokens": 3, "completion_tokens": 5}});
+    fn usage_and_reasons_are_read_in_each_api_shape() {
+        let read = |body: Value| ResponseFacts::read(&Body::from(body));
+        let openai = read(json!({
+            "id": "chatcmpl-1", "model": "gpt-4o",
+            "choices": [{"index": 0, "message": {"content": "hi"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}
+        }));
         assert_eq!(
-            usage_of(Api::OpenAiChat, &openai),
+            openai.usage(Api::OpenAiChat),
             TokenUsage {
                 input_tokens: Some(3),
                 output_tokens: Some(5)
             }
         );
-        let anthropic = json!({"usage": {"input_tokens": 7, "output_tokens": 11}});
+        assert_eq!(openai.finish_reasons(Api::OpenAiChat), ["stop"]);
+        assert_eq!(openai.model.as_deref(), Some("gpt-4o"));
+        let anthropic = read(json!({
+            "content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn",
+            "usage": {"input_tokens": 7, "output_tokens": 11, "cache_read_input_tokens": null}
+        }));
         assert_eq!(
-            usage_of(Api::AnthropicMessages, &anthropic).output_tokens,
+            anthropic.usage(Api::AnthropicMessages).output_tokens,
             Some(11)
         );
+        assert_eq!(
+            anthropic.finish_reasons(Api::AnthropicMessages),
+            ["end_turn"]
+        );
+        let cut_short = json!({
+            "status": "incomplete", "incomplete_details": {"reason": "max_output_tokens"},
+            "usage": {"input_tokens": 2, "output_tokens": 9}
+        });
+        // A stream's reconstruction is read the same way.
+        let responses = ResponseFacts::of(&cut_short);
+        assert_eq!(responses.usage(Api::OpenAiResponses).input_tokens, Some(2));
+        assert_eq!(
+            responses.finish_reasons(Api::OpenAiResponses),
+            ["max_output_tokens"]
+        );
+        // An error body or text has no facts, and no usage.
+        for body in [
+            json!({"error": {"message": "no"}}),
+            json!("<html>502</html>"),
+        ] {
+            assert_eq!(read(body).usage(Api::OpenAiChat), TokenUsage::default());
+        }
     }
 }

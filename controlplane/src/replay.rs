@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use crate::debug::CallDetail;
 use crate::diff::{CallDiff, DiffOptions, diff_call};
 use luthien_policy::{CallInfo, Chain, RequestVerdict};
-use luthien_store::events::EventPayload;
+use luthien_store::events::{Body, EventPayload};
 use luthien_store::redact;
 
 /// What a chain made of one recorded call.
@@ -56,11 +56,14 @@ pub async fn replay(chain: &Chain, call: &CallDetail, diff_options: &DiffOptions
         .into_iter()
         .flatten()
         .find(|value| redact::is_not_stored_marker(value));
+    let tree =
+        |pair: (Option<&Body>, Option<&Body>)| (pair.0.map(Body::value), pair.1.map(Body::value));
+    let (recorded_request, recorded_response) = (tree(recorded_request), tree(recorded_response));
     if let Some(marker) = withheld {
         let unchanged = diff_call(
             api,
-            (recorded_request.1, recorded_request.1),
-            (recorded_response.1, recorded_response.1),
+            (recorded_request.1.as_ref(), recorded_request.1.as_ref()),
+            (recorded_response.1.as_ref(), recorded_response.1.as_ref()),
             diff_options,
         );
         return ReplayOutcome {
@@ -71,7 +74,9 @@ pub async fn replay(chain: &Chain, call: &CallDetail, diff_options: &DiffOptions
             policy_events: Vec::new(),
             error: Some(format!(
                 "the call's original bodies were not stored ({}); it cannot be replayed",
-                marker["setting"].as_str().unwrap_or("--store-payloads")
+                marker.value()["setting"]
+                    .as_str()
+                    .unwrap_or("--store-payloads")
             )),
         };
     }
@@ -86,7 +91,7 @@ pub async fn replay(chain: &Chain, call: &CallDetail, diff_options: &DiffOptions
     let mut error = None;
     let mut blocked = None;
 
-    let mut request = recorded_request.0.cloned().unwrap_or(Value::Null);
+    let mut request = recorded_request.0.unwrap_or(Value::Null);
     let mut response = None;
     match policies.on_request(&mut request).await {
         Ok(RequestVerdict::Respond(immediate)) => {
@@ -96,7 +101,7 @@ pub async fn replay(chain: &Chain, call: &CallDetail, diff_options: &DiffOptions
             }));
         }
         Ok(RequestVerdict::Continue) => {
-            if let Some(original) = recorded_response.0 {
+            if let Some(original) = &recorded_response.0 {
                 let mut replayed = original.clone();
                 match policies.on_response(&mut replayed).await {
                     Ok(()) => response = Some(replayed),
@@ -127,8 +132,8 @@ pub async fn replay(chain: &Chain, call: &CallDetail, diff_options: &DiffOptions
         .collect();
     let diff = diff_call(
         api,
-        (recorded_request.1, Some(&request)),
-        (recorded_response.1, response.as_ref()),
+        (recorded_request.1.as_ref(), Some(&request)),
+        (recorded_response.1.as_ref(), response.as_ref()),
         diff_options,
     );
     ReplayOutcome {

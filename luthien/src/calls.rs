@@ -17,7 +17,7 @@ use luthien_proto::admin::v1::{
     ActivityEvent, CallSummary, GetCallDiffRequest, GetCallRequest, ListCallsRequest,
     StreamActivityRequest,
 };
-use luthien_store::events::EventPayload;
+use luthien_store::events::{Body, EventPayload};
 use serde_json::{Value, json};
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
@@ -395,12 +395,12 @@ async fn show(args: CallArgs, style: Style) -> anyhow::Result<ExitCode> {
             render::time(at)
         );
         match decoded {
-            Some(EventPayload::Request { final_, .. }) => request = Some(final_),
+            Some(EventPayload::Request { final_, .. }) => request = Some(final_.value()),
             Some(EventPayload::Response { final_, detail, .. }) => {
                 if let Some(detail) = detail {
                     println!("        {}", style.paint(Colour::Yellow, &detail));
                 }
-                response = final_;
+                response = final_.as_ref().map(Body::value);
             }
             _ => {}
         }

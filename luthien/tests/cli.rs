@@ -90,16 +90,16 @@ async fn replay_reads_the_store_and_reports_what_would_change() {
             event(
                 0,
                 EventPayload::Request {
-                    original: request.clone(),
-                    final_: request,
+                    original: request.clone().into(),
+                    final_: request.into(),
                     headers: json!({}),
                 },
             ),
             event(
                 1,
                 EventPayload::Response {
-                    original: Some(response.clone()),
-                    final_: Some(response),
+                    original: Some(response.clone().into()),
+                    final_: Some(response.into()),
                     status: CallStatus::Completed,
                     upstream_status: Some(200),
                     detail: None,

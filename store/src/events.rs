@@ -10,6 +10,8 @@ use luthien_api::Api;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use crate::body::Body;
+
 /// Version of [`EventPayload`]'s JSON shape. Bump it on any change that an
 /// older reader would misread, and keep reading the older versions.
 /// 2: a final body equal to its original is stored as a marker ([`crate::unchanged`]).
@@ -66,23 +68,23 @@ pub use luthien_api::TokenUsage;
 
 /// What happened in a call. Stored as JSON with a `type` tag.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(tag = "type", rename_all = "snake_case", try_from = "StoredPayload")]
 pub enum EventPayload {
     /// The request as the client sent it and as it went upstream (equal
     /// when no policy changed it). Credentials are never included.
     Request {
-        original: Value,
+        original: Body,
         #[serde(rename = "final")]
-        final_: Value,
+        final_: Body,
         /// Non-credential request headers.
         headers: Value,
     },
     /// The response as upstream sent it and as the client received it; for
     /// streams both are reconstructed into the API's non-streamed shape.
     Response {
-        original: Option<Value>,
+        original: Option<Body>,
         #[serde(rename = "final")]
-        final_: Option<Value>,
+        final_: Option<Body>,
         status: CallStatus,
         /// Upstream HTTP status, when there was one.
         upstream_status: Option<u16>,
@@ -106,6 +108,83 @@ pub enum EventPayload {
     },
 }
 
+/// How an [`EventPayload`] is read: every variant's fields side by side, read straight from the
+/// stored text. (A tagged enum is read through serde's buffer of parsed values, which cannot
+/// hand a [`Body`] its text, and could not read a body this build cannot parse as numbers.)
+#[derive(Deserialize)]
+struct StoredPayload {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    original: Option<Body>,
+    #[serde(default, rename = "final")]
+    final_: Option<Body>,
+    #[serde(default)]
+    headers: Value,
+    status: Option<CallStatus>,
+    #[serde(default)]
+    upstream_status: Option<u16>,
+    #[serde(default)]
+    detail: Option<String>,
+    chunks_received: Option<u64>,
+    chunks_sent: Option<u64>,
+    #[serde(default)]
+    time_to_first_chunk_ms: Option<f64>,
+    #[serde(default)]
+    duration_ms: Option<f64>,
+    #[serde(default)]
+    overhead_ms: Option<f64>,
+    usage: Option<TokenUsage>,
+    policy: Option<String>,
+    action: Option<String>,
+    summary: Option<String>,
+    #[serde(default)]
+    data: Value,
+}
+
+impl TryFrom<StoredPayload> for EventPayload {
+    type Error = String;
+
+    fn try_from(stored: StoredPayload) -> Result<Self, String> {
+        fn required<T>(field: Option<T>, name: &str) -> Result<T, String> {
+            field.ok_or_else(|| format!("missing field `{name}`"))
+        }
+        // A body that is JSON `null` is stored as `null`, which reads back as no body.
+        let null = || Body::from(Value::Null);
+        Ok(match stored.kind.as_str() {
+            "request" => EventPayload::Request {
+                original: stored.original.unwrap_or_else(null),
+                final_: stored.final_.unwrap_or_else(null),
+                headers: stored.headers,
+            },
+            "response" => EventPayload::Response {
+                original: stored.original,
+                final_: stored.final_,
+                status: required(stored.status, "status")?,
+                upstream_status: stored.upstream_status,
+                detail: stored.detail,
+                chunks_received: required(stored.chunks_received, "chunks_received")?,
+                chunks_sent: required(stored.chunks_sent, "chunks_sent")?,
+                time_to_first_chunk_ms: stored.time_to_first_chunk_ms,
+                duration_ms: stored.duration_ms,
+                overhead_ms: stored.overhead_ms,
+                usage: required(stored.usage, "usage")?,
+            },
+            "policy" => EventPayload::Policy {
+                policy: required(stored.policy, "policy")?,
+                action: required(stored.action, "action")?,
+                summary: required(stored.summary, "summary")?,
+                data: stored.data,
+            },
+            other => {
+                return Err(format!(
+                    "unknown event type `{other}`, expected `request`, `response` or `policy`"
+                ));
+            }
+        })
+    }
+}
+
 impl EventPayload {
     /// The `type` tag, also the `event_type` column.
     pub fn event_type(&self) -> &'static str {
@@ -122,7 +201,7 @@ impl EventPayload {
             EventPayload::Request {
                 original, final_, ..
             } => {
-                if original == final_ {
+                if original.same_text(final_) {
                     "request".to_owned()
                 } else {
                     "request (rewritten by policy)".to_owned()
@@ -135,11 +214,8 @@ impl EventPayload {
                 final_,
                 ..
             } => {
-                let changed = if original != final_ {
-                    ", changed by policy"
-                } else {
-                    ""
-                };
+                let same = Body::same_text_if_any(original.as_ref(), final_.as_ref());
+                let changed = if !same { ", changed by policy" } else { "" };
                 match duration_ms {
                     Some(ms) => format!("response {} in {ms:.0} ms{changed}", status.as_str()),
                     None => format!("response {}{changed}", status.as_str()),
@@ -213,5 +289,39 @@ mod tests {
         let written = serde_json::to_string(&payload).unwrap();
         let read: EventPayload = serde_json::from_str(&written).unwrap();
         assert_eq!(read, payload);
+    }
+
+    #[test]
+    fn bodies_read_back_as_the_text_they_were_stored_as() {
+        let stored = r#"{"type":"request","original":{"model": "m", "temperature": 1e400},"final":{"luthien_same_as_original":true},"headers":{}}"#;
+        let payload: EventPayload = serde_json::from_str(stored).unwrap();
+        let EventPayload::Request {
+            original, final_, ..
+        } = &payload
+        else {
+            panic!("a request: {payload:?}");
+        };
+        assert_eq!(original.json(), r#"{"model": "m", "temperature": 1e400}"#);
+        assert_eq!(final_.json(), r#"{"luthien_same_as_original":true}"#);
+        assert_eq!(serde_json::to_string(&payload).unwrap(), stored);
+
+        let response: EventPayload = serde_json::from_str(
+            r#"{"type":"response","original":null,"final":"text","status":"blocked","chunks_received":0,"chunks_sent":1,"usage":{}}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            response,
+            EventPayload::Response { original: None, final_: Some(ref text), status: CallStatus::Blocked, .. } if text.json() == r#""text""#
+        ));
+        for refused in [
+            r#"{"type":"response","original":null,"final":null,"chunks_received":0,"chunks_sent":0,"usage":{}}"#,
+            r#"{"type":"rumour","original":null}"#,
+            r#"{"original":{}}"#,
+        ] {
+            assert!(
+                serde_json::from_str::<EventPayload>(refused).is_err(),
+                "{refused}"
+            );
+        }
     }
 }

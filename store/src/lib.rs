@@ -18,6 +18,8 @@
 
 pub mod events;
 
+mod body;
+
 mod error;
 pub mod liveness;
 mod metrics;

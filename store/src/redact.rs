@@ -11,7 +11,7 @@ use std::io;
 
 use serde_json::{Map, Value, json};
 
-use crate::events::{CallSummary, EventPayload};
+use crate::events::{Body, CallSummary, EventPayload};
 
 /// Key of the object that replaces a value over the size cap.
 pub const TRUNCATED_KEY: &str = "luthien_truncated";
@@ -66,6 +66,19 @@ pub fn cap_value(value: &mut Value, max_bytes: usize) -> bool {
         "original_bytes": size,
         "preview": preview,
     });
+    true
+}
+
+/// [`cap_value`] for a body kept as text: only a body longer than the cap is parsed.
+pub fn cap_body(body: &mut Body, max_bytes: usize) -> bool {
+    if body.len() <= max_bytes {
+        return false;
+    }
+    let mut value = body.value();
+    if !cap_value(&mut value, max_bytes) {
+        return false;
+    }
+    *body = Body::from(value);
     true
 }
 
@@ -164,9 +177,9 @@ enum Side {
     Final,
 }
 
-/// True for a value that stands in for a body `--store-payloads` kept out.
-pub fn is_not_stored_marker(value: &Value) -> bool {
-    value.get(NOT_STORED_KEY).and_then(Value::as_bool) == Some(true)
+/// True for a body that stands in for one `--store-payloads` kept out.
+pub fn is_not_stored_marker(body: &Body) -> bool {
+    body.is_marker(NOT_STORED_KEY, 256)
 }
 
 /// What [`sanitize_payload`] changed.
@@ -191,9 +204,9 @@ pub fn sanitize_payload(
     max_payload_bytes: Option<usize>,
     stored: StoredPayloads,
 ) -> Sanitized {
-    let withhold = |value: &mut Value, side: Side| {
+    let withhold = |body: &mut Body, side: Side| {
         if !stored.keeps(side) {
-            *value = stored.marker(side);
+            *body = Body::from(stored.marker(side));
         }
     };
     match payload {
@@ -216,9 +229,9 @@ pub fn sanitize_payload(
         EventPayload::Policy { .. } => {}
     }
     let mut done = Sanitized::default();
-    let mut cap = |value: &mut Value| {
+    let mut cap = |body: &mut Body| {
         if let Some(max) = max_payload_bytes
-            && cap_value(value, max)
+            && cap_body(body, max)
         {
             done.values_truncated += 1;
         }
@@ -240,7 +253,13 @@ pub fn sanitize_payload(
             original.iter_mut().for_each(&mut cap);
             final_.iter_mut().for_each(&mut cap);
         }
-        EventPayload::Policy { data, .. } => cap(data),
+        EventPayload::Policy { data, .. } => {
+            if let Some(max) = max_payload_bytes
+                && cap_value(data, max)
+            {
+                done.values_truncated += 1;
+            }
+        }
     }
     done.headers_removed = headers_removed;
     done
@@ -388,8 +407,8 @@ mod tests {
     fn sanitize_covers_each_payload() {
         let body = json!({"model": "m", "input": "x".repeat(300)});
         let mut request = EventPayload::Request {
-            original: body.clone(),
-            final_: json!({"model": "m"}),
+            original: body.clone().into(),
+            final_: json!({"model": "m"}).into(),
             headers: json!({"authorization": "Bearer x", "accept": "*/*"}),
         };
         let done = sanitize_payload(&mut request, Some(200), StoredPayloads::All);
@@ -408,12 +427,12 @@ mod tests {
         else {
             unreachable!()
         };
-        assert!(is_truncation_marker(original));
+        assert!(is_truncation_marker(&original.value()));
         assert_eq!(final_, &json!({"model": "m"}));
         assert_eq!(headers, &json!({"accept": "*/*"}));
 
         let mut response = EventPayload::Response {
-            original: Some(body.clone()),
+            original: Some(body.clone().into()),
             final_: None,
             status: CallStatus::Completed,
             upstream_status: Some(200),

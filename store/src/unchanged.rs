@@ -5,15 +5,19 @@
 //! serializes and has the database check. Schema version 2; version 1 rows, which carry
 //! both copies, read as they are.
 
-use serde_json::{Value, json};
+use std::sync::LazyLock;
 
-use crate::events::EventPayload;
+use crate::events::{Body, EventPayload};
 
 /// Key of the marker that stands in for a final body equal to the original.
 pub const SAME_AS_ORIGINAL_KEY: &str = "luthien_same_as_original";
 
-fn is_marker(value: &Value) -> bool {
-    value.get(SAME_AS_ORIGINAL_KEY).and_then(Value::as_bool) == Some(true)
+static MARKER: LazyLock<Body> =
+    LazyLock::new(|| Body::from(serde_json::json!({ SAME_AS_ORIGINAL_KEY: true })));
+
+fn is_marker(body: &Body) -> bool {
+    // PostgreSQL gives the marker back reformatted (`jsonb`), so it is read, not matched.
+    body.is_marker(SAME_AS_ORIGINAL_KEY, 64)
 }
 
 /// Writer side: replaces a final body equal to its original by the marker.
@@ -21,12 +25,12 @@ pub fn fold(payload: &mut EventPayload) {
     match payload {
         EventPayload::Request {
             original, final_, ..
-        } if final_ == original => *final_ = json!({ SAME_AS_ORIGINAL_KEY: true }),
+        } if final_.same_text(original) => *final_ = MARKER.clone(),
         EventPayload::Response {
             original: Some(original),
             final_: Some(final_),
             ..
-        } if final_ == original => *final_ = json!({ SAME_AS_ORIGINAL_KEY: true }),
+        } if final_.same_text(original) => *final_ = MARKER.clone(),
         _ => {}
     }
 }
@@ -50,11 +54,12 @@ pub fn unfold(payload: &mut EventPayload) {
 mod tests {
     use super::*;
     use crate::events::{CallStatus, TokenUsage};
+    use serde_json::{Value, json};
 
     fn response(original: Value, final_: Value) -> EventPayload {
         EventPayload::Response {
-            original: Some(original),
-            final_: Some(final_),
+            original: Some(original.into()),
+            final_: Some(final_.into()),
             status: CallStatus::Completed,
             upstream_status: Some(200),
             detail: None,
@@ -76,7 +81,10 @@ mod tests {
         let EventPayload::Response { final_, .. } = &stored else {
             unreachable!()
         };
-        assert_eq!(final_, &Some(json!({"luthien_same_as_original": true})));
+        assert_eq!(
+            final_.as_ref().map(Body::value),
+            Some(json!({"luthien_same_as_original": true}))
+        );
         unfold(&mut stored);
         assert_eq!(stored, written);
     }
@@ -89,5 +97,22 @@ mod tests {
         assert_eq!(stored, written);
         unfold(&mut stored);
         assert_eq!(stored, written);
+    }
+
+    #[test]
+    fn the_marker_is_read_however_the_database_formats_it() {
+        let original = json!({"text": "hi"});
+        // As PostgreSQL's `jsonb` gives it back.
+        let mut stored = response(original.clone(), json!({"luthien_same_as_original": true}));
+        if let EventPayload::Response { final_, .. } = &mut stored {
+            *final_ = Some(Body::from_bytes(br#"{"luthien_same_as_original": true}"#));
+        }
+        unfold(&mut stored);
+        assert_eq!(stored, response(original.clone(), original.clone()));
+        // A body that only mentions the key is a body.
+        let mentions = json!({"text": "luthien_same_as_original"});
+        let mut stored = response(original.clone(), mentions.clone());
+        unfold(&mut stored);
+        assert_eq!(stored, response(original, mentions));
     }
 }

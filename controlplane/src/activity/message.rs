@@ -114,8 +114,8 @@ mod tests {
 
     fn response(status: CallStatus) -> EventPayload {
         EventPayload::Response {
-            original: Some(json!({"secret": "payload"})),
-            final_: Some(json!({"secret": "payload"})),
+            original: Some(json!({"secret": "payload"}).into()),
+            final_: Some(json!({"secret": "payload"}).into()),
             status,
             upstream_status: Some(200),
             detail: None,
@@ -150,8 +150,8 @@ mod tests {
     #[test]
     fn request_event_has_no_status_and_omits_it_from_json() {
         let payload = EventPayload::Request {
-            original: json!({"messages": []}),
-            final_: json!({"messages": []}),
+            original: json!({"messages": []}).into(),
+            final_: json!({"messages": []}).into(),
             headers: json!({}),
         };
         let message = ActivityMessage::from_event(

@@ -25,7 +25,7 @@ use crate::policy_source::PolicySource;
 use crate::replay::{self, ReplayOutcome};
 use luthien_policy::config;
 use luthien_policy::shapes::Api;
-use luthien_store::events::{CallEvent, CallStatus, CallSummary, EventPayload};
+use luthien_store::events::{Body, CallEvent, CallStatus, CallSummary, EventPayload};
 use luthien_store::{CallFilter, CallPage, Store, StoreError};
 
 /// What went wrong answering a debug query; each transport maps it to its
@@ -154,13 +154,16 @@ impl DebugService {
     pub async fn call_diff(&self, call_id: &str) -> Result<CallDiff, DebugError> {
         // A side `--store-payloads` kept out is compared as the side that was kept: what
         // the policies changed cannot be shown, and nothing else is claimed as changed.
-        fn comparable(pair: (Option<&Value>, Option<&Value>)) -> (Option<Value>, Option<Value>) {
-            fn kept(value: Option<&Value>) -> Option<&Value> {
-                value.filter(|value| !luthien_store::redact::is_not_stored_marker(value))
+        fn comparable(pair: (Option<&Body>, Option<&Body>)) -> (Option<Value>, Option<Value>) {
+            fn kept(body: Option<&Body>) -> Option<&Body> {
+                body.filter(|body| !luthien_store::redact::is_not_stored_marker(body))
             }
             match (kept(pair.0), kept(pair.1)) {
-                (Some(original), Some(final_)) => (Some(original.clone()), Some(final_.clone())),
-                (Some(only), None) | (None, Some(only)) => (Some(only.clone()), Some(only.clone())),
+                (Some(original), Some(final_)) => (Some(original.value()), Some(final_.value())),
+                (Some(only), None) | (None, Some(only)) => {
+                    let only = only.value();
+                    (Some(only.clone()), Some(only))
+                }
                 (None, None) => (None, None),
             }
         }

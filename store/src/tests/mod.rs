@@ -281,15 +281,17 @@ fn request_payload() -> EventPayload {
     let mut rewritten = body.clone();
     rewritten["messages"][0]["content"] = json!("[redacted by policy]");
     EventPayload::Request {
-        original: body,
-        final_: rewritten,
+        original: body.into(),
+        final_: rewritten.into(),
         headers: json!({"user-agent": "test", "anthropic-version": "2023-06-01"}),
     }
 }
 
 fn response_payload(status: CallStatus) -> EventPayload {
     EventPayload::Response {
-        original: Some(json!({"id": "chatcmpl-1", "choices": [{"message": {"content": "hi"}}]})),
+        original: Some(
+            json!({"id": "chatcmpl-1", "choices": [{"message": {"content": "hi"}}]}).into(),
+        ),
         final_: None,
         status,
         upstream_status: Some(200),

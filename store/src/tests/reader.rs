@@ -398,8 +398,8 @@ async fn an_unchanged_body_is_stored_once_and_older_rows_still_read() {
         let body =
             json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "once only"}]});
         let unchanged = EventPayload::Request {
-            original: body.clone(),
-            final_: body,
+            original: body.clone().into(),
+            final_: body.into(),
             headers: json!({}),
         };
         write_through_writer(

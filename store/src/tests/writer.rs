@@ -293,18 +293,18 @@ async fn stored_payloads_keep_out_what_the_setting_says() {
             else {
                 panic!("a request first");
             };
-            let marked = |value: &serde_json::Value, kept: bool| {
+            let marked = |body: &crate::events::Body, kept: bool| {
                 assert_eq!(
-                    crate::redact::is_not_stored_marker(value),
+                    crate::redact::is_not_stored_marker(body),
                     !kept,
-                    "{setting:?}: {value}"
+                    "{setting:?}: {body:?}"
                 );
             };
             marked(original, original_kept);
             marked(final_, final_kept);
             if !original_kept {
                 assert_eq!(
-                    original["setting"],
+                    original.value()["setting"],
                     format!("--store-payloads {}", setting.as_str())
                 );
             }

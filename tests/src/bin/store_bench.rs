@@ -125,16 +125,16 @@ fn call_records(index: usize) -> [Record; 4] {
         Record::Event(event(
             0,
             EventPayload::Request {
-                original: request.clone(),
-                final_: request,
+                original: request.clone().into(),
+                final_: request.into(),
                 headers: json!({"user-agent": "bench"}),
             },
         )),
         Record::Event(event(
             1,
             EventPayload::Response {
-                original: Some(response.clone()),
-                final_: Some(response),
+                original: Some(response.clone().into()),
+                final_: Some(response.into()),
                 status: CallStatus::Completed,
                 upstream_status: Some(200),
                 detail: None,
